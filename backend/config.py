@@ -1,0 +1,216 @@
+"""Typed configuration: dataclasses loaded from layered YAML with ``key=value`` overrides.
+
+Configs are layered like dinov2's: dataclass defaults, then one or more YAML files, then
+command-line ``a.b=value`` overrides. Unknown keys are rejected with the full dotted key and the
+list of valid ones, so a typo never silently falls back to a default. The resolved config is a
+plain dict (:func:`to_dict`) that is saved with every run and embedded in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from backend.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    """Return (inner type, allows None) for ``X | None`` / ``Optional[X]``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], len(args) != len(typing.get_args(tp))
+    return tp, False
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML/override value to the annotated type, or raise naming the key."""
+    inner, optional = _strip_optional(tp)
+    if value is None:
+        if optional or inner is Any:
+            return None
+        raise ConfigError(f"config key '{key}' may not be null (expected {getattr(inner, '__name__', inner)})")
+    if _is_dataclass_type(inner):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return _from_dict(inner, value, prefix=f"{key}.")
+    origin = typing.get_origin(inner)
+    if inner is Any:
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        args = typing.get_args(inner)
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if origin is typing.Literal:
+        allowed = typing.get_args(inner)
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}' must be one of {list(allowed)}, got {value!r}")
+        return value
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if inner in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        try:
+            number = inner(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}' must be {inner.__name__}, got {value!r}") from None
+        if inner is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return number
+    if inner is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        valid = ", ".join(sorted(fields))
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {valid}")
+    kwargs = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
+    try:
+        obj = cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"config section '{prefix.rstrip('.') or cls.__name__}': {err}") from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
+    """Build a config dataclass from a nested dict, rejecting unknown keys and wrong types.
+
+    Args:
+        cls: The dataclass type.
+        data: Nested mapping (e.g. parsed YAML, or a checkpoint's embedded config).
+
+    Returns:
+        The config instance; its ``validate()`` hook, if any, has run.
+
+    Raises:
+        ConfigError: On an unknown key (named with its dotted path), a wrong type or a bad value.
+    """
+    return _from_dict(cls, dict(data or {}))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Return the config as plain nested dicts/lists (YAML- and checkpoint-safe)."""
+    def convert(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [convert(v) for v in value]
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return convert(cfg)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``update`` into a copy of ``base``; nested mappings merge, other values replace."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=[x, y]"]`` into a nested dict; values are parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. data.img_size=224)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override '{item}' has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with an earlier override of '{part}'")
+        node[parts[-1]] = value
+    return nested
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; an empty file is an empty mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    cls: type[T],
+    files: list[str | Path] | tuple[str | Path, ...] = (),
+    overrides: list[str] | tuple[str, ...] = (),
+) -> T:
+    """Load a config: dataclass defaults <- each YAML file in order <- ``key=value`` overrides.
+
+    Raises:
+        ConfigError: Naming the file or the dotted key that is wrong.
+    """
+    merged: dict[str, Any] = {}
+    for file in files:
+        merged = deep_merge(merged, read_yaml(file))
+    merged = deep_merge(merged, parse_overrides(list(overrides)))
+    return from_dict(cls, merged)
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (the file every run keeps beside its checkpoints)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    return path
