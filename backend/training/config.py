@@ -1,0 +1,173 @@
+"""Experiment config: data + model + optimisation + loss + trainer, as one typed tree.
+
+``cfgs/default.yaml`` and ``cfgs/train/*.yaml`` are layered onto these defaults; ``key=value``
+overrides come last (see :func:`backend.config.load_config`). The resolved tree is saved as
+``config.yaml`` in every run folder and embedded in every checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from backend.data.config import DataConfig
+from backend.errors import ConfigError
+from backend.models.config import ModelConfig
+
+PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay, and a frozen-backbone first stage.
+
+    Attributes:
+        lr: Peak learning rate of the heads; backbone stages get ``lr * layer_decay**depth``.
+        weight_decay: AdamW weight decay (never applied to GeM p, norms, biases, tokens).
+        layer_decay: Layer-wise learning-rate decay per backbone stage, stem included (1 = off).
+        warmup_epochs: Epochs of linear LR warm-up (fractions allowed).
+        freeze_epochs: Epochs with the backbone frozen (heads only) before full fine-tuning.
+        min_lr_ratio: Final LR as a fraction of the peak.
+        betas: AdamW betas.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    layer_decay: float = 0.75
+    warmup_epochs: float = 1.0
+    freeze_epochs: int = 1
+    min_lr_ratio: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def validate(self) -> None:
+        """Reject values that make no schedule."""
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.warmup_epochs < 0 or self.freeze_epochs < 0:
+            raise ConfigError("optim.warmup_epochs and optim.freeze_epochs must be >= 0")
+
+
+@dataclass
+class LossConfig:
+    """Multi-task loss: ``alpha * CE(diagnosis) + beta * thickness + gamma * BCE(malignant)``.
+
+    Attributes:
+        alpha: Weight of the class-weighted diagnosis cross-entropy.
+        beta: Weight of the interval thickness loss (melanomas with a thickness label only).
+        gamma: Weight of the binary loss on the derived malignant probability; it lets rows
+            without an 8-class diagnosis (UNK, label-only) still teach benign vs malignant.
+        label_smoothing: Cross-entropy label smoothing.
+        class_weighted: Weight the cross-entropy by inverse train-split class frequency.
+        thickness_loss: ``smooth_l1`` or ``l2`` distance outside the label interval.
+    """
+
+    alpha: float = 1.0
+    beta: float = 0.5
+    gamma: float = 0.5
+    label_smoothing: float = 0.0
+    class_weighted: bool = True
+    thickness_loss: str = "smooth_l1"
+
+    def validate(self) -> None:
+        """Reject negative weights and unknown loss kinds."""
+        for name in ("alpha", "beta", "gamma"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.thickness_loss not in ("smooth_l1", "l2"):
+            raise ConfigError(f"loss.thickness_loss must be smooth_l1 or l2, got {self.thickness_loss!r}")
+
+
+@dataclass
+class TrainerConfig:
+    """What Lightning's Trainer gets: hardware, precision, length, checkpoints and stopping.
+
+    Attributes:
+        epochs: Maximum number of epochs.
+        accelerator: ``cpu``, ``gpu``, ``auto``...
+        devices: ``auto``, a count (``2``) or a list of ids (``0,1``).
+        strategy: ``auto``, ``ddp``, ``ddp_spawn``... (SLURM is detected by Lightning under ``srun``).
+        num_nodes: Number of nodes for multi-node DDP.
+        precision: ``32``, ``16-mixed`` or ``bf16-mixed`` (bf16 is much slower on CPUs without bf16).
+        gradient_clip_val: Clip gradients to this global norm (0 = off).
+        accumulate_grad_batches: Gradient accumulation steps.
+        monitor: Metric that picks ``best.ckpt``.
+        early_stop_metric: Metric watched by early stopping.
+        early_stop: Early-stopping patience in epochs (0 = off).
+        limit_train_batches: Fraction or count of train batches per epoch.
+        limit_val_batches: Fraction or count of validation batches per epoch.
+        fast_dev_run: Run one batch of train/val to smoke-test a config.
+        log_every_n_steps: Logging interval.
+        deterministic: Ask torch for deterministic algorithms.
+    """
+
+    epochs: int = 30
+    accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32"
+    gradient_clip_val: float = 1.0
+    accumulate_grad_batches: int = 1
+    monitor: str = "val/auroc_malignant"
+    early_stop_metric: str = "val/balanced_accuracy"
+    early_stop: int = 0
+    limit_train_batches: float = 1.0
+    limit_val_batches: float = 1.0
+    fast_dev_run: bool = False
+    log_every_n_steps: int = 10
+    deterministic: bool = False
+
+    def validate(self) -> None:
+        """Reject unknown precisions and impossible counts."""
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"trainer.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.epochs < 1:
+            raise ConfigError(f"trainer.epochs must be >= 1, got {self.epochs}")
+        if self.early_stop < 0:
+            raise ConfigError(f"trainer.early_stop must be >= 0, got {self.early_stop}")
+
+    def lightning_devices(self) -> int | str | list[int]:
+        """Translate ``devices`` into what ``lightning.Trainer(devices=...)`` takes."""
+        text = str(self.devices).strip()
+        if text == "auto":
+            return "auto"
+        if "," in text:
+            return [int(v) for v in text.split(",") if v.strip()]
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"trainer.devices must be auto, a count or a list like 0,1; got {text!r}") from None
+
+    def lightning_precision(self) -> str:
+        """``32`` -> ``32-true``; the mixed modes pass through."""
+        return "32-true" if self.precision == "32" else self.precision
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole supervised experiment; a checkpoint's embedded copy rebuilds model and preprocessing.
+
+    Attributes:
+        data: Labels, images, splits, batching, preprocessing.
+        model: Backbone, metadata fusion and heads.
+        optim: Optimiser and schedule.
+        loss: Multi-task loss weights.
+        trainer: Hardware, precision, length, checkpoints.
+        output_dir: Root of run folders: ``<output_dir>/<experiment_name>/version_N``.
+        experiment_name: Name of the experiment folder.
+        seed: Global seed (Python, numpy, torch, dataloader workers).
+        resume_version: Continue ``version_N`` from its ``ckpts/last.ckpt``.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    output_dir: str = "runs"
+    experiment_name: str = "default"
+    seed: int = 42
+    resume_version: int | None = None

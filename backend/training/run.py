@@ -1,0 +1,182 @@
+"""``fit(cfg)``: one supervised experiment from a config to a run folder with checkpoints.
+
+A plain function (the CLI in ``scripts/train.py`` is a thin wrapper), so tests and notebooks call
+it directly. Run layout::
+
+    <output_dir>/<experiment_name>/version_N/
+        config.yaml              resolved experiment config
+        splits.csv               image_id -> train/val/test used by this run
+        ckpts/best.ckpt          best validation ``trainer.monitor``
+        ckpts/last.ckpt          end of the latest epoch (what --resume_version continues)
+        metrics.csv, hparams.yaml, events.out.tfevents.*   CSV and TensorBoard logs
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from backend.config import save_config, to_dict
+from backend.errors import ConfigError
+from backend.training.config import ExperimentConfig
+
+log = logging.getLogger(__name__)
+
+RUN_DIR_ENV = "DERMALENS_RUN_DIR"
+
+
+@dataclass
+class RunResult:
+    """Where a finished run left its files, and its final metrics."""
+
+    run_dir: Path
+    best_ckpt: Path | None
+    last_ckpt: Path | None
+    metrics: dict[str, float]
+
+
+def _next_version(root: Path) -> int:
+    versions = []
+    for child in root.glob("version_*") if root.is_dir() else []:
+        suffix = child.name.removeprefix("version_")
+        if child.is_dir() and suffix.isdigit():
+            versions.append(int(suffix))
+    return max(versions, default=-1) + 1
+
+
+def resolve_run_dir(cfg: ExperimentConfig) -> tuple[Path, Path | None]:
+    """Pick the run folder and, when resuming, the checkpoint to resume from.
+
+    A new run takes the next free ``version_N``. The choice is made once, by the process that
+    starts training, and handed to the DDP worker processes that Lightning launches through the
+    environment, so every rank writes into the same folder.
+
+    Raises:
+        ConfigError: When ``resume_version`` names a run without ``ckpts/last.ckpt``.
+    """
+    root = Path(cfg.output_dir) / cfg.experiment_name
+    if cfg.resume_version is not None:
+        run_dir = root / f"version_{cfg.resume_version}"
+        last = run_dir / "ckpts" / "last.ckpt"
+        if not last.is_file():
+            raise ConfigError(
+                f"cannot resume version {cfg.resume_version}: {last} does not exist "
+                f"(existing versions: {sorted(p.name for p in root.glob('version_*')) or 'none'})"
+            )
+        return run_dir, last
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and os.environ.get("LOCAL_RANK", "0") != "0":  # a worker Lightning's DDP launcher started
+        return Path(inherited), None
+    return root / f"version_{_next_version(root)}", None
+
+
+def _trainer_strategy(cfg: ExperimentConfig):
+    """DDP with a frozen first stage needs ``find_unused_parameters`` (frozen params get no grad)."""
+    strategy = cfg.trainer.strategy
+    if strategy == "ddp" and cfg.optim.freeze_epochs > 0:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(find_unused_parameters=True)
+    return strategy
+
+
+def build_trainer(cfg: ExperimentConfig, run_dir: Path):
+    """Lightning Trainer with checkpoints, early stopping, TensorBoard and CSV logs in ``run_dir``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    t = cfg.trainer
+    version = run_dir.name
+    loggers = [
+        TensorBoardLogger(save_dir=run_dir.parent.parent, name=run_dir.parent.name, version=version,
+                          default_hp_metric=False),
+        CSVLogger(save_dir=run_dir.parent.parent, name=run_dir.parent.name, version=version),
+    ]
+    ckpt_dir = run_dir / "ckpts"
+    callbacks = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=t.monitor, mode="max", save_top_k=1,
+                        save_last=True, enable_version_counter=False, auto_insert_metric_name=False),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    if t.early_stop > 0:
+        callbacks.append(EarlyStopping(monitor=t.early_stop_metric, mode="max", patience=t.early_stop))
+    return L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=t.epochs,
+        accelerator=t.accelerator,
+        devices=t.lightning_devices(),
+        strategy=_trainer_strategy(cfg),
+        num_nodes=t.num_nodes,
+        precision=t.lightning_precision(),
+        gradient_clip_val=t.gradient_clip_val or None,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        fast_dev_run=t.fast_dev_run,
+        log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic,
+        logger=loggers,
+        callbacks=callbacks,
+        use_distributed_sampler=not cfg.data.balanced_sampler,
+    )
+
+
+def fit(cfg: ExperimentConfig, test: bool = True) -> RunResult:
+    """Train (or resume) one experiment and return where its checkpoints are.
+
+    Args:
+        cfg: The resolved experiment config.
+        test: After training, evaluate ``best.ckpt`` on the run's test split (when it has one).
+
+    Returns:
+        The run folder, checkpoint paths and the last logged metrics.
+    """
+    import lightning as L
+
+    from backend.data.datamodule import LesionDataModule
+    from backend.data.transforms import preprocessing_dict
+    from backend.models.heads import ThicknessScaler
+    from backend.models.lesion_net import build_model
+    from backend.training.supervised import LesionModule
+
+    run_dir, resume_ckpt = resolve_run_dir(cfg)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the DDP workers Lightning launches
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = LesionDataModule(cfg.data)
+    datamodule.setup("fit")
+    if cfg.model.use_metadata != cfg.data.use_metadata:
+        raise ConfigError(
+            f"model.use_metadata={cfg.model.use_metadata} but data.use_metadata={cfg.data.use_metadata}: set both alike"
+        )
+    if cfg.model.use_metadata:
+        cfg.model.meta_dim = datamodule.metadata_encoder.dim
+    train_table = datamodule.train_table
+    scaler = ThicknessScaler.fit(train_table["thickness_lo_mm"].to_numpy(), train_table["thickness_hi_mm"].to_numpy())
+
+    net = build_model(cfg.model)
+    module = LesionModule(
+        net,
+        config=to_dict(cfg),
+        class_weights=[float(w) for w in datamodule.class_weights],
+        thickness_scaler=scaler.to_dict(),
+        metadata_encoder=datamodule.metadata_encoder.to_dict() if cfg.model.use_metadata else None,
+        preprocessing=preprocessing_dict(cfg.data),
+    )
+    trainer = build_trainer(cfg, run_dir)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        datamodule.write_splits(run_dir / "splits.csv")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
+
+    ckpt_cb = trainer.checkpoint_callback
+    best = Path(ckpt_cb.best_model_path) if ckpt_cb and ckpt_cb.best_model_path else None
+    last = run_dir / "ckpts" / "last.ckpt"
+    if test and not cfg.trainer.fast_dev_run and datamodule.has_split("test"):
+        trainer.test(module, datamodule=datamodule, ckpt_path=str(best) if best else None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    return RunResult(run_dir, best, last if last.is_file() else None, metrics)

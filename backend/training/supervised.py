@@ -1,0 +1,195 @@
+"""Supervised multi-task LightningModule: diagnosis, benign/malignant and Breslow thickness.
+
+The network is built outside and passed in (lightning-hydra-template style), so the same module
+trains any registered backbone. One :meth:`LesionModule.model_step` serves train, validation and
+test. Everything needed to rebuild the model and its preprocessing from the checkpoint alone
+(the resolved experiment config, class weights, thickness scaler, metadata encoder and eval
+preprocessing) is stored as plain-data hyper-parameters, so checkpoints load with
+``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanAbsoluteError, MetricCollection
+from torchmetrics.classification import BinaryAUROC
+
+from backend.config import from_dict
+from backend.data.schema import DIAGNOSES
+from backend.evaluation.metrics import build_classification_metrics
+from backend.models.heads import ThicknessScaler
+from backend.models.lesion_net import malignant_log_prob
+from backend.training.config import ExperimentConfig
+from backend.training.losses import DiagnosisLoss, interval_thickness_loss, malignancy_loss
+from backend.training.schedules import warmup_cosine
+
+MEL_INDEX = DIAGNOSES.index("MEL")
+
+
+class LesionModule(L.LightningModule):
+    """Trains a :class:`backend.models.lesion_net.LesionNet` with the multi-task loss.
+
+    Loss = ``alpha`` * class-weighted cross-entropy over the 8 diagnoses (rows with a diagnosis)
+    + ``beta`` * interval thickness loss (melanomas with a thickness label)
+    + ``gamma`` * binary cross-entropy of the derived malignant probability (rows with a label).
+
+    Args:
+        net: The network; not saved as a hyper-parameter (its config is).
+        config: Resolved :class:`ExperimentConfig` as a plain dict.
+        class_weights: Per-diagnosis cross-entropy weights from the train split, or None.
+        thickness_scaler: :class:`ThicknessScaler` as a dict (normalisation of thickness targets).
+        metadata_encoder: The datamodule's metadata encoder as a dict, or None without metadata.
+        preprocessing: The eval transform description (``backend.data.transforms.preprocessing_dict``).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        config: dict[str, Any],
+        class_weights: list[float] | None = None,
+        thickness_scaler: dict[str, float] | None = None,
+        metadata_encoder: dict[str, Any] | None = None,
+        preprocessing: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.hparams["classes"] = list(DIAGNOSES)
+        self.net = net
+        self.cfg = from_dict(ExperimentConfig, config)
+        weights = None
+        if class_weights is not None and self.cfg.loss.class_weighted:
+            weights = torch.tensor(class_weights, dtype=torch.float32)
+        self.diagnosis_loss = DiagnosisLoss(weights, label_smoothing=self.cfg.loss.label_smoothing)
+        self.thickness_scaler = ThicknessScaler.from_dict(thickness_scaler or ThicknessScaler().to_dict())
+        metrics = build_classification_metrics(len(DIAGNOSES))
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.val_extra = self._extra_metrics("val/")
+        self.test_extra = self._extra_metrics("test/")
+
+    @staticmethod
+    def _extra_metrics(prefix: str) -> MetricCollection:
+        return MetricCollection(
+            {"auroc_malignant": BinaryAUROC(), "thickness_mae_mm": MeanAbsoluteError()}, prefix=prefix
+        )
+
+    def forward(self, images: torch.Tensor, meta: torch.Tensor | None = None):
+        """Run the network; returns its :class:`LesionOutput`."""
+        return self.net(images, meta)
+
+    def model_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Forward one batch and compute every loss term; shared by train, val and test."""
+        out = self.net(batch["image"], batch.get("meta"))
+        logits = out.diagnosis_logits
+        diagnosis = batch["diagnosis"]
+        loss_cfg = self.cfg.loss
+
+        loss_diag = self.diagnosis_loss(logits, diagnosis) if bool((diagnosis >= 0).any()) else logits.sum() * 0.0
+        loss_mal = malignancy_loss(logits, batch["label"])
+
+        is_mel = diagnosis == MEL_INDEX
+        lo = torch.where(is_mel, batch["thickness_lo"], torch.full_like(batch["thickness_lo"], math.nan))
+        hi = torch.where(is_mel, batch["thickness_hi"], torch.full_like(batch["thickness_hi"], math.nan))
+        loss_thick = interval_thickness_loss(
+            out.thickness,
+            self.thickness_scaler.normalise(lo),
+            self.thickness_scaler.normalise(hi),
+            kind=loss_cfg.thickness_loss,
+        )
+        loss = loss_cfg.alpha * loss_diag + loss_cfg.beta * loss_thick + loss_cfg.gamma * loss_mal
+        return {
+            "loss": loss,
+            "loss_diagnosis": loss_diag.detach(),
+            "loss_thickness": loss_thick.detach(),
+            "loss_malignant": loss_mal.detach(),
+            "logits": logits.detach(),
+            "thickness": out.thickness.detach(),
+        }
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One optimisation step; logs every loss term."""
+        step = self.model_step(batch)
+        batch_size = batch["image"].shape[0]
+        for key in ("loss", "loss_diagnosis", "loss_thickness", "loss_malignant"):
+            self.log(f"train/{key}", step[key], batch_size=batch_size, prog_bar=key == "loss")
+        return step["loss"]
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        step = self.model_step(batch)
+        batch_size = batch["image"].shape[0]
+        self.log(f"{stage}/loss", step["loss"], batch_size=batch_size, sync_dist=True, prog_bar=True)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        extra = self.val_extra if stage == "val" else self.test_extra
+        logits, diagnosis = step["logits"].float(), batch["diagnosis"]
+        known = diagnosis >= 0
+        if bool(known.any()):
+            metrics.update(logits[known].softmax(dim=1), diagnosis[known])
+        extra["auroc_malignant"].update(malignant_log_prob(logits).exp(), batch["label"])
+        exact = (batch["thickness_lo"] == batch["thickness_hi"]) & (diagnosis == MEL_INDEX)
+        if bool(exact.any()):
+            pred_mm = self.thickness_scaler.denormalise(step["thickness"][exact].float())
+            extra["thickness_mae_mm"].update(pred_mm, batch["thickness_lo"][exact])
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Accumulate validation metrics."""
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Accumulate test metrics."""
+        self._eval_step(batch, "test")
+
+    def _log_epoch(self, metrics: MetricCollection, extra: MetricCollection) -> None:
+        values: dict[str, torch.Tensor] = {}
+        for collection in (metrics, extra):
+            for name, metric in collection.items(keep_base=False, copy_state=False):
+                if not getattr(metric, "update_called", True):
+                    continue  # e.g. no exact thickness label in this split
+                value = metric.compute()
+                if value.numel() == 1:
+                    values[name] = value.float()
+                else:
+                    self._log_tensor_metric(name, value)
+            collection.reset()
+        if values:
+            self.log_dict(values, sync_dist=False)
+
+    def _log_tensor_metric(self, name: str, value: torch.Tensor) -> None:
+        """Log per-class vectors as scalars and confusion matrices as TensorBoard images."""
+        if value.ndim == 1 and value.numel() == len(DIAGNOSES):
+            self.log_dict({f"{name}/{cls}": v.float() for cls, v in zip(DIAGNOSES, value, strict=True)})
+        elif value.ndim == 2 and self.logger is not None and self.trainer.is_global_zero:
+            experiment = getattr(self.logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                from backend.evaluation.plots import confusion_matrix_image
+
+                experiment.add_image(
+                    name, confusion_matrix_image(value.cpu().numpy(), DIAGNOSES), self.global_step, dataformats="HWC"
+                )
+
+    def on_validation_epoch_end(self) -> None:
+        """Compute, log and reset the validation metrics."""
+        self._log_epoch(self.val_metrics, self.val_extra)
+
+    def on_test_epoch_end(self) -> None:
+        """Compute, log and reset the test metrics."""
+        self._log_epoch(self.test_metrics, self.test_extra)
+
+    def on_train_epoch_start(self) -> None:
+        """Stage 1 (backbone frozen) for ``freeze_epochs`` epochs, then full fine-tuning."""
+        self.net.freeze_backbone(self.current_epoch < self.cfg.optim.freeze_epochs)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over layer-wise-decayed parameter groups, linear warm-up then cosine, per step."""
+        optim = self.cfg.optim
+        groups = self.net.param_groups(lr=optim.lr, weight_decay=optim.weight_decay, layer_decay=optim.layer_decay)
+        optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas))
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
+        warmup_steps = min(total_steps - 1, int(round(optim.warmup_epochs * steps_per_epoch)))
+        scheduler = warmup_cosine(optimizer, max(0, warmup_steps), total_steps, min_lr_ratio=optim.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

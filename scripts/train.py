@@ -1,0 +1,113 @@
+"""Train the multi-task lesion model: ``python -m scripts.train [flags] [key=value ...]``.
+
+Config layers, last wins: built-in defaults, ``--config`` YAML files, ``--model_cfg`` (the model
+section, e.g. ``cfgs/model/dermaresnet_se_18.yaml``), the flags below, then ``key=value``
+overrides of any config key (``optim.lr=3e-4``). Examples::
+
+    python -m scripts.train --csv ../shared/data/labels.csv --img_dir ../shared/data/images \\
+        --model_cfg cfgs/model/dermaresnet_se_tiny.yaml --img_size 128 --epochs 10
+    python -m scripts.train --config cfgs/debug/cpu_tiny.yaml --resume_version 0
+    srun python -m scripts.train --accelerator gpu --devices 4 --num_nodes 2 --strategy ddp ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+# flag -> dotted config key; values are passed through the typed config loader.
+FLAG_TO_KEY: dict[str, str] = {
+    "csv": "data.csv",
+    "img_dir": "data.img_dir",
+    "img_size": "data.img_size",
+    "batch_size": "data.batch_size",
+    "num_workers": "data.num_workers",
+    "epochs": "trainer.epochs",
+    "devices": "trainer.devices",
+    "accelerator": "trainer.accelerator",
+    "strategy": "trainer.strategy",
+    "num_nodes": "trainer.num_nodes",
+    "precision": "trainer.precision",
+    "gradient_clip_val": "trainer.gradient_clip_val",
+    "early_stop": "trainer.early_stop",
+    "pretrain_ckpt": "model.pretrained_path",
+    "output_dir": "output_dir",
+    "experiment_name": "experiment_name",
+    "seed": "seed",
+    "resume_version": "resume_version",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's flags (every one optional: defaults come from the config)."""
+    p = argparse.ArgumentParser(prog="python -m scripts.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. optim.lr=3e-4)")
+    p.add_argument("--config", action="append", default=[], help="experiment YAML (repeatable, layered in order)")
+    p.add_argument("--model_cfg", help="model-section YAML, e.g. cfgs/model/dermaresnet_se_tiny.yaml")
+    p.add_argument("--csv", help="label table, or an isic-cli download folder")
+    p.add_argument("--img_dir", help="folder of the images the table names")
+    p.add_argument("--img_size", type=int)
+    p.add_argument("--batch_size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--num_workers", type=int)
+    p.add_argument("--devices", help="auto, a count, or ids like 0,1")
+    p.add_argument("--accelerator", help="cpu, gpu, auto")
+    p.add_argument("--strategy", help="auto, ddp, ddp_spawn, ...")
+    p.add_argument("--num_nodes", type=int)
+    p.add_argument("--precision", choices=["32", "16-mixed", "bf16-mixed"])
+    p.add_argument("--pretrain_ckpt", help="backbone weights (BYOL export, safetensors or .pt) to start from")
+    p.add_argument("--gradient_clip_val", type=float)
+    p.add_argument("--early_stop", type=int, help="early-stopping patience in epochs on val balanced accuracy")
+    p.add_argument("--output_dir")
+    p.add_argument("--experiment_name")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume_version", type=int, help="continue <output_dir>/<experiment_name>/version_N")
+    p.add_argument("--no_test", action="store_true", help="skip the test-split evaluation after training")
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[Any, argparse.Namespace]:
+    """Turn command-line arguments into a resolved :class:`ExperimentConfig`."""
+    from backend.config import deep_merge, from_dict, parse_overrides, read_yaml
+    from backend.training.config import ExperimentConfig
+
+    args = build_parser().parse_args(argv)
+    merged: dict[str, Any] = {}
+    for file in args.config:
+        merged = deep_merge(merged, read_yaml(file))
+    if args.model_cfg:
+        merged = deep_merge(merged, {"model": read_yaml(args.model_cfg)})
+    flag_overrides = {FLAG_TO_KEY[k]: v for k, v in vars(args).items() if k in FLAG_TO_KEY and v is not None}
+    for key, value in flag_overrides.items():
+        node = merged
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    merged = deep_merge(merged, parse_overrides(args.overrides))
+    return from_dict(ExperimentConfig, merged), args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    from backend.errors import DermaLensError
+
+    try:
+        cfg, args = parse_config(argv)
+        from backend.training.run import fit
+
+        result = fit(cfg, test=not args.no_test)
+    except DermaLensError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"run folder: {result.run_dir}")
+    print(f"best checkpoint: {result.best_ckpt}")
+    for key in sorted(result.metrics):
+        print(f"  {key}: {result.metrics[key]:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Warm-up + cosine LR schedule and the BYOL EMA momentum schedule."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from backend.errors import ConfigError
+from backend.training.schedules import WarmupCosineFactor, cosine_momentum, warmup_cosine
+
+
+def make_optimizer(lrs=(1e-3, 1e-3 * 0.75**3)) -> torch.optim.Optimizer:
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in lrs]
+    return torch.optim.AdamW(groups)
+
+
+def lr_trace(scheduler, optimizer, steps: int) -> np.ndarray:
+    """LR of every group at each optimiser step, as Lightning's per-step interval produces it."""
+    trace = []
+    for _ in range(steps):
+        trace.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    return np.array(trace)
+
+
+def test_values_at_start_end_of_warmup_and_end():
+    opt = make_optimizer((1.0,))
+    sched = warmup_cosine(opt, warmup_steps=4, total_steps=20, min_lr_ratio=0.1)
+    lr = lr_trace(sched, opt, 25)[:, 0]
+    assert lr[0] == pytest.approx(1 / 5)  # (0 + 1) / (4 + 1): never 0, no wasted step
+    assert lr[3] == pytest.approx(4 / 5)  # last warm-up step
+    assert lr[4] == pytest.approx(1.0)  # peak right after warm-up
+    assert lr[19] == pytest.approx(0.1)  # floor at the last step
+    assert lr[24] == pytest.approx(0.1)  # and it stays there (e.g. one extra scheduler step)
+    # halfway through the cosine: mid-point between peak and floor
+    mid = 4 + (19 - 4) / 2
+    assert WarmupCosineFactor(4, 20, 0.1)(mid) == pytest.approx(0.55)
+
+
+def test_monotonic_up_then_down():
+    opt = make_optimizer((1.0,))
+    lr = lr_trace(warmup_cosine(opt, 10, 100), opt, 100)[:, 0]
+    assert np.all(np.diff(lr[:11]) > 0)
+    assert np.all(np.diff(lr[10:]) < 0)
+    assert lr[-1] == pytest.approx(0.0)
+    assert lr.max() == pytest.approx(1.0)
+
+
+def test_each_group_keeps_its_own_base_lr():
+    base = (1e-3, 1e-3 * 0.75, 1e-3 * 0.75**4)
+    opt = make_optimizer(base)
+    trace = lr_trace(warmup_cosine(opt, 5, 50, min_lr_ratio=0.01), opt, 50)
+    ratios = trace / np.array(base)
+    np.testing.assert_allclose(ratios, ratios[:, :1].repeat(3, axis=1), rtol=1e-9)
+    assert trace[5] == pytest.approx(base)
+    assert trace[-1] == pytest.approx([0.01 * b for b in base])
+
+
+def test_no_warmup_starts_at_peak():
+    opt = make_optimizer((2.0,))
+    lr = lr_trace(warmup_cosine(opt, 0, 10), opt, 10)[:, 0]
+    assert lr[0] == pytest.approx(2.0) and lr[-1] == pytest.approx(0.0)
+
+
+def test_state_dict_round_trips_with_weights_only():
+    opt = make_optimizer((1.0,))
+    sched = warmup_cosine(opt, 3, 30, min_lr_ratio=0.05)
+    lr_trace(sched, opt, 7)
+    buffer = io.BytesIO()
+    torch.save(sched.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    opt2 = make_optimizer((1.0,))
+    sched2 = warmup_cosine(opt2, 1, 2)  # different settings: the checkpoint restores them
+    sched2.load_state_dict(state)
+    assert sched2.lr_lambdas[0].total_steps == 30 and sched2.lr_lambdas[0].min_lr_ratio == 0.05
+    assert sched2.last_epoch == sched.last_epoch
+
+
+@pytest.mark.parametrize(
+    ("warmup", "total", "ratio", "message"),
+    [(0, 0, 0.0, "total_steps"), (-1, 10, 0.0, "warmup_steps"), (11, 10, 0.0, "warmup_steps"), (1, 10, 1.5, "min_lr")],
+)
+def test_bad_schedule_arguments(warmup, total, ratio, message):
+    with pytest.raises(ConfigError, match=message):
+        warmup_cosine(make_optimizer(), warmup, total, ratio)
+
+
+def test_cosine_momentum():
+    assert cosine_momentum(0, 100) == pytest.approx(0.996)
+    assert cosine_momentum(99, 100) == pytest.approx(1.0)
+    assert cosine_momentum(150, 100) == pytest.approx(1.0)
+    # halfway (lightly spreads the half cosine over total - 1 steps)
+    assert cosine_momentum(50, 101) == pytest.approx(0.998)
+    values = [cosine_momentum(s, 100, base=0.99, final=1.0) for s in range(100)]
+    assert np.all(np.diff(values) >= 0)
+    expected = 1.0 - (1.0 - 0.99) * (math.cos(math.pi * 10 / 99) + 1) / 2
+    assert values[10] == pytest.approx(expected)
+    assert isinstance(values[10], float)
