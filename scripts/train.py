@@ -1,10 +1,10 @@
-"""Train the multi-task lesion model: ``python -m scripts.train [flags] [key=value ...]``.
+r"""Train the multi-task lesion model: ``python -m scripts.train [flags] [key=value ...]``.
 
 Config layers, last wins: built-in defaults, ``--config`` YAML files, ``--model_cfg`` (the model
 section, e.g. ``cfgs/model/dermaresnet_se_18.yaml``), the flags below, then ``key=value``
 overrides of any config key (``optim.lr=3e-4``). Examples::
 
-    python -m scripts.train --csv ../shared/data/labels.csv --img_dir ../shared/data/images \\
+    python -m scripts.train --csv ../shared/data/labels.csv --img_dir ../shared/data/images \
         --model_cfg cfgs/model/dermaresnet_se_tiny.yaml --img_size 128 --epochs 10
     python -m scripts.train --config cfgs/debug/cpu_tiny.yaml --resume_version 0
     srun python -m scripts.train --accelerator gpu --devices 4 --num_nodes 2 --strategy ddp ...

@@ -100,6 +100,8 @@ class TrainerConfig:
         limit_val_batches: Fraction or count of validation batches per epoch.
         fast_dev_run: Run one batch of train/val to smoke-test a config.
         log_every_n_steps: Logging interval.
+        checkpoint_every_n_steps: Also refresh ``last.ckpt`` every this many optimiser steps (0 = once
+            per epoch), so a long epoch interrupted midway loses little.
         deterministic: Ask torch for deterministic algorithms.
     """
 
@@ -118,6 +120,7 @@ class TrainerConfig:
     limit_val_batches: float = 1.0
     fast_dev_run: bool = False
     log_every_n_steps: int = 10
+    checkpoint_every_n_steps: int = 0
     deterministic: bool = False
 
     def validate(self) -> None:
@@ -126,6 +129,8 @@ class TrainerConfig:
             raise ConfigError(f"trainer.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.epochs < 1:
             raise ConfigError(f"trainer.epochs must be >= 1, got {self.epochs}")
+        if self.checkpoint_every_n_steps < 0:
+            raise ConfigError(f"trainer.checkpoint_every_n_steps must be >= 0, got {self.checkpoint_every_n_steps}")
         if self.early_stop < 0:
             raise ConfigError(f"trainer.early_stop must be >= 0, got {self.early_stop}")
 

@@ -96,9 +96,16 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path):
         CSVLogger(save_dir=run_dir.parent.parent, name=run_dir.parent.name, version=version),
     ]
     ckpt_dir = run_dir / "ckpts"
+    # Two checkpoint callbacks: Lightning 2.6 refreshes ``save_last`` only when a top-k checkpoint was
+    # written, so ``last.ckpt`` gets its own unmonitored callback that writes it every epoch (and
+    # every ``checkpoint_every_n_steps`` optimiser steps when set) whatever the metric did.
+    every_steps = t.checkpoint_every_n_steps or None
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=t.monitor, mode="max", save_top_k=1,
-                        save_last=True, enable_version_counter=False, auto_insert_metric_name=False),
+                        enable_version_counter=False, auto_insert_metric_name=False),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                        every_n_train_steps=every_steps, every_n_epochs=None if every_steps else 1,
+                        save_on_train_epoch_end=True, enable_version_counter=False, auto_insert_metric_name=False),
         LearningRateMonitor(logging_interval="step"),
     ]
     if t.early_stop > 0:

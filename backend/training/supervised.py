@@ -190,6 +190,6 @@ class LesionModule(L.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas))
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
-        warmup_steps = min(total_steps - 1, int(round(optim.warmup_epochs * steps_per_epoch)))
+        warmup_steps = min(total_steps - 1, round(optim.warmup_epochs * steps_per_epoch))
         scheduler = warmup_cosine(optimizer, max(0, warmup_steps), total_steps, min_lr_ratio=optim.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,165 @@
+"""``LesionDataModule``: the lesion table, its grouped splits and the three dataloaders.
+
+Everything fitted on data (class weights, the metadata encoder's age normalisation, the
+thickness scaler in :mod:`backend.training.run`) is fitted on the training split only, so the
+validation and test splits never leak into the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from backend.data.config import DataConfig
+from backend.data.dataset import LesionDataset, encode_targets
+from backend.data.metadata import MetadataEncoder
+from backend.data.schema import DIAGNOSES
+from backend.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def class_weights(diagnosis_index: np.ndarray, num_classes: int = len(DIAGNOSES)) -> np.ndarray:
+    """Inverse-frequency cross-entropy weights, normalised to mean 1 over the classes present.
+
+    Args:
+        diagnosis_index: Per-row class index, ``-1`` for rows without a trainable diagnosis.
+        num_classes: Number of classes.
+
+    Returns:
+        ``(num_classes,)`` float32; classes absent from the split get weight 0 (they never occur).
+    """
+    known = diagnosis_index[diagnosis_index >= 0]
+    counts = np.bincount(known, minlength=num_classes).astype(np.float64)
+    weights = np.zeros(num_classes)
+    present = counts > 0
+    if present.any():
+        weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    return weights.astype(np.float32)
+
+
+def sample_weights(diagnosis_index: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Per-row weights of the class-balanced sampler: each class (UNK by its benign label) equally likely."""
+    keys = np.where(diagnosis_index >= 0, diagnosis_index, len(DIAGNOSES) + (label > 0))
+    counts = np.bincount(keys)
+    return (1.0 / counts[keys]).astype(np.float64)
+
+
+class LesionDataModule(L.LightningDataModule):
+    """Load, split and serve a lesion table according to a :class:`DataConfig`.
+
+    Args:
+        cfg: The data config.
+        table: An already loaded table to use instead of reading ``cfg.csv`` (tests, notebooks).
+    """
+
+    def __init__(self, cfg: DataConfig, table: pd.DataFrame | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self._given_table = table
+        self.table: pd.DataFrame | None = None
+        self.splits: pd.Series | None = None
+        self.metadata_encoder: MetadataEncoder | None = None
+        self.class_weights: np.ndarray | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the table and assign splits once (Lightning calls this on every rank and stage)."""
+        if self.table is not None:
+            return
+        from backend.data.splits import assign_splits, read_splits
+
+        cfg = self.cfg
+        if self._given_table is not None:
+            table = self._given_table.reset_index(drop=True)
+        else:
+            from backend.data.formats import load_table
+
+            table = load_table(
+                cfg.csv, img_dir=cfg.img_dir, format=cfg.format, metadata_csv=cfg.metadata_csv,
+                skip_missing=cfg.skip_missing,
+            )
+        if cfg.split_csv:
+            splits = read_splits(cfg.split_csv, table)
+        else:
+            splits = assign_splits(table, val_frac=cfg.split.val_frac, test_frac=cfg.split.test_frac,
+                                   seed=cfg.split.seed)
+        self.table, self.splits = table, splits.reindex(table.index)
+        train = self.split_table("train")
+        if train.empty:
+            raise ConfigError(f"the training split of {cfg.csv} is empty (data.split fractions leave no rows)")
+        self.class_weights = class_weights(encode_targets(train)["diagnosis"])
+        self.metadata_encoder = MetadataEncoder.fit(train["age_approx"].to_numpy(dtype=float, na_value=np.nan))
+        log.info("data: %s", ", ".join(f"{s} {int((self.splits == s).sum())}" for s in SPLITS))
+
+    def split_table(self, split: str) -> pd.DataFrame:
+        """The rows of one split (``train``, ``val`` or ``test``)."""
+        if self.table is None or self.splits is None:
+            raise RuntimeError("call setup() first")
+        return self.table[self.splits == split].reset_index(drop=True)
+
+    @property
+    def train_table(self) -> pd.DataFrame:
+        """Rows of the training split."""
+        return self.split_table("train")
+
+    def has_split(self, split: str) -> bool:
+        """Whether ``split`` has any row."""
+        return self.splits is not None and bool((self.splits == split).any())
+
+    def write_splits(self, path: str | Path) -> Path:
+        """Save the split assignment next to a run (``image_id,split``)."""
+        from backend.data.splits import write_splits
+
+        write_splits(self.table, self.splits, path)
+        return Path(path)
+
+    def dataset(self, split: str | pd.DataFrame, train: bool = False) -> LesionDataset:
+        """A dataset over a split name or an explicit table, with train or eval transforms."""
+        from backend.data.transforms import build_eval_transform, build_train_transform, preprocessing_dict
+
+        table = self.split_table(split) if isinstance(split, str) else split.reset_index(drop=True)
+        transform = build_train_transform(self.cfg) if train else build_eval_transform(preprocessing_dict(self.cfg))
+        meta = self.metadata_encoder.encode_table(table) if self.cfg.use_metadata else None
+        return LesionDataset(table, transform, self.cfg.img_size, metadata=meta, hair_removal=self.cfg.hair_removal)
+
+    def _loader(
+        self, dataset: LesionDataset, shuffle: bool, sampler: Any = None, drop_last: bool = False
+    ) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=False,
+            drop_last=drop_last,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (or class-balanced) training batches with augmentations."""
+        dataset = self.dataset("train", train=True)
+        sampler = None
+        if self.cfg.balanced_sampler:
+            t = dataset.targets
+            weights = sample_weights(t["diagnosis"], t["label"])
+            sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(weights), replacement=True)
+        # A lone last sample would make a batch of one, which batch norm cannot train on.
+        return self._loader(dataset, shuffle=True, sampler=sampler, drop_last=len(dataset) > self.cfg.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches with the eval transform."""
+        return self._loader(self.dataset("val"), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches with the eval transform."""
+        return self._loader(self.dataset("test"), shuffle=False)

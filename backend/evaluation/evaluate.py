@@ -1,0 +1,212 @@
+"""Evaluate a trained checkpoint on a labelled table: metrics, calibration, plots and prediction files.
+
+``evaluate(...)`` is what ``scripts/evaluate.py`` wraps. It runs the checkpoint's own eval
+preprocessing and metadata encoding (rebuilt from the checkpoint alone), optionally fits a
+temperature on the validation rows and reports expected calibration error before and after, and
+writes into ``output_dir``::
+
+    metrics.csv              every scalar metric with a note on how it was computed
+    predictions_isic.csv     image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK (ISIC submission format)
+    predictions.csv          the same plus label, malignant probability and thickness (mm)
+    confusion_matrix.png, roc_curves.png, thickness.png
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from backend.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Predictions:
+    """Raw network outputs over a table, row-aligned with it.
+
+    Attributes:
+        logits: ``(N, 8)`` diagnosis logits.
+        thickness_mm: ``(N,)`` predicted Breslow thickness in mm.
+    """
+
+    logits: np.ndarray
+    thickness_mm: np.ndarray
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate` computed and where it wrote it."""
+
+    metrics: dict[str, Any]
+    temperature: float | None
+    output_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def predict_table(
+    loaded: Any, table: pd.DataFrame, batch_size: int = 32, num_workers: int = 0, use_metadata: bool = True
+) -> Predictions:
+    """Run a checkpoint's network over every row of a table with its own eval preprocessing.
+
+    Args:
+        loaded: A :class:`backend.io.checkpoint.LoadedModel`.
+        table: Rows in the lesion-table layout.
+        batch_size: Images per forward pass.
+        num_workers: DataLoader workers decoding images.
+        use_metadata: Feed the table's age/sex/site to fusion models (False: evaluate image only).
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from backend.data.dataset import LesionDataset
+    from backend.data.metadata import MetadataEncoder
+    from backend.data.transforms import build_eval_transform
+    from backend.models.heads import ThicknessScaler
+
+    pre = loaded.preprocessing
+    meta = None
+    if use_metadata and loaded.metadata_encoder is not None:
+        meta = MetadataEncoder.from_dict(loaded.metadata_encoder).encode_table(table)
+    dataset = LesionDataset(table.reset_index(drop=True), build_eval_transform(pre), int(pre["img_size"]),
+                            metadata=meta, hair_removal=bool(pre["hair_removal"]))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    scaler = ThicknessScaler.from_dict(loaded.thickness_scaler)
+    logits, thickness, rows = [], [], []
+    net = loaded.net.eval()
+    with torch.inference_mode():
+        for batch in loader:
+            out = net(batch["image"], batch.get("meta"))
+            logits.append(out.diagnosis_logits.float())
+            thickness.append(scaler.denormalise(out.thickness.float()))
+            rows.append(batch["index"])
+    order = torch.cat(rows).numpy()
+    if len(order) != len(table) or len(set(order.tolist())) != len(table):
+        log.warning("%d of %d rows were replaced because their images could not be read",
+                    len(table) - len(set(order.tolist())), len(table))
+    return Predictions(torch.cat(logits).numpy(), torch.cat(thickness).numpy())
+
+
+def _split_rows(table: pd.DataFrame, splits_csv: str | Path | None, split: str | None) -> pd.DataFrame:
+    if split is None:
+        return table
+    if splits_csv is None:
+        raise ConfigError(f"--split {split} needs a splits CSV (the run's splits.csv)")
+    from backend.data.splits import read_splits
+
+    assignment = read_splits(splits_csv, table)
+    rows = table[assignment.reindex(table.index) == split].reset_index(drop=True)
+    if rows.empty:
+        raise ConfigError(f"{splits_csv}: split '{split}' has no rows")
+    return rows
+
+
+def default_splits_csv(checkpoint: str | Path) -> Path | None:
+    """``<run>/splits.csv`` for a checkpoint at ``<run>/ckpts/*.ckpt``, when it exists."""
+    candidate = Path(checkpoint).resolve().parent.parent / "splits.csv"
+    return candidate if candidate.is_file() else None
+
+
+def evaluate(
+    checkpoint: str | Path,
+    csv: str | Path,
+    output_dir: str | Path,
+    img_dir: str | Path | None = None,
+    split: str | None = None,
+    splits_csv: str | Path | None = None,
+    calibrate_split: str | None = "val",
+    threshold: float = 0.5,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    use_metadata: bool = True,
+    skip_missing: bool = False,
+) -> EvaluationResult:
+    """Evaluate ``checkpoint`` on ``csv`` (optionally one split of it) and write the report files.
+
+    Args:
+        checkpoint: A DermaLens Lightning checkpoint.
+        csv: Labelled table in any supported format.
+        output_dir: Folder for the report files (created).
+        img_dir: Image folder of ``csv``.
+        split: Evaluate only this split (``test``, ``val``...) of ``splits_csv``; None = every row.
+        splits_csv: Split assignment; default ``<run>/splits.csv`` beside the checkpoint.
+        calibrate_split: Fit temperature scaling on this split and report ECE before/after; None skips.
+        threshold: Malignant-probability threshold for sensitivity and specificity.
+        batch_size: Images per forward pass.
+        num_workers: DataLoader workers.
+        use_metadata: Feed patient metadata to fusion models.
+        skip_missing: Drop rows whose image file is missing (one warning with the count).
+    """
+    from backend.data.dataset import encode_targets
+    from backend.data.formats import load_table
+    from backend.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
+    from backend.evaluation.isic_format import write_predictions_csv
+    from backend.evaluation.metrics import compute_metrics, write_metrics_csv
+    from backend.evaluation.plots import confusion_matrix_figure, roc_curves_figure, save_png, thickness_figure
+    from backend.io.checkpoint import load_lesion_checkpoint
+    from backend.models.lesion_net import MALIGNANT_INDICES
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load_lesion_checkpoint(checkpoint)
+    table = load_table(csv, img_dir=img_dir, skip_missing=skip_missing)
+    splits_csv = splits_csv or (default_splits_csv(checkpoint) if split or calibrate_split else None)
+    rows = _split_rows(table, splits_csv, split)
+    preds = predict_table(loaded, rows, batch_size, num_workers, use_metadata)
+    targets = encode_targets(rows)
+
+    temperature = None
+    probs_raw = apply_temperature(preds.logits, 1.0)
+    probs = probs_raw
+    calib_notes: dict[str, float] = {}
+    if calibrate_split and splits_csv is not None:
+        calib_rows = _split_rows(table, splits_csv, calibrate_split)
+        calib = predict_table(loaded, calib_rows, batch_size, num_workers, use_metadata)
+        calib_y = encode_targets(calib_rows)["diagnosis"]
+        if (calib_y >= 0).any():
+            temperature = fit_temperature(calib.logits, calib_y)
+            probs = apply_temperature(preds.logits, temperature)
+            known = targets["diagnosis"] >= 0
+            if known.any():
+                y = targets["diagnosis"][known]
+                calib_notes = {
+                    "ece_before_calibration": expected_calibration_error(probs_raw[known], y),
+                    "ece_after_calibration": expected_calibration_error(probs[known], y),
+                    "temperature": temperature,
+                }
+    elif calibrate_split:
+        log.warning("no splits CSV: temperature scaling skipped (pass --splits_csv to calibrate on '%s')",
+                    calibrate_split)
+
+    metrics = compute_metrics(
+        targets["diagnosis"], probs, y_true_malignant=targets["label"], threshold=threshold,
+        thickness_pred_mm=preds.thickness_mm, thickness_lo=targets["thickness_lo"],
+        thickness_hi=targets["thickness_hi"],
+    )
+    metrics.update(calib_notes)
+    if "temperature" in calib_notes:
+        metrics["notes"]["temperature"] = f"temperature scaling fitted on the '{calibrate_split}' split"
+
+    files = {"metrics": write_metrics_csv(metrics, out / "metrics.csv")}
+    files["predictions_isic"] = write_predictions_csv(out / "predictions_isic.csv", rows["image_id"].tolist(), probs)
+    detail = pd.read_csv(files["predictions_isic"])
+    detail["label"] = rows["label"].to_numpy()
+    detail["malignant"] = probs[:, list(MALIGNANT_INDICES)].sum(axis=1)
+    detail["thickness_mm"] = preds.thickness_mm
+    files["predictions"] = out / "predictions.csv"
+    detail.to_csv(files["predictions"], index=False)
+    files["confusion_matrix"] = save_png(
+        confusion_matrix_figure(metrics["confusion_matrix"]), out / "confusion_matrix.png"
+    )
+    files["roc_curves"] = save_png(
+        roc_curves_figure(targets["diagnosis"], probs, y_true_malignant=targets["label"]), out / "roc_curves.png"
+    )
+    files["thickness"] = save_png(
+        thickness_figure(preds.thickness_mm, targets["thickness_lo"], targets["thickness_hi"]), out / "thickness.png"
+    )
+    return EvaluationResult(metrics, temperature, out, files)

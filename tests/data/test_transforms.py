@@ -1,0 +1,117 @@
+"""Transforms: one eval transform from a stored description, dermoscopy augmentations, BYOL views."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from backend.data.config import DataConfig
+from backend.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RandomVignette,
+    ShadesOfGray,
+    build_byol_transforms,
+    build_eval_transform,
+    build_train_transform,
+    check_preprocessing,
+    preprocessing_dict,
+    shades_of_gray,
+)
+from backend.errors import ConfigError
+from tests.conftest import make_lesion_image
+
+
+def test_shades_of_gray_removes_a_colour_cast(rng):
+    img = make_lesion_image(rng, 48)
+    cast = np.clip(img.astype(float) * np.array([1.0, 0.8, 0.6]), 0, 255).astype(np.uint8)
+
+    def chroma(x):  # per-channel means relative to green: the colour of the illuminant
+        m = x.reshape(-1, 3).astype(float).mean(0)
+        return m / m[1]
+
+    # The same scene under two illuminants has the same chromaticity after correction ...
+    before = np.abs(chroma(img) - chroma(cast)).sum()
+    after = np.abs(chroma(shades_of_gray(img)) - chroma(shades_of_gray(cast))).sum()
+    assert after < 0.1 * before
+    # ... and a neutral grey image is left alone.
+    grey = np.full((16, 16, 3), 128, np.uint8)
+    assert np.abs(shades_of_gray(grey).astype(int) - 128).max() <= 1
+    assert (shades_of_gray(np.zeros((8, 8, 3), np.uint8)) == 0).all()
+    with pytest.raises(ConfigError, match="power"):
+        ShadesOfGray(power=0.5)
+
+
+def test_eval_transform_is_deterministic_normalised_and_sized(rng):
+    cfg = DataConfig(img_size=32, color_constancy=False)
+    pre = preprocessing_dict(cfg)
+    transform = build_eval_transform(pre)
+    img = make_lesion_image(rng, 48)[:, :40]  # not square: shorter side resized, then centre crop
+    a, b = transform(image=img)["image"], transform(image=img)["image"]
+    assert a.shape == (3, 32, 32) and a.dtype == torch.float32
+    assert torch.equal(a, b)
+    flat = np.full((40, 40, 3), 255, np.uint8)
+    out = transform(image=flat)["image"]
+    expected = (1.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    assert np.allclose(out.mean(dim=(1, 2)).numpy(), expected, atol=1e-4)
+
+
+def test_preprocessing_dict_round_trip_and_validation():
+    pre = preprocessing_dict(DataConfig(img_size=96, hair_removal=True))
+    assert check_preprocessing(dict(pre)) == pre
+    assert pre["img_size"] == 96 and pre["hair_removal"] is True and pre["color_constancy"] is True
+    with pytest.raises(ConfigError, match="missing keys"):
+        check_preprocessing({k: v for k, v in pre.items() if k != "mean"})
+    with pytest.raises(ConfigError, match="unknown keys"):
+        check_preprocessing({**pre, "sharpen": True})
+    with pytest.raises(ConfigError, match="version"):
+        check_preprocessing({**pre, "version": 99})
+
+
+def test_colour_constancy_runs_in_eval_transform(rng):
+    img = make_lesion_image(rng, 48)
+    cast = np.clip(img.astype(float) * np.array([1.0, 0.8, 0.6]), 0, 255).astype(np.uint8)
+    with_cc = build_eval_transform(preprocessing_dict(DataConfig(img_size=32, color_constancy=True)))
+    without = build_eval_transform(preprocessing_dict(DataConfig(img_size=32, color_constancy=False)))
+
+    def chroma(t):  # un-normalised per-channel means relative to green
+        m = t.mean(dim=(1, 2)).numpy() * np.array(IMAGENET_STD) + np.array(IMAGENET_MEAN)
+        return m / m[1]
+
+    gap_cc = np.abs(chroma(with_cc(image=img)["image"]) - chroma(with_cc(image=cast)["image"])).sum()
+    gap_plain = np.abs(chroma(without(image=img)["image"]) - chroma(without(image=cast)["image"])).sum()
+    assert gap_cc < 0.1 * gap_plain
+
+
+@pytest.mark.parametrize("preset", ["light", "default", "strong"])
+def test_train_transform_augments_but_keeps_shape(rng, preset):
+    cfg = DataConfig(img_size=32, augment=preset)
+    transform = build_train_transform(cfg)
+    img = make_lesion_image(rng, 48)
+    outs = [transform(image=img)["image"] for _ in range(6)]
+    assert all(o.shape == (3, 32, 32) for o in outs)
+    assert any(not torch.equal(outs[0], o) for o in outs[1:])  # random, not the eval transform
+
+
+def test_vignette_darkens_corners_more_than_centre():
+    img = np.full((41, 41, 3), 200, np.uint8)
+    out = RandomVignette(strength=(0.6, 0.6), p=1.0)(image=img)["image"]
+    assert out[0, 0].mean() < 0.6 * 200 and out[20, 20].mean() > 0.95 * 200
+    with pytest.raises(ConfigError, match="vignette"):
+        RandomVignette(strength=(0.8, 0.2))
+
+
+def test_byol_views_are_asymmetric(rng):
+    cfg = DataConfig(img_size=32)
+    view1, view2 = build_byol_transforms(cfg)
+    names1 = [type(t).__name__ for t in view1.transforms]
+    names2 = [type(t).__name__ for t in view2.transforms]
+    assert "GaussianBlur" in names1 and "Solarize" in names2
+    p = {n: t.p for n, t in zip(names1, view1.transforms, strict=True)}
+    q = {n: t.p for n, t in zip(names2, view2.transforms, strict=True)}
+    assert p["GaussianBlur"] == 1.0 and p["Solarize"] == 0.0
+    assert q["GaussianBlur"] < 0.5 and q["Solarize"] > 0.0
+    img = make_lesion_image(rng, 48)
+    a, b = view1(image=img)["image"], view2(image=img)["image"]
+    assert a.shape == b.shape == (3, 32, 32) and not torch.equal(a, b)

@@ -1,0 +1,144 @@
+"""End-to-end supervised training on synthetic data: every backbone, resume, DDP, checkpoint contents."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from backend.config import from_dict, read_yaml
+from backend.errors import ConfigError
+from backend.io.checkpoint import load_lesion_checkpoint, safe_torch_load
+from backend.training.config import ExperimentConfig
+from backend.training.run import fit
+from scripts.train import main as train_main
+from scripts.train import parse_config
+from tests.conftest import REPO_ROOT, write_synthetic_dataset
+
+TINY_MODELS = {
+    "dermaresnet_se_tiny": {"backbone": "dermaresnet_se_tiny"},
+    "dermaresnet_se_18": {"backbone": "dermaresnet_se_18", "backbone_kwargs": {"widths": [8, 16, 24, 32]}},
+    "resnet50": {"backbone": "resnet50"},
+    "vit_small_patch16_224": {"backbone": "vit_small_patch16_224",
+                              "backbone_kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}},
+    "vit_base_patch16_224": {"backbone": "vit_base_patch16_224",
+                             "backbone_kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}},
+}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_synthetic_dataset(tmp_path_factory.mktemp("data"), n=48, size=40)
+
+
+def tiny_cfg(csv: Path, out: Path, **sections) -> ExperimentConfig:
+    base = read_yaml(REPO_ROOT / "cfgs" / "debug" / "cpu_tiny.yaml")
+    base["data"].update({"csv": str(csv), "img_dir": str(csv.parent / "images"), "img_size": 32, "batch_size": 4})
+    base["model"]["img_size"] = 32
+    base["output_dir"] = str(out)
+    for key, value in sections.items():
+        base.setdefault(key, {})
+        if isinstance(value, dict):
+            base[key].update(value)
+        else:
+            base[key] = value
+    return from_dict(ExperimentConfig, base)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_MODELS))
+def test_fast_dev_run_every_backbone(dataset, tmp_path, name):
+    cfg = tiny_cfg(dataset, tmp_path, model=TINY_MODELS[name], trainer={"fast_dev_run": True})
+    result = fit(cfg, test=False)
+    assert result.run_dir.is_dir() and (result.run_dir / "config.yaml").is_file()
+    assert (result.run_dir / "splits.csv").is_file()
+    for key in ("train/loss", "val/loss", "val/balanced_accuracy"):
+        assert torch.isfinite(torch.tensor(result.metrics[key])), key
+
+
+def test_run_layout_checkpoint_rebuilds_model(dataset, tmp_path):
+    cfg = tiny_cfg(dataset, tmp_path, trainer={"epochs": 1})
+    result = fit(cfg, test=True)
+    run = result.run_dir
+    assert run == tmp_path / "cpu_tiny" / "version_0"
+    assert (run / "ckpts" / "best.ckpt").is_file() and (run / "ckpts" / "last.ckpt").is_file()
+    assert list(run.glob("events.out.tfevents.*")) and (run / "metrics.csv").is_file()
+    assert "test/balanced_accuracy" in result.metrics
+    loaded = load_lesion_checkpoint(run / "ckpts" / "best.ckpt")
+    assert loaded.classes == ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]
+    assert loaded.preprocessing["img_size"] == 32 and loaded.metadata_encoder is not None
+    assert loaded.config["model"]["meta_dim"] == 15
+    out = loaded.net(torch.zeros(2, 3, 32, 32))
+    assert out.diagnosis_logits.shape == (2, 8) and out.thickness.shape == (2,)
+    # A second run takes the next version.
+    assert fit(tiny_cfg(dataset, tmp_path, trainer={"fast_dev_run": True}), test=False).run_dir.name == "version_1"
+
+
+def test_resume_continues_to_the_same_global_step(dataset, tmp_path):
+    full = fit(tiny_cfg(dataset, tmp_path / "full", trainer={"epochs": 2}), test=False)
+    first = fit(tiny_cfg(dataset, tmp_path / "split", trainer={"epochs": 1}), test=False)
+    step_after_one = safe_torch_load(first.last_ckpt)["global_step"]
+    resumed = fit(tiny_cfg(dataset, tmp_path / "split", trainer={"epochs": 2}, resume_version=0), test=False)
+    assert resumed.run_dir == first.run_dir
+    full_ckpt, resumed_ckpt = safe_torch_load(full.last_ckpt), safe_torch_load(resumed.last_ckpt)
+    assert resumed_ckpt["epoch"] == full_ckpt["epoch"] == 1
+    assert resumed_ckpt["global_step"] == full_ckpt["global_step"] == 2 * step_after_one
+    assert abs(resumed.metrics["val/loss"] - full.metrics["val/loss"]) < 0.5
+
+
+def test_resume_of_a_missing_version_is_a_clear_error(dataset, tmp_path):
+    with pytest.raises(ConfigError, match="cannot resume version 7"):
+        fit(tiny_cfg(dataset, tmp_path, resume_version=7))
+
+
+def test_cli_flags_map_onto_the_config(dataset, tmp_path):
+    cfg, _ = parse_config([
+        "--config", str(REPO_ROOT / "cfgs" / "debug" / "cpu_tiny.yaml"), "--csv", str(dataset), "--img_size", "48",
+        "--batch_size", "3", "--epochs", "5", "--precision", "bf16-mixed", "--gradient_clip_val", "2.5",
+        "--early_stop", "4", "--output_dir", str(tmp_path), "--experiment_name", "x", "--seed", "7",
+        "--devices", "2", "--accelerator", "cpu", "--strategy", "ddp", "--num_nodes", "1",
+        "--model_cfg", str(REPO_ROOT / "cfgs" / "model" / "resnet50.yaml"), "optim.lr=0.01",
+    ])
+    assert (cfg.data.img_size, cfg.data.batch_size, cfg.trainer.epochs) == (48, 3, 5)
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.gradient_clip_val == 2.5
+    assert cfg.trainer.early_stop == 4 and cfg.trainer.strategy == "ddp" and cfg.trainer.lightning_devices() == 2
+    assert cfg.model.backbone == "resnet50" and cfg.optim.lr == 0.01 and cfg.seed == 7
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
+        parse_config(["optim.lrr=1"])
+
+
+def test_cli_reports_bad_input_with_exit_code_2(tmp_path, capsys):
+    bad = tmp_path / "labels.csv"
+    bad.write_text("image,label\nmissing.png,3\n")
+    assert train_main(["--csv", str(bad), "--output_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "labels.csv" in err
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(dataset, tmp_path):
+    """``strategy=ddp`` on 2 CPU processes: both ranks train (half the steps each) and the checkpoint loads."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    common = ["--config", str(REPO_ROOT / "cfgs" / "debug" / "cpu_tiny.yaml"), "--csv", str(dataset),
+              "--img_size", "32", "--batch_size", "4", "--epochs", "1", "--accelerator", "cpu", "--no_test",
+              "trainer.limit_train_batches=1.0", "trainer.limit_val_batches=1.0", "model.img_size=32"]
+    runs = {}
+    for name, extra in {"single": ["--devices", "1"], "ddp": ["--devices", "2", "--strategy", "ddp"]}.items():
+        proc = subprocess.run(
+            [sys.executable, "-m", "scripts.train", *common, *extra, "--output_dir", str(tmp_path / name)],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = tmp_path / name / "cpu_tiny" / "version_0"
+        if name == "ddp":
+            assert "GLOBAL_RANK: 1" in proc.stderr + proc.stdout
+    single = safe_torch_load(runs["single"] / "ckpts" / "last.ckpt")
+    ddp = safe_torch_load(runs["ddp"] / "ckpts" / "last.ckpt")
+    assert single["global_step"] >= 2
+    assert ddp["global_step"] == -(-single["global_step"] // 2)  # each rank saw half the batches
+    assert not list((tmp_path / "ddp" / "cpu_tiny").glob("version_1"))  # both ranks wrote one run folder
+    loaded = load_lesion_checkpoint(runs["ddp"] / "ckpts" / "last.ckpt")
+    assert loaded.net(torch.zeros(1, 3, 32, 32)).diagnosis_logits.shape == (1, 8)
