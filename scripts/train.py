@@ -36,6 +36,7 @@ FLAG_TO_KEY: dict[str, str] = {
     "experiment_name": "experiment_name",
     "seed": "seed",
     "resume_version": "resume_version",
+    "skip_missing": "data.skip_missing",
 }
 
 
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment_name")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume_version", type=int, help="continue <output_dir>/<experiment_name>/version_N")
+    p.add_argument("--skip-missing", "--skip_missing", dest="skip_missing", action="store_true", default=None,
+                   help="drop rows whose image file is missing (one warning with the count) instead of failing")
     p.add_argument("--no_test", action="store_true", help="skip the test-split evaluation after training")
     return p
 

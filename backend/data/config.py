@@ -40,7 +40,8 @@ class DataConfig:
     Attributes:
         csv: Label table (generic CSV, ISIC 2019 ground truth, HAM10000 metadata) or an isic-cli
             download folder.
-        img_dir: Folder holding the images named in ``csv`` (relative paths resolve against it).
+        img_dir: Folder holding the images named in ``csv`` (relative paths resolve against it);
+            None means the ``images/`` folder beside the CSV if there is one, else the CSV's folder.
         format: ``auto`` detects the format from the header; or force one by name.
         metadata_csv: Extra metadata CSV (the ISIC 2019 metadata file beside its ground truth).
         split_csv: A split assignment CSV (``image_id,split``) to reuse instead of computing one.
@@ -57,7 +58,7 @@ class DataConfig:
     """
 
     csv: str = "../shared/data/labels.csv"
-    img_dir: str = "../shared/data/images"
+    img_dir: str | None = None
     format: str = "auto"
     metadata_csv: str | None = None
     split_csv: str | None = None

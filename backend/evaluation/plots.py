@@ -174,19 +174,14 @@ def thickness_figure(pred_mm: Any, lo: Any, hi: Any, split_mm: float = THICKNESS
     fig = _new_figure(5.6, 5.0)
     ax = fig.add_subplot()
     exact = lo == hi
-    ax.scatter(lo[exact], pred[exact], c=colours[exact], s=18, zorder=3, label=f"exact label (n={int(exact.sum())})")
     interval = ~exact
-    ends = np.minimum(hi[interval], top)
-    ax.hlines(
-        pred[interval],
-        lo[interval],
-        ends,
-        colors=colours[interval],
-        lw=1.2,
-        alpha=0.8,
-        label=f"interval label (n={int(interval.sum())})",
-    )
-    ax.scatter(lo[interval], pred[interval], c=colours[interval], marker="|", s=40)
+    if exact.any():  # an empty collection with a label breaks matplotlib's legend
+        ax.scatter(lo[exact], pred[exact], c=colours[exact], s=18, zorder=3, label=f"exact label (n={int(exact.sum())})")
+    if interval.any():
+        ends = np.minimum(hi[interval], top)
+        ax.hlines(pred[interval], lo[interval], ends, colors=colours[interval], lw=1.2, alpha=0.8,
+                  label=f"interval label (n={int(interval.sum())})")
+        ax.scatter(lo[interval], pred[interval], c=colours[interval], marker="|", s=40)
     open_end = interval & ~np.isfinite(hi)
     if open_end.any():
         ax.scatter(np.full(int(open_end.sum()), top), pred[open_end], c=colours[open_end], marker=">", s=22)

@@ -80,3 +80,12 @@ def test_figure_to_array_shape_matches_figure_size():
     arr = figure_to_array(fig)
     width, height = fig.get_size_inches() * fig.dpi
     assert arr.shape == (round(height), round(width), 3)
+
+
+def test_thickness_figure_with_only_exact_or_no_labels():
+    from backend.evaluation.plots import thickness_figure
+
+    only_exact = thickness_figure([0.5, 1.0], [0.4, 1.2], [0.4, 1.2])
+    assert len(only_exact.axes[0].collections) >= 1
+    nothing = thickness_figure([0.5], [float("nan")], [float("nan")])
+    assert nothing.axes[0].get_title() == "Breslow thickness"

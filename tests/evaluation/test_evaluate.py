@@ -1,0 +1,77 @@
+"""scripts/evaluate.py on a tiny trained checkpoint: report files, metrics, calibration, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from backend.data.dataset import encode_targets
+from backend.data.formats import load_table
+from backend.data.splits import read_splits
+from backend.evaluation.calibration import expected_calibration_error
+from backend.evaluation.evaluate import evaluate
+from backend.evaluation.isic_format import ISIC_COLUMNS
+from backend.evaluation.metrics import compute_metrics
+from backend.training.run import fit
+from scripts.evaluate import main as evaluate_main
+from tests.conftest import write_synthetic_dataset
+from tests.training.test_run import tiny_cfg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    csv = write_synthetic_dataset(root / "data", n=48, size=40)
+    result = fit(tiny_cfg(csv, root / "runs", trainer={"epochs": 1}), test=False)
+    return csv, result
+
+
+def test_evaluate_writes_every_report_and_consistent_metrics(trained, tmp_path):
+    csv, run = trained
+    result = evaluate(run.best_ckpt, csv, tmp_path / "out", split="test")
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"metrics.csv", "predictions_isic.csv", "predictions.csv", "confusion_matrix.png", "roc_curves.png",
+            "thickness.png"} <= names
+    isic = pd.read_csv(tmp_path / "out" / "predictions_isic.csv")
+    assert list(isic.columns) == list(ISIC_COLUMNS)
+    table = load_table(csv)
+    test_rows = table[read_splits(run.run_dir / "splits.csv", table) == "test"]
+    assert sorted(isic["image"]) == sorted(test_rows["image_id"])
+    # The metrics are exactly what compute_metrics gives on the written predictions.
+    detail = pd.read_csv(tmp_path / "out" / "predictions.csv").set_index("image").loc[test_rows["image_id"]]
+    targets = encode_targets(test_rows)
+    probs = detail[list(ISIC_COLUMNS[1:9])].to_numpy()
+    again = compute_metrics(targets["diagnosis"], probs, y_true_malignant=targets["label"])
+    assert result.metrics["balanced_accuracy"] == pytest.approx(again["balanced_accuracy"])
+    assert np.allclose(detail["malignant"], probs[:, [0, 2, 7]].sum(axis=1), atol=1e-6)
+    frame = pd.read_csv(tmp_path / "out" / "metrics.csv")
+    assert {"balanced_accuracy", "auroc_malignant", "f1_macro"} <= set(frame["metric"])
+
+
+def test_calibration_is_fitted_on_val_and_reported(trained, tmp_path):
+    csv, run = trained
+    result = evaluate(run.best_ckpt, csv, tmp_path, split="test", calibrate_split="val")
+    assert result.temperature is not None and result.temperature > 0
+    assert {"ece_before_calibration", "ece_after_calibration"} <= set(result.metrics)
+    table = load_table(csv)
+    rows = table[read_splits(run.run_dir / "splits.csv", table) == "test"]
+    detail = pd.read_csv(tmp_path / "predictions.csv").set_index("image").loc[rows["image_id"]]
+    y = encode_targets(rows)["diagnosis"]
+    known = y >= 0
+    probs = detail[list(ISIC_COLUMNS[1:9])].to_numpy()[known]
+    assert result.metrics["ece_after_calibration"] == pytest.approx(expected_calibration_error(probs, y[known]))
+    plain = evaluate(run.best_ckpt, csv, tmp_path / "plain", split="test", calibrate_split=None)
+    assert plain.temperature is None and "ece_after_calibration" not in plain.metrics
+
+
+def test_cli_prints_metrics_and_reports_errors(trained, tmp_path, capsys):
+    csv, run = trained
+    assert evaluate_main(["--checkpoint", str(run.best_ckpt), "--csv", str(csv), "--output_dir", str(tmp_path),
+                          "--split", "val", "--calibrate_split", "none"]) == 0
+    assert "balanced_accuracy" in capsys.readouterr().out
+    assert evaluate_main(["--checkpoint", str(tmp_path / "nope.ckpt"), "--csv", str(csv)]) == 2
+    assert "nope.ckpt" in capsys.readouterr().err
+    assert evaluate_main(["--checkpoint", str(run.best_ckpt), "--csv", str(csv), "--split", "holdout",
+                          "--output_dir", str(tmp_path)]) == 2
+    assert "holdout" in capsys.readouterr().err
