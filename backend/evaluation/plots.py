@@ -176,7 +176,8 @@ def thickness_figure(pred_mm: Any, lo: Any, hi: Any, split_mm: float = THICKNESS
     exact = lo == hi
     interval = ~exact
     if exact.any():  # an empty collection with a label breaks matplotlib's legend
-        ax.scatter(lo[exact], pred[exact], c=colours[exact], s=18, zorder=3, label=f"exact label (n={int(exact.sum())})")
+        ax.scatter(lo[exact], pred[exact], c=colours[exact], s=18, zorder=3,
+                   label=f"exact label (n={int(exact.sum())})")
     if interval.any():
         ends = np.minimum(hi[interval], top)
         ax.hlines(pred[interval], lo[interval], ends, colors=colours[interval], lw=1.2, alpha=0.8,
