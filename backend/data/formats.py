@@ -63,7 +63,11 @@ from backend.errors import DataFormatError
 #: Image file extensions tried, in order, for names given without one (same as ``backend.data.images``).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 #: Modules whose import registers a format; imported on first use of the registry.
-BUILTIN_FORMAT_MODULES: tuple[str, ...] = ("backend.data.isic2019", "backend.data.ham10000")
+BUILTIN_FORMAT_MODULES: tuple[str, ...] = (
+    "backend.data.isic2019",
+    "backend.data.ham10000",
+    "backend.data.isic_archive",  # isic-cli download folders
+)
 #: Name of the raw-row column holding each row's 1-based file line.
 LINE = "_line"
 #: Oldest plausible age, in years.

@@ -146,6 +146,7 @@ def dermaresnet_se(
 #: Named presets, registered as backbones of their own (their kwargs can still be overridden).
 PRESETS: dict[str, dict[str, tuple[int, ...]]] = {
     "dermaresnet_se_tiny": {"widths": (16, 32, 64, 128), "depths": (1, 1, 1, 1)},
+    "dermaresnet_se_small": {"widths": (32, 64, 128, 256), "depths": (1, 1, 2, 1)},
     "dermaresnet_se_18": {"widths": (64, 128, 256, 512), "depths": (2, 2, 2, 2)},
 }
 for _name, _preset in PRESETS.items():
