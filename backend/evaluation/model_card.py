@@ -1,0 +1,230 @@
+"""Model-card figures: test-split metrics with 95% bootstrap intervals, overall and by subgroup.
+
+The point estimates use the same definitions as :func:`backend.evaluation.metrics.compute_metrics`
+(the two are checked against each other in the tests). Intervals come from
+:func:`backend.evaluation.bootstrap.bootstrap_ci`, resampling whole patients (or lesions) where a
+grouping key is known, because images of one patient are not independent.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES
+from backend.evaluation.bootstrap import bootstrap_ci
+from backend.evaluation.calibration import expected_calibration_error
+from backend.evaluation.metrics import THICKNESS_SPLIT_MM, sensitivity_at_specificity
+
+MALIGNANT_COLUMNS = [i for i, d in enumerate(DIAGNOSES) if d in MALIGNANT_DIAGNOSES]
+#: Age bands (years, upper bound exclusive) for subgroup metrics.
+AGE_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("<30", 0, 30), ("30-49", 30, 50), ("50-69", 50, 70), (">=70", 70, 200),
+)
+
+
+def _balanced_accuracy(y: np.ndarray, probs: np.ndarray) -> float:
+    from sklearn.metrics import balanced_accuracy_score
+
+    known = y >= 0
+    if not known.any():
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(balanced_accuracy_score(y[known], probs[known].argmax(axis=1)))
+
+
+def _macro_auroc(y: np.ndarray, probs: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    known = y >= 0
+    values = []
+    for k in range(probs.shape[1]):
+        truth = (y[known] == k).astype(int)
+        if 0 < truth.sum() < truth.size:
+            values.append(roc_auc_score(truth, probs[known, k]))
+    return float(np.mean(values)) if values else math.nan
+
+
+def _binary(y: np.ndarray, score: np.ndarray, fn: Callable[[np.ndarray, np.ndarray], float]) -> float:
+    known = np.isin(y, (0.0, 1.0))
+    y, score = y[known].astype(int), score[known]
+    if y.size == 0 or y.min() == y.max():
+        return math.nan
+    return float(fn(y, score))
+
+
+def _auroc(y: np.ndarray, score: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return _binary(y, score, roc_auc_score)
+
+
+def _f1(k: int) -> Callable[[np.ndarray, np.ndarray], float]:
+    def metric(y: np.ndarray, probs: np.ndarray) -> float:
+        known = y >= 0
+        if not (y[known] == k).any():
+            return math.nan
+        pred = probs[known].argmax(axis=1) == k
+        truth = y[known] == k
+        tp = float((pred & truth).sum())
+        denom = float(pred.sum() + truth.sum())
+        return 2 * tp / denom if denom else math.nan
+
+    return metric
+
+
+def _ece(y: np.ndarray, probs: np.ndarray) -> float:
+    known = y >= 0
+    return float(expected_calibration_error(probs[known], y[known])) if known.any() else math.nan
+
+
+def _thick_vs_thin(pred: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labelled = ~np.isnan(lo) & ~np.isnan(pred)
+    hi = np.where(np.isnan(hi) & labelled, np.inf, hi)
+    thick = labelled & (lo >= THICKNESS_SPLIT_MM)
+    thin = labelled & (hi <= THICKNESS_SPLIT_MM) & ~thick
+    decided = thick | thin
+    return thick[decided].astype(float), pred[decided]
+
+
+def _band_accuracy(pred: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
+    labelled = ~np.isnan(lo) & ~np.isnan(pred)
+    if not labelled.any():
+        return math.nan
+    hi = np.where(np.isnan(hi), np.inf, hi)
+    # An exact label counts as inside when the prediction falls in the same reporting band.
+    from backend.data.schema import THICKNESS_BANDS
+
+    def band(v: np.ndarray) -> np.ndarray:
+        return np.array([next(i for i, (_, a, b) in enumerate(THICKNESS_BANDS) if a <= x < b) for x in v])
+
+    inside = np.where(
+        lo[labelled] == hi[labelled],
+        band(np.maximum(pred[labelled], 0)) == band(lo[labelled]),
+        (pred[labelled] >= lo[labelled]) & (pred[labelled] <= hi[labelled]),
+    )
+    return float(inside.mean())
+
+
+def card_metrics(
+    y_diag: Any, probs: Any, y_malignant: Any, thickness_mm: Any, thickness_lo: Any, thickness_hi: Any,
+    groups: Any = None, n_boot: int = 1000, seed: int = 0, only: tuple[str, ...] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Every model-card metric with its 95% bootstrap interval.
+
+    Args:
+        y_diag: Diagnosis index per row (``-1`` unknown).
+        probs: ``(N, 8)`` calibrated class probabilities.
+        y_malignant: 1/0 per row (``-1``/NaN unknown).
+        thickness_mm: Predicted thickness per row (mm).
+        thickness_lo: Label lower bound (NaN = none).
+        thickness_hi: Label upper bound (``inf``/NaN open; ``lo == hi`` exact).
+        groups: Patient/lesion id per row for the grouped bootstrap (None: rows).
+        n_boot: Bootstrap resamples.
+        seed: Resampling seed.
+        only: Compute just these metrics (names as in the result); None computes all.
+
+    Returns:
+        ``{metric: {"value", "lo", "hi", "n"}}``; NaN where a metric is undefined on this split.
+    """
+    y = np.asarray(y_diag, dtype=float)
+    y = np.where(np.isnan(y), -1, y).astype(int)
+    p = np.asarray(probs, dtype=float)
+    ym = np.asarray(y_malignant, dtype=float)
+    mal = p[:, MALIGNANT_COLUMNS].sum(axis=1)
+    pred_mm = np.asarray(thickness_mm, dtype=float)
+    lo, hi = np.asarray(thickness_lo, dtype=float), np.asarray(thickness_hi, dtype=float)
+
+    n_diag = int((y >= 0).sum())
+    n_mal = int(np.isin(ym, (0.0, 1.0)).sum())
+    truth, score = _thick_vs_thin(pred_mm, lo, hi)
+    plan: dict[str, tuple[Callable[..., float], tuple[Any, ...], int]] = {
+        "balanced_accuracy": (_balanced_accuracy, (y, p), n_diag),
+        "auroc_macro": (_macro_auroc, (y, p), n_diag),
+        "auroc_malignant": (_auroc, (ym, mal), n_mal),
+        "sensitivity_at_80_specificity": (lambda a, b: _binary(a, b, sensitivity_at_specificity), (ym, mal), n_mal),
+        "ece": (_ece, (y, p), n_diag),
+        **{f"f1/{name}": (_f1(k), (y, p), int((y == k).sum())) for k, name in enumerate(DIAGNOSES)},
+        "thickness_band_accuracy": (_band_accuracy, (pred_mm, lo, hi), int((~np.isnan(lo)).sum())),
+        f"thickness_auroc_{THICKNESS_SPLIT_MM:g}mm": (_auroc, (truth, score), int(truth.size)),
+    }
+    out = {}
+    for name, (fn, arrays, n) in plan.items():
+        if only is not None and name not in only:
+            continue
+        # The thin/thick AUROC is over a subset of rows, so it is resampled by row.
+        by = None if name.startswith("thickness_auroc") else groups
+        point, low, high = bootstrap_ci(fn, *arrays, n_boot=n_boot, seed=seed, groups=by)
+        out[name] = {"value": point, "lo": low, "hi": high, "n": n}
+    return out
+
+
+def subgroup_metrics(
+    table: pd.DataFrame, y_diag: Any, probs: Any, y_malignant: Any, min_rows: int = 20,
+) -> pd.DataFrame:
+    """Balanced accuracy and malignant AUROC by sex, age band, anatomical site and source dataset.
+
+    Args:
+        table: The evaluated rows (lesion-table layout), row-aligned with the arrays.
+        y_diag: Diagnosis index per row.
+        probs: ``(N, 8)`` probabilities.
+        y_malignant: 1/0 per row.
+        min_rows: Subgroups smaller than this are reported with their size but no metrics.
+
+    Returns:
+        Columns ``attribute, group, n, n_malignant, balanced_accuracy, auroc_malignant``.
+    """
+    y = np.asarray(y_diag, dtype=int)
+    p = np.asarray(probs, dtype=float)
+    ym = np.asarray(y_malignant, dtype=float)
+    mal = p[:, MALIGNANT_COLUMNS].sum(axis=1)
+    ages = table["age_approx"].to_numpy(dtype=float, na_value=np.nan)
+    age_band = np.full(len(table), "unknown", dtype=object)
+    for name, a, b in AGE_BANDS:
+        age_band[(ages >= a) & (ages < b)] = name
+    attributes = {
+        "sex": table["sex"].fillna("unknown").astype(str).to_numpy(),
+        "age": age_band,
+        "site": table["anatom_site_general"].fillna("unknown").astype(str).to_numpy(),
+        "dataset": table["dataset"].fillna("unknown").astype(str).to_numpy(),
+    }
+    rows = []
+    for attribute, values in attributes.items():
+        for group in sorted(set(values)):
+            mask = values == group
+            n = int(mask.sum())
+            row = {"attribute": attribute, "group": group, "n": n, "n_malignant": int((ym[mask] == 1).sum()),
+                   "balanced_accuracy": math.nan, "auroc_malignant": math.nan}
+            if n >= min_rows:
+                row["balanced_accuracy"] = _balanced_accuracy(y[mask], p[mask])
+                row["auroc_malignant"] = _auroc(ym[mask], mal[mask])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(entry: dict[str, float]) -> str:
+    if entry["value"] is None or math.isnan(entry["value"]):
+        return "n/a"
+    if math.isnan(entry["lo"]):
+        return f"{entry['value']:.3f}"
+    return f"{entry['value']:.3f} ({entry['lo']:.3f}-{entry['hi']:.3f})"
+
+
+def metrics_markdown(metrics: dict[str, dict[str, float]], subgroups: pd.DataFrame | None = None) -> str:
+    """The metrics (and subgroup table) as markdown for the model card."""
+    lines = ["| metric | value (95% CI) | n |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {_fmt(entry)} | {entry['n']} |" for name, entry in metrics.items()]
+    if subgroups is not None and not subgroups.empty:
+        lines += ["", "| attribute | group | n | malignant | balanced accuracy | malignant AUROC |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for r in subgroups.itertuples(index=False):
+            ba = "n/a" if math.isnan(r.balanced_accuracy) else f"{r.balanced_accuracy:.3f}"
+            au = "n/a" if math.isnan(r.auroc_malignant) else f"{r.auroc_malignant:.3f}"
+            lines.append(f"| {r.attribute} | {r.group} | {r.n} | {r.n_malignant} | {ba} | {au} |")
+    return "\n".join(lines) + "\n"
