@@ -1,0 +1,265 @@
+"""Render helpers of the dashboard: gallery cards with a traffic light, plotly bars, Grad-CAM views.
+
+They draw what they are given and keep no state; the pages decide what to show. Plotly and pandas
+are imported inside the functions that need them, so the first paint does not wait for them.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+#: Full names of the diagnoses (codes as in ``backend.data.schema.DIAGNOSES``).
+CLASS_NAMES: dict[str, str] = {
+    "MEL": "melanoma",
+    "NV": "melanocytic nevus",
+    "BCC": "basal cell carcinoma",
+    "AK": "actinic keratosis",
+    "BKL": "benign keratosis",
+    "DF": "dermatofibroma",
+    "VASC": "vascular lesion",
+    "SCC": "squamous cell carcinoma",
+}
+#: Traffic light -> (colour, words). The words go with the colour for colour-blind users.
+LIGHTS: dict[str, tuple[str, str, str]] = {
+    "green": ("#2e7d32", "Low risk", "Green light: low risk"),
+    "yellow": ("#f9a825", "Medium risk", "Yellow light: intermediate risk"),
+    "red": ("#c62828", "High risk", "Red light: high risk"),
+}
+CAM_MODES: tuple[str, ...] = ("Overlay", "Side by side", "Heatmap only")
+PREDICTED = "__predicted__"
+EXTRA_TARGETS: dict[str, str] = {"thickness": "Breslow thickness output"}
+DISCLAIMER = (
+    "**Decision support, not a diagnosis.** DermaLens estimates what a dermoscopic image may show; "
+    "every result must be interpreted by a qualified clinician together with the patient's history "
+    "and examination."
+)
+
+
+def class_label(code: str) -> str:
+    """``MEL (melanoma)``."""
+    return f"{code} ({CLASS_NAMES[code]})" if code in CLASS_NAMES else code
+
+
+def target_label(target: str) -> str:
+    """What the Grad-CAM target picker shows for a target name."""
+    if target == PREDICTED:
+        return "Predicted class"
+    return EXTRA_TARGETS.get(target) or class_label(target)
+
+
+# -- pictures -------------------------------------------------------------------------------------
+
+
+def fit_image(image: np.ndarray, max_side: int) -> np.ndarray:
+    """The image scaled down (aspect kept) so that its longer side is at most ``max_side``."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image
+    picture = Image.fromarray(image)
+    picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return np.asarray(picture)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG of an RGB uint8 array (written by PIL from pixels only: no EXIF, no text chunks)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def thumbnail_png(image: np.ndarray, side: int = 240) -> bytes:
+    """A square-ish gallery thumbnail as PNG bytes."""
+    return png_bytes(fit_image(image, side))
+
+
+# -- traffic light and gallery cards ------------------------------------------------------------
+
+
+def light_html(light: str | None) -> str:
+    """A coloured dot followed by its meaning in words (grey "not analysed" when ``light`` is None).
+
+    The words carry the level for colour-blind users; the tooltip also names the colour.
+    """
+    colour, words, full = LIGHTS.get(light or "", ("#9e9e9e", "Not analysed", "Not analysed yet"))
+    return (
+        f'<span class="dl-light dl-light-{html.escape(light or "none")}" role="img" aria-label="{full}" '
+        f'title="{full}" style="white-space:nowrap;font-size:0.85rem;font-weight:600">'
+        f'<span style="display:inline-block;width:0.95rem;height:0.95rem;border-radius:50%;background:{colour};'
+        f'vertical-align:-0.12rem;border:1px solid rgba(0,0,0,0.3)"></span>&nbsp;{words}</span>'
+    )
+
+
+def card_header_html(pred: Any) -> str:
+    """The card's first line: top diagnosis and its probability, the traffic light at the top-right."""
+    head = "&nbsp;" if pred is None else f"{html.escape(pred.top_class)} · {pred.top_probability:.0%}"
+    return (
+        '<div class="dl-card-head" style="display:flex;justify-content:space-between;align-items:center;'
+        f'gap:0.4rem;margin-bottom:0.2rem"><span style="font-weight:700">{head}</span>'
+        f'{light_html(None if pred is None else pred.traffic_light)}</div>'
+    )
+
+
+def render_card(upload: Any, pred: Any, is_selected: bool, on_select: Callable[[str], None],
+                on_remove: Callable[[str], None]) -> None:
+    """One gallery card: top diagnosis and traffic light, thumbnail, file name, Select / Remove buttons.
+
+    ``pred`` is the upload's prediction by the loaded model, or None (not analysed).
+    """
+    with st.container(border=True, key=f"card_{upload.id}"):
+        st.markdown(card_header_html(pred), unsafe_allow_html=True)
+        st.image(upload.thumbnail, width="stretch", alt=f"Thumbnail of {upload.name}")
+        detail = "not analysed yet" if pred is None else CLASS_NAMES.get(pred.top_class, pred.top_class)
+        st.caption(f"{upload.name}  \n{detail}")
+        left, right = st.columns(2)
+        left.button("Selected" if is_selected else "Select", key=f"select_{upload.id}",
+                    type="primary" if is_selected else "secondary", on_click=on_select, args=(upload.id,),
+                    width="stretch")
+        right.button("Remove", key=f"remove_{upload.id}", on_click=on_remove, args=(upload.id,), width="stretch",
+                     help="Remove this image and its results from the session")
+
+
+def render_gallery(items: list[tuple[Any, Any]], selected_id: str | None, on_select: Callable[[str], None],
+                   on_remove: Callable[[str], None], per_row: int = 4) -> None:
+    """``(upload, prediction or None)`` pairs as a grid of cards."""
+    for start in range(0, len(items), per_row):
+        columns = st.columns(per_row)
+        for column, (upload, pred) in zip(columns, items[start : start + per_row], strict=False):
+            with column:
+                render_card(upload, pred, upload.id == selected_id, on_select, on_remove)
+
+
+# -- results ------------------------------------------------------------------------------------
+
+
+def malignancy_figure(pred: Any) -> Any:
+    """Plotly horizontal bars: P(benign) and P(malignant)."""
+    import plotly.graph_objects as go
+
+    labels = ["Benign", "Malignant"]
+    values = [pred.benign, pred.malignant]
+    fig = go.Figure(go.Bar(
+        x=values, y=labels, orientation="h", marker_color=["#2e7d32", "#c62828"],
+        text=[f"{v:.1%}" for v in values], textposition="auto", hovertemplate="%{y}: %{x:.1%}<extra></extra>",
+    ))
+    fig.update_layout(height=170, margin={"l": 10, "r": 30, "t": 10, "b": 10}, showlegend=False,
+                      xaxis={"range": [0, 1], "tickvals": [0, 0.25, 0.5, 0.75, 1], "tickformat": ".0%", "title": None,
+                             "fixedrange": True},
+                      yaxis={"autorange": "reversed", "fixedrange": True})
+    return fig
+
+
+def class_table(pred: Any) -> Any:
+    """All class probabilities as a DataFrame, most probable first."""
+    import pandas as pd
+
+    rows = [{"class": code, "diagnosis": CLASS_NAMES.get(code, code), "probability": p}
+            for code, p in pred.probabilities.items()]
+    return pd.DataFrame(rows).sort_values("probability", ascending=False, ignore_index=True)
+
+
+def render_probabilities(pred: Any) -> None:
+    """Benign vs malignant bars, then every class in an expander."""
+    st.markdown("**Benign vs malignant**")
+    st.plotly_chart(malignancy_figure(pred), config={"displayModeBar": False}, key="malignancy_bars")
+    with st.expander("All class probabilities"):
+        st.dataframe(class_table(pred), hide_index=True, width="stretch",
+                     column_config={"probability": st.column_config.ProgressColumn(
+                         "probability", format="percent", min_value=0.0, max_value=1.0)})
+
+
+def risk_explanation(pred: Any, weights: dict[str, float], green_below: float, yellow_below: float) -> str:
+    """How this image's risk index was computed, in words and with its numbers."""
+    terms = " + ".join(f"{w:g} × P({name})" for name, w in weights.items()) or "0"
+    numbers = " + ".join(f"{w:g} × {pred.probabilities.get(name, 0.0):.3f}" for name, w in weights.items()) or "0"
+    return (
+        f"risk = {terms}, clipped to [0, 1]\n\n"
+        f"= {numbers} = **{pred.risk:.3f}**\n\n"
+        f"Traffic light: green below {green_below:g}, yellow from {green_below:g} to below {yellow_below:g}, "
+        f"red from {yellow_below:g}. Melanoma weighs most because missing it costs most; the weights are "
+        "clinical policy (`cfgs/inference/risk.yaml`)."
+    )
+
+
+def render_risk(pred: Any, risk_cfg: Any) -> None:
+    """Risk index with its traffic light and how it is computed."""
+    st.markdown("**Risk index**")
+    left, right = st.columns([1, 2], vertical_alignment="center")
+    left.metric("Risk index", f"{pred.risk:.2f}", label_visibility="collapsed")
+    right.markdown(light_html(pred.traffic_light), unsafe_allow_html=True)
+    with st.expander("How the risk index is computed"):
+        st.markdown(risk_explanation(pred, dict(risk_cfg.weights), risk_cfg.green_below, risk_cfg.yellow_below))
+
+
+def render_thickness(pred: Any) -> None:
+    """Predicted Breslow thickness with its band and when it applies."""
+    st.markdown("**Breslow thickness (if melanoma)**")
+    band = pred.thickness_band or "unknown"
+    st.markdown(f"{pred.thickness_mm:.2f} mm · band **{band}**")
+    p_mel = pred.probabilities.get("MEL", 0.0)
+    note = ("Applies only if the lesion is a melanoma" + (" (the most probable class here)."
+            if pred.top_class == "MEL" else f"; melanoma is not the most probable class here (P(MEL) = {p_mel:.0%})."))
+    st.caption(note + " Never a substitute for histopathology.")
+
+
+def render_quality(pred: Any) -> None:
+    """Quality-gate flags with their reasons (the prediction is still given, but less reliable)."""
+    st.markdown("**Quality gate**")
+    if not pred.flags:
+        st.success("No quality issues detected.")
+        return
+    for code in pred.flags:
+        reason = pred.flag_reasons.get(code, code)
+        st.warning(f"**{code.replace('_', ' ')}**: {reason}. Interpret this result with caution.")
+
+
+# -- Grad-CAM -----------------------------------------------------------------------------------
+
+
+def render_cam(image: np.ndarray, heatmap: np.ndarray, mode: str, opacity: float, caption: str) -> None:
+    """Show a Grad-CAM heatmap as an overlay, side by side with the image, or alone.
+
+    Only the blend is computed here (milliseconds); the heatmap comes from the session's cache.
+    """
+    from backend.inference import overlay
+
+    if mode == "Heatmap only":
+        st.image(overlay(image, heatmap, 1.0), caption=caption, width="stretch", alt="Grad-CAM heatmap",
+                 output_format="JPEG")
+    elif mode == "Side by side":
+        left, right = st.columns(2)
+        left.image(image, caption="Image", width="stretch", alt="Original image", output_format="JPEG")
+        right.image(overlay(image, heatmap, float(opacity)), caption=caption, width="stretch",
+                    alt="Grad-CAM overlay", output_format="JPEG")
+    else:
+        st.image(overlay(image, heatmap, float(opacity)), caption=caption, width="stretch", alt="Grad-CAM overlay",
+                 output_format="JPEG")
+    if float(np.max(heatmap)) <= 0.0:
+        st.caption("Grad-CAM found no region that raises this output: the heatmap is empty.")
+
+
+# -- model ----------------------------------------------------------------------------------------
+
+
+def model_summary_lines(card: dict[str, Any], uses_metadata: bool) -> list[str]:
+    """Short facts of a model card for the sidebar."""
+    model_cfg = (card.get("config") or {}).get("model") or {}
+    lines = [f"**{card.get('name', 'model')}** · version {card.get('version', '?')}"]
+    if model_cfg.get("backbone"):
+        lines.append(f"Backbone: {model_cfg['backbone']} at {model_cfg.get('img_size', '?')} px")
+    lines.append("Inputs: image + age, sex, site" if uses_metadata else "Inputs: image only")
+    if card.get("created"):
+        lines.append(f"Created: {card['created']}")
+    temperature = (card.get("calibration") or {}).get("temperature")
+    if temperature is not None:
+        lines.append(f"Calibration temperature: {float(temperature):.3g}")
+    return lines

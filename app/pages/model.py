@@ -1,0 +1,59 @@
+"""Model screen: the loaded model's card (intended use, limitations, metrics, calibration) and the risk policy."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import streamlit as st
+
+from app import components as ui
+from app import resources, state
+
+
+def _section(title: str, value: Any) -> None:
+    if value in (None, "", [], {}):
+        return
+    st.subheader(title)
+    if isinstance(value, str):
+        st.markdown(value)
+    elif isinstance(value, list):
+        st.markdown("\n".join(f"- {item}" for item in value))
+    else:
+        st.json(json.loads(json.dumps(value, default=str)), expanded=False)
+
+
+def main() -> None:
+    """Render the model card screen."""
+    state.init()
+    st.title("Model card")
+    st.markdown(ui.DISCLAIMER)
+    model = resources.model_sidebar()
+    if model is None:
+        st.warning(f"No model is loaded. Put a bundle in {resources.models_dir()} or choose one in the sidebar.")
+        return
+    if model.error:
+        st.error(f"The selected model could not be loaded: {model.error}")
+        return
+    predictor = model.predictor
+    card = predictor.card
+    st.markdown("  \n".join(ui.model_summary_lines(card, predictor.uses_metadata)))
+    st.caption(f"Loaded from {resources.active_model_path()}")
+    _section("Intended use", card.get("intended_use"))
+    _section("Limitations", card.get("limitations"))
+    metrics = card.get("validation_metrics") or {}
+    if metrics:
+        st.subheader("Validation metrics")
+        st.dataframe([{"metric": k, "value": v} for k, v in metrics.items()], hide_index=True)
+    st.subheader("Risk index and traffic light")
+    weights = dict(predictor.risk.weights)
+    st.markdown("risk = " + " + ".join(f"{w:g} × P({n})" for n, w in weights.items())
+                + f", clipped to [0, 1]; green below {predictor.risk.green_below:g}, "
+                f"red from {predictor.risk.yellow_below:g}, yellow in between.")
+    _section("Calibration", card.get("calibration"))
+    _section("Preprocessing", card.get("preprocessing"))
+    _section("Out-of-distribution statistics", card.get("ood"))
+    _section("Classes", [ui.class_label(c) for c in predictor.classes])
+
+
+main()

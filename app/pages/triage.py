@@ -1,0 +1,310 @@
+"""Triage screen: upload dermoscopic images, see each one's risk, inspect one in the viewer, export.
+
+Everything per user lives in ``st.session_state`` (``app.state``): predictions are computed once
+per image, model and metadata; Grad-CAMs once per image and target, so the opacity slider and the
+display mode only re-blend cached heatmaps.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from app import components as ui
+from app import resources, state
+from backend.data.schema import ANATOM_SITES, DIAGNOSES, SEXES
+
+ACCEPTED_TYPES: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "tif", "tiff")
+DISPLAY_SIDE = 1024  # longest side kept for display; the model decodes the original bytes itself
+
+
+def upload_limit_mb() -> int:
+    """Largest accepted file in MB (``server.maxUploadSize``)."""
+    try:
+        return int(st.get_option("server.maxUploadSize"))
+    except Exception:  # any config problem falls back to Streamlit's default
+        return 200
+
+
+# -- sidebar ----------------------------------------------------------------------------------------
+
+
+def cam_controls() -> dict[str, Any]:
+    """Grad-CAM switch, display mode, opacity and target (values persist across pages)."""
+    with st.sidebar:
+        st.header("Grad-CAM")
+        enabled = st.toggle("Show Grad-CAM", key="cam_on", persist_state="session",
+                            help="Highlight the image regions that drive the chosen output")
+        mode = st.radio("Display", ui.CAM_MODES, key="cam_mode", disabled=not enabled, persist_state="session")
+        opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, key="cam_opacity", persist_state="session",
+                            disabled=not enabled or mode == "Heatmap only")
+        target = st.selectbox("Target", [ui.PREDICTED, *DIAGNOSES, *ui.EXTRA_TARGETS], key="cam_target",
+                              format_func=ui.target_label, disabled=not enabled, persist_state="session",
+                              help="Explain a diagnosis, or the Breslow thickness output")
+    return {"enabled": enabled, "mode": mode, "opacity": float(opacity), "target": target}
+
+
+def session_controls() -> None:
+    """Privacy note and the clear-session button."""
+    with st.sidebar:
+        st.header("Session")
+        st.caption("Images stay in this browser session's memory only: other sessions never see them and "
+                   "nothing is written to disk unless you export.")
+        st.button("Clear session", key="clear_session", on_click=state.clear_session,
+                  icon=":material/delete_sweep:",
+                  help="Forget every uploaded image and result of this session")
+
+
+# -- uploads and predictions --------------------------------------------------------------------
+
+
+def ingest(files: list[Any]) -> None:
+    """Decode new uploader files into session uploads; unreadable or oversize ones get a message."""
+    from backend.data.images import decode_image_bytes
+    from backend.errors import DermaLensError
+
+    seen, errors = state.seen(), state.errors()
+    limit = upload_limit_mb()
+    for file in files:
+        if file.file_id in seen:
+            continue
+        data = file.getvalue()
+        seen[file.file_id] = ""
+        if len(data) > limit * 1024 * 1024:
+            errors[file.file_id] = f"{file.name}: file is {len(data) / 1e6:.1f} MB, over the {limit} MB limit"
+            continue
+        try:
+            image = decode_image_bytes(data, file.name, target_size=DISPLAY_SIDE)
+        except DermaLensError as err:
+            errors[file.file_id] = str(err)
+            continue
+        image = ui.fit_image(image, DISPLAY_SIDE)
+        uid = state.upload_id(file.name, data)
+        seen[file.file_id] = uid
+        state.add_upload(state.Upload(uid, file.name, data, image, ui.thumbnail_png(image)))
+
+
+def predict_pending(model: resources.LoadResult) -> None:
+    """Predict every upload whose result is missing or stale (model or metadata changed), in one batch."""
+    from backend.errors import DermaLensError
+
+    pending = [u for u in state.uploads().values() if not u.is_current(model.key)]
+    if not pending:
+        return
+    with st.spinner(f"Analysing {len(pending)} image{'s' if len(pending) > 1 else ''}…"):
+        try:
+            results = model.predictor.predict([(u.name, u.data) for u in pending],
+                                              metadata=[u.metadata_for_model() for u in pending])
+        except Exception:  # retried one by one below, so that only the culprit is reported
+            results = None
+        for i, upload in enumerate(pending):
+            try:
+                result = results[i] if results is not None else model.predictor.predict(
+                    [(upload.name, upload.data)], metadata=[upload.metadata_for_model()])[0]
+            except Exception as err:  # one bad image never stops the others, nor the page
+                reason = str(err) if isinstance(err, DermaLensError) else f"{type(err).__name__}: {err}"
+                state.errors()[f"predict_{upload.id}"] = f"{upload.name}: could not be analysed: {reason}"
+                state.remove_upload(upload.id)
+                continue
+            upload.prediction, upload.prediction_key, upload.cams = result, (model.key, upload.metadata_key()), {}
+
+
+def heatmap(model: resources.LoadResult, upload: state.Upload, target: str) -> Any:
+    """The Grad-CAM of ``upload`` for ``target``, computed once and kept in the session (None on failure)."""
+    if target not in upload.cams:
+        with st.spinner(f"Computing Grad-CAM for {ui.target_label(target)}…"):
+            try:
+                upload.cams[target] = model.predictor.explain((upload.name, upload.data), target=target,
+                                                              metadata=upload.metadata_for_model() or None)
+            except Exception as err:  # shown in place; the rest of the viewer still works
+                st.error(f"Grad-CAM of {upload.name} for {ui.target_label(target)} failed: {type(err).__name__}: {err}")
+                return None
+    return upload.cams[target]
+
+
+def current_prediction(upload: state.Upload, model: resources.LoadResult | None) -> Any:
+    """The upload's prediction if it was made by ``model`` with the current metadata, else None."""
+    return upload.prediction if model is not None and upload.is_current(model.key) else None
+
+
+def resolve_target(target: str, upload: state.Upload) -> str:
+    """The picker's choice as a Grad-CAM target name (the predicted class by default)."""
+    return upload.prediction.top_class if target == ui.PREDICTED else target
+
+
+# -- viewer ---------------------------------------------------------------------------------------
+
+
+def _set_metadata(uid: str, field: str, key: str) -> None:
+    upload = state.uploads().get(uid)
+    if upload is not None:
+        upload.metadata[field] = st.session_state.get(key)
+
+
+def metadata_inputs(upload: state.Upload, model: resources.LoadResult | None) -> None:
+    """Optional age, sex and site of the selected image; a change re-runs its prediction."""
+    with st.expander("Patient metadata (optional)", expanded=upload.metadata_given()):
+        if model is not None:
+            if model.predictor.uses_metadata:
+                pred = current_prediction(upload, model)
+                used = pred is not None and pred.metadata_used
+                st.caption("This fusion model uses age, sex and site. "
+                           + ("The values below are used for this image." if used else "None given yet."))
+            else:
+                st.info("This model is image-only: metadata is kept with the results and exports but not used "
+                        "for the prediction.")
+        age, sex, site = st.columns(3)
+        keys = {f: f"meta_{f}_{upload.id}" for f in state.METADATA_FIELDS}
+        age.number_input("Age (years)", min_value=0, max_value=120, step=1, value=upload.metadata["age_approx"],
+                         key=keys["age_approx"], on_change=_set_metadata, args=(upload.id, "age_approx",
+                                                                               keys["age_approx"]),
+                         placeholder="unknown")
+        sex_options = [None, *SEXES]
+        sex.selectbox("Sex", sex_options, index=sex_options.index(upload.metadata["sex"]),
+                      format_func=lambda v: "unknown" if v is None else v, key=keys["sex"],
+                      on_change=_set_metadata, args=(upload.id, "sex", keys["sex"]))
+        site_options = [None, *ANATOM_SITES]
+        site.selectbox("Anatomical site", site_options,
+                       index=site_options.index(upload.metadata["anatom_site_general"]),
+                       format_func=lambda v: "unknown" if v is None else v, key=keys["anatom_site_general"],
+                       on_change=_set_metadata,
+                       args=(upload.id, "anatom_site_general", keys["anatom_site_general"]))
+
+
+def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[str, Any]) -> None:
+    """The selected image (or its Grad-CAM) with every result of its prediction (``model``: a loaded one)."""
+    pred = current_prediction(upload, model)
+    st.subheader(f"Viewer: {upload.name}")
+    left, right = st.columns([1, 1], gap="large")
+    with left:
+        target = resolve_target(cam["target"], upload) if pred is not None else None
+        heat = heatmap(model, upload, target) if cam["enabled"] and pred is not None else None
+        if heat is not None:
+            ui.render_cam(upload.image, heat, cam["mode"], cam["opacity"], f"Grad-CAM: {ui.target_label(target)}")
+        else:
+            st.image(upload.image, caption=upload.name, width="stretch", alt="Selected image")
+            if cam["enabled"] and pred is None:
+                st.caption("Grad-CAM needs a loaded model and a prediction.")
+        metadata_inputs(upload, model)
+    with right:
+        if pred is None:
+            st.info("No prediction yet: load a model to analyse this image.")
+            return
+        st.markdown(f"### {ui.class_label(pred.top_class)} · {pred.top_probability:.0%}")
+        st.markdown(ui.light_html(pred.traffic_light), unsafe_allow_html=True)
+        ui.render_probabilities(pred)
+        ui.render_risk(pred, model.predictor.risk)
+        ui.render_thickness(pred)
+        ui.render_quality(pred)
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+
+def _report_maker(upload: state.Upload, model: resources.LoadResult, cam: dict[str, Any], fmt: str) -> Any:
+    """A function building the selected image's report when its download button is clicked.
+
+    It captures plain values (no session access: Streamlit runs it outside the script), and reuses
+    the cached Grad-CAM of the chosen target when there is one.
+    """
+    from app import report
+
+    target = resolve_target(cam["target"], upload) if cam["enabled"] else upload.prediction.top_class
+    cached = upload.cams.get(target)
+    predictor, card = model.predictor, model.predictor.card
+    image, data, name, metadata = upload.image, upload.data, upload.name, dict(upload.metadata)
+    prediction, opacity = upload.prediction, cam["opacity"] if cam["enabled"] else 0.4
+
+    def make() -> bytes:
+        heat = cached if cached is not None else predictor.explain(
+            (name, data), target=target, metadata={k: v for k, v in metadata.items() if v not in (None, "")} or None)
+        return report.build_report(
+            image, predictor.overlay(image, heat, opacity), prediction, fmt=fmt, image_name=name,
+            model_name=str(card.get("name", "model")), model_version=str(card.get("version", "?")),
+            cam_target=ui.target_label(target), metadata=metadata, risk_weights=dict(predictor.risk.weights),
+            created=datetime.now(timezone.utc))
+
+    return make
+
+
+def export_section(model: resources.LoadResult, cam: dict[str, Any]) -> None:
+    """CSV of every result and the selected image's report (PNG or PDF), built in memory."""
+    from app import report
+
+    uploads = [u for u in state.uploads().values() if current_prediction(u, model) is not None]
+    if not uploads:
+        return
+    card = model.predictor.card
+    st.subheader("Export")
+    st.caption("Files are made in memory on request; uploaded files' EXIF data (camera, GPS, dates) never "
+               "reaches them.")
+    table, png, pdf = st.columns(3)
+    table.download_button(
+        "Results table (CSV)", report.results_csv(uploads, str(card.get("name", "model")),
+                                                  str(card.get("version", "?"))),
+        file_name="dermalens_results.csv", mime="text/csv", key="export_csv", on_click="ignore",
+        icon=":material/table_view:")
+    upload = state.selected()
+    if upload is None or current_prediction(upload, model) is None:
+        return
+    stem = Path(upload.name).stem or "image"
+    png.download_button("Report of selected image (PNG)", _report_maker(upload, model, cam, "png"),
+                        file_name=f"{stem}_dermalens_report.png", mime="image/png", key="export_png",
+                        on_click="ignore", icon=":material/image:")
+    pdf.download_button("Report of selected image (PDF)", _report_maker(upload, model, cam, "pdf"),
+                        file_name=f"{stem}_dermalens_report.pdf", mime="application/pdf", key="export_pdf",
+                        on_click="ignore", icon=":material/picture_as_pdf:")
+
+
+# -- page -----------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    """Render the triage screen."""
+    state.init()
+    st.title("DermaLens")
+    st.markdown(ui.DISCLAIMER)
+    limit = upload_limit_mb()
+    files = st.file_uploader(  # before the model loads, so files can be dropped while it does
+        f"Dermoscopic images (JPEG, PNG, BMP, TIFF; up to {limit} MB each)", type=list(ACCEPTED_TYPES),
+        accept_multiple_files=True, key=state.uploader_key(), max_upload_size=limit,
+        help="Drag and drop or browse; several files at once. They stay in this session only.") or []
+    messages = st.container()  # under the uploader: one message per file that could not be used
+    model = resources.model_sidebar()
+    cam = cam_controls()
+    session_controls()
+    ingest(files)
+
+    if model is None:
+        st.warning("No model is loaded, so images are shown without results. Choose a model in the sidebar.")
+    elif model.error:
+        st.error(f"The selected model could not be loaded: {model.error}")
+    ready = model if model is not None and model.predictor is not None else None
+    if ready is not None:
+        predict_pending(ready)
+    current = {f.file_id for f in files}
+    with messages:
+        for key, message in state.errors().items():
+            if key in current or key.startswith("predict_"):
+                st.error(message)
+
+    uploads = list(state.uploads().values())
+    if not uploads:
+        st.info("Upload one or more dermoscopic images to start.")
+        return
+    st.subheader(f"Gallery ({len(uploads)} image{'s' if len(uploads) > 1 else ''})")
+    ui.render_gallery([(u, current_prediction(u, ready)) for u in uploads], state.selected_id(), state.select,
+                      state.remove_upload)
+    selected = state.selected()
+    if selected is not None:
+        st.divider()
+        viewer(selected, ready, cam)
+    if ready is not None:
+        st.divider()
+        export_section(ready, cam)
+
+
+main()

@@ -1,0 +1,175 @@
+"""Per-session state of the dashboard: uploads, selection and model choice, only in ``st.session_state``.
+
+Patient images never leave the user's session: nothing here is a module global, a
+``st.cache_data`` entry or a file. Each upload is one :class:`Upload` keyed by a hash of its name
+and content, holding the decoded picture, the patient metadata typed in for it, the prediction
+(computed once per model + metadata) and the Grad-CAM heatmaps (one per target), so moving the
+opacity slider or switching display mode never recomputes anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import streamlit as st
+
+UPLOADS = "dl_uploads"  # {upload id: Upload}, in upload order
+SELECTED = "dl_selected"  # upload id shown in the main viewer, or None
+ERRORS = "dl_errors"  # {uploader file id: message} for files that could not be read
+SEEN = "dl_seen"  # {uploader file id: upload id}: uploader files already handled
+MODEL_PATH = "dl_model_path"  # the model chosen in the sidebar (str), or None for the default
+UPLOADER_NONCE = "dl_uploader_nonce"  # bumped by "Clear session" to empty the file uploader
+
+#: Metadata keys an upload may carry (the names ``Predictor.predict`` takes).
+METADATA_FIELDS: tuple[str, ...] = ("age_approx", "sex", "anatom_site_general")
+
+
+def upload_id(name: str, data: bytes) -> str:
+    """A stable id of an upload: SHA-256 of its name and content (16 hex digits, safe in widget keys)."""
+    digest = hashlib.sha256()
+    digest.update(name.encode("utf-8", "replace"))
+    digest.update(b"\0")
+    digest.update(data)
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class Upload:
+    """One uploaded image and everything computed for it in this session.
+
+    Attributes:
+        id: :func:`upload_id` of the file.
+        name: The file name as uploaded.
+        data: The file's bytes (what the model decodes, exactly as ``scripts/predict.py`` would).
+        image: Decoded RGB uint8 picture for display (reduced size for large files).
+        thumbnail: PNG bytes of the gallery thumbnail (made once).
+        metadata: Patient metadata typed in for this image (values may be None).
+        prediction: ``backend.inference.Prediction`` or None while not computed.
+        prediction_key: (model key, metadata) the prediction was computed for.
+        cams: Grad-CAM heatmaps by target name, for ``prediction_key``'s model and metadata.
+    """
+
+    id: str
+    name: str
+    data: bytes
+    image: Any
+    thumbnail: bytes
+    metadata: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(METADATA_FIELDS))
+    prediction: Any = None
+    prediction_key: tuple | None = None
+    cams: dict[str, Any] = field(default_factory=dict)
+
+    def metadata_key(self) -> tuple:
+        """Hashable form of :attr:`metadata` (part of the prediction cache key)."""
+        return tuple((k, self.metadata.get(k)) for k in METADATA_FIELDS)
+
+    def metadata_given(self) -> bool:
+        """Whether any metadata value was entered."""
+        return any(v not in (None, "") for v in self.metadata.values())
+
+    def metadata_for_model(self) -> dict[str, Any]:
+        """Metadata as ``Predictor.predict`` takes it (unknown values left out)."""
+        return {k: v for k, v in self.metadata.items() if v not in (None, "")}
+
+    def is_current(self, model_key: str) -> bool:
+        """Whether the stored prediction belongs to this model and the current metadata."""
+        return self.prediction is not None and self.prediction_key == (model_key, self.metadata_key())
+
+
+def init() -> None:
+    """Create this session's keys on first run (idempotent)."""
+    defaults: dict[str, Any] = {UPLOADS: {}, SELECTED: None, ERRORS: {}, SEEN: {}, MODEL_PATH: None,
+                                UPLOADER_NONCE: 0}
+    for key, value in defaults.items():
+        if key not in st.session_state:
+            st.session_state[key] = value
+
+
+def uploads() -> dict[str, Upload]:
+    """This session's uploads by id, in upload order."""
+    init()
+    return st.session_state[UPLOADS]
+
+
+def errors() -> dict[str, str]:
+    """Messages for files of this session that could not be read, by uploader file id."""
+    init()
+    return st.session_state[ERRORS]
+
+
+def seen() -> dict[str, str]:
+    """Uploader file ids already handled -> upload id (empty string for a rejected file)."""
+    init()
+    return st.session_state[SEEN]
+
+
+def add_upload(upload: Upload) -> None:
+    """Store an upload (an identical file uploaded twice is kept once); select it if nothing is."""
+    items = uploads()
+    items.setdefault(upload.id, upload)
+    if selected_id() is None:
+        select(upload.id)
+
+
+def remove_upload(uid: str) -> None:
+    """Drop one upload and everything computed for it."""
+    items = uploads()
+    items.pop(uid, None)
+    if st.session_state[SELECTED] == uid:
+        st.session_state[SELECTED] = next(iter(items), None)
+
+
+def selected_id() -> str | None:
+    """The id of the image in the main viewer (None when there are no uploads)."""
+    init()
+    uid = st.session_state[SELECTED]
+    return uid if uid in st.session_state[UPLOADS] else None
+
+
+def selected() -> Upload | None:
+    """The upload in the main viewer."""
+    uid = selected_id()
+    return None if uid is None else uploads()[uid]
+
+
+def select(uid: str) -> None:
+    """Show upload ``uid`` in the main viewer (a card's "Select" button)."""
+    init()
+    st.session_state[SELECTED] = uid
+
+
+def model_path() -> str | None:
+    """The model chosen in the sidebar, or None for the default model."""
+    init()
+    return st.session_state[MODEL_PATH]
+
+
+def set_model_path(path: str | None) -> None:
+    """Choose the model for this session (None: the default model)."""
+    init()
+    st.session_state[MODEL_PATH] = path
+
+
+def uploader_key() -> str:
+    """Widget key of the file uploader; changes when the session is cleared, which empties it."""
+    init()
+    return f"uploader_{st.session_state[UPLOADER_NONCE]}"
+
+
+def clear_session() -> None:
+    """Forget every upload, result and message of this session (the "Clear session" button).
+
+    The uploader is emptied by giving it a new key (its files are dropped with the old widget);
+    per-image widget values (metadata) go too.
+    """
+    init()
+    st.session_state[UPLOADS] = {}
+    st.session_state[SELECTED] = None
+    st.session_state[ERRORS] = {}
+    st.session_state[SEEN] = {}
+    st.session_state[UPLOADER_NONCE] += 1
+    for key in list(st.session_state.keys()):
+        if isinstance(key, str) and key.startswith("meta_"):
+            del st.session_state[key]

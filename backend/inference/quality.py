@@ -1,0 +1,265 @@
+"""Quality gate: flag images unlikely to be usable dermoscopy, with a reason, without refusing them.
+
+Two kinds of checks, both cheap next to the network:
+
+* **Image statistics** on the decoded RGB image (:func:`image_flags`): ``tiny`` (short side below
+  ``min_side``), ``too_dark`` / ``too_bright`` (mean grey level), ``blank`` (almost no contrast),
+  ``blurred`` (variance of the Laplacian at <= 224 px, the classic focus measure) and ``not_skin``
+  (most pixels strongly saturated in colours skin and lesions do not have: greens, cyans, blues,
+  purples). The colour check runs after the same Shades-of-Gray colour constancy the model applies,
+  because several dermoscopes give real images a strong blue cast that colour constancy removes;
+  a second, raw check catches images that are almost entirely one saturated cold colour.
+* **Out of distribution** (:class:`FeatureStats`): the Mahalanobis distance of the image's pooled
+  backbone features from the training split's feature mean, under a Ledoit-Wolf shrunk
+  covariance (the shrinkage keeps the inverse well conditioned when there are fewer images than
+  feature dimensions). The threshold is a percentile of held-out distances: each half of the
+  fitting images is scored by statistics fitted on the other half, which is what a new in-domain
+  image looks like to the final statistics, so in-domain images are not flagged just for not being
+  training images.
+
+Thresholds were set on real dermoscopic images (ISIC, HAM10000, Derm7pt): of 1,500 random ones,
+one is flagged (``too_dark``, and it is); see :class:`QualityConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from backend.errors import CheckpointError
+
+#: Every flag code, in the order they are reported, with what it means.
+FLAG_CODES: dict[str, str] = {
+    "tiny": "image too small",
+    "blank": "blank or uniform image",
+    "too_dark": "too dark",
+    "too_bright": "too bright / overexposed",
+    "blurred": "blurred / out of focus",
+    "not_skin": "colours unlike skin or a skin lesion",
+    "out_of_distribution": "unlike the images the model was trained on",
+}
+
+
+@dataclass
+class QualityConfig:
+    """Thresholds of the image-statistics checks (grey levels are 0-255).
+
+    Attributes:
+        min_side: Shortest accepted side in pixels.
+        blank_std: Grey-level standard deviation below which the image is blank.
+        dark_mean: Mean grey level below which the image is too dark.
+        bright_mean: Mean grey level above which the image is overexposed.
+        blur_var: Variance of the Laplacian (grey image at ``blur_side`` px) below which it is blurred.
+        blur_side: Short side the focus measure is computed at (never upsampled).
+        cold_sat: Saturation (0-1) above which a cold-hued pixel counts as non-skin after colour constancy.
+        cold_frac: Fraction of such pixels above which the image is ``not_skin``.
+        raw_cold_sat: Saturation for the raw (uncorrected) check.
+        raw_cold_frac: Fraction for the raw check.
+        ood_enabled: Apply the out-of-distribution check when feature statistics are available.
+    """
+
+    min_side: int = 64
+    blank_std: float = 4.0
+    dark_mean: float = 30.0
+    bright_mean: float = 235.0
+    blur_var: float = 4.0
+    blur_side: int = 224
+    cold_sat: float = 0.4
+    cold_frac: float = 0.6
+    raw_cold_sat: float = 0.6
+    raw_cold_frac: float = 0.95
+    ood_enabled: bool = True
+
+
+@dataclass(frozen=True)
+class QualityFlag:
+    """One reason an image may not be usable: a stable ``code`` and a sentence for people."""
+
+    code: str
+    reason: str
+
+
+def _resize_short(image: np.ndarray, side: int) -> np.ndarray:
+    """Downscale (never upscale) so the short side is at most ``side``."""
+    import cv2
+
+    h, w = image.shape[:2]
+    short = min(h, w)
+    if short <= side:
+        return image
+    scale = side / short
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def _cold_fraction(image: np.ndarray, min_sat: float) -> float:
+    """Fraction of visible pixels (value > 0.15) with a cold hue (65-295 degrees) and saturation > ``min_sat``."""
+    import cv2
+
+    hsv = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2HSV_FULL)
+    hue = hsv[..., 0].astype(np.float32) * (360.0 / 256.0)
+    sat = hsv[..., 1].astype(np.float32) / 255.0
+    val = hsv[..., 2].astype(np.float32) / 255.0
+    cold = (hue > 65.0) & (hue < 295.0) & (sat > min_sat) & (val > 0.15)
+    return float(cold.mean())
+
+
+def image_flags(image: np.ndarray, cfg: QualityConfig | None = None) -> list[QualityFlag]:
+    """Image-statistics quality flags of one decoded image (empty when it looks usable).
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB, as decoded (any size).
+        cfg: Thresholds.
+    """
+    import cv2
+
+    from backend.data.transforms import shades_of_gray
+
+    cfg = cfg or QualityConfig()
+    h, w = image.shape[:2]
+    flags: list[QualityFlag] = []
+    if min(h, w) < cfg.min_side:
+        flags.append(QualityFlag("tiny", f"image is {w}x{h} px; at least {cfg.min_side} px on the short side "
+                                         "are needed to see lesion structures"))
+    image = np.ascontiguousarray(image)
+    gray = _resize_short(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cfg.blur_side)
+    mean, std = float(gray.mean()), float(gray.std())
+    if std < cfg.blank_std:
+        flags.append(QualityFlag("blank", f"almost no contrast (grey-level std {std:.1f} < {cfg.blank_std:g})"))
+    if mean < cfg.dark_mean:
+        flags.append(QualityFlag("too_dark", f"mean brightness {mean:.0f}/255 < {cfg.dark_mean:g}"))
+    elif mean > cfg.bright_mean:
+        flags.append(QualityFlag("too_bright", f"mean brightness {mean:.0f}/255 > {cfg.bright_mean:g}"))
+    if std < cfg.blank_std:
+        return flags  # focus and colour mean nothing on a uniform image
+    sharpness = float(cv2.Laplacian(gray, cv2.CV_32F).var())
+    if sharpness < cfg.blur_var:
+        flags.append(QualityFlag("blurred", f"little fine detail (Laplacian variance {sharpness:.1f} "
+                                            f"< {cfg.blur_var:g})"))
+    thumb = _resize_short(image, 96)
+    corrected = _cold_fraction(shades_of_gray(thumb), cfg.cold_sat)
+    raw = _cold_fraction(thumb, cfg.raw_cold_sat)
+    if corrected > cfg.cold_frac or raw > cfg.raw_cold_frac:
+        frac = max(corrected, raw)
+        flags.append(QualityFlag("not_skin", f"{frac:.0%} of the image is saturated green/blue/purple, "
+                                             "unlike skin or a skin lesion"))
+    return flags
+
+
+def _ledoit_wolf(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and precision (inverse of the Ledoit-Wolf shrunk covariance) of ``(N, D)`` features."""
+    from sklearn.covariance import LedoitWolf
+
+    lw = LedoitWolf(assume_centered=False).fit(features)
+    return lw.location_.astype(np.float64), lw.get_precision().astype(np.float64)
+
+
+def _mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    centred = np.asarray(features, dtype=np.float64) - mean
+    return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", centred, precision, centred), 0.0))
+
+
+@dataclass
+class FeatureStats:
+    """Training-split feature statistics for the out-of-distribution check.
+
+    Attributes:
+        mean: ``(D,)`` mean pooled backbone feature.
+        precision: ``(D, D)`` inverse shrunk covariance.
+        threshold: Mahalanobis distance above which an image is out of distribution.
+        percentile: Percentile of held-out distances the threshold was set at.
+        n: Number of images fitted on.
+    """
+
+    mean: np.ndarray
+    precision: np.ndarray
+    threshold: float
+    percentile: float = 99.0
+    n: int = 0
+
+    #: Key prefix of these tensors in a bundle's safetensors file.
+    TENSOR_PREFIX = "ood_stats."
+
+    @classmethod
+    def fit(cls, features: Any, percentile: float = 99.0, seed: int = 0) -> FeatureStats:
+        """Fit on ``(N, D)`` features of in-domain (training) images.
+
+        With at least 20 images the threshold comes from cross-fitted distances (see the module
+        docstring); with fewer, from in-sample distances.
+
+        Raises:
+            ValueError: With fewer than 4 images or a non-finite feature.
+        """
+        feats = np.asarray(features, dtype=np.float64)
+        if feats.ndim != 2 or feats.shape[0] < 4:
+            raise ValueError(f"feature statistics need an (N >= 4, D) array, got shape {feats.shape}")
+        if not np.isfinite(feats).all():
+            raise ValueError("features contain NaN or infinity")
+        if feats.shape[0] >= 20:
+            order = np.random.default_rng(seed).permutation(feats.shape[0])
+            a, b = feats[order[: len(order) // 2]], feats[order[len(order) // 2 :]]
+            held_out = np.concatenate([_mahalanobis(b, *_ledoit_wolf(a)), _mahalanobis(a, *_ledoit_wolf(b))])
+        else:
+            held_out = None
+        mean, precision = _ledoit_wolf(feats)
+        if held_out is None:
+            held_out = _mahalanobis(feats, mean, precision)
+        threshold = float(np.percentile(held_out, percentile))
+        return cls(mean=mean, precision=precision, threshold=threshold, percentile=float(percentile),
+                   n=int(feats.shape[0]))
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension."""
+        return int(self.mean.shape[0])
+
+    def distance(self, features: Any) -> np.ndarray:
+        """Mahalanobis distance of each row of ``(N, D)`` features."""
+        feats = np.asarray(features, dtype=np.float64)
+        if feats.ndim != 2 or feats.shape[1] != self.dim:
+            raise ValueError(f"features must be (N, {self.dim}), got {feats.shape}")
+        return _mahalanobis(feats, self.mean, self.precision)
+
+    def flag(self, distance: float) -> QualityFlag | None:
+        """The ``out_of_distribution`` flag for a distance above the threshold, else None."""
+        if not np.isfinite(distance) or distance > self.threshold:
+            return QualityFlag("out_of_distribution", f"feature distance {distance:.1f} from the training images "
+                                                      f"exceeds their {self.percentile:g}th percentile "
+                                                      f"({self.threshold:.1f})")
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """What the model card records (the tensors themselves live in the weights file)."""
+        return {
+            "method": "Mahalanobis distance of pooled backbone features, Ledoit-Wolf shrunk covariance",
+            "threshold": self.threshold,
+            "percentile": self.percentile,
+            "n": self.n,
+            "dim": self.dim,
+            "tensors": [f"{self.TENSOR_PREFIX}mean", f"{self.TENSOR_PREFIX}precision"],
+        }
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """``{name: float32 array}`` to store beside the weights."""
+        return {f"{self.TENSOR_PREFIX}mean": self.mean.astype(np.float32),
+                f"{self.TENSOR_PREFIX}precision": self.precision.astype(np.float32)}
+
+    @classmethod
+    def from_parts(cls, summary: dict[str, Any], tensors: dict[str, Any]) -> FeatureStats:
+        """Rebuild from :meth:`summary` and :meth:`tensors` output.
+
+        Raises:
+            CheckpointError: When entries are missing or shapes disagree.
+        """
+        try:
+            mean = np.asarray(tensors[f"{cls.TENSOR_PREFIX}mean"], dtype=np.float64)
+            precision = np.asarray(tensors[f"{cls.TENSOR_PREFIX}precision"], dtype=np.float64)
+            stats = cls(mean=mean, precision=precision, threshold=float(summary["threshold"]),
+                        percentile=float(summary.get("percentile", 99.0)), n=int(summary.get("n", 0)))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"out-of-distribution statistics are incomplete or malformed: {err}") from None
+        if mean.ndim != 1 or precision.shape != (mean.shape[0], mean.shape[0]):
+            raise CheckpointError(f"out-of-distribution statistics have inconsistent shapes {mean.shape} and "
+                                  f"{precision.shape}")
+        return stats

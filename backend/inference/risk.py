@@ -1,0 +1,145 @@
+"""Risk index, traffic light and thickness band: pure functions of the model's outputs.
+
+The risk index condenses the class probabilities into one number a clinician can triage on:
+``risk = sum_d w_d * P(d)`` over the malignant diagnoses (by default ``1.5 P(MEL) + 1.3 P(BCC) +
+1.0 P(SCC)``), clipped to ``[0, 1]``. Melanoma weighs most because missing it costs most; the
+weights and the traffic-light thresholds are clinical policy, so they live in
+``cfgs/inference/risk.yaml`` (:class:`RiskConfig`) rather than in code.
+
+Traffic light: ``green`` below ``green_below``, ``yellow`` below ``yellow_below``, ``red`` from
+``yellow_below`` on. The thickness band maps a Breslow estimate in mm onto
+:data:`backend.data.schema.THICKNESS_BANDS` (lower bound inclusive, upper bound exclusive).
+No torch import here: the app and the CLIs use these functions directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backend.data.schema import DIAGNOSES, THICKNESS_BANDS
+from backend.errors import ConfigError
+
+#: The risk configuration used when none is given.
+DEFAULT_RISK_YAML = Path(__file__).resolve().parents[2] / "cfgs" / "inference" / "risk.yaml"
+TRAFFIC_LIGHTS: tuple[str, ...] = ("green", "yellow", "red")
+
+
+def _default_weights() -> dict[str, float]:
+    return {"MEL": 1.5, "BCC": 1.3, "SCC": 1.0}
+
+
+@dataclass
+class RiskConfig:
+    """Weights of the risk index and thresholds of the traffic light.
+
+    Attributes:
+        weights: Diagnosis -> weight of its probability in the risk index (diagnoses not listed
+            weigh 0).
+        green_below: Risk below this is green.
+        yellow_below: Risk below this (and at least ``green_below``) is yellow; from here on, red.
+    """
+
+    weights: dict[str, float] = field(default_factory=_default_weights)
+    green_below: float = 0.15
+    yellow_below: float = 0.6
+
+    def validate(self) -> None:
+        """Reject unknown diagnoses, negative weights and thresholds out of order.
+
+        Raises:
+            ConfigError: Naming the key at fault.
+        """
+        clean: dict[str, float] = {}
+        for name, weight in self.weights.items():
+            if name not in DIAGNOSES:
+                raise ConfigError(f"risk.weights: unknown diagnosis {name!r}; expected some of {list(DIAGNOSES)}")
+            try:
+                value = float(weight)
+            except (TypeError, ValueError):
+                raise ConfigError(f"risk.weights.{name} must be a number, got {weight!r}") from None
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"risk.weights.{name} must be a finite number >= 0, got {weight!r}")
+            clean[name] = value
+        self.weights = clean
+        if not 0.0 <= self.green_below <= self.yellow_below <= 1.0:
+            raise ConfigError(
+                "risk thresholds must satisfy 0 <= green_below <= yellow_below <= 1, "
+                f"got green_below={self.green_below}, yellow_below={self.yellow_below}"
+            )
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RiskConfig:
+        """Defaults <- ``path`` (default :data:`DEFAULT_RISK_YAML` when it exists) <- ``key=value`` overrides.
+
+        Raises:
+            ConfigError: Unknown key, wrong type or a bad value, naming the file or key.
+        """
+        from backend.config import load_config
+
+        files = [Path(path)] if path is not None else [p for p in (DEFAULT_RISK_YAML,) if p.is_file()]
+        return load_config(cls, files, overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (stored in model cards)."""
+        return {"weights": dict(self.weights), "green_below": self.green_below, "yellow_below": self.yellow_below}
+
+
+def risk_index(probs: Mapping[str, float] | np.ndarray, cfg: RiskConfig | None = None) -> float | np.ndarray:
+    """Weighted sum of diagnosis probabilities, clipped to ``[0, 1]``.
+
+    Args:
+        probs: ``{diagnosis: probability}`` for one image, or an ``(N, 8)`` array in
+            :data:`DIAGNOSES` order (also ``(8,)``).
+        cfg: Weights; default :class:`RiskConfig` defaults.
+
+    Returns:
+        A float for a mapping, else an array of shape ``probs.shape[:-1]``.
+    """
+    cfg = cfg or RiskConfig()
+    if isinstance(probs, Mapping):
+        total = sum(w * float(probs.get(name, 0.0)) for name, w in cfg.weights.items())
+        return float(min(max(total, 0.0), 1.0))
+    arr = np.asarray(probs, dtype=np.float64)
+    if arr.shape[-1] != len(DIAGNOSES):
+        raise ValueError(f"probabilities must have {len(DIAGNOSES)} columns in {DIAGNOSES} order, got {arr.shape}")
+    weights = np.array([cfg.weights.get(name, 0.0) for name in DIAGNOSES])
+    return np.clip(arr @ weights, 0.0, 1.0)
+
+
+def traffic_light(risk: float, cfg: RiskConfig | None = None) -> str:
+    """``green`` (risk < green_below), ``yellow`` (< yellow_below) or ``red``.
+
+    Raises:
+        ValueError: When ``risk`` is NaN.
+    """
+    cfg = cfg or RiskConfig()
+    risk = float(risk)
+    if math.isnan(risk):
+        raise ValueError("risk is NaN")
+    if risk < cfg.green_below:
+        return "green"
+    if risk < cfg.yellow_below:
+        return "yellow"
+    return "red"
+
+
+def thickness_band(mm: float) -> str:
+    """The Breslow band of a thickness in mm (``in situ``, ``<0.8 mm`` ... ``>4 mm``); ``""`` for NaN.
+
+    Bands are ``[lo, hi)``: 0.8 mm is ``0.8-1 mm``, 1.0 is ``1-2 mm``, 4.0 is ``>4 mm``; negative
+    values count as 0 (in situ).
+    """
+    mm = float(mm)
+    if math.isnan(mm):
+        return ""
+    mm = max(mm, 0.0)
+    for name, lo, hi in THICKNESS_BANDS:
+        if lo <= mm < hi:
+            return name
+    return THICKNESS_BANDS[-1][0]

@@ -1,0 +1,436 @@
+"""Model bundles: the folder a trained model ships in (``model.safetensors`` + ``model_card.json``).
+
+Layout::
+
+    <bundle>/
+        model.safetensors   the LesionNet state dict (keys as in ``LesionNet.state_dict()``) plus
+                            optional extra tensors under their own prefix (``ood_stats.mean``...)
+        model_card.json     everything else, plain JSON (see :func:`save_bundle`)
+        model.onnx          optional ONNX export (``backend.io.onnx``)
+
+The card holds the experiment config (the model is rebuilt from its ``model`` section), the class
+order, the eval preprocessing, the thickness scaler, the metadata encoder, the calibration
+temperature, a summary of the out-of-distribution statistics, validation metrics, intended use
+and limitations, name, version and creation time, and the SHA-256 of the weights file: a bundle
+whose weights and card do not belong together is refused. Safetensors holds tensors only and the
+card is JSON, so loading a bundle never executes code. Files are written atomically (temporary
+file + ``os.replace``), weights first, card last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from backend.errors import CheckpointError
+from backend.io.checkpoint import LoadedModel, atomic_write_bytes, atomic_write_text
+from backend.model_store import CARD_FILE, WEIGHTS_FILE
+
+BUNDLE_FORMAT = "dermalens-bundle"
+BUNDLE_FORMAT_VERSION = 1
+ONNX_FILE = "model.onnx"
+#: Card keys every bundle must have.
+REQUIRED_CARD_KEYS: tuple[str, ...] = (
+    "format", "format_version", "name", "version", "created", "weights_file", "weights_sha256", "config",
+    "classes", "preprocessing", "thickness_scaler", "metadata_encoder", "calibration",
+)
+
+DEFAULT_INTENDED_USE = (
+    "Decision support for clinicians triaging dermoscopic images of single skin lesions: class "
+    "probabilities over 8 diagnoses (MEL, NV, BCC, AK, BKL, DF, VASC, SCC), a derived malignancy "
+    "probability, a risk traffic light, a Breslow thickness estimate for melanomas and Grad-CAM "
+    "heatmaps. Not a diagnosis: every result is to be interpreted by a qualified clinician."
+)
+DEFAULT_LIMITATIONS: tuple[str, ...] = (
+    "Trained on public dermoscopy collections (ISIC, HAM10000, Derm7pt) dominated by fair skin types; "
+    "accuracy on darker skin, on clinical (non-dermoscopic) photographs and on other devices is unknown.",
+    "Diagnoses outside the 8 classes (UNK) are not predicted; such lesions get the closest known class.",
+    "The thickness estimate is only meaningful for melanoma and is coarse; it never replaces histopathology.",
+    "Probabilities are calibrated by temperature scaling on the validation split; calibration may not "
+    "transfer to other populations.",
+    "Images flagged by the quality gate (blurred, dark, not skin, out of distribution) still get a "
+    "prediction, which is unreliable.",
+)
+
+
+@dataclass
+class LoadedBundle:
+    """A bundle read back: the model, its card and the tensors stored beside the weights.
+
+    Attributes:
+        model: Network (eval mode) and what inference needs, as for a checkpoint.
+        card: The model card.
+        extra_tensors: Non-network tensors of the weights file, by full key (``ood_stats.mean``...).
+    """
+
+    model: LoadedModel
+    card: dict[str, Any]
+    extra_tensors: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def temperature(self) -> float:
+        """Calibration temperature (1.0 when uncalibrated)."""
+        return float((self.card.get("calibration") or {}).get("temperature", 1.0))
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    """Numpy scalars/arrays and paths to plain JSON values; NaN/inf to None (JSON has neither)."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def save_bundle(
+    out_dir: str | Path,
+    model: LoadedModel,
+    *,
+    name: str,
+    version: str = "1",
+    temperature: float = 1.0,
+    calibration: dict[str, Any] | None = None,
+    ood: dict[str, Any] | None = None,
+    extra_tensors: dict[str, Any] | None = None,
+    validation_metrics: dict[str, Any] | None = None,
+    intended_use: str = DEFAULT_INTENDED_USE,
+    limitations: list[str] | tuple[str, ...] = DEFAULT_LIMITATIONS,
+    extra_card: dict[str, Any] | None = None,
+) -> Path:
+    """Write a bundle folder from a loaded model.
+
+    Args:
+        out_dir: Bundle folder (created; existing bundle files are replaced atomically).
+        model: The network and its inference metadata (e.g. from ``load_lesion_checkpoint``).
+        name: Model name shown in the app.
+        version: Model version string.
+        temperature: Calibration temperature (> 0) applied to the diagnosis logits.
+        calibration: Extra calibration facts (split fitted on, ECE before/after...).
+        ood: Summary of the out-of-distribution statistics (``FeatureStats.summary()``).
+        extra_tensors: Tensors stored beside the weights (``FeatureStats.tensors()``); keys must
+            not clash with the network's.
+        validation_metrics: Scalar metrics on the validation split.
+        intended_use: Intended-use statement.
+        limitations: Known limitations.
+        extra_card: More card entries (e.g. ``risk``, ``onnx``); they may not replace required keys.
+
+    Returns:
+        The bundle folder.
+
+    Raises:
+        CheckpointError: On a bad temperature or tensor keys that clash with the network's.
+    """
+    import numpy as np
+    import torch
+    from safetensors.torch import save as safetensors_save
+
+    if not (temperature > 0 and np.isfinite(temperature)):
+        raise CheckpointError(f"calibration temperature must be a finite number > 0, got {temperature}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.net.state_dict().items()}
+    for key, value in (extra_tensors or {}).items():
+        if key in tensors:
+            raise CheckpointError(f"extra tensor '{key}' clashes with a network weight of the same name")
+        tensors[key] = torch.as_tensor(np.asarray(value)).contiguous()
+    blob = safetensors_save(tensors, metadata={"format": BUNDLE_FORMAT})
+    atomic_write_bytes(out / WEIGHTS_FILE, blob)
+
+    card: dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "name": name,
+        "version": str(version),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": str(model.source),
+        "weights_file": WEIGHTS_FILE,
+        "weights_sha256": hashlib.sha256(blob).hexdigest(),
+        "config": model.config,
+        "classes": list(model.classes),
+        "preprocessing": model.preprocessing,
+        "thickness_scaler": model.thickness_scaler,
+        "metadata_encoder": model.metadata_encoder,
+        "calibration": {"method": "temperature scaling", **(calibration or {}), "temperature": float(temperature)},
+        "ood": ood,
+        "validation_metrics": validation_metrics or {},
+        "intended_use": intended_use,
+        "limitations": list(limitations),
+    }
+    for key, value in (extra_card or {}).items():
+        if key in REQUIRED_CARD_KEYS:
+            raise CheckpointError(f"extra card entry '{key}' would replace a required bundle key")
+        card[key] = value
+    write_card(out, card)
+    return out
+
+
+def write_card(bundle_dir: str | Path, card: dict[str, Any]) -> Path:
+    """Atomically (re)write a bundle's ``model_card.json``."""
+    text = json.dumps(_jsonable(card), indent=2, sort_keys=False, allow_nan=False)
+    return atomic_write_text(Path(bundle_dir) / CARD_FILE, text + "\n")
+
+
+def read_card(bundle_dir: str | Path) -> dict[str, Any]:
+    """Read and check a bundle's model card (not the weights).
+
+    Raises:
+        CheckpointError: Missing folder or file, invalid JSON, another format, or missing keys.
+    """
+    path = Path(bundle_dir)
+    card_path = path / CARD_FILE
+    if not path.is_dir():
+        raise CheckpointError(f"model bundle folder not found: {path}")
+    if not card_path.is_file():
+        raise CheckpointError(f"{path}: not a model bundle ({CARD_FILE} is missing)")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"{card_path}: not valid JSON: {err}") from None
+    if not isinstance(card, dict) or card.get("format") != BUNDLE_FORMAT:
+        raise CheckpointError(f"{card_path}: not a DermaLens model card (format must be '{BUNDLE_FORMAT}')")
+    if card.get("format_version") != BUNDLE_FORMAT_VERSION:
+        raise CheckpointError(f"{card_path}: bundle format version {card.get('format_version')!r} is not supported "
+                              f"(this code reads version {BUNDLE_FORMAT_VERSION})")
+    missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
+    if missing:
+        raise CheckpointError(f"{card_path}: missing keys {missing}")
+    return card
+
+
+def load_bundle(bundle_dir: str | Path) -> LoadedBundle:
+    """Rebuild the network of a bundle and check that weights and card belong together.
+
+    Raises:
+        CheckpointError: Bad card, missing or altered weights file, weights that do not fit the config.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from backend.config import from_dict
+    from backend.data.schema import DIAGNOSES
+    from backend.errors import ConfigError
+    from backend.models.lesion_net import build_model
+    from backend.training.config import ExperimentConfig
+
+    path = Path(bundle_dir)
+    card = read_card(path)
+    weights_path = path / str(card["weights_file"])
+    if not weights_path.is_file():
+        raise CheckpointError(f"{path}: weights file {weights_path.name} is missing")
+    if sha256_file(weights_path) != card["weights_sha256"]:
+        raise CheckpointError(f"{weights_path}: SHA-256 does not match the model card; the weights were changed "
+                              "or belong to another bundle")
+    if list(card["classes"]) != list(DIAGNOSES):
+        raise CheckpointError(f"{path}: classes {card['classes']} differ from this code's {list(DIAGNOSES)}")
+    try:
+        state = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{weights_path}: not a readable safetensors file: {err}") from None
+    try:
+        cfg = from_dict(ExperimentConfig, card["config"])
+    except ConfigError as err:
+        raise CheckpointError(f"{path / CARD_FILE}: embedded config is invalid: {err}") from None
+    cfg.model.pretrained_path = None
+    net = build_model(cfg.model)
+    own = set(net.state_dict())
+    weights = {k: v for k, v in state.items() if k in own}
+    extra = {k: v for k, v in state.items() if k not in own}
+    missing, unexpected = net.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{weights_path}: weights do not fit the card's model config: {len(missing)} missing "
+                              f"(e.g. {missing[:3]})")
+    net.eval()
+    loaded = LoadedModel(
+        net=net, config=card["config"], classes=list(card["classes"]),
+        thickness_scaler=dict(card["thickness_scaler"]), metadata_encoder=card["metadata_encoder"],
+        preprocessing=dict(card["preprocessing"]), source=path,
+    )
+    return LoadedBundle(model=loaded, card=card, extra_tensors=extra)
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_bundle` wrote.
+
+    Attributes:
+        bundle_dir: The bundle folder.
+        card: The model card written.
+        onnx_path: The ONNX file, or None.
+        skipped: Messages for images that could not be read while fitting.
+    """
+
+    bundle_dir: Path
+    card: dict[str, Any]
+    onnx_path: Path | None = None
+    skipped: list[str] = field(default_factory=list)
+
+
+def _table_metadata(table: Any) -> list[dict[str, Any]]:
+    return [
+        {"age_approx": a, "sex": s, "anatom_site_general": site}
+        for a, s, site in zip(table["age_approx"], table["sex"], table["anatom_site_general"], strict=True)
+    ]
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    import math
+
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value)):
+            out[key] = float(value)
+    return out
+
+
+def _checkpoint_scores(path: Path) -> dict[str, float]:
+    """The monitored best score Lightning stored in a checkpoint (what we know without data)."""
+    from backend.io.checkpoint import safe_torch_load
+
+    scores: dict[str, float] = {}
+    for key, state in (safe_torch_load(path).get("callbacks") or {}).items():
+        if "ModelCheckpoint" in str(key) and isinstance(state, dict) and state.get("best_model_score") is not None:
+            monitor = str(state.get("monitor") or "best_model_score")
+            try:
+                scores[monitor] = float(state["best_model_score"])
+            except (TypeError, ValueError):
+                continue
+    return scores
+
+
+def export_bundle(
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    name: str | None = None,
+    version: str = "1",
+    csv: str | Path | None = None,
+    img_dir: str | Path | None = None,
+    splits_csv: str | Path | None = None,
+    temperature: float | None = None,
+    ood_percentile: float = 99.0,
+    max_ood_images: int = 5000,
+    onnx: bool = False,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> ExportResult:
+    """Turn a training checkpoint into a bundle, fitting calibration and OOD statistics on its run's splits.
+
+    With ``csv`` (the labelled table the run was trained on) the temperature is fitted on the
+    run's validation split (``fit_temperature``; ECE before and after go into the card with the
+    validation metrics), and the out-of-distribution statistics on features of (up to
+    ``max_ood_images`` of) its training split. Without it the temperature is ``temperature`` (or
+    1) and there are no OOD statistics; the card then reports the checkpoint's monitored score.
+
+    This is an export pipeline on top of inference, so it imports :mod:`backend.inference` lazily.
+
+    Raises:
+        CheckpointError: Unsafe or unreadable checkpoint, or export failure.
+        DataFormatError: Bad table or splits file.
+        ConfigError: No validation/train rows, or a splits file cannot be found.
+    """
+    from backend.errors import ConfigError
+    from backend.inference.predictor import Predictor
+    from backend.inference.quality import FeatureStats
+    from backend.io.checkpoint import load_lesion_checkpoint
+
+    checkpoint = Path(checkpoint)
+    loaded = load_lesion_checkpoint(checkpoint)
+    predictor = Predictor(loaded.net, loaded.preprocessing, loaded.thickness_scaler, loaded.metadata_encoder,
+                          batch_size=batch_size)
+    calibration: dict[str, Any] = {"fitted_on": None}
+    metrics: dict[str, Any] = {}
+    ood_summary, extra, skipped = None, None, []
+    temp = 1.0 if temperature is None else float(temperature)
+    if csv is not None:
+        from backend.data.dataset import encode_targets
+        from backend.data.formats import load_table
+        from backend.data.splits import read_splits
+        from backend.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
+        from backend.evaluation.evaluate import default_splits_csv
+        from backend.evaluation.metrics import compute_metrics
+
+        table = load_table(csv, img_dir=img_dir)
+        splits_path = splits_csv or default_splits_csv(checkpoint)
+        if splits_path is None:
+            raise ConfigError(f"no splits CSV for {checkpoint}: pass splits_csv (the run's splits.csv)")
+        assignment = read_splits(splits_path, table).reindex(table.index)
+        val = table[assignment == "val"].reset_index(drop=True)
+        train = table[assignment == "train"].reset_index(drop=True)
+        if val.empty or train.empty:
+            raise ConfigError(f"{splits_path}: needs both 'val' and 'train' rows to fit calibration and OOD "
+                              f"statistics (val {len(val)}, train {len(train)})")
+        raw, kept, skipped_val = predictor.raw_outputs(val["image"].tolist(), _table_metadata(val), progress)
+        skipped += skipped_val
+        targets = encode_targets(val.iloc[kept].reset_index(drop=True))
+        labels = targets["diagnosis"]
+        if temperature is None and (labels >= 0).any():
+            temp = fit_temperature(raw.logits, labels)
+        before, after = apply_temperature(raw.logits, 1.0), apply_temperature(raw.logits, temp)
+        known = labels >= 0
+        calibration = {
+            "fitted_on": f"val split of {splits_path} ({int(known.sum())} images with a diagnosis)",
+            "ece_before": expected_calibration_error(before[known], labels[known]) if known.any() else None,
+            "ece_after": expected_calibration_error(after[known], labels[known]) if known.any() else None,
+        }
+        metrics = _scalar_metrics(compute_metrics(
+            labels, after, y_true_malignant=targets["label"], thickness_pred_mm=raw.thickness_mm,
+            thickness_lo=targets["thickness_lo"], thickness_hi=targets["thickness_hi"],
+        ))
+        metrics["n_images"] = len(kept)
+        if len(train) > max_ood_images:
+            train = train.sample(n=max_ood_images, random_state=0).reset_index(drop=True)
+        feats, _, skipped_train = predictor.raw_outputs(train["image"].tolist(), _table_metadata(train), progress)
+        skipped += skipped_train
+        try:
+            stats = FeatureStats.fit(feats.features, percentile=ood_percentile)
+        except ValueError as err:
+            raise ConfigError(f"cannot fit out-of-distribution statistics on the train split: {err}") from None
+        ood_summary = {**stats.summary(), "fitted_on": f"train split of {splits_path} ({stats.n} images)"}
+        extra = stats.tensors()
+    else:
+        metrics = _checkpoint_scores(checkpoint)
+    out = save_bundle(
+        output, loaded, name=name or checkpoint.stem, version=version, temperature=temp, calibration=calibration,
+        ood=ood_summary, extra_tensors=extra, validation_metrics=metrics,
+        extra_card={"risk": predictor.risk.to_dict()},
+    )
+    card = read_card(out)
+    onnx_path = None
+    if onnx:
+        from backend.io.onnx import DEFAULT_OPSET, OUTPUT_NAMES, export_onnx
+
+        onnx_path = export_onnx(loaded.net, out / ONNX_FILE, int(loaded.preprocessing["img_size"]), temperature=temp,
+                                thickness_scaler=loaded.thickness_scaler)
+        card["onnx"] = {
+            "file": ONNX_FILE, "sha256": sha256_file(onnx_path), "opset": DEFAULT_OPSET,
+            "inputs": ["image (B, 3, S, S) float32, eval-transformed"]
+            + (["metadata (B, meta_dim) float32", "metadata_present (B,) float32"] if loaded.net.use_metadata else []),
+            "outputs": list(OUTPUT_NAMES),
+        }
+        write_card(out, card)
+    return ExportResult(out, card, onnx_path, skipped)

@@ -1,0 +1,212 @@
+"""Batch prediction: ``python -m scripts.predict --input FOLDER_OR_CSV --output preds.csv``.
+
+``--input`` is a folder of images (JPEG, PNG, BMP, TIFF; not recursive) or a CSV with an ``image``
+column and optional ``age_approx``, ``sex``, ``anatom_site_general`` (relative paths resolve
+against ``--img_dir``, default the CSV's folder). One output row per image::
+
+    image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK,malignant,risk,traffic_light,thickness_mm,thickness_band,flags
+
+(``UNK`` is 0: the model has no UNK output; ``flags`` lists quality-gate codes separated by ``;``).
+Rows are appended batch by batch, so an interrupted run keeps what it did and a rerun skips the
+images already in the output. Unreadable files and bad metadata rows are reported on stderr and
+skipped; they never stop the run. Examples::
+
+    python -m scripts.predict --input ../shared/data/images --output preds.csv --tta
+    python -m scripts.predict --input cases.csv --img_dir photos/ --output preds.csv --cam_dir cams/
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+METADATA_COLUMNS: tuple[str, ...] = ("age_approx", "sex", "anatom_site_general")
+
+
+@dataclass
+class Job:
+    """One image to predict: its output name, its file and its metadata (None when the input has none)."""
+
+    name: str
+    path: Path
+    metadata: dict[str, Any] | None = None
+    where: str = ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's flags."""
+    p = argparse.ArgumentParser(prog="python -m scripts.predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help="folder of images, or a CSV with an 'image' column")
+    p.add_argument("--output", default="preds.csv", help="predictions CSV (appended to; default preds.csv)")
+    p.add_argument("--checkpoint", help="model bundle folder or .ckpt (default: the bundled default model)")
+    p.add_argument("--img_dir", help="folder relative image paths of a CSV resolve against (default: its folder)")
+    p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (slower, steadier)")
+    p.add_argument("--cam_dir", help="also write a Grad-CAM overlay of the predicted class per image here")
+    p.add_argument("--opacity", type=float, default=0.4, help="Grad-CAM overlay opacity (default 0.4)")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--no_metadata", action="store_true", help="ignore the CSV's patient metadata")
+    return p
+
+
+def collect_jobs(input_path: str | Path, img_dir: str | Path | None = None, use_metadata: bool = True
+                 ) -> tuple[list[Job], list[str]]:
+    """The images named by a folder or CSV, and messages for rows that cannot become jobs.
+
+    Raises:
+        DataFormatError: A CSV without an ``image`` column, or otherwise malformed.
+        ConfigError: ``input_path`` is neither a folder nor a file.
+    """
+    from backend.data.formats import LINE, read_csv_rows
+    from backend.data.images import SUPPORTED_EXTENSIONS
+    from backend.errors import ConfigError
+
+    path = Path(input_path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
+        return [Job(p.name, p) for p in files], []
+    if not path.is_file():
+        raise ConfigError(f"--input {path}: no such folder or CSV file")
+    raw = read_csv_rows(path, required=("image",))
+    base = Path(img_dir) if img_dir else path.parent
+    meta_cols = [c for c in METADATA_COLUMNS if c in raw.columns] if use_metadata else []
+    jobs, problems, seen = [], [], set()
+    for _, row in raw.iterrows():
+        where = f"{path}, line {row[LINE]}"
+        name = str(row["image"]).strip()
+        if not name:
+            problems.append(f"{where}, field 'image': empty image path")
+            continue
+        if name in seen:
+            problems.append(f"{where}, field 'image': {name!r} is listed again; predicted once")
+            continue
+        seen.add(name)
+        file = Path(name) if Path(name).is_absolute() else base / name
+        meta = {c: row[c] for c in meta_cols} if meta_cols else None
+        jobs.append(Job(name, file, meta, where))
+    return jobs, problems
+
+
+def _done_images(output: Path) -> set[str]:
+    """Images already in an existing output; an interrupted last line is cut off first.
+
+    Raises:
+        DataFormatError: The file exists with other columns (it is not ours to append to).
+    """
+    from backend.errors import DataFormatError
+    from backend.inference.predictor import OUTPUT_COLUMNS
+
+    if not output.is_file() or output.stat().st_size == 0:
+        return set()
+    data = output.read_bytes()
+    if not data.endswith(b"\n"):
+        with open(output, "r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
+    with open(output, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            return set()
+        if tuple(header) != OUTPUT_COLUMNS:
+            raise DataFormatError(output, f"exists with columns {header}, not a predictions file of this tool "
+                                          "(choose another --output)", line=1)
+        return {row[0] for row in reader if row}
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return str(value)
+
+
+def _cam_file(cam_dir: Path, name: str) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    return cam_dir / f"{Path(safe).stem or 'image'}_cam.png"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict every job not yet in the output; returns the exit code."""
+    from tqdm.auto import tqdm
+
+    from backend.errors import ConfigError, DermaLensError, ImageLoadError
+    from backend.inference.predictor import OUTPUT_COLUMNS, Predictor, encode_png
+    from backend.model_store import DEFAULT_MODEL_DIR, describe_model_dir
+
+    if not 0.0 <= args.opacity <= 1.0:
+        raise ConfigError(f"--opacity must be in [0, 1], got {args.opacity}")
+    jobs, problems = collect_jobs(args.input, args.img_dir, use_metadata=not args.no_metadata)
+    for message in problems:
+        print(f"skipped: {message}", file=sys.stderr)
+    output = Path(args.output)
+    done = _done_images(output)
+    todo = [job for job in jobs if job.name not in done]
+    if args.checkpoint is None:
+        status = describe_model_dir(DEFAULT_MODEL_DIR)
+        if not status.available:
+            raise ConfigError(f"no default model ({status.reason}); pass --checkpoint")
+        args.checkpoint = str(DEFAULT_MODEL_DIR)
+    predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
+    cam_dir = Path(args.cam_dir) if args.cam_dir else None
+    if cam_dir:
+        cam_dir.mkdir(parents=True, exist_ok=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not output.is_file() or output.stat().st_size == 0
+    written, skipped = 0, len(problems)
+    with open(output, "a", newline="", encoding="utf-8") as fh, \
+            tqdm(total=len(todo), desc="predict", unit="img", file=sys.stderr) as bar:
+        writer = csv.writer(fh)
+        if new_file:
+            writer.writerow(OUTPUT_COLUMNS)
+        for start in range(0, len(todo), args.batch_size):
+            batch, metas = [], []
+            for job in todo[start : start + args.batch_size]:
+                try:
+                    _, image = predictor.load(job.path)
+                    if job.metadata is not None:
+                        predictor.encode_metadata([job.metadata], 1)
+                except (ImageLoadError, ConfigError) as err:
+                    where = f"{job.where}: " if job.where and not isinstance(err, ImageLoadError) else ""
+                    print(f"skipped: {where}{err}", file=sys.stderr)
+                    skipped += 1
+                    continue
+                batch.append((job.name, image))
+                metas.append(job.metadata)
+            bar.update(min(args.batch_size, len(todo) - start))
+            if not batch:
+                continue
+            meta_arg = metas if any(m is not None for m in metas) else None
+            for pred in predictor.predict_decoded(batch, meta_arg, tta=args.tta):
+                row = pred.to_row()
+                writer.writerow([_format(row[c]) for c in OUTPUT_COLUMNS])
+            fh.flush()
+            written += len(batch)
+            if cam_dir:
+                try:
+                    heatmaps = predictor.explain_batch(batch, None, meta_arg)
+                except DermaLensError as err:
+                    print(f"Grad-CAM skipped for this batch: {err}", file=sys.stderr)
+                    continue
+                for (name, image), heat in zip(batch, heatmaps, strict=True):
+                    _cam_file(cam_dir, name).write_bytes(encode_png(predictor.overlay(image, heat, args.opacity)))
+    print(f"{written} predicted, {len(jobs) - len(todo)} already in {output}, {skipped} skipped", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code (0 even when some images were skipped)."""
+    args = build_parser().parse_args(argv)
+    from backend.errors import DermaLensError
+
+    try:
+        return run(args)
+    except DermaLensError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Export: the results table as CSV and a per-image report (PNG, PDF) without EXIF, made in memory on request."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.app.conftest import MIME, image_bytes, new_app, session_uploads, upload
+
+
+@pytest.fixture
+def media(monkeypatch) -> list:
+    """Keep each AppTest run's media file manager, to read what its download buttons serve."""
+    import streamlit.testing.v1.app_test as app_test_module
+
+    managers: list = []
+
+    class Recording(app_test_module.MediaFileManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            managers.append(self)
+
+    monkeypatch.setattr(app_test_module, "MediaFileManager", Recording)
+    return managers
+
+
+def download_file(at, media: list, key: str):
+    """The file clicking download button ``key`` would serve (a deferred builder runs as on the server)."""
+    button = next(b for b in at.get("download_button") if b.key == key).proto
+    manager = media[-1]
+    url = manager.execute_deferred(button.deferred_file_id) if button.deferred_file_id else button.url
+    return manager.read_file(Path(url).stem)
+
+
+def download(at, media: list, key: str) -> bytes:
+    """The bytes of :func:`download_file`."""
+    return download_file(at, media, key).content
+
+
+@pytest.fixture
+def disk_writes(monkeypatch) -> list:
+    """Record every file opened for writing (``open`` in a write mode, ``os.open`` with O_CREAT/O_WRONLY/O_RDWR)."""
+    import builtins
+    import os
+
+    writes: list = []
+    real_open, real_os_open = builtins.open, os.open
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if any(flag in mode for flag in "wax+"):
+            writes.append(str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            writes.append(str(path))
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_os_open)
+    return writes
+
+
+def test_csv_and_reports_exif_free_nothing_on_disk(app_env, media, disk_writes):
+    from backend.inference import OUTPUT_COLUMNS
+
+    at = new_app().run()
+    jpeg = image_bytes(41, "JPEG", size=96, exif=True)
+    assert b"SecretCamMaker" in jpeg and Image.open(io.BytesIO(jpeg)).getexif()
+    upload(at, ("=HYPERLINK(evil).jpg", jpeg, MIME["JPEG"]), ("plain.png", image_bytes(42), MIME["PNG"]))
+    assert not at.exception
+    labels = {b.key: b.label for b in at.get("download_button")}
+    assert labels == {"export_csv": "Results table (CSV)", "export_png": "Report of selected image (PNG)",
+                      "export_pdf": "Report of selected image (PDF)"}
+
+    rows = list(csv.DictReader(io.StringIO(download(at, media, "export_csv").decode("utf-8"))))
+    assert list(rows[0]) == [*OUTPUT_COLUMNS, "age_approx", "sex", "anatom_site_general", "metadata_used", "model",
+                             "model_version"]
+    assert [r["image"] for r in rows] == ["'=HYPERLINK(evil).jpg", "plain.png"]  # no spreadsheet formula
+    uploads = list(session_uploads(at).values())
+    for row, upload_ in zip(rows, uploads, strict=True):
+        assert float(row["MEL"]) == pytest.approx(upload_.prediction.probabilities["MEL"], abs=1e-9)
+        assert row["traffic_light"] == upload_.prediction.traffic_light and row["model"] == "Tiny fusion"
+        assert row["model_version"] == "test-1"
+
+    png = download(at, media, "export_png")
+    assert png.startswith(b"\x89PNG")
+    report = Image.open(io.BytesIO(png))
+    assert report.size == (1240, 1754) and not report.getexif() and "exif" not in report.info
+    assert b"SecretCamMaker" not in png and b"PatientPhone" not in png and b"eXIf" not in png
+    pdf = download(at, media, "export_pdf")
+    assert pdf.startswith(b"%PDF") and b"Exif" not in pdf and b"SecretCamMaker" not in pdf
+
+    # The selected image's report follows the selection.
+    at.toggle(key="cam_on").set_value(True).run()
+    at.button(key=f"select_{uploads[1].id}").click().run()
+    assert not at.exception
+    assert download_file(at, media, "export_png").filename == "plain_dermalens_report.png"
+    assert download_file(at, media, "export_csv").filename == "dermalens_results.csv"
+    # Upload, prediction, Grad-CAM and exports all stayed in memory.
+    assert disk_writes == []
+
+
+def test_report_uses_cached_grad_cam_of_chosen_target(app_env, media, monkeypatch):
+    from backend.inference.predictor import Predictor
+
+    at = new_app().run()
+    upload(at, ("a.png", image_bytes(43, size=96), MIME["PNG"]))
+    at.toggle(key="cam_on").set_value(True).run()
+    at.selectbox(key="cam_target").set_value("thickness").run()
+    calls = []
+    monkeypatch.setattr(Predictor, "explain", lambda *a, **kw: calls.append(a) or None)
+    png = download(at, media, "export_png")
+    assert calls == []  # the heatmap shown is the one in the report
+    assert Image.open(io.BytesIO(png)).size == (1240, 1754)

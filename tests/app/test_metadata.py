@@ -1,0 +1,60 @@
+"""Patient metadata per image: used by fusion models (prediction recomputed), noted as unused by image-only ones."""
+
+from __future__ import annotations
+
+from tests.app.conftest import MIME, image_bytes, new_app, session_uploads, texts, upload
+
+
+def _meta_widgets(at, uid):
+    return (at.number_input(key=f"meta_age_approx_{uid}"), at.selectbox(key=f"meta_sex_{uid}"),
+            at.selectbox(key=f"meta_anatom_site_general_{uid}"))
+
+
+def test_fusion_model_uses_metadata_and_recomputes_once(app_env, monkeypatch):
+    from backend.inference.predictor import Predictor
+
+    calls = []
+    original = Predictor.predict
+    monkeypatch.setattr(Predictor, "predict", lambda self, images, metadata=None, *a, **kw: calls.append(metadata)
+                        or original(self, images, metadata, *a, **kw))
+    at = new_app().run()
+    upload(at, ("a.png", image_bytes(31), MIME["PNG"]), ("b.png", image_bytes(32), MIME["PNG"]))
+    a_id, b_id = session_uploads(at)
+    assert calls == [[{}, {}]]
+    assert not session_uploads(at)[a_id].prediction.metadata_used
+    assert "This fusion model uses age, sex and site" in texts(at.caption)
+
+    age, sex, site = _meta_widgets(at, a_id)
+    age.set_value(63)
+    sex.set_value("female")
+    site.set_value("lower extremity")
+    at.run()
+    assert not at.exception
+    a, b = session_uploads(at)[a_id], session_uploads(at)[b_id]
+    assert a.metadata == {"age_approx": 63, "sex": "female", "anatom_site_general": "lower extremity"}
+    assert a.prediction.metadata_used and not b.prediction.metadata_used
+    assert calls[1:] == [[{"age_approx": 63, "sex": "female", "anatom_site_general": "lower extremity"}]]
+    assert "The values below are used for this image" in texts(at.caption)
+    at.run()
+    assert len(calls) == 2  # unchanged metadata: no new prediction
+
+    # Metadata belongs to its image: selecting the other one shows empty fields; coming back keeps the values.
+    at.button(key=f"select_{b_id}").click().run()
+    assert [w.value for w in _meta_widgets(at, b_id)] == [None, None, None]
+    at.button(key=f"select_{a_id}").click().run()
+    assert [w.value for w in _meta_widgets(at, a_id)] == [63, "female", "lower extremity"]
+    assert len(calls) == 2
+
+
+def test_image_only_model_notes_metadata_is_unused(app_env):
+    at = new_app().run()
+    at.selectbox(key="model_picker").set_value(str(app_env.image_only)).run()
+    upload(at, ("a.png", image_bytes(33), MIME["PNG"]))
+    uid = next(iter(session_uploads(at)))
+    assert "image-only: metadata is kept with the results and exports but not used" in texts(at.info)
+    age, _, _ = _meta_widgets(at, uid)
+    age.set_value(50).run()
+    assert not at.exception
+    upload_ = session_uploads(at)[uid]
+    assert upload_.metadata["age_approx"] == 50 and not upload_.prediction.metadata_used
+    assert "Inputs: image only" in texts(at.sidebar.markdown)

@@ -1,0 +1,149 @@
+"""The dashboard's plain helpers: upload ids, model listing, render helpers and exports (no AppTest)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import backend.model_store as store
+from app import components, report, resources, state
+
+
+def _prediction(light: str = "red", **extra) -> SimpleNamespace:
+    probs = {"MEL": 0.4, "NV": 0.2, "BCC": 0.1, "AK": 0.1, "BKL": 0.1, "DF": 0.05, "VASC": 0.03, "SCC": 0.02}
+    fields = dict(probabilities=probs, benign=0.48, malignant=0.52, risk=0.75, traffic_light=light, thickness_mm=1.3,
+                  thickness_band="1-2 mm", flags=[], flag_reasons={}, metadata_used=False, top_class="MEL",
+                  top_probability=0.4, image="x.png", tta=False)
+    fields.update(extra)
+    return SimpleNamespace(**fields)
+
+
+def test_upload_id_is_content_and_name_hash():
+    assert state.upload_id("a.png", b"123") == state.upload_id("a.png", b"123")
+    assert state.upload_id("a.png", b"123") != state.upload_id("b.png", b"123")
+    assert state.upload_id("a.png", b"123") != state.upload_id("a.png", b"124")
+    assert len(state.upload_id("a.png", b"")) == 16 and state.upload_id("a.png", b"").isalnum()
+
+
+def test_upload_prediction_key_tracks_model_and_metadata():
+    upload = state.Upload("id", "a.png", b"", np.zeros((2, 2, 3), np.uint8), b"")
+    assert not upload.is_current("m1") and not upload.metadata_given()
+    upload.prediction, upload.prediction_key = object(), ("m1", upload.metadata_key())
+    assert upload.is_current("m1") and not upload.is_current("m2")
+    upload.metadata["sex"] = "male"
+    assert not upload.is_current("m1") and upload.metadata_for_model() == {"sex": "male"}
+
+
+def _bundle(folder, name):
+    folder.mkdir(parents=True)
+    (folder / store.WEIGHTS_FILE).write_bytes(b"w")
+    (folder / store.CARD_FILE).write_text(json.dumps({"name": name}))
+    return folder
+
+
+def test_models_listing_default_first_then_bundles_and_checkpoints(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    default = _bundle(models / "default", "Main model")
+    _bundle(models / "b_other", "Other")
+    (models / "not_a_bundle").mkdir()
+    (models / "runs" / "x" / "ckpts").mkdir(parents=True)
+    (models / "runs" / "x" / "ckpts" / "best.ckpt").write_bytes(b"c")
+    monkeypatch.setenv(resources.MODELS_DIR_ENV, str(models))
+    monkeypatch.setenv(resources.DEFAULT_MODEL_ENV, str(default))
+    options = resources.list_models()
+    assert [o.label for o in options] == ["Default: Main model (default)", "Other (b_other)",
+                                          os.path.join("runs", "x", "ckpts", "best.ckpt")]
+    assert options[0].is_default and resources.default_model_problem() is None
+    monkeypatch.setenv(resources.DEFAULT_MODEL_ENV, str(tmp_path / "gone"))
+    assert "does not exist" in resources.default_model_problem()
+    assert [(o.label, o.is_default) for o in resources.list_models()] == [
+        ("Other (b_other)", False), ("Main model (default)", False),
+        (os.path.join("runs", "x", "ckpts", "best.ckpt"), False)]
+    monkeypatch.setenv(resources.MODELS_DIR_ENV, str(tmp_path / "nowhere"))
+    assert resources.list_models() == []
+
+
+def test_model_key_changes_with_weights(tmp_path):
+    bundle = _bundle(tmp_path / "m", "m")
+    key = resources.model_key(bundle)
+    os.utime(bundle / store.WEIGHTS_FILE, ns=(1, 1))
+    assert resources.model_key(bundle) != key and resources.model_key(bundle).startswith(str(bundle.resolve()))
+
+
+def test_model_dir_status(tmp_path):
+    assert not store.describe_model_dir(tmp_path / "nope").available
+    (tmp_path / store.WEIGHTS_FILE).write_bytes(b"")
+    status = store.describe_model_dir(tmp_path)
+    assert not status.available and "model_card.json" in status.reason
+    (tmp_path / store.CARD_FILE).write_text("{not json")
+    assert "not valid JSON" in store.describe_model_dir(tmp_path).reason
+    (tmp_path / store.CARD_FILE).write_text(json.dumps({"name": "tiny"}))
+    status = store.describe_model_dir(tmp_path)
+    assert status.available and status.name == "tiny"
+
+
+@pytest.mark.parametrize(("light", "words"), [("green", "Low risk"), ("yellow", "Medium risk"), ("red", "High risk"),
+                                               (None, "Not analysed")])
+def test_traffic_light_has_words_and_colour(light, words):
+    markup = components.light_html(light)
+    assert words in markup and "border-radius:50%" in markup
+    assert components.LIGHTS.get(light, ("#9e9e9e",))[0] in markup
+
+
+def test_card_header_puts_light_at_the_right():
+    markup = components.card_header_html(_prediction("yellow"))
+    assert "justify-content:space-between" in markup
+    assert markup.index("MEL · 40%") < markup.index("dl-light-yellow")
+
+
+def test_risk_explanation_shows_formula_and_numbers():
+    text = components.risk_explanation(_prediction(), {"MEL": 1.5, "BCC": 1.3, "SCC": 1.0}, 0.15, 0.6)
+    assert "1.5 × P(MEL) + 1.3 × P(BCC) + 1 × P(SCC)" in text
+    assert "1.5 × 0.400" in text and "**0.750**" in text and "green below 0.15" in text
+
+
+def test_malignancy_figure_and_class_table():
+    fig = components.malignancy_figure(_prediction())
+    assert list(fig.data[0].y) == ["Benign", "Malignant"] and list(fig.data[0].x) == [0.48, 0.52]
+    table = components.class_table(_prediction())
+    assert list(table["class"])[:2] == ["MEL", "NV"] and table["probability"].sum() == pytest.approx(1.0)
+
+
+def test_fit_image_and_thumbnail():
+    image = np.zeros((300, 600, 3), np.uint8)
+    assert components.fit_image(image, 200).shape == (100, 200, 3)
+    assert components.fit_image(image, 1000) is image
+    thumb = Image.open(io.BytesIO(components.thumbnail_png(image)))
+    assert max(thumb.size) == 240 and not thumb.getexif()
+
+
+def test_report_formats_and_errors():
+    image = np.full((120, 160, 3), 180, np.uint8)
+    kwargs = dict(image_name="a.jpg", model_name="M", model_version="2", cam_target="MEL",
+                  metadata={"age_approx": 40, "sex": None}, risk_weights={"MEL": 1.5})
+    png = report.build_report(image, image, _prediction(flags=["blurred"], flag_reasons={"blurred": "soft"}),
+                              **kwargs)
+    picture = Image.open(io.BytesIO(png))
+    assert picture.format == "PNG" and picture.size == (1240, 1754) and not picture.getexif()
+    assert report.build_report(image, None, _prediction(), fmt="pdf", **kwargs).startswith(b"%PDF")
+    with pytest.raises(ValueError, match="format"):
+        report.build_report(image, None, _prediction(), fmt="jpeg", **kwargs)
+
+
+def test_results_csv_skips_unanalysed_uploads():
+    from backend.data.schema import DIAGNOSES
+
+    row = {"image": "x", **dict.fromkeys(DIAGNOSES, 0.125), "UNK": 0.0, "malignant": 0.375, "risk": 0.5,
+           "traffic_light": "yellow", "thickness_mm": 0.5, "thickness_band": "<0.8 mm", "flags": ""}
+    done = SimpleNamespace(name="+a.png", metadata={"age_approx": 30, "sex": None, "anatom_site_general": None},
+                           prediction=SimpleNamespace(to_row=lambda: dict(row), metadata_used=True))
+    waiting = SimpleNamespace(name="b.png", metadata={}, prediction=None)
+    lines = report.results_csv([done, waiting], "M", "1").decode().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("'+a.png,0.125")
+    assert lines[1].endswith(",30,,,True,M,1")

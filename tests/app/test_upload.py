@@ -1,0 +1,141 @@
+"""Uploads: many formats at once, bad and oversize files, gallery cards, selection, removal, privacy."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.app.conftest import MIME, card_buttons, image_bytes, new_app, session_uploads, texts, upload
+
+
+def test_upload_many_formats_bad_file_in_place(app_env):
+    at = new_app().run()
+    upload(at, ("lesion.png", image_bytes(1, "PNG"), MIME["PNG"]),
+           ("broken.jpg", b"\xff\xd8\xff\xe0 truncated jpeg", MIME["JPEG"]),
+           ("lesion.jpeg", image_bytes(2, "JPEG"), MIME["JPEG"]),
+           ("lesion.bmp", image_bytes(3, "BMP"), MIME["BMP"]),
+           ("lesion.tif", image_bytes(4, "TIFF"), MIME["TIFF"]))
+    assert not at.exception
+    errors = [e.value for e in at.main.error]
+    assert len(errors) == 1 and errors[0].startswith("broken.jpg:")
+    uploads = session_uploads(at)
+    assert sorted(u.name for u in uploads.values()) == ["lesion.bmp", "lesion.jpeg", "lesion.png", "lesion.tif"]
+    assert all(u.prediction is not None and u.prediction.image == u.name for u in uploads.values())
+    assert len(card_buttons(at)) == 4
+    # Each card: top class + probability and a traffic light with words, at the card's top-right.
+    heads = [m.value for m in at.markdown if 'class="dl-card-head"' in str(m.value)]
+    assert len(heads) == 4
+    for upload_, head in zip(uploads.values(), heads, strict=True):
+        pred = upload_.prediction
+        assert f"{pred.top_class} · {pred.top_probability:.0%}" in head
+        assert f"dl-light-{pred.traffic_light}" in head and "risk" in head
+    assert "Gallery (4 images)" in texts(at.subheader)
+    # The benign vs malignant bars and the class table of the selected image.
+    assert len(at.get("plotly_chart")) == 1
+    assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 8
+
+
+def test_identical_file_twice_is_one_card_and_predictions_run_once(app_env, monkeypatch):
+    from backend.inference.predictor import Predictor
+
+    calls = []
+    original = Predictor.predict
+    monkeypatch.setattr(Predictor, "predict", lambda self, images, *a, **kw: calls.append(len(images))
+                        or original(self, images, *a, **kw))
+    at = new_app().run()
+    data = image_bytes(5)
+    upload(at, ("same.png", data, MIME["PNG"]), ("same.png", data, MIME["PNG"]))
+    assert not at.exception and len(session_uploads(at)) == 1 and len(card_buttons(at)) == 1
+    assert calls == [1]
+    at.run()
+    at.run()
+    assert calls == [1]  # reruns reuse the session's prediction
+
+
+def test_oversize_file_is_refused_by_name(app_env):
+    from streamlit import config
+
+    old = config.get_option("server.maxUploadSize")
+    config.set_option("server.maxUploadSize", 1)
+    try:
+        at = new_app().run()
+        big = b"\x00" * (1024 * 1024 + 10)
+        upload(at, ("huge.png", big, MIME["PNG"]), ("ok.png", image_bytes(6), MIME["PNG"]))
+    finally:
+        config.set_option("server.maxUploadSize", old)
+    assert not at.exception
+    assert [e.value for e in at.main.error] == ["huge.png: file is 1.0 MB, over the 1 MB limit"]
+    assert [u.name for u in session_uploads(at).values()] == ["ok.png"]
+
+
+def test_select_card_shows_it_in_viewer(app_env):
+    at = new_app().run()
+    upload(at, ("first.png", image_bytes(7), MIME["PNG"]), ("second.png", image_bytes(8), MIME["PNG"]))
+    assert "Viewer: first.png" in texts(at.subheader)
+    first, second = session_uploads(at)
+    assert at.button(key=f"select_{first}").label == "Selected"
+    at.button(key=f"select_{second}").click().run()
+    assert not at.exception
+    assert "Viewer: second.png" in texts(at.subheader) and "Viewer: first.png" not in texts(at.subheader)
+    assert at.session_state["dl_selected"] == second
+    assert at.button(key=f"select_{second}").label == "Selected"
+    assert at.button(key=f"select_{first}").label == "Select"
+    pred = session_uploads(at)[second].prediction
+    assert f"{pred.thickness_mm:.2f} mm" in texts(at.markdown)
+    assert "Applies only if the lesion is a melanoma" in texts(at.caption)
+
+
+def test_remove_card_and_clear_session(app_env):
+    at = new_app().run()
+    upload(at, ("a.png", image_bytes(9), MIME["PNG"]), ("b.png", image_bytes(10), MIME["PNG"]))
+    a_id, b_id = session_uploads(at)
+    at.button(key=f"remove_{a_id}").click().run()
+    assert not at.exception and list(session_uploads(at)) == [b_id]
+    assert "Viewer: b.png" in texts(at.subheader)
+    at.button(key="clear_session").click().run()
+    assert not at.exception
+    assert session_uploads(at) == {} and not card_buttons(at)
+    assert "Upload one or more dermoscopic images" in texts(at.info)
+    assert at.get("file_uploader")[0].key == "uploader_1"  # a fresh, empty uploader
+    at.run()
+    assert session_uploads(at) == {}
+
+
+def test_two_sessions_are_isolated(app_env):
+    alice, bob = new_app().run(), new_app().run()
+    upload(alice, ("alice.png", image_bytes(11), MIME["PNG"]))
+    bob.run()
+    assert not bob.exception
+    assert session_uploads(bob) == {} and not card_buttons(bob) and not bob.get("plotly_chart")
+    assert "alice.png" not in texts(bob.markdown) + texts(bob.subheader) + texts(bob.caption)
+    upload(bob, ("bob.png", image_bytes(12), MIME["PNG"]))
+    alice.run()
+    assert [u.name for u in session_uploads(alice).values()] == ["alice.png"]
+    assert [u.name for u in session_uploads(bob).values()] == ["bob.png"]
+    assert "Viewer: alice.png" in texts(alice.subheader) and "Viewer: bob.png" in texts(bob.subheader)
+
+
+@pytest.mark.parametrize("name", ["notes.png", "empty.png"])
+def test_only_bad_files_never_crash(app_env, name):
+    at = new_app().run()
+    upload(at, (name, b"" if name == "empty.png" else b"plain text", MIME["PNG"]))
+    assert not at.exception
+    assert texts(at.main.error).startswith(f"{name}:") and session_uploads(at) == {}
+
+
+def test_prediction_failure_of_one_image_spares_the_others(app_env, monkeypatch):
+    from backend.inference.predictor import Predictor
+
+    original = Predictor.predict
+
+    def picky(self, images, *args, **kwargs):
+        if any(name == "cursed.png" for name, _ in images):
+            raise RuntimeError("backend bug")
+        return original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict", picky)
+    at = new_app().run()
+    upload(at, ("fine.png", image_bytes(13), MIME["PNG"]), ("cursed.png", image_bytes(14), MIME["PNG"]))
+    assert not at.exception
+    assert [e.value for e in at.main.error] == ["cursed.png: could not be analysed: RuntimeError: backend bug"]
+    assert [u.name for u in session_uploads(at).values()] == ["fine.png"]
+    assert session_uploads(at) and next(iter(session_uploads(at).values())).prediction is not None

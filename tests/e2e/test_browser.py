@@ -1,0 +1,69 @@
+"""End to end in a real browser: ``streamlit run`` + headless Debian chromium driven by Playwright.
+
+Uploads two real dermoscopic images from ``../shared/data/images`` and checks that the gallery
+shows two cards with traffic lights, the plotly bars render, the Grad-CAM overlay renders after
+switching it on, and the PNG report downloads without EXIF. Skipped, with the reason, where the
+real data, Playwright or chromium is missing (``make e2e-deps`` installs chromium as root).
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from tests.e2e import driver
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def browser_ready() -> None:
+    """Skip (before any model is trained) where Playwright or Debian's chromium is missing."""
+    pytest.importorskip("playwright.sync_api",
+                        reason="playwright is not installed (pip install -r requirements-dev.txt)")
+    if driver.chromium_path() is None:
+        pytest.skip("Debian chromium is not installed: run `make e2e-deps` as root (apt-get install -y chromium); "
+                    "Playwright drives the system chromium, never a downloaded one")
+
+
+def test_upload_gallery_bars_and_grad_cam_in_chromium(browser_ready, shared_data, e2e_models, tmp_path):
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    images = sorted((shared_data / "images").glob("ISIC_*.jpg"))[:2]
+    assert len(images) == 2, f"need two real images in {shared_data / 'images'}"
+    wait = 60_000
+    expect.set_options(timeout=wait)  # a busy 2-core machine: generous, auto-retrying assertions
+    with driver.streamlit_server(e2e_models.env(), tmp_path / "streamlit.log") as url, \
+            driver.browser_page() as page:
+        try:
+            driver.open_app(page, url)
+            expect(page.get_by_test_id("stSidebar")).to_contain_text("Tiny fusion")
+            driver.upload(page, images)
+            cards = page.locator(driver.CARD)
+            expect(cards).to_have_count(2)
+            for i in range(2):
+                card = cards.nth(i)
+                thumbnail = card.locator("img").first
+                expect(thumbnail).to_be_visible(timeout=wait)
+                thumbnail.evaluate("i => i.decode()")  # resolves once the picture is decoded, rejects if broken
+                light = card.locator(".dl-light")
+                expect(light).to_have_count(1)
+                expect(light).to_contain_text("risk")
+                assert light.get_attribute("aria-label").split()[0] in ("Green", "Yellow", "Red")
+            expect(page.locator("[data-testid=stPlotlyChart] g.trace.bars path")).to_have_count(2, timeout=wait)
+            expect(page.get_by_text(f"Viewer: {images[0].name}")).to_be_visible()
+
+            driver.show_grad_cam(page)
+            assert page.locator(driver.OVERLAY).evaluate("i => i.naturalWidth") > 0
+
+            driver.wait_idle(page)
+            with page.expect_download(timeout=wait) as download:
+                page.get_by_role("button", name="Report of selected image (PNG)").click()
+            report = Image.open(io.BytesIO(download.value.path().read_bytes()))
+            assert report.format == "PNG" and not report.getexif()
+            assert download.value.suggested_filename == f"{images[0].stem}_dermalens_report.png"
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"))  # stays in pytest's tmp dir, never the repo
+            raise

@@ -1,0 +1,122 @@
+"""Quality gate: image-statistics flags on bad images (and not on a lesion), OOD flag from feature statistics."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from backend.errors import CheckpointError
+from backend.inference.quality import FLAG_CODES, FeatureStats, QualityConfig, image_flags
+from tests.inference.tiny import lesions, tiny_predictor
+
+
+def codes(image: np.ndarray, cfg: QualityConfig | None = None) -> set[str]:
+    return {f.code for f in image_flags(image, cfg)}
+
+
+@pytest.fixture
+def lesion() -> np.ndarray:
+    return lesions(1, size=96, seed=3)[0]
+
+
+def test_synthetic_lesion_is_not_flagged(lesion):
+    assert codes(lesion) == set()
+    assert codes(lesions(1, size=64, seed=5)[0]) == set()
+
+
+def test_blank_image(lesion):
+    flags = image_flags(np.full((96, 96, 3), 128, np.uint8))
+    assert [f.code for f in flags] == ["blank"]
+    assert "contrast" in flags[0].reason
+
+
+def test_too_dark(lesion):
+    dark = (lesion.astype(np.float32) * 0.1).astype(np.uint8)
+    assert "too_dark" in codes(dark)
+    assert "too_bright" not in codes(dark)
+
+
+def test_too_bright(lesion):
+    bright = np.clip(lesion.astype(np.int32) + 100, 0, 255).astype(np.uint8)
+    assert "too_bright" in codes(bright)
+
+
+def test_blurred(lesion):
+    blurred = cv2.GaussianBlur(lesion, (0, 0), sigmaX=4)
+    assert codes(blurred) == {"blurred"}
+
+
+def test_tiny():
+    small = lesions(1, size=32, seed=1)[0]
+    flags = image_flags(small)
+    assert "tiny" in [f.code for f in flags]
+    assert "32x32" in next(f.reason for f in flags if f.code == "tiny")
+    assert "tiny" not in codes(small, QualityConfig(min_side=16))
+
+
+def test_blue_image_is_not_skin(lesion):
+    rng = np.random.default_rng(0)
+    blue = np.clip(rng.normal((20, 40, 220), 8, (96, 96, 3)), 0, 255).astype(np.uint8)
+    assert "not_skin" in codes(blue)
+    green = np.clip(rng.normal((30, 200, 40), 8, (96, 96, 3)), 0, 255).astype(np.uint8)
+    assert "not_skin" in codes(green)
+
+
+def test_blue_cast_dermoscopy_is_skin(lesion):
+    """Some dermoscopes give a blue cast that colour constancy removes: not a reason to flag."""
+    cast = np.clip(lesion.astype(np.float32) * np.array([0.6, 0.85, 1.25]), 0, 255).astype(np.uint8)
+    assert "not_skin" not in codes(cast)
+
+
+def test_every_flag_code_is_documented(lesion):
+    assert {"tiny", "blank", "too_dark", "too_bright", "blurred", "not_skin", "out_of_distribution"} == set(FLAG_CODES)
+
+
+@pytest.fixture(scope="module")
+def predictor_with_stats():
+    predictor = tiny_predictor()
+    stats = predictor.fit_ood(lesions(40, seed=10))
+    assert stats.n == 40 and stats.threshold > 0
+    return predictor
+
+
+def test_far_away_image_is_out_of_distribution(predictor_with_stats):
+    rng = np.random.default_rng(1)
+    checker = (np.indices((64, 64)).sum(axis=0) // 8 % 2).astype(bool)
+    far = np.where(checker[..., None], np.array([0, 255, 0], np.uint8), np.array([255, 0, 255], np.uint8))
+    noise = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    results = predictor_with_stats.predict([far, noise])
+    for result in results:
+        assert "out_of_distribution" in result.flags
+        assert result.ood_distance > predictor_with_stats.feature_stats.threshold
+        assert "percentile" in result.flag_reasons["out_of_distribution"]
+        assert sum(result.probabilities.values()) == pytest.approx(1.0)  # still predicted
+
+
+def test_new_lesions_are_mostly_in_distribution(predictor_with_stats):
+    results = predictor_with_stats.predict(lesions(20, seed=99))
+    flagged = sum("out_of_distribution" in r.flags for r in results)
+    assert flagged <= 4
+    assert all(r.ood_distance is not None for r in results)
+
+
+def test_ood_check_can_be_switched_off(predictor_with_stats):
+    predictor = tiny_predictor(net=predictor_with_stats.net, feature_stats=predictor_with_stats.feature_stats,
+                               quality=QualityConfig(ood_enabled=False))
+    noise = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert "out_of_distribution" not in predictor.predict(noise)[0].flags
+
+
+def test_feature_stats_round_trip_and_validation():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(30, 6))
+    stats = FeatureStats.fit(feats, percentile=95)
+    again = FeatureStats.from_parts(stats.summary(), stats.tensors())
+    np.testing.assert_allclose(again.distance(feats), stats.distance(feats), rtol=1e-5)
+    assert again.threshold == stats.threshold and again.n == 30 and again.dim == 6
+    assert stats.flag(stats.threshold * 2).code == "out_of_distribution" and stats.flag(0.0) is None
+    with pytest.raises(CheckpointError, match="incomplete"):
+        FeatureStats.from_parts(stats.summary(), {})
+    with pytest.raises(ValueError, match="N >= 4"):
+        FeatureStats.fit(feats[:3])

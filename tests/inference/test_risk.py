@@ -1,0 +1,90 @@
+"""Risk index, traffic light (incl. YAML overrides) and thickness bands on hand-computed inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from backend.data.schema import DIAGNOSES
+from backend.errors import ConfigError
+from backend.inference.risk import DEFAULT_RISK_YAML, RiskConfig, risk_index, thickness_band, traffic_light
+
+
+def probs(**values: float) -> dict[str, float]:
+    rest = (1.0 - sum(values.values())) / (len(DIAGNOSES) - len(values))
+    return {d: values.get(d, rest) for d in DIAGNOSES}
+
+
+def test_risk_index_hand_computed():
+    p = probs(MEL=0.2, BCC=0.1, SCC=0.05)
+    assert risk_index(p) == pytest.approx(1.5 * 0.2 + 1.3 * 0.1 + 1.0 * 0.05)  # 0.48
+    assert traffic_light(risk_index(p)) == "yellow"
+    assert risk_index(probs(NV=0.9, MEL=0.0, BCC=0.0, SCC=0.0)) == pytest.approx(0.0)
+    assert traffic_light(0.0) == "green"
+
+
+def test_risk_index_is_clipped_to_one():
+    assert risk_index(probs(MEL=0.9)) == 1.0  # 1.35 before clipping
+    assert traffic_light(1.0) == "red"
+
+
+def test_array_form_matches_mapping():
+    rng = np.random.default_rng(0)
+    arr = rng.dirichlet(np.ones(len(DIAGNOSES)), size=5)
+    expected = [risk_index(dict(zip(DIAGNOSES, row, strict=True))) for row in arr]
+    np.testing.assert_allclose(risk_index(arr), expected)
+
+
+@pytest.mark.parametrize(("risk", "light"), [
+    (0.0, "green"), (0.1499, "green"), (0.15, "yellow"), (0.5999, "yellow"), (0.6, "red"), (0.95, "red"),
+])
+def test_traffic_light_boundaries(risk, light):
+    assert traffic_light(risk) == light
+
+
+def test_default_yaml_equals_the_documented_defaults():
+    assert DEFAULT_RISK_YAML.is_file()
+    cfg = RiskConfig.load()
+    assert cfg.weights == {"MEL": 1.5, "BCC": 1.3, "SCC": 1.0}
+    assert (cfg.green_below, cfg.yellow_below) == (0.15, 0.6)
+
+
+def test_yaml_and_key_value_overrides(tmp_path):
+    yaml_file = tmp_path / "risk.yaml"
+    yaml_file.write_text("weights: {MEL: 2.0, SCC: 0.5}\ngreen_below: 0.1\nyellow_below: 0.5\n")
+    cfg = RiskConfig.load(yaml_file)
+    p = probs(MEL=0.2, BCC=0.5, SCC=0.1)
+    assert risk_index(p, cfg) == pytest.approx(2.0 * 0.2 + 0.5 * 0.1)  # BCC not listed: weight 0
+    assert traffic_light(0.45, cfg) == "yellow" and traffic_light(0.5, cfg) == "red"
+    assert traffic_light(0.09, cfg) == "green"
+    cfg2 = RiskConfig.load(yaml_file, overrides=["yellow_below=0.4", "weights.BCC=1"])
+    assert cfg2.yellow_below == 0.4 and cfg2.weights["BCC"] == 1.0 and cfg2.weights["MEL"] == 2.0
+    assert traffic_light(0.45, cfg2) == "red"
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("weights: {XYZ: 1.0}\n", "unknown diagnosis 'XYZ'"),
+    ("weights: {MEL: -1}\n", "risk.weights.MEL"),
+    ("green_below: 0.7\nyellow_below: 0.6\n", "green_below <= yellow_below"),
+    ("red_from: 0.6\n", "unknown config key 'red_from'"),
+])
+def test_bad_risk_yaml_is_a_clear_error(tmp_path, text, match):
+    yaml_file = tmp_path / "risk.yaml"
+    yaml_file.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        RiskConfig.load(yaml_file)
+
+
+@pytest.mark.parametrize(("mm", "band"), [
+    (0.0, "in situ"), (-0.3, "in situ"), (5e-7, "in situ"), (1e-6, "<0.8 mm"), (0.5, "<0.8 mm"),
+    (0.7999, "<0.8 mm"), (0.8, "0.8-1 mm"), (0.9999, "0.8-1 mm"), (1.0, "1-2 mm"), (1.9999, "1-2 mm"),
+    (2.0, "2-4 mm"), (3.9999, "2-4 mm"), (4.0, ">4 mm"), (25.0, ">4 mm"), (math.inf, ">4 mm"),
+])
+def test_thickness_bands_at_boundaries(mm, band):
+    assert thickness_band(mm) == band
+
+
+def test_thickness_band_of_nan_is_empty():
+    assert thickness_band(float("nan")) == ""

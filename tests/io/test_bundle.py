@@ -1,0 +1,137 @@
+"""Model bundles: export CLI, card contents, integrity checks, atomic writes and ONNX Runtime parity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from backend.errors import CheckpointError
+from backend.inference import Predictor
+from backend.io.bundle import REQUIRED_CARD_KEYS, export_bundle, load_bundle, read_card, write_card
+from backend.io.checkpoint import atomic_write_bytes
+from backend.io.onnx import onnx_session, run_onnx
+from backend.model_store import describe_model_dir
+from scripts.export import main as export_main
+from tests.inference.tiny import lesions, train_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    ckpt, csv = train_tiny_checkpoint(root)
+    out = root / "bundle"
+    assert export_main(["--checkpoint", str(ckpt), "--output", str(out), "--name", "Tiny test model", "--version",
+                        "0.3", "--csv", str(csv), "--onnx"]) == 0
+    return {"ckpt": ckpt, "csv": csv, "bundle": out}
+
+
+def test_card_holds_everything_the_app_needs(trained):
+    card = read_card(trained["bundle"])
+    assert set(REQUIRED_CARD_KEYS) <= set(card)
+    assert card["name"] == "Tiny test model" and card["version"] == "0.3" and card["created"].endswith("+00:00")
+    assert card["classes"] == ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]
+    assert card["preprocessing"]["img_size"] == 64 and card["config"]["model"]["backbone"] == "dermaresnet_se_tiny"
+    assert set(card["thickness_scaler"]) == {"mean", "std"} and card["metadata_encoder"]["sexes"] == ["male", "female"]
+    calib = card["calibration"]
+    assert calib["temperature"] > 0 and "val split" in calib["fitted_on"]
+    assert 0 <= calib["ece_before"] <= 1 and 0 <= calib["ece_after"] <= 1
+    assert card["ood"]["threshold"] > 0 and card["ood"]["n"] > 20 and "train split" in card["ood"]["fitted_on"]
+    assert card["validation_metrics"]["n_images"] > 0 and "accuracy" in card["validation_metrics"]
+    assert "clinician" in card["intended_use"] and len(card["limitations"]) >= 3
+    assert card["risk"]["weights"] == {"MEL": 1.5, "BCC": 1.3, "SCC": 1.0}
+    assert card["onnx"]["file"] == "model.onnx" and (trained["bundle"] / "model.onnx").is_file()
+    status = describe_model_dir(trained["bundle"])
+    assert status.available and status.name == "Tiny test model"
+    assert not list(trained["bundle"].glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_bundle_predictor_uses_stored_temperature_and_ood_stats(trained):
+    predictor = Predictor.from_checkpoint(trained["bundle"])
+    card = read_card(trained["bundle"])
+    assert predictor.temperature == pytest.approx(card["calibration"]["temperature"])
+    assert predictor.feature_stats is not None and predictor.feature_stats.threshold == card["ood"]["threshold"]
+    same = Predictor.from_checkpoint(trained["ckpt"], temperature=predictor.temperature,
+                                     feature_stats=predictor.feature_stats)
+    images = lesions(3, seed=4)
+    for a, b in zip(predictor.predict(images), same.predict(images), strict=True):
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-7)
+        assert a.ood_distance == pytest.approx(b.ood_distance, rel=1e-4) and a.flags == b.flags
+
+
+def test_onnx_runtime_matches_pytorch(trained):
+    predictor = Predictor.from_checkpoint(trained["bundle"])
+    session = onnx_session(trained["bundle"] / "model.onnx")
+    images = lesions(3, seed=6)
+    x = predictor.preprocess(images)
+    meta, used = predictor.encode_metadata([{"age_approx": 60, "sex": "male"}, None, {"sex": "female"}], 3)
+    for with_meta in (False, True):
+        m = torch.from_numpy(meta) if with_meta else None
+        with torch.no_grad():
+            out = predictor.net(x, m)
+        ref_probs = torch.softmax(out.diagnosis_logits / predictor.temperature, -1).numpy()
+        ref_mm = predictor.scaler.denormalise(out.thickness).numpy()
+        got = run_onnx(session, x.contiguous().numpy(), meta if with_meta else None)
+        np.testing.assert_allclose(got["logits"], out.diagnosis_logits.numpy(), atol=1e-4)
+        np.testing.assert_allclose(got["probabilities"], ref_probs, atol=1e-4)
+        np.testing.assert_allclose(got["thickness_mm"], ref_mm, atol=1e-4)
+        np.testing.assert_allclose(got["features"], out.features.numpy(), atol=1e-4)
+    # Per-row presence reproduces the Predictor's mixed-metadata batches.
+    got = run_onnx(session, x.contiguous().numpy(), meta, used.astype(np.float32))
+    results = predictor.predict(images, [{"age_approx": 60, "sex": "male"}, None, {"sex": "female"}])
+    expected = np.array([[r.probabilities[c] for c in predictor.classes] for r in results])
+    np.testing.assert_allclose(got["probabilities"], expected, atol=1e-4)
+
+
+def test_export_without_data_keeps_temperature_one(trained, tmp_path):
+    result = export_bundle(trained["ckpt"], tmp_path / "plain")
+    card = result.card
+    assert card["calibration"]["temperature"] == 1.0 and card["calibration"]["fitted_on"] is None
+    assert card["ood"] is None and "val/auroc_malignant" in card["validation_metrics"]
+    assert Predictor.from_checkpoint(tmp_path / "plain").feature_stats is None
+
+
+def test_tampered_or_incomplete_bundles_are_refused(trained, tmp_path):
+    import shutil
+
+    bad = tmp_path / "tampered"
+    shutil.copytree(trained["bundle"], bad)
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        Predictor.from_checkpoint(bad)
+    card = json.loads((trained["bundle"] / "model_card.json").read_text())
+    for key, value, match in (("format_version", 99, "format version 99"), ("format", "other", "not a DermaLens"),
+                              ("classes", ["MEL", "NV"], "classes")):
+        broken = tmp_path / f"broken_{key}"
+        shutil.copytree(trained["bundle"], broken)
+        write_card(broken, {**card, key: value})
+        with pytest.raises(CheckpointError, match=match):
+            load_bundle(broken)
+    partial = tmp_path / "partial"
+    shutil.copytree(trained["bundle"], partial)
+    write_card(partial, {k: v for k, v in card.items() if k != "preprocessing"})
+    with pytest.raises(CheckpointError, match="missing keys"):
+        Predictor.from_checkpoint(partial)
+    (partial / "model_card.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        Predictor.from_checkpoint(partial)
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "card.json"
+    atomic_write_bytes(target, b"old")
+    assert target.read_bytes() == b"old" and (target.stat().st_mode & 0o777) == 0o644
+    atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new"
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_bytes(target, b"newer")
+    assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["card.json"]
