@@ -95,8 +95,12 @@ def parse_config(argv: list[str] | None = None) -> tuple[Any, argparse.Namespace
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
+    import logging
+
     from backend.errors import DermaLensError
 
+    # INFO from backend (e.g. the matched/missing report of --pretrain_ckpt) reaches the user.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
     try:
         cfg, args = parse_config(argv)
         from backend.training.run import fit
