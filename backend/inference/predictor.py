@@ -322,27 +322,28 @@ class Predictor:
 
     def encode_metadata(self, metadata: Sequence[dict[str, Any] | None] | None, n: int
                         ) -> tuple[np.ndarray | None, np.ndarray]:
-        """Encoded metadata ``(n, dim)`` (None when the model or the call has none) and a per-row "given" mask.
+        """Encoded metadata ``(n, dim)`` (None for image-only models) and a per-row "given" mask.
+
+        A row without metadata (None, or every field blank) is encoded as "age, sex and site
+        unknown", exactly as training encodes such rows, so a fusion model sees the same input for
+        them at inference as it did in training and evaluation.
 
         Raises:
             ConfigError: Wrong number of rows, unknown keys or values outside the vocabulary.
         """
         used = np.zeros(n, dtype=bool)
-        if metadata is None:
-            return None, used
-        if len(metadata) != n:
+        if metadata is not None and len(metadata) != n:
             raise ConfigError(f"{len(metadata)} metadata rows for {n} images")
         if self.encoder is None:
             return None, used
         rows = np.zeros((n, self.encoder.dim), dtype=np.float32)
-        for i, entry in enumerate(metadata):
+        for i, entry in enumerate(metadata if metadata is not None else [None] * n):
             fields = {"age_approx": None, "sex": None, "anatom_site_general": None}
             for key, value in (entry or {}).items():
                 if key not in METADATA_KEYS:
                     raise ConfigError(f"unknown metadata key {key!r}; expected age_approx, sex, anatom_site_general")
                 fields[METADATA_KEYS[key]] = value
-            known = [v for v in fields.values() if not _missing(v)]
-            used[i] = bool(known)
+            used[i] = any(not _missing(v) for v in fields.values())
             rows[i] = self.encoder.encode(fields["age_approx"], fields["sex"], fields["anatom_site_general"])
         return rows, used
 
@@ -374,32 +375,18 @@ class Predictor:
                     tta_mod.merge_variants(thickness), tta_mod.identity_rows(features))
         return probs, logits, thickness, features
 
-    def forward(self, x: torch.Tensor, meta: np.ndarray | None = None, used: np.ndarray | None = None,
-                tta: bool = False) -> RawOutputs:
+    def forward(self, x: torch.Tensor, meta: np.ndarray | None = None, tta: bool = False) -> RawOutputs:
         """Run the network on a preprocessed batch.
 
-        Rows whose metadata was not given (``used`` False) go through the model's learned
-        "no metadata" path, the others through the metadata branch.
+        Args:
+            x: ``(B, 3, S, S)`` preprocessed images.
+            meta: ``(B, dim)`` encoded metadata (:meth:`encode_metadata`); None for image-only models,
+                or to use the model's learned "no metadata" path for every row.
+            tta: Average over the 8 flips and 90-degree rotations.
         """
-        n = x.shape[0]
-        used = np.zeros(n, dtype=bool) if used is None or meta is None else np.asarray(used, dtype=bool)
-        groups = [(np.flatnonzero(~used), False), (np.flatnonzero(used), True)]
-        probs = logits = thickness = features = None
         with self._lock, torch.inference_mode():
-            for rows, with_meta in groups:
-                if rows.size == 0:
-                    continue
-                index = torch.as_tensor(rows)
-                sub = x if rows.size == n else x[index]
-                m = torch.from_numpy(meta[rows]) if with_meta else None
-                outs = self._forward_group(sub, m, tta)
-                if rows.size == n:
-                    probs, logits, thickness, features = outs
-                    break
-                if probs is None:
-                    probs, logits, thickness, features = (torch.empty((n, *o.shape[1:]), dtype=o.dtype) for o in outs)
-                for target, value in zip((probs, logits, thickness, features), outs, strict=True):
-                    target[index] = value
+            m = None if meta is None else torch.from_numpy(np.asarray(meta, dtype=np.float32))
+            probs, logits, thickness, features = self._forward_group(x, m, tta)
             thickness_mm = self.scaler.denormalise(thickness)
         return RawOutputs(probs.numpy().astype(np.float64), logits.numpy(), thickness_mm.numpy(), features.numpy())
 
@@ -447,7 +434,7 @@ class Predictor:
         names = [name for name, _ in decoded]
         arrays = [image for _, image in decoded]
         meta, used = self.encode_metadata(metadata, len(arrays))
-        raw = self.forward(self.preprocess(arrays), meta, used, tta)
+        raw = self.forward(self.preprocess(arrays), meta, tta)
         distances = None
         if self.feature_stats is not None and self.quality.ood_enabled:
             distances = self.feature_stats.distance(raw.features)
@@ -508,8 +495,8 @@ class Predictor:
                 meta_rows.append(None if metadata is None else metadata[i])
             if not decoded:
                 continue
-            meta, used = self.encode_metadata(None if metadata is None else meta_rows, len(decoded))
-            parts.append(self.forward(self.preprocess([img for _, img in decoded]), meta, used, tta=False))
+            meta, _ = self.encode_metadata(None if metadata is None else meta_rows, len(decoded))
+            parts.append(self.forward(self.preprocess([img for _, img in decoded]), meta, tta=False))
             kept.extend(rows)
         if not parts:
             empty = np.zeros((0, len(DIAGNOSES)))
@@ -558,21 +545,10 @@ class Predictor:
             return []
         n = len(decoded)
         head, targets = self._cam_head_and_targets(target, n)
-        meta, used = self.encode_metadata(metadata, n)
+        meta, _ = self.encode_metadata(metadata, n)
         x = self.preprocess([img for _, img in decoded])
-        if meta is None or not used.any():
-            groups = [(np.arange(n), None)]
-        elif used.all():
-            groups = [(np.arange(n), meta)]
-        else:  # each row takes its own path: metadata branch or the learned "no metadata" embedding
-            groups = [(np.flatnonzero(~used), None), (np.flatnonzero(used), meta[used])]
-        cams = np.zeros((n, self.img_size, self.img_size), dtype=np.float32)
-        with self._lock:
-            for rows, group_meta in groups:
-                meta_t = None if group_meta is None else torch.from_numpy(group_meta)
-                sub = x if rows.size == n else x[torch.as_tensor(rows)]
-                with LesionCAM(self.net, head=head, meta=meta_t) as cam:
-                    cams[rows] = cam(sub, None if targets is None else [targets[i] for i in rows])
+        with self._lock, LesionCAM(self.net, head=head, meta=None if meta is None else torch.from_numpy(meta)) as cam:
+            cams = cam(x, targets)
         return [heatmap_to_image(c, img.shape, self.img_size) for c, (_, img) in zip(cams, decoded, strict=True)]
 
     def explain(self, image: Any, target: str | int | None = None, metadata: dict[str, Any] | None = None

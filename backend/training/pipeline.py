@@ -46,6 +46,8 @@ class PipelineConfig:
         supervised: A :class:`backend.training.config.ExperimentConfig` mapping.
         n_boot: Bootstrap resamples for the model card's intervals.
         card_markdown: Extra copy of the card's markdown (e.g. under ``docs/``); None for none.
+        onnx: Also export ``model.onnx`` into the bundle.
+        status: One paragraph on where this model stands (shown at the top of the card).
     """
 
     name: str = "dermalens-default"
@@ -57,6 +59,8 @@ class PipelineConfig:
     supervised: dict[str, Any] = field(default_factory=dict)
     n_boot: int = 1000
     card_markdown: str | None = "docs/model_card.md"
+    onnx: bool = False
+    status: str | None = None
 
     def validate(self) -> None:
         """Reject unknown stages."""
@@ -141,7 +145,7 @@ def stage_export(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
     run_dir = Path(train["run_dir"])
     result = export_bundle(
         train["best_ckpt"], cfg.bundle_dir, name=cfg.name, version=cfg.version, csv=exp.data.csv,
-        img_dir=exp.data.img_dir, splits_csv=run_dir / "splits.csv", progress=True,
+        img_dir=exp.data.img_dir, splits_csv=run_dir / "splits.csv", progress=True, onnx=cfg.onnx,
     )
     return {"bundle_dir": str(result.bundle_dir), "skipped_images": len(result.skipped),
             "calibration": result.card.get("calibration")}
@@ -176,6 +180,8 @@ def stage_card(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
     card = read_card(cfg.bundle_dir)
     card["test_metrics"] = metrics
     card["test_subgroups"] = subgroups.replace({np.nan: None}).to_dict(orient="records")
+    if cfg.status:
+        card["status"] = cfg.status
     card["test_split"] = {"rows": len(rows), "unreadable": len(skipped), "source": str(exp.data.csv),
                           "grouping": "lesion_id and patient_id never cross splits",
                           "fractions": {"val": exp.data.split.val_frac, "test": exp.data.split.test_frac},
@@ -200,6 +206,7 @@ def render_card_markdown(card: dict[str, Any], metrics_md: str) -> str:
         "",
         f"Created {card.get('created')}. **Decision support, not a diagnosis.**",
         "",
+        *([f"**Status.** {card['status']}", ""] if card.get("status") else []),
         "## Intended use",
         "",
         str(card.get("intended_use", "")),

@@ -11,6 +11,7 @@ from PIL import Image
 
 from backend.data.config import DataConfig
 from backend.data.images import load_image
+from backend.data.metadata import MetadataEncoder
 from backend.data.schema import DIAGNOSES
 from backend.data.transforms import build_eval_transform, preprocessing_dict
 from backend.errors import CheckpointError, ConfigError, ImageLoadError
@@ -66,8 +67,13 @@ def test_preprocessing_is_the_eval_transform(from_ckpt, images):
     ref = torch.stack([transform(image=img)["image"] for img in images])
     assert torch.equal(x.contiguous(), ref) and x.shape == (4, 3, IMG, IMG)
     assert x.is_contiguous(memory_format=torch.channels_last)  # CNNs run channels_last
+    # Without metadata a fusion model gets the "all unknown" encoding, exactly as training encodes such rows.
+    unknown = MetadataEncoder.from_dict(from_ckpt.card["metadata_encoder"]).encode(None, None, None)
+    meta, used = from_ckpt.encode_metadata(None, len(images))
+    assert np.array_equal(meta, np.tile(unknown, (len(images), 1))) and not used.any()
     with torch.no_grad():
-        logits = from_ckpt.net(ref.contiguous(memory_format=torch.channels_last)).diagnosis_logits
+        x_cl = ref.contiguous(memory_format=torch.channels_last)
+        logits = from_ckpt.net(x_cl, torch.from_numpy(meta)).diagnosis_logits
     np.testing.assert_allclose(probs_of(from_ckpt.predict(images)), torch.softmax(logits, -1).numpy(), atol=1e-6)
 
 
@@ -147,12 +153,12 @@ def test_temperature_is_stored_and_applied(trained, from_ckpt, images):
 def test_tta_is_the_mean_over_the_eight_dihedral_variants(from_ckpt, images):
     batched = from_ckpt.predict(images, META, tta=True)
     assert all(r.tta for r in batched)
-    meta, used = from_ckpt.encode_metadata(META, len(images))
+    meta, _ = from_ckpt.encode_metadata(META, len(images))  # rows without metadata: "all unknown"
     x = from_ckpt.preprocess(images)
     expected_p, expected_t = [], []
     with torch.no_grad():
         for i in range(len(images)):
-            m = torch.from_numpy(meta[i : i + 1]) if used[i] else None
+            m = torch.from_numpy(meta[i : i + 1])
             ps, ts = [], []
             for _, fn in tta_mod.DIHEDRAL:  # one variant at a time
                 out = from_ckpt.net(fn(x[i : i + 1]).contiguous(memory_format=torch.channels_last), m)

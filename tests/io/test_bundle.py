@@ -78,8 +78,9 @@ def test_onnx_runtime_matches_pytorch(trained):
         np.testing.assert_allclose(got["probabilities"], ref_probs, atol=1e-4)
         np.testing.assert_allclose(got["thickness_mm"], ref_mm, atol=1e-4)
         np.testing.assert_allclose(got["features"], out.features.numpy(), atol=1e-4)
-    # Per-row presence reproduces the Predictor's mixed-metadata batches.
-    got = run_onnx(session, x.contiguous().numpy(), meta, used.astype(np.float32))
+    # The Predictor feeds every row through the metadata branch (rows without metadata as "all unknown").
+    assert used.tolist() == [True, False, True]
+    got = run_onnx(session, x.contiguous().numpy(), meta, np.ones(3, dtype=np.float32))
     results = predictor.predict(images, [{"age_approx": 60, "sex": "male"}, None, {"sex": "female"}])
     expected = np.array([[r.probabilities[c] for c in predictor.classes] for r in results])
     np.testing.assert_allclose(got["probabilities"], expected, atol=1e-4)
