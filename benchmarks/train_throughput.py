@@ -17,7 +17,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BACKBONES = ("dermaresnet_se_tiny", "dermaresnet_se_18", "resnet50", "vit_small_patch16_224", "vit_base_patch16_224")
+BACKBONES = (
+    "dermaresnet_se_tiny", "dermaresnet_se_small", "dermaresnet_se_18", "resnet50",
+    "vit_small_patch16_224", "vit_base_patch16_224",
+)
 
 
 def _images_per_second(model, batch: int, size: int, steps: int, meta_dim: int | None = None) -> float:
