@@ -208,6 +208,34 @@ def load_config(
     return from_dict(cls, merged)
 
 
+def cli_layers(
+    files: list[str] | tuple[str, ...] = (),
+    model_file: str | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """The merged config tree of a training CLI, before typing.
+
+    Layers, last wins: each ``--config`` YAML, the ``--model_cfg`` YAML as the ``model`` section,
+    flag values given as ``{"dotted.key": value}`` (None = flag not given), then ``key=value``
+    overrides.
+    """
+    merged: dict[str, Any] = {}
+    for file in files:
+        merged = deep_merge(merged, read_yaml(file))
+    if model_file:
+        merged = deep_merge(merged, {"model": read_yaml(model_file)})
+    for key, value in (flags or {}).items():
+        if value is None:
+            continue
+        node = merged
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return deep_merge(merged, parse_overrides(list(overrides)))
+
+
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML (the file every run keeps beside its checkpoints)."""
     path = Path(path)

@@ -85,27 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_config(argv: list[str] | None = None) -> tuple[Any, argparse.Namespace]:
     """Turn command-line arguments into a resolved :class:`ByolConfig`."""
-    from backend.config import deep_merge, from_dict, parse_overrides, read_yaml
+    from backend.config import cli_layers, from_dict
     from backend.training.byol_config import ByolConfig
 
     args = build_parser().parse_args(argv)
-    merged: dict[str, Any] = {}
-    for file in args.config:
-        merged = deep_merge(merged, read_yaml(file))
-    if args.model_cfg:
-        merged = deep_merge(merged, {"model": read_yaml(args.model_cfg)})
-    for dest, key in FLAG_TO_KEY.items():
-        value = getattr(args, dest)
-        if value is None:
-            continue
-        node = merged
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+    flags = {key: getattr(args, dest) for dest, key in FLAG_TO_KEY.items()}
     if args.resume:
-        merged["resume"] = True
-    merged = deep_merge(merged, parse_overrides(args.overrides))
+        flags["resume"] = True
+    merged = cli_layers(args.config, args.model_cfg, flags, args.overrides)
     return from_dict(ByolConfig, merged), args
 
 

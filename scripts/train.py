@@ -73,23 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_config(argv: list[str] | None = None) -> tuple[Any, argparse.Namespace]:
     """Turn command-line arguments into a resolved :class:`ExperimentConfig`."""
-    from backend.config import deep_merge, from_dict, parse_overrides, read_yaml
+    from backend.config import cli_layers, from_dict
     from backend.training.config import ExperimentConfig
 
     args = build_parser().parse_args(argv)
-    merged: dict[str, Any] = {}
-    for file in args.config:
-        merged = deep_merge(merged, read_yaml(file))
-    if args.model_cfg:
-        merged = deep_merge(merged, {"model": read_yaml(args.model_cfg)})
-    flag_overrides = {FLAG_TO_KEY[k]: v for k, v in vars(args).items() if k in FLAG_TO_KEY and v is not None}
-    for key, value in flag_overrides.items():
-        node = merged
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    merged = deep_merge(merged, parse_overrides(args.overrides))
+    flags = {key: getattr(args, dest) for dest, key in FLAG_TO_KEY.items()}
+    merged = cli_layers(args.config, args.model_cfg, flags, args.overrides)
     return from_dict(ExperimentConfig, merged), args
 
 

@@ -17,7 +17,6 @@ import importlib
 import inspect
 import logging
 import math
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -339,15 +338,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{path}: not a readable safetensors file: {err}") from None
     else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise CheckpointError(
-                f"{path}: refused to load: it holds objects other than tensors and plain data "
-                f"(weights_only=True): {str(err).splitlines()[0]}"
-            ) from None
-        except (RuntimeError, EOFError, OSError, ValueError) as err:
-            raise CheckpointError(f"{path}: not a readable safetensors or PyTorch weights file: {err}") from None
+        from backend.io.checkpoint import safe_torch_load
+
+        obj = safe_torch_load(path)  # weights_only=True; every failure is a CheckpointError naming the file
 
     flat: dict[str, torch.Tensor] = {}
 
