@@ -43,10 +43,16 @@ class ResNetBackbone(TimmBackbone):
         model: A timm ``ResNet`` built with ``num_classes=0, global_pool=''``.
         pool: ``gem`` (learnable generalised mean) or ``avg``.
         gem_p: Initial GeM exponent.
+        img_size: The input side the model is used at; it picks the Grad-CAM stage (see
+            :attr:`cam_layer`). None: the last stage.
     """
 
-    def __init__(self, model: nn.Module, pool: str = "gem", gem_p: float = 3.0) -> None:
+    #: Smallest Grad-CAM map side worth explaining with (224 px through stride 32 gives 7).
+    MIN_CAM_SIDE = 7
+
+    def __init__(self, model: nn.Module, pool: str = "gem", gem_p: float = 3.0, img_size: int | None = None) -> None:
         super().__init__()
+        self.img_size = img_size
         if pool not in POOLS:
             raise ConfigError(f"backbone pool must be one of {list(POOLS)}, got {pool!r}")
         self.model = model
@@ -72,7 +78,17 @@ class ResNetBackbone(TimmBackbone):
 
     @property
     def cam_layer(self) -> nn.Module:
-        """The last residual stage (``layer4`` for four stages)."""
+        """The deepest residual stage whose map is at least :attr:`MIN_CAM_SIDE` wide at ``img_size``.
+
+        At 224 px that is the last stage (7x7). At 128 px the last stage is 4x4, where the
+        ReLU of the gradient-weighted activations is all zero for most images (16 of 24 real images
+        with the default model); one stage earlier (8x8) none was.
+        """
+        if self.img_size:
+            for info in reversed(self.model.feature_info):
+                name = str(info["module"])
+                if name in self.stage_names and self.img_size // int(info["reduction"]) >= self.MIN_CAM_SIDE:
+                    return getattr(self.model, name)
         return getattr(self.model, self.stage_names[-1])
 
     def body_stages(self) -> list[nn.Module]:
@@ -91,6 +107,7 @@ class DermaResNet(ResNetBackbone):
         drop_path_rate: Stochastic-depth rate, rising linearly to this value in the last block.
         pool: ``gem`` or ``avg``.
         gem_p: Initial GeM exponent.
+        img_size: Input side the model is used at (picks the Grad-CAM stage).
     """
 
     def __init__(
@@ -101,6 +118,7 @@ class DermaResNet(ResNetBackbone):
         drop_path_rate: float = 0.0,
         pool: str = "gem",
         gem_p: float = 3.0,
+        img_size: int | None = None,
     ) -> None:
         from timm.layers import SEModule
         from timm.models.resnet import BasicBlock, ResNet
@@ -125,7 +143,7 @@ class DermaResNet(ResNetBackbone):
             zero_init_last=True,
             block_args={"attn_layer": partial(SEModule, rd_ratio=se_ratio)},
         )
-        super().__init__(model, pool=pool, gem_p=gem_p)
+        super().__init__(model, pool=pool, gem_p=gem_p, img_size=img_size)
         self.widths, self.depths = widths, depths
 
 
@@ -139,8 +157,9 @@ def dermaresnet_se(
     gem_p: float = 3.0,
     img_size: int | None = None,
 ) -> DermaResNet:
-    """DermaResNet-SE with free widths and depths; ``img_size`` is accepted and unused (any size works)."""
-    return DermaResNet(widths, depths, se_ratio=se_ratio, drop_path_rate=drop_path_rate, pool=pool, gem_p=gem_p)
+    """DermaResNet-SE with free widths and depths; any input size works, ``img_size`` picks the Grad-CAM stage."""
+    return DermaResNet(widths, depths, se_ratio=se_ratio, drop_path_rate=drop_path_rate, pool=pool, gem_p=gem_p,
+                       img_size=img_size)
 
 
 #: Named presets, registered as backbones of their own (their kwargs can still be overridden).
@@ -160,7 +179,7 @@ def timm_resnet(
 
     Args:
         arch: timm architecture name (``resnet18``, ``resnet50``...).
-        img_size: Accepted for a uniform call and unused (any input size works).
+        img_size: Input side the model is used at (any size works; it picks the Grad-CAM stage).
         drop_path_rate: Stochastic-depth rate.
         pool: ``avg`` or ``gem``.
         **timm_kwargs: Passed to ``timm.create_model``.
@@ -170,7 +189,7 @@ def timm_resnet(
     model = timm.create_model(
         arch, pretrained=False, num_classes=0, global_pool="", drop_path_rate=drop_path_rate, **timm_kwargs
     )
-    return ResNetBackbone(model, pool=pool)
+    return ResNetBackbone(model, pool=pool, img_size=img_size)
 
 
 for _arch in ("resnet18", "resnet50"):

@@ -147,3 +147,20 @@ def test_forward_features_matches_timm_for_four_stages():
         x = torch.randn(1, 3, 64, 64)
         with torch.no_grad():
             assert torch.allclose(net.forward_features(x), net.model.forward_features(x))
+
+
+@pytest.mark.parametrize(("name", "img_size", "stage"), [
+    ("dermaresnet_se_tiny", 224, "layer4"), ("dermaresnet_se_tiny", 128, "layer3"),
+    ("dermaresnet_se_tiny", 64, "layer2"), ("dermaresnet_se_tiny", None, "layer4"), ("resnet18", 128, "layer3"),
+])
+def test_cam_layer_is_the_deepest_stage_with_a_useful_map(name, img_size, stage):
+    backbone = create_backbone(name, img_size=img_size)
+    assert backbone.cam_layer is getattr(backbone.model, stage)
+    if img_size:  # the chosen map is at least MIN_CAM_SIDE wide, the next deeper one is not (or does not exist)
+        seen = {}
+        handle = backbone.cam_layer.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+        backbone(torch.zeros(1, 3, img_size, img_size))
+        handle.remove()
+        assert seen["out"].shape[-1] >= backbone.MIN_CAM_SIDE
+        if stage != "layer4":
+            assert img_size // 32 < backbone.MIN_CAM_SIDE
