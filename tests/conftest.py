@@ -22,6 +22,21 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny-model tests.
+
+    On a busy 2-core machine, two OpenMP threads that wait for each other at every operator make
+    small CPU models 10-20x slower than one thread; these tests measure correctness, not speed.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A seeded generator so synthetic data is the same in every run."""

@@ -61,10 +61,6 @@ class PretrainResult:
 # -- run folder -----------------------------------------------------------------------------------
 
 
-def _versions(root: Path) -> list[int]:
-    return sorted(int(p.name[8:]) for p in root.glob("version_*") if p.is_dir() and p.name[8:].isdigit())
-
-
 def resolve_run_dir(cfg: ByolConfig) -> tuple[Path, Path | None]:
     """Pick the run folder and, when resuming, the checkpoint to continue from.
 
@@ -75,28 +71,27 @@ def resolve_run_dir(cfg: ByolConfig) -> tuple[Path, Path | None]:
     Raises:
         ConfigError: When ``resume_version`` names a run without ``ckpts/last.ckpt``.
     """
+    from backend.training.run_dirs import (
+        last_checkpoint,
+        latest_resumable_version,
+        next_version_dir,
+        resume_version_dir,
+    )
+
     root = Path(cfg.log_dir) / cfg.experiment_name
     if cfg.resume_version is not None:
-        run_dir = root / f"version_{cfg.resume_version}"
-        last = run_dir / "ckpts" / "last.ckpt"
-        if not last.is_file():
-            existing = [f"version_{v}" for v in _versions(root)] or "none"
-            raise ConfigError(f"cannot resume version {cfg.resume_version}: {last} does not exist "
-                              f"(existing versions: {existing})")
-        return run_dir, last
+        return resume_version_dir(root, cfg.resume_version)
     inherited = os.environ.get(RUN_DIR_ENV)
     if inherited and os.environ.get("LOCAL_RANK", "0") != "0":  # a worker Lightning's DDP launcher started
         inherited_dir = Path(inherited)
-        last = inherited_dir / "ckpts" / "last.ckpt"
+        last = last_checkpoint(inherited_dir)
         return inherited_dir, last if cfg.resume and last.is_file() else None
     if cfg.resume:
-        for version in reversed(_versions(root)):
-            last = root / f"version_{version}" / "ckpts" / "last.ckpt"
-            if last.is_file():
-                return last.parent.parent, last
+        version = latest_resumable_version(root)
+        if version is not None:
+            return resume_version_dir(root, version)
         log.warning("resume: no run with ckpts/last.ckpt under %s; starting a new run", root)
-    versions = _versions(root)
-    return root / f"version_{(versions[-1] + 1) if versions else 0}", None
+    return next_version_dir(root), None
 
 
 def check_resume_config(cfg: ByolConfig, run_dir: Path) -> None:

@@ -101,15 +101,6 @@ def _finish(cfg: PipelineConfig, stage: str, result: dict[str, Any]) -> dict[str
     return result
 
 
-def _latest_unfinished_version(root: Path) -> int | None:
-    """The newest ``version_N`` under ``root`` with a ``last.ckpt`` to resume, if any."""
-    versions = sorted(int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit())
-    for version in reversed(versions):
-        if (root / f"version_{version}" / "ckpts" / "last.ckpt").is_file():
-            return version
-    return None
-
-
 def stage_byol(cfg: PipelineConfig) -> dict[str, Any]:
     """Pretrain (or resume pretraining) and export the backbone."""
     from backend.training.byol_config import ByolConfig
@@ -128,7 +119,9 @@ def stage_train(cfg: PipelineConfig, pretrained: str | None) -> dict[str, Any]:
     exp = from_dict(ExperimentConfig, cfg.supervised)
     if pretrained:
         exp.model.pretrained_path = pretrained
-    exp.resume_version = _latest_unfinished_version(Path(exp.output_dir) / exp.experiment_name)
+    from backend.training.run_dirs import latest_resumable_version
+
+    exp.resume_version = latest_resumable_version(Path(exp.output_dir) / exp.experiment_name)
     result = fit(exp, test=False)
     if result.best_ckpt is None:
         raise ConfigError(f"training in {result.run_dir} produced no best.ckpt")

@@ -21,6 +21,7 @@ from pathlib import Path
 from backend.config import save_config, to_dict
 from backend.errors import ConfigError
 from backend.training.config import ExperimentConfig
+from backend.training.run_dirs import next_version_dir, resume_version_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,6 @@ class RunResult:
     metrics: dict[str, float]
 
 
-def _next_version(root: Path) -> int:
-    versions = []
-    for child in root.glob("version_*") if root.is_dir() else []:
-        suffix = child.name.removeprefix("version_")
-        if child.is_dir() and suffix.isdigit():
-            versions.append(int(suffix))
-    return max(versions, default=-1) + 1
-
-
 def resolve_run_dir(cfg: ExperimentConfig) -> tuple[Path, Path | None]:
     """Pick the run folder and, when resuming, the checkpoint to resume from.
 
@@ -58,18 +50,11 @@ def resolve_run_dir(cfg: ExperimentConfig) -> tuple[Path, Path | None]:
     """
     root = Path(cfg.output_dir) / cfg.experiment_name
     if cfg.resume_version is not None:
-        run_dir = root / f"version_{cfg.resume_version}"
-        last = run_dir / "ckpts" / "last.ckpt"
-        if not last.is_file():
-            raise ConfigError(
-                f"cannot resume version {cfg.resume_version}: {last} does not exist "
-                f"(existing versions: {sorted(p.name for p in root.glob('version_*')) or 'none'})"
-            )
-        return run_dir, last
+        return resume_version_dir(root, cfg.resume_version)
     inherited = os.environ.get(RUN_DIR_ENV)
     if inherited and os.environ.get("LOCAL_RANK", "0") != "0":  # a worker Lightning's DDP launcher started
         return Path(inherited), None
-    return root / f"version_{_next_version(root)}", None
+    return next_version_dir(root), None
 
 
 def _trainer_strategy(cfg: ExperimentConfig):

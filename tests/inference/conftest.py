@@ -1,8 +1,4 @@
-"""One torch thread while these tests run.
-
-On a busy 2-core machine, two OpenMP threads that wait for each other at every operator make
-small CPU models 10-20x slower than one thread; the tests measure correctness, not speed.
-"""
+"""Every test here runs on one torch thread (see ``one_torch_thread`` in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +6,5 @@ import pytest
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)

@@ -19,14 +19,7 @@ from backend.training.byol_config import ByolConfig
 from backend.training.byol_run import pretrain
 from tests.conftest import make_lesion_image
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models on a busy 2-core machine: one thread never waits for a descheduled sibling."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

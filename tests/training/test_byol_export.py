@@ -28,12 +28,7 @@ BYOL_FLAGS = ["--img-size", "32", "--batch-size", "4", "--num-workers", "0", "--
               "model.pred_hidden_dim=32", "monitor.histogram_every_n_steps=0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

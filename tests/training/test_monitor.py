@@ -14,13 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from backend.errors import ConfigError, DermaLensError
 from backend.training.monitor import GradWeightMonitor, NonFiniteTrainingError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class RecordingLogger(Logger):
