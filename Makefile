@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP_RUN := $(VENV)/.stamp-runtime
 STAMP_DEV := $(VENV)/.stamp-dev
 
-.PHONY: app test e2e-deps lint format bench default-model clean-venv
+.PHONY: app test e2e-deps lint format bench bench-card default-model ablation clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,9 +52,18 @@ bench: $(STAMP_RUN)
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/inference.py
 
+# Recomputes the bundled model card's test-split figures from the bundle and ../shared/data.
+bench-card: $(STAMP_RUN)
+	$(PY) benchmarks/model_card.py
+
 # Rebuilds assets/models/default from ../shared/data (hours on a CPU; never run in CI). Stages resume.
 default-model: $(STAMP_RUN)
 	$(PY) -m scripts.default_model --config cfgs/default.yaml
+
+# The ablation table of docs/experiments.md (after `make default-model` has written its split and
+# BYOL backbone; about 40 CPU-minutes; resumes).
+ablation: $(STAMP_RUN)
+	$(PY) -m scripts.ablate --config cfgs/ablation/default.yaml --markdown runs/studies/ablation.md
 
 clean-venv:
 	rm -rf $(VENV)

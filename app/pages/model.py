@@ -7,8 +7,8 @@ from typing import Any
 
 import streamlit as st
 
+from app import card_view, resources, state
 from app import components as ui
-from app import resources, state
 
 
 def _section(title: str, value: Any) -> None:
@@ -21,6 +21,29 @@ def _section(title: str, value: Any) -> None:
         st.markdown("\n".join(f"- {item}" for item in value))
     else:
         st.json(json.loads(json.dumps(value, default=str)), expanded=False)
+
+
+def _test_figures(card: dict[str, Any]) -> None:
+    """Test-split metrics with intervals, subgroup figures and the other-clinics check."""
+    rows = card_view.metric_rows(card)
+    if not rows:
+        return
+    split = card.get("test_split") or {}
+    st.subheader("Test-split figures")
+    st.caption(f"{split.get('rows', '?')} held-out images never used for training or model choice; 95% "
+               "bootstrap intervals with patients resampled.")
+    st.dataframe(rows, hide_index=True)
+    attributes = card_view.subgroup_attributes(card)
+    if attributes:
+        st.subheader("By subgroup")
+        attribute = st.radio("Group by", attributes, horizontal=True, key="card_subgroup")
+        st.dataframe(card_view.subgroup_rows(card, attribute), hide_index=True)
+    lodo = card_view.lodo_rows(card)
+    if lodo:
+        st.subheader("Other clinics (leave-one-dataset-out)")
+        st.caption("Each dataset was left out of training and scored on all its images; the in-domain row is "
+                   "the same recipe trained on every dataset.")
+        st.dataframe(lodo, hide_index=True)
 
 
 def main() -> None:
@@ -39,8 +62,11 @@ def main() -> None:
     card = predictor.card
     st.markdown("  \n".join(ui.model_summary_lines(card, predictor.uses_metadata)))
     st.caption(f"Loaded from {resources.active_model_path()}")
+    if card.get("status"):
+        st.warning(card["status"])
     _section("Intended use", card.get("intended_use"))
     _section("Limitations", card.get("limitations"))
+    _test_figures(card)
     metrics = card.get("validation_metrics") or {}
     if metrics:
         st.subheader("Validation metrics")

@@ -22,6 +22,7 @@ from backend.evaluation.calibration import expected_calibration_error
 from backend.evaluation.metrics import THICKNESS_SPLIT_MM, sensitivity_at_specificity
 
 MALIGNANT_COLUMNS = [i for i, d in enumerate(DIAGNOSES) if d in MALIGNANT_DIAGNOSES]
+MELANOMA = DIAGNOSES.index("MEL")
 #: Age bands (years, upper bound exclusive) for subgroup metrics.
 AGE_BANDS: tuple[tuple[str, float, float], ...] = (
     ("<30", 0, 30), ("30-49", 30, 50), ("50-69", 50, 70), (">=70", 70, 200),
@@ -144,10 +145,12 @@ def card_metrics(
     n_diag = int((y >= 0).sum())
     n_mal = int(np.isin(ym, (0.0, 1.0)).sum())
     truth, score = _thick_vs_thin(pred_mm, lo, hi)
+    y_mel = np.where(y >= 0, (y == MELANOMA).astype(float), np.nan)
     plan: dict[str, tuple[Callable[..., float], tuple[Any, ...], int]] = {
         "balanced_accuracy": (_balanced_accuracy, (y, p), n_diag),
         "auroc_macro": (_macro_auroc, (y, p), n_diag),
         "auroc_malignant": (_auroc, (ym, mal), n_mal),
+        "auroc_melanoma": (_auroc, (y_mel, p[:, MELANOMA]), n_diag),
         "sensitivity_at_80_specificity": (lambda a, b: _binary(a, b, sensitivity_at_specificity), (ym, mal), n_mal),
         "ece": (_ece, (y, p), n_diag),
         **{f"f1/{name}": (_f1(k), (y, p), int((y == k).sum())) for k, name in enumerate(DIAGNOSES)},

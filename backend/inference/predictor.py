@@ -234,6 +234,8 @@ class Predictor:
                 stats = FeatureStats.from_parts(card["ood"], {k: v.numpy() for k, v in bundle.extra_tensors.items()})
             kwargs.setdefault("temperature", bundle.temperature)
             kwargs.setdefault("feature_stats", stats)
+            # The card's figures were measured with the bundle's own TTA setting: keep it by default.
+            kwargs.setdefault("tta", bool((card.get("inference") or {}).get("tta", False)))
         elif path.is_file():
             model = load_lesion_checkpoint(path)
             card = {
@@ -468,8 +470,15 @@ class Predictor:
     # -- calibration and OOD statistics -------------------------------------------------------
 
     def raw_outputs(self, images: Sequence[Any], metadata: Sequence[dict[str, Any] | None] | None = None,
-                    progress: bool = False) -> tuple[RawOutputs, list[int], list[str]]:
-        """Network outputs over many images, skipping unreadable ones (for calibration and OOD fitting).
+                    progress: bool = False, tta: bool = False) -> tuple[RawOutputs, list[int], list[str]]:
+        """Network outputs over many images, skipping unreadable ones (for calibration, OOD fitting, evaluation).
+
+        Args:
+            images: Paths, bytes or arrays.
+            metadata: One patient-metadata dict (or None) per image; None for no metadata at all.
+            progress: Show a progress bar.
+            tta: Average over the 8 flips/rotations (off for calibration and OOD fitting, which
+                describe the plain forward pass).
 
         Returns:
             The outputs of the readable images, their indices in ``images``, and one message per
@@ -496,7 +505,7 @@ class Predictor:
             if not decoded:
                 continue
             meta, _ = self.encode_metadata(None if metadata is None else meta_rows, len(decoded))
-            parts.append(self.forward(self.preprocess([img for _, img in decoded]), meta, tta=False))
+            parts.append(self.forward(self.preprocess([img for _, img in decoded]), meta, tta=tta))
             kept.extend(rows)
         if not parts:
             empty = np.zeros((0, len(DIAGNOSES)))

@@ -8,18 +8,24 @@ finishes; a rerun skips finished stages and resumes an unfinished training stage
 
 Stages:
 
+* ``splits``: the lesion- and patient-grouped train/val/test split, fixed once for every later stage
+  (``<work_dir>/splits.csv``), and the list of validation and test images that BYOL must not see
+  (``<work_dir>/pretrain_exclude.txt``), so no later figure is computed on an image any stage trained on.
 * ``byol``: self-supervised pretraining of the backbone (:func:`backend.training.byol_run.pretrain`).
 * ``train``: supervised multi-task training started from the BYOL export when there is one.
 * ``export``: the bundle (weights + card), temperature fitted on the validation split, OOD
   statistics on the training split (:func:`backend.io.bundle.export_bundle`).
 * ``card``: test-split metrics with 95% bootstrap intervals and subgroup metrics, written into the
   bundle's card (``test_metrics``) and as markdown next to it.
+* ``lodo``: the leave-one-dataset-out check of the recipe (:mod:`backend.evaluation.lodo`), added to
+  the card (``leave_one_dataset_out``) and its markdown.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +35,7 @@ from backend.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-STAGES = ("byol", "train", "export", "card")
+STAGES = ("splits", "byol", "train", "export", "card", "lodo")
 
 
 @dataclass
@@ -41,13 +47,16 @@ class PipelineConfig:
         version: Model version written into the card.
         bundle_dir: Where the bundle goes (``assets/models/default`` is what the app loads).
         work_dir: Stage records (``<stage>.json``).
-        stages: Stages to run, in order (a subset of ``byol, train, export, card``).
+        stages: Stages to run, in order (a subset of ``splits, byol, train, export, card, lodo``).
         byol: A :class:`backend.training.byol_config.ByolConfig` mapping; None skips pretraining.
         supervised: A :class:`backend.training.config.ExperimentConfig` mapping.
         n_boot: Bootstrap resamples for the model card's intervals.
         card_markdown: Extra copy of the card's markdown (e.g. under ``docs/``); None for none.
         onnx: Also export ``model.onnx`` into the bundle.
         status: One paragraph on where this model stands (shown at the top of the card).
+        tta: Predict with the 8 flips/rotations averaged: stored in the bundle (``inference.tta``) so
+            the app predicts exactly as the card's figures were measured.
+        lodo: Leave-one-dataset-out check (:class:`backend.evaluation.lodo.LodoConfig` mapping); None skips it.
     """
 
     name: str = "dermalens-default"
@@ -61,6 +70,8 @@ class PipelineConfig:
     card_markdown: str | None = "docs/model_card.md"
     onnx: bool = False
     status: str | None = None
+    tta: bool = False
+    lodo: dict[str, Any] | None = None
 
     def validate(self) -> None:
         """Reject unknown stages."""
@@ -75,6 +86,10 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
 
     cfg = from_dict(PipelineConfig, read_yaml(path))
     from_dict(ExperimentConfig, cfg.supervised)
+    if cfg.lodo is not None:
+        from backend.evaluation.lodo import LodoConfig
+
+        from_dict(LodoConfig, cfg.lodo).validate()
     if cfg.byol is not None:
         from backend.training.byol_config import ByolConfig
 
@@ -101,22 +116,52 @@ def _finish(cfg: PipelineConfig, stage: str, result: dict[str, Any]) -> dict[str
     return result
 
 
-def stage_byol(cfg: PipelineConfig) -> dict[str, Any]:
-    """Pretrain (or resume pretraining) and export the backbone."""
+def stage_splits(cfg: PipelineConfig) -> dict[str, Any]:
+    """Assign the grouped split once; list the held-out images that pretraining must leave out."""
+    from backend.data.formats import load_table
+    from backend.data.splits import assign_splits, write_splits
+    from backend.io.checkpoint import atomic_write_text
+    from backend.training.config import ExperimentConfig
+
+    data = from_dict(ExperimentConfig, cfg.supervised).data
+    table = load_table(data.csv, img_dir=data.img_dir, format=data.format, metadata_csv=data.metadata_csv,
+                       skip_missing=data.skip_missing)
+    if data.split_csv:
+        from backend.data.splits import read_splits
+
+        splits = read_splits(data.split_csv, table)
+    else:
+        splits = assign_splits(table, val_frac=data.split.val_frac, test_frac=data.split.test_frac,
+                               seed=data.split.seed)
+    work = Path(cfg.work_dir)
+    splits_csv = write_splits(table, splits, work / "splits.csv")
+    held_out = table.loc[splits.reindex(table.index) != "train", "image"].map(lambda p: Path(p).name)
+    exclude = work / "pretrain_exclude.txt"
+    atomic_write_text(exclude, "".join(f"{name}\n" for name in sorted(held_out)))
+    counts = {name: int((splits == name).sum()) for name in ("train", "val", "test")}
+    return {"splits_csv": str(splits_csv), "pretrain_exclude": str(exclude), "counts": counts}
+
+
+def stage_byol(cfg: PipelineConfig, splits: dict[str, Any] | None) -> dict[str, Any]:
+    """Pretrain (or resume pretraining) on training-split images only and export the backbone."""
     from backend.training.byol_config import ByolConfig
     from backend.training.byol_run import pretrain
 
     byol = from_dict(ByolConfig, {**cfg.byol, "resume": True})
+    if splits and not byol.data.exclude_list:
+        byol.data.exclude_list = splits["pretrain_exclude"]
     result = pretrain(byol)
     return {"run_dir": str(result.run_dir), "export": str(result.export), "global_step": result.global_step}
 
 
-def stage_train(cfg: PipelineConfig, pretrained: str | None) -> dict[str, Any]:
+def stage_train(cfg: PipelineConfig, pretrained: str | None, splits: dict[str, Any] | None) -> dict[str, Any]:
     """Supervised training from the BYOL export (when there is one), resuming an interrupted run."""
     from backend.training.config import ExperimentConfig
     from backend.training.run import fit
 
     exp = from_dict(ExperimentConfig, cfg.supervised)
+    if splits:
+        exp.data.split_csv = splits["splits_csv"]
     if pretrained:
         exp.model.pretrained_path = pretrained
     from backend.training.run_dirs import latest_resumable_version
@@ -131,7 +176,7 @@ def stage_train(cfg: PipelineConfig, pretrained: str | None) -> dict[str, Any]:
 
 def stage_export(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
     """Bundle the best checkpoint with calibration and OOD statistics fitted on its run's splits."""
-    from backend.io.bundle import export_bundle
+    from backend.io.bundle import export_bundle, read_card, write_card
     from backend.training.config import ExperimentConfig
 
     exp = from_dict(ExperimentConfig, cfg.supervised)
@@ -140,6 +185,9 @@ def stage_export(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
         train["best_ckpt"], cfg.bundle_dir, name=cfg.name, version=cfg.version, csv=exp.data.csv,
         img_dir=exp.data.img_dir, splits_csv=run_dir / "splits.csv", progress=True, onnx=cfg.onnx,
     )
+    card = read_card(result.bundle_dir)
+    card["inference"] = {"tta": cfg.tta}
+    write_card(result.bundle_dir, card)
     return {"bundle_dir": str(result.bundle_dir), "skipped_images": len(result.skipped),
             "calibration": result.card.get("calibration")}
 
@@ -151,7 +199,8 @@ def stage_card(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
     from backend.data.dataset import encode_targets
     from backend.data.formats import load_table
     from backend.data.splits import read_splits
-    from backend.evaluation.model_card import card_metrics, metrics_markdown, subgroup_metrics
+    from backend.evaluation.model_card import subgroup_metrics
+    from backend.evaluation.split_eval import predict_rows, score_rows
     from backend.inference.predictor import Predictor
     from backend.io.bundle import read_card, write_card
     from backend.training.config import ExperimentConfig
@@ -159,38 +208,76 @@ def stage_card(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
     exp = from_dict(ExperimentConfig, cfg.supervised)
     table = load_table(exp.data.csv, img_dir=exp.data.img_dir)
     splits = read_splits(Path(train["run_dir"]) / "splits.csv", table).reindex(table.index)
-    test = table[splits == "test"].reset_index(drop=True)
     predictor = Predictor.from_checkpoint(cfg.bundle_dir)
-    meta = [{"age_approx": a, "sex": s, "anatom_site_general": site} for a, s, site in
-            zip(test["age_approx"], test["sex"], test["anatom_site_general"], strict=True)]
-    raw, kept, skipped = predictor.raw_outputs(test["image"].tolist(), meta, progress=True)
-    rows = test.iloc[kept].reset_index(drop=True)
+    pred = predict_rows(predictor, table[splits == "test"], tta=predictor.tta, progress=True)
+    rows, skipped = pred.rows, pred.skipped
+    metrics = score_rows(pred, n_boot=cfg.n_boot)
     t = encode_targets(rows)
-    groups = rows["patient_id"].fillna(rows["lesion_id"]).to_numpy(dtype=object)
-    metrics = card_metrics(t["diagnosis"], raw.probs, t["label"], raw.thickness_mm, t["thickness_lo"],
-                           t["thickness_hi"], groups=groups, n_boot=cfg.n_boot)
-    subgroups = subgroup_metrics(rows, t["diagnosis"], raw.probs, t["label"])
+    subgroups = subgroup_metrics(rows, t["diagnosis"], pred.raw.probs, t["label"])
     card = read_card(cfg.bundle_dir)
     card["test_metrics"] = metrics
     card["test_subgroups"] = subgroups.replace({np.nan: None}).to_dict(orient="records")
     if cfg.status:
         card["status"] = cfg.status
     card["test_split"] = {"rows": len(rows), "unreadable": len(skipped), "source": str(exp.data.csv),
+                          "tta": predictor.tta, "image_ids_sha256": split_fingerprint(rows["image_id"]),
                           "grouping": "lesion_id and patient_id never cross splits",
                           "fractions": {"val": exp.data.split.val_frac, "test": exp.data.split.test_frac},
                           "seed": exp.data.split.seed}
     write_card(cfg.bundle_dir, card)
-    text = render_card_markdown(card, metrics_markdown(metrics, subgroups))
-    (Path(cfg.bundle_dir) / "MODEL_CARD.md").write_text(text, encoding="utf-8")
-    if cfg.card_markdown:
-        Path(cfg.card_markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.card_markdown).write_text(text, encoding="utf-8")
+    write_card_markdown(cfg, card)
     return {"test_rows": len(rows), "balanced_accuracy": metrics["balanced_accuracy"]["value"],
             "auroc_malignant": metrics["auroc_malignant"]["value"]}
 
 
+def split_fingerprint(image_ids: Any) -> str:
+    """SHA-256 of the sorted image ids of a split: lets anyone check they evaluate the same images."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(str(i) for i in image_ids)).encode()).hexdigest()
+
+
+def stage_lodo(cfg: PipelineConfig, splits: dict[str, Any] | None) -> dict[str, Any]:
+    """Leave-one-dataset-out check of the recipe, recorded in the bundle's card and markdown."""
+    from backend.evaluation.lodo import LodoConfig, run_lodo
+    from backend.io.bundle import read_card, write_card
+
+    if not splits:
+        raise ConfigError(f"stage lodo needs a finished splits stage ({_record(cfg, 'splits')})")
+    records = run_lodo(from_dict(LodoConfig, cfg.lodo), splits["splits_csv"])
+    card = read_card(cfg.bundle_dir)
+    card["leave_one_dataset_out"] = {"recipe": cfg.lodo, "results": records}
+    write_card(cfg.bundle_dir, card)
+    write_card_markdown(cfg, card)
+    return {"results": len(records)}
+
+
+def write_card_markdown(cfg: PipelineConfig, card: dict[str, Any]) -> str:
+    """Render the card as markdown into the bundle (``MODEL_CARD.md``) and ``cfg.card_markdown``."""
+    import pandas as pd
+
+    from backend.evaluation.model_card import metrics_markdown
+
+    subgroups = pd.DataFrame(card.get("test_subgroups") or []).fillna(float("nan"))
+    text = render_card_markdown(card, metrics_markdown(card.get("test_metrics") or {}, subgroups))
+    for path in (Path(cfg.bundle_dir) / "MODEL_CARD.md", *([Path(cfg.card_markdown)] if cfg.card_markdown else [])):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return text
+
+
 def render_card_markdown(card: dict[str, Any], metrics_md: str) -> str:
     """The human-readable model card."""
+    from backend.evaluation.lodo import lodo_markdown
+
+    lodo = card.get("leave_one_dataset_out")
+    lodo_md = [] if not lodo else [
+        "## Leave-one-dataset-out check (other clinics' dermoscopes)", "",
+        "Each left-out dataset was removed from training and validation and scored on all its images; the "
+        "in-domain row is the same recipe trained on every dataset, on that dataset's test-split images. "
+        f"Recipe: a shorter run of the default recipe ({_recipe_line(lodo.get('recipe') or {})}).", "",
+        lodo_markdown(lodo.get("results") or []),
+    ]
     cfg = card.get("config", {})
     model, data = cfg.get("model", {}), cfg.get("data", {})
     calib = card.get("calibration", {})
@@ -217,12 +304,22 @@ def render_card_markdown(card: dict[str, Any], metrics_md: str) -> str:
         "## Test-split metrics (95% bootstrap intervals, patients resampled)",
         "",
         metrics_md,
+        *lodo_md,
         "## Limitations",
         "",
         *[f"- {item}" for item in card.get("limitations", [])],
         "",
     ]
     return "\n".join(lines)
+
+
+def _recipe_line(lodo: dict[str, Any]) -> str:
+    from backend.evaluation.lodo import LodoConfig
+
+    base = from_dict(LodoConfig, lodo).base_tree()
+    model, data, trainer = base.get("model", {}), base.get("data", {}), base.get("trainer", {})
+    return (f"`{model.get('backbone')}` at {data.get('img_size')} px, {trainer.get('epochs')} epochs, "
+            f"recipes {', '.join(lodo.get('variants') or ['ours'])}")
 
 
 def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None, force: bool = False) -> dict[str, Any]:
@@ -245,17 +342,27 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None, force: bo
             log.info("stage %s already finished (%s); skipping", stage, _record(cfg, stage))
             records[stage] = previous
             continue
-        if stage == "byol":
-            if cfg.byol is None:
-                records[stage] = None
-                continue
-            records[stage] = _finish(cfg, stage, stage_byol(cfg))
-        elif stage == "train":
-            pretrained = (records.get("byol") or {}).get("export")
-            records[stage] = _finish(cfg, stage, stage_train(cfg, pretrained))
-        else:
-            if not records.get("train"):
-                raise ConfigError(f"stage {stage} needs a finished train stage ({_record(cfg, 'train')})")
-            fn = stage_export if stage == "export" else stage_card
-            records[stage] = _finish(cfg, stage, fn(cfg, records["train"]))
+        if (stage == "byol" and cfg.byol is None) or (stage == "lodo" and cfg.lodo is None):
+            records[stage] = None
+            continue
+        if stage in ("export", "card") and not records.get("train"):
+            raise ConfigError(f"stage {stage} needs a finished train stage ({_record(cfg, 'train')})")
+        started = time.monotonic()
+        result = _run_stage(cfg, stage, records)
+        # Wall time of the invocation that finished the stage (a resumed stage counts its last part).
+        result["wall_seconds"] = round(time.monotonic() - started, 1)
+        records[stage] = _finish(cfg, stage, result)
     return records
+
+
+def _run_stage(cfg: PipelineConfig, stage: str, records: dict[str, Any]) -> dict[str, Any]:
+    if stage == "splits":
+        return stage_splits(cfg)
+    if stage == "byol":
+        return stage_byol(cfg, records.get("splits"))
+    if stage == "train":
+        return stage_train(cfg, (records.get("byol") or {}).get("export"), records.get("splits"))
+    if stage == "lodo":
+        return stage_lodo(cfg, records.get("splits"))
+    fn = stage_export if stage == "export" else stage_card
+    return fn(cfg, records["train"])

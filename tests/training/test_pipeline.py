@@ -8,12 +8,12 @@ import pytest
 
 from backend.config import from_dict, read_yaml
 from backend.errors import ConfigError
-from backend.training.pipeline import PipelineConfig, load_pipeline_config, run_pipeline
+from backend.training.pipeline import STAGES, PipelineConfig, load_pipeline_config, run_pipeline
 from scripts.default_model import main as pipeline_main
 from tests.conftest import REPO_ROOT, write_synthetic_dataset
 
 
-def tiny_pipeline(tmp_path, stages):
+def tiny_pipeline(tmp_path, stages, **extra):
     csv = write_synthetic_dataset(tmp_path / "data", n=48, size=40)
     supervised = read_yaml(REPO_ROOT / "cfgs" / "debug" / "cpu_tiny.yaml")
     supervised["data"].update({"csv": str(csv), "img_size": 32, "batch_size": 4})
@@ -23,13 +23,15 @@ def tiny_pipeline(tmp_path, stages):
     return from_dict(PipelineConfig, {
         "name": "tiny", "version": "9", "bundle_dir": str(tmp_path / "bundle"), "work_dir": str(tmp_path / "work"),
         "stages": stages, "supervised": supervised, "n_boot": 20, "card_markdown": str(tmp_path / "card.md"),
+        **extra,
     })
 
 
 def test_default_config_is_valid():
     cfg = load_pipeline_config(REPO_ROOT / "cfgs" / "default.yaml")
-    assert cfg.bundle_dir == "assets/models/default" and set(cfg.stages) <= {"byol", "train", "export", "card"}
+    assert cfg.bundle_dir == "assets/models/default" and cfg.stages == list(STAGES)
     assert cfg.byol is not None and cfg.supervised["data"]["csv"].endswith("labels.csv")
+    assert cfg.lodo is not None and "Derm7pt" in cfg.lodo["datasets"]
 
 
 def test_stages_run_record_and_skip(tmp_path):
@@ -64,3 +66,76 @@ def test_unknown_stage_and_missing_train_are_clear_errors(tmp_path, capsys):
         from_dict(PipelineConfig, {"stages": ["nope"]})
     assert pipeline_main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_split_stage_fixes_the_split_for_training_and_keeps_held_out_images_from_byol(tmp_path):
+    import pandas as pd
+
+    from backend.inference.predictor import Predictor
+
+    cfg = tiny_pipeline(tmp_path, ["splits", "train", "export", "card"], tta=True)
+    records = run_pipeline(cfg)
+    fixed = pd.read_csv(records["splits"]["splits_csv"])
+    used = pd.read_csv(f"{records['train']['run_dir']}/splits.csv")
+    assert fixed[["image_id", "split"]].equals(used[["image_id", "split"]])
+    held_out = set((tmp_path / "work" / "pretrain_exclude.txt").read_text().split())
+    assert held_out == {f"{i}.png" for i in fixed.loc[fixed["split"] != "train", "image_id"]}
+    assert records["splits"]["counts"]["train"] == int((fixed["split"] == "train").sum())
+    # The bundle predicts with TTA, as its card's figures were measured.
+    card = json.loads((tmp_path / "bundle" / "model_card.json").read_text())
+    assert card["inference"] == {"tta": True} and card["test_split"]["tta"] is True
+    assert Predictor.from_checkpoint(tmp_path / "bundle").tta is True
+    assert Predictor.from_checkpoint(tmp_path / "bundle", tta=False).tta is False
+    assert "auroc_melanoma" in card["test_metrics"]
+    # benchmarks/model_card.py rebuilds the split from the card and reproduces its figures.
+    bench = _load_script(REPO_ROOT / "benchmarks" / "model_card.py")
+    assert bench.main(["--bundle", str(tmp_path / "bundle"), "--n-boot", "20"]) == 0
+    card["test_metrics"]["auroc_malignant"]["value"] += 0.05
+    (tmp_path / "bundle" / "model_card.json").write_text(json.dumps(card))
+    assert bench.main(["--bundle", str(tmp_path / "bundle"), "--n-boot", "20"]) == 1
+
+
+def _load_script(path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_byol_stage_pretrains_on_training_images_only(tmp_path, monkeypatch):
+    import backend.training.byol_run as byol_run
+
+    seen = {}
+
+    def fake_pretrain(byol):
+        seen["exclude"] = byol.data.exclude_list
+        return type("R", (), {"run_dir": tmp_path, "export": tmp_path / "backbone.safetensors", "global_step": 1})()
+
+    monkeypatch.setattr(byol_run, "pretrain", fake_pretrain)
+    cfg = tiny_pipeline(tmp_path, ["splits", "byol"], byol={"data": {"dirs": [str(tmp_path / "data" / "images")]}})
+    run_pipeline(cfg)
+    assert seen["exclude"] == str(tmp_path / "work" / "pretrain_exclude.txt")
+
+
+def test_lodo_stage_adds_the_check_to_the_card(tmp_path):
+    cfg = tiny_pipeline(tmp_path, ["splits", "train", "export", "card"])
+    run_pipeline(cfg)
+    csv = tmp_path / "data" / "labels.csv"
+    import pandas as pd
+
+    raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    raw["dataset"] = ["ClinicA" if i % 3 else "ClinicB" for i in range(len(raw))]
+    raw.to_csv(csv, index=False)
+    base = dict(cfg.supervised)
+    base["trainer"] = {**base["trainer"], "limit_train_batches": 2, "limit_val_batches": 2}
+    cfg.lodo = {"base": base, "datasets": ["ClinicB"], "n_boot": 10, "output_dir": str(tmp_path / "studies")}
+    records = run_pipeline(cfg, stages=["lodo"])
+    assert records["lodo"]["results"] == 3 and records["lodo"]["wall_seconds"] > 0
+    card = json.loads((tmp_path / "bundle" / "model_card.json").read_text())
+    settings = [r["setting"] for r in card["leave_one_dataset_out"]["results"]]
+    assert settings == ["in-domain (test split)", "left out (all images)", "left out (test split)"]
+    text = (tmp_path / "card.md").read_text()
+    assert "## Leave-one-dataset-out check" in text and "| ours | ClinicB | left out (all images) |" in text
+    assert "## Test-split metrics" in text  # the card's own metrics survive the re-render

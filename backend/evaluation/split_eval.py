@@ -1,0 +1,69 @@
+"""Predict rows of a lesion table and score them: shared by the card, ablations and leave-one-dataset-out.
+
+Every place that turns "a model and some labelled rows" into figures goes through
+:func:`predict_rows` and :func:`score_rows`, so the card, the ablation table and the
+leave-one-dataset-out table are computed identically (same metadata handling, same unreadable-image
+policy, same metric definitions and bootstrap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from backend.inference.predictor import Predictor, RawOutputs
+
+
+@dataclass
+class RowPredictions:
+    """Model outputs for the readable rows of a table.
+
+    Attributes:
+        rows: The rows whose image could be read, re-indexed from 0.
+        raw: Calibrated probabilities, logits, thickness and features, one row per ``rows`` row.
+        skipped: One message per unreadable image.
+    """
+
+    rows: pd.DataFrame
+    raw: RawOutputs
+    skipped: list[str]
+
+
+def row_metadata(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """The patient metadata of each row, as the predictor takes it."""
+    return [{"age_approx": a, "sex": s, "anatom_site_general": site} for a, s, site in
+            zip(rows["age_approx"], rows["sex"], rows["anatom_site_general"], strict=True)]
+
+
+def predict_rows(predictor: Predictor, rows: pd.DataFrame, tta: bool = False, progress: bool = False) -> RowPredictions:
+    """Predict every row of a lesion table (image paths in ``image``), skipping unreadable images."""
+    rows = rows.reset_index(drop=True)
+    raw, kept, skipped = predictor.raw_outputs(rows["image"].tolist(), row_metadata(rows), progress=progress, tta=tta)
+    return RowPredictions(rows.iloc[kept].reset_index(drop=True), raw, skipped)
+
+
+def score_rows(pred: RowPredictions, n_boot: int = 1000, only: tuple[str, ...] | None = None,
+               seed: int = 0) -> dict[str, dict[str, float]]:
+    """Model-card metrics of the predictions with 95% intervals, patients (else lesions) resampled.
+
+    Args:
+        pred: Output of :func:`predict_rows`.
+        n_boot: Bootstrap resamples.
+        only: Compute just these metrics.
+        seed: Resampling seed.
+    """
+    from backend.data.dataset import encode_targets
+    from backend.evaluation.model_card import card_metrics
+
+    t = encode_targets(pred.rows)
+    groups = pred.rows["patient_id"].fillna(pred.rows["lesion_id"]).to_numpy(dtype=object)
+    return card_metrics(t["diagnosis"], pred.raw.probs, t["label"], pred.raw.thickness_mm, t["thickness_lo"],
+                        t["thickness_hi"], groups=groups, n_boot=n_boot, only=only, seed=seed)
+
+
+def value_table(metrics: dict[str, dict[str, float]], names: tuple[str, ...]) -> dict[str, float]:
+    """Just the point estimates of ``names`` (NaN where absent), for one row of a results table."""
+    return {name: float(metrics.get(name, {}).get("value", np.nan)) for name in names}

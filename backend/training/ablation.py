@@ -1,0 +1,107 @@
+"""Ablation study: one base recipe, named variants of ``key=value`` overrides, one table of figures.
+
+``python -m scripts.ablate --config cfgs/ablation/default.yaml`` trains every variant with
+:func:`backend.training.study_runs.train_once` (so an interrupted study resumes, and a variant equal
+to another recipe is not trained twice) and scores each best checkpoint on the **validation**
+split, never the test split, so choosing the default recipe from this table does not leak the test
+figures. Variants listed in ``tta`` are also scored with test-time augmentation, which needs no
+training. The results are appended to ``<output_dir>/results.csv`` one variant at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from backend.config import from_dict, read_yaml
+from backend.errors import ConfigError
+from backend.training.study_runs import StudyConfig
+
+log = logging.getLogger(__name__)
+
+#: Metrics reported per variant (names as in :func:`backend.evaluation.model_card.card_metrics`).
+METRICS = ("auroc_malignant", "balanced_accuracy", "auroc_macro", "sensitivity_at_80_specificity")
+
+
+@dataclass
+class AblationConfig(StudyConfig):
+    """``cfgs/ablation/*.yaml``: a :class:`StudyConfig` plus the TTA rows and interval size.
+
+    Attributes:
+        tta: Variants also scored with 8-fold test-time augmentation (no retraining).
+        n_boot: Bootstrap resamples for the interval of the headline metric.
+    """
+
+    tta: list[str] = field(default_factory=list)
+    n_boot: int = 200
+
+    def validate(self) -> None:
+        """Every variant must parse into a valid recipe; TTA rows must name a variant."""
+        self.check_variants("")
+        unknown = [name for name in self.tta if name not in self.variants]
+        if unknown:
+            raise ConfigError(f"tta: {unknown} are not variants (variants: {list(self.variants)})")
+
+
+def load_ablation_config(path: str | Path, overrides: list[str] | None = None) -> AblationConfig:
+    """Read an ablation YAML; ``overrides`` apply to the base recipe of every variant."""
+    from backend.config import deep_merge, parse_overrides
+
+    raw = read_yaml(path)
+    raw["base"] = deep_merge(raw.get("base") or {}, parse_overrides(overrides or []))
+    return from_dict(AblationConfig, raw)
+
+
+def score_checkpoint(ckpt: str | Path, rows: pd.DataFrame, tta: bool, n_boot: int) -> dict[str, Any]:
+    """Validation figures of one checkpoint; the headline malignant AUROC gets a 95% interval."""
+    from backend.evaluation.split_eval import predict_rows, score_rows
+    from backend.inference.predictor import Predictor
+
+    pred = predict_rows(Predictor.from_checkpoint(ckpt), rows, tta=tta)
+    points = score_rows(pred, n_boot=2, only=METRICS)
+    interval = score_rows(pred, n_boot=n_boot, only=("auroc_malignant",))["auroc_malignant"]
+    return {**{m: points[m]["value"] for m in METRICS}, "auroc_malignant_lo": interval["lo"],
+            "auroc_malignant_hi": interval["hi"], "val_rows": len(pred.rows)}
+
+
+def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
+    """Train and score every variant not yet in ``results.csv``; returns the whole table."""
+    from backend.io.checkpoint import atomic_write_text
+    from backend.training.study_runs import recipe, split_rows, train_once
+
+    cfg.validate()
+    out = Path(cfg.output_dir) / "results.csv"
+    done = pd.read_csv(out) if out.is_file() else pd.DataFrame(columns=["variant"])
+    rows = done.to_dict(orient="records")
+    wanted = [(name, False) for name in cfg.variants] + [(name, True) for name in cfg.tta]
+    for name, tta in wanted:
+        label = f"{name} + TTA" if tta else name
+        if label in set(done["variant"]):
+            continue
+        run = train_once(recipe(cfg.base_tree(), cfg.variants[name]), cfg.output_dir, name)
+        figures = score_checkpoint(run.best_ckpt, split_rows(run, "val"), tta=tta, n_boot=cfg.n_boot)
+        rows.append({"variant": label, "changes": cfg.describe(name),
+                     **figures, "run_dir": str(run.run_dir)})
+        log.info("ablation %s: %s", label, figures)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, pd.DataFrame(rows).to_csv(index=False))
+    return pd.DataFrame(rows)
+
+
+def ablation_markdown(results: pd.DataFrame, baseline: str = "baseline") -> str:
+    """The study as a markdown table, with each variant's malignant-AUROC change from ``baseline``."""
+    base = results.loc[results["variant"] == baseline, "auroc_malignant"]
+    ref = float(base.iloc[0]) if len(base) else float("nan")
+    lines = ["| variant | change | malignant AUROC (95% CI) | Δ vs baseline | balanced acc. | macro AUROC "
+             "| sens. @ 80% spec. |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results.itertuples(index=False):
+        lines.append(
+            f"| {r.variant} | {r.changes} | {r.auroc_malignant:.3f} ({r.auroc_malignant_lo:.3f}-"
+            f"{r.auroc_malignant_hi:.3f}) | {r.auroc_malignant - ref:+.3f} | {r.balanced_accuracy:.3f} | "
+            f"{r.auroc_macro:.3f} | {r.sensitivity_at_80_specificity:.3f} |"
+        )
+    return "\n".join(lines) + "\n"

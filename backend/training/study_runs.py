@@ -1,0 +1,139 @@
+"""Training runs for studies (ablations, leave-one-dataset-out), each trained once per recipe.
+
+A study trains many short runs that differ by a few config keys. :func:`train_once` names each run
+folder after a hash of its resolved recipe, so a recipe that two studies share (the ablation
+baseline is also the in-domain reference of the leave-one-dataset-out check) is trained once, and
+an interrupted study resumes the unfinished run from its ``last.ckpt`` when started again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backend.config import deep_merge, from_dict, parse_overrides, read_yaml, to_dict
+from backend.errors import ConfigError
+from backend.training.config import ExperimentConfig
+
+log = logging.getLogger(__name__)
+
+#: Keys that say where a run goes, not what it learns: left out of the recipe hash.
+_PLACE_KEYS = ("output_dir", "experiment_name", "resume_version")
+DONE_FILE = "done.json"
+
+
+@dataclass
+class TrainedRun:
+    """A finished study run.
+
+    Attributes:
+        name: The study's name for it (e.g. the ablation variant).
+        run_dir: Its version folder (config.yaml, splits.csv, metrics.csv, ckpts/).
+        best_ckpt: The checkpoint with the best validation ``trainer.monitor``.
+    """
+
+    name: str
+    run_dir: Path
+    best_ckpt: Path
+
+
+@dataclass
+class StudyConfig:
+    """What every study config has: a base recipe and named variants of it.
+
+    Attributes:
+        base_file: YAML of the base recipe (e.g. ``cfgs/train/study.yaml``), shared by studies.
+        base: Inline recipe keys (an :class:`ExperimentConfig` mapping) layered on ``base_file``.
+        variants: Variant name -> ``key=value`` overrides of the base (``[]`` is the base itself).
+        descriptions: Variant name -> one line for the results table.
+        output_dir: Folder of the study's runs (shared between studies, see :func:`train_once`).
+    """
+
+    base_file: str | None = None
+    base: dict[str, Any] = field(default_factory=dict)
+    variants: dict[str, list[str]] = field(default_factory=dict)
+    descriptions: dict[str, str] = field(default_factory=dict)
+    output_dir: str = "runs/studies"
+
+    def base_tree(self) -> dict[str, Any]:
+        """The base recipe: ``base_file`` with ``base`` on top."""
+        return deep_merge(read_yaml(self.base_file) if self.base_file else {}, self.base)
+
+    def check_variants(self, section: str) -> None:
+        """Every variant must parse into a valid recipe; errors name ``<section>.variants.<name>``."""
+        if not self.variants:
+            raise ConfigError(f"{section}variants: name at least one variant (e.g. 'baseline: []')")
+        for name, overrides in self.variants.items():
+            try:
+                recipe(self.base_tree(), overrides)
+            except ConfigError as err:
+                raise ConfigError(f"{section}variants.{name}: {err}") from None
+
+    def describe(self, name: str) -> str:
+        """The table line of variant ``name``: its description, else its overrides."""
+        return self.descriptions.get(name, " ".join(self.variants.get(name, [])))
+
+
+def recipe(base: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """The typed experiment config of ``base`` with ``key=value`` overrides applied.
+
+    Raises:
+        ConfigError: An unknown key or a bad value, named.
+    """
+    return from_dict(ExperimentConfig, deep_merge(base, parse_overrides(list(overrides))))
+
+
+def recipe_key(exp: ExperimentConfig) -> str:
+    """Eight hex digits that change whenever anything that shapes training changes."""
+    tree = {k: v for k, v in to_dict(exp).items() if k not in _PLACE_KEYS}
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def train_once(exp: ExperimentConfig, root: str | Path, name: str) -> TrainedRun:
+    """Train ``exp`` under ``root/<name>-<recipe key>``, or reuse/resume a run of the same recipe.
+
+    Args:
+        exp: The resolved recipe (its ``output_dir`` and ``experiment_name`` are replaced).
+        root: Folder of all study runs.
+        name: Readable prefix of the run folder.
+
+    Returns:
+        The finished run.
+    """
+    from backend.training.run import fit
+    from backend.training.run_dirs import latest_resumable_version
+
+    key = recipe_key(exp)
+    folder = f"{name}-{key}"
+    exp.output_dir, exp.experiment_name = str(root), folder
+    # The same recipe under another study's name (e.g. the ablation baseline) counts as trained.
+    for done in sorted(Path(root).glob(f"*-{key}/{DONE_FILE}")):
+        record = json.loads(done.read_text(encoding="utf-8"))
+        log.info("study run %s: recipe %s already trained in %s", name, key, record["run_dir"])
+        return TrainedRun(name, Path(record["run_dir"]), Path(record["best_ckpt"]))
+    done = Path(root) / folder / DONE_FILE
+    exp.resume_version = latest_resumable_version(Path(root) / folder)
+    result = fit(exp, test=False)
+    if result.best_ckpt is None:
+        raise ConfigError(f"study run {name} in {result.run_dir} produced no best.ckpt")
+    from backend.io.checkpoint import atomic_write_text
+
+    atomic_write_text(done, json.dumps({"run_dir": str(result.run_dir), "best_ckpt": str(result.best_ckpt)}) + "\n")
+    return TrainedRun(name, result.run_dir, result.best_ckpt)
+
+
+def split_rows(run: TrainedRun, split: str) -> Any:
+    """The lesion-table rows of one split of a finished run (read from its saved config and splits)."""
+    from backend.data.formats import load_table
+    from backend.data.splits import read_splits
+
+    data = from_dict(ExperimentConfig, read_yaml(run.run_dir / "config.yaml")).data
+    table = load_table(data.csv, img_dir=data.img_dir, format=data.format, metadata_csv=data.metadata_csv,
+                       skip_missing=data.skip_missing)
+    splits = read_splits(run.run_dir / "splits.csv", table).reindex(table.index)
+    return table[splits == split].reset_index(drop=True)
+

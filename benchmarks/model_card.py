@@ -1,0 +1,104 @@
+"""Reproduce the bundled model card's test-split figures from the bundle and the data.
+
+Rebuilds the test split from what the card records (label file, split fractions and seed; the
+image-id fingerprint in the card proves it is the same split), predicts it with the bundle exactly
+as the app does (same calibration, same TTA setting) and prints every card metric next to the
+card's value, with the ratio reproduced/card, then the per-dataset figures. Exits 1 when a figure
+differs from the card by more than ``--tolerance`` or the split is not the card's::
+
+    python benchmarks/model_card.py                       # assets/models/default on ../shared/data
+    python benchmarks/model_card.py --n-boot 1000 --json card_check.json
+
+The point estimates must match to rounding; intervals are re-drawn with the same seed and also
+match when ``--n-boot`` equals the card's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The script's flags."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", default="assets/models/default", help="bundle folder (default: the app's model)")
+    p.add_argument("--csv", help="label file (default: the one the card names)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (the card uses 1000)")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="largest accepted |reproduced - card|")
+    p.add_argument("--json", help="also write the figures here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 reproduced, 1 differs, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    import pandas as pd
+
+    from backend.data.dataset import encode_targets
+    from backend.data.formats import load_table
+    from backend.data.splits import assign_splits
+    from backend.errors import DermaLensError
+    from backend.evaluation.model_card import subgroup_metrics
+    from backend.evaluation.split_eval import predict_rows, score_rows
+    from backend.inference.predictor import Predictor
+    from backend.training.pipeline import split_fingerprint
+
+    try:
+        predictor = Predictor.from_checkpoint(args.bundle)
+        card = predictor.card
+        split, expected = card.get("test_split") or {}, card.get("test_metrics") or {}
+        if not expected:
+            print(f"error: {args.bundle} has no test_metrics to reproduce", file=sys.stderr)
+            return 2
+        csv = args.csv or split["source"]
+        table = load_table(csv)
+        fractions = split["fractions"]
+        splits = assign_splits(table, val_frac=fractions["val"], test_frac=fractions["test"], seed=split["seed"])
+        t0 = time.perf_counter()
+        pred = predict_rows(predictor, table[splits.reindex(table.index) == "test"], tta=predictor.tta)
+        seconds = time.perf_counter() - t0
+        metrics = score_rows(pred, n_boot=args.n_boot)
+    except DermaLensError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    same_split = split.get("image_ids_sha256") in (None, split_fingerprint(pred.rows["image_id"]))
+    print(f"bundle {args.bundle} ({card.get('name')} {card.get('version')}), data {csv}")
+    print(f"test split: {len(pred.rows)} images (card: {split.get('rows')}), same images as the card: {same_split}; "
+          f"TTA {predictor.tta}; {len(pred.rows) / seconds:.1f} images/s")
+    print(f"{'metric':<34}{'card':>9}{'reproduced':>12}{'ratio':>8}   95% CI reproduced")
+    worst = 0.0
+    for name, entry in expected.items():
+        got = metrics.get(name, {})
+        a, b = entry.get("value"), got.get("value", math.nan)
+        if a is None or (isinstance(a, float) and math.isnan(a)):
+            continue
+        worst = max(worst, abs(b - a))
+        ratio = b / a if a else math.nan
+        lo, hi = got.get("lo", math.nan), got.get("hi", math.nan)
+        print(f"{name:<34}{a:>9.4f}{b:>12.4f}{ratio:>8.3f}   ({lo:.3f}-{hi:.3f})")
+    t = encode_targets(pred.rows)
+    groups = subgroup_metrics(pred.rows, t["diagnosis"], pred.raw.probs, t["label"])
+    by_dataset = groups[groups["attribute"] == "dataset"]
+    print("\nper dataset (test split):")
+    print(by_dataset[["group", "n", "n_malignant", "balanced_accuracy", "auroc_malignant"]].to_string(index=False))
+    ok = same_split and worst <= args.tolerance
+    verdict = "REPRODUCED" if ok else "DIFFERS"
+    print(f"\nlargest |reproduced - card| = {worst:.2e} (tolerance {args.tolerance:g}): {verdict}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "bundle": args.bundle, "same_split": same_split, "max_abs_diff": worst,
+            "images_per_s": len(pred.rows) / seconds,
+            "metrics": metrics, "per_dataset": pd.DataFrame(by_dataset).to_dict(orient="records"),
+        }, indent=2, default=float), encoding="utf-8")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

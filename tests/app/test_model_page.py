@@ -1,0 +1,75 @@
+"""The model screen shows the card's test figures, subgroups and the other-clinics check."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+from app import card_view
+from tests.app.conftest import new_app, texts
+
+CARD_FIGURES = {
+    "status": "Interim model: below the project's targets.",
+    "test_split": {"rows": 123},
+    "test_metrics": {
+        "balanced_accuracy": {"value": 0.61, "lo": 0.55, "hi": 0.66, "n": 123},
+        "auroc_malignant": {"value": 0.871, "lo": 0.84, "hi": 0.9, "n": 123},
+        "f1/MEL": {"value": 0.5, "lo": 0.4, "hi": 0.6, "n": 20},
+        "thickness_band_accuracy": {"value": math.nan, "lo": math.nan, "hi": math.nan, "n": 0},
+    },
+    "test_subgroups": [
+        {"attribute": "sex", "group": "female", "n": 60, "n_malignant": 10, "balanced_accuracy": 0.6,
+         "auroc_malignant": 0.88},
+        {"attribute": "dataset", "group": "ClinicB", "n": 30, "n_malignant": 5, "balanced_accuracy": None,
+         "auroc_malignant": 0.7},
+    ],
+    "leave_one_dataset_out": {"results": [
+        {"recipe": "ours", "dataset": "ClinicB", "setting": "left out (all images)", "rows": 90, "malignant": 12,
+         "metrics": {"auroc_malignant": {"value": 0.77, "lo": 0.7, "hi": 0.83},
+                     "auroc_melanoma": {"value": 0.8, "lo": 0.71, "hi": 0.88}}},
+    ]},
+}
+
+
+def test_rows_put_headline_first_and_name_missing_values():
+    rows = card_view.metric_rows(CARD_FIGURES)
+    assert [r["metric"] for r in rows] == ["Malignant vs benign AUROC", "8-class balanced accuracy",
+                                           "Thickness band accuracy", "F1 MEL"]
+    assert rows[0]["value"] == "0.871" and rows[0]["95% CI"] == "0.840–0.900"
+    assert rows[2]["value"] == "n/a" and rows[2]["95% CI"] == "n/a"
+    assert card_view.subgroup_attributes(CARD_FIGURES) == ["sex", "dataset"]
+    assert card_view.subgroup_rows(CARD_FIGURES, "dataset") == [
+        {"group": "ClinicB", "images": 30, "malignant": 5, "balanced accuracy": "n/a", "malignant AUROC": "0.700"}]
+    lodo = card_view.lodo_rows(CARD_FIGURES)
+    assert lodo[0]["malignant AUROC"] == "0.770 (0.700–0.830)" and lodo[0]["dataset"] == "ClinicB"
+    assert card_view.metric_rows({}) == [] and card_view.lodo_rows({}) == []
+
+
+def test_model_page_shows_test_figures_subgroups_and_other_clinics(app_env, tmp_path, monkeypatch):
+    from backend.io.bundle import read_card, write_card
+
+    bundle = tmp_path / "models" / "with_figures"
+    shutil.copytree(app_env.fusion, bundle)
+    write_card(bundle, {**read_card(bundle), **CARD_FIGURES})
+    monkeypatch.setenv("DERMALENS_MODELS_DIR", str(bundle.parent))
+    monkeypatch.setenv("DERMALENS_MODEL", str(bundle))
+    at = new_app().run()
+    at.switch_page("pages/model.py").run()
+    assert not at.exception
+    headers = [h.value for h in at.subheader]
+    assert {"Test-split figures", "By subgroup", "Other clinics (leave-one-dataset-out)"} <= set(headers)
+    assert "below the project's targets" in texts(at.warning)
+    tables = [df.value for df in at.dataframe]
+    assert any("Malignant vs benign AUROC" in set(t["metric"]) for t in tables if "metric" in t)
+    assert any(set(t.get("group", [])) == {"female"} for t in tables)
+    at.radio(key="card_subgroup").set_value("dataset").run()
+    assert any(set(t.get("group", [])) == {"ClinicB"} for t in (df.value for df in at.dataframe))
+    assert any("0.770 (0.700–0.830)" in set(t.get("malignant AUROC", [])) for t in (df.value for df in at.dataframe)
+               if "recipe" in t)
+
+
+def test_model_page_without_test_figures_has_no_empty_sections(app_env):
+    at = new_app().run()
+    at.switch_page("pages/model.py").run()
+    assert not at.exception
+    assert "Test-split figures" not in [h.value for h in at.subheader]

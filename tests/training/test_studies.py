@@ -1,0 +1,141 @@
+"""Study runs on synthetic data: one training per recipe, the ablation table, leave-one-dataset-out."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from backend.config import read_yaml
+from backend.data.formats import load_table
+from backend.data.splits import assign_splits, write_splits
+from backend.errors import ConfigError
+from backend.evaluation.lodo import LodoConfig, leave_out, lodo_markdown, run_lodo
+from backend.training import study_runs
+from backend.training.ablation import AblationConfig, ablation_markdown, run_ablation
+from scripts.ablate import main as ablate_main
+from tests.conftest import REPO_ROOT, write_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """48 synthetic lesions from two 'clinics', with a fixed grouped split."""
+    root = tmp_path_factory.mktemp("study")
+    csv = write_synthetic_dataset(root, n=48, size=40)
+    raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    raw["dataset"] = ["ClinicA" if i % 3 else "ClinicB" for i in range(len(raw))]
+    raw.to_csv(csv, index=False)
+    table = load_table(csv)
+    splits_csv = write_splits(table, assign_splits(table, val_frac=0.25, test_frac=0.25, seed=0), root / "splits.csv")
+    return csv, splits_csv
+
+
+def tiny_base(csv, splits_csv) -> dict:
+    base = read_yaml(REPO_ROOT / "cfgs" / "debug" / "cpu_tiny.yaml")
+    base["data"].update({"csv": str(csv), "split_csv": str(splits_csv), "img_size": 32, "batch_size": 4})
+    base["model"]["img_size"] = 32
+    base["trainer"].update({"epochs": 1, "limit_train_batches": 2, "limit_val_batches": 2})
+    return base
+
+
+def test_train_once_trains_each_recipe_once(data, tmp_path, monkeypatch):
+    csv, splits_csv = data
+    base = tiny_base(csv, splits_csv)
+    first = study_runs.train_once(study_runs.recipe(base), tmp_path, "a")
+    assert first.best_ckpt.is_file() and first.run_dir.parent.name.startswith("a-")
+
+    import backend.training.run as run_module
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a recipe that was trained before must not be trained again")
+
+    monkeypatch.setattr(run_module, "fit", no_training)
+    # Same recipe, other study name: reused.
+    again = study_runs.train_once(study_runs.recipe(base), tmp_path, "b")
+    assert again.best_ckpt == first.best_ckpt
+    # Where a run goes is not part of the recipe; what it learns is.
+    moved = study_runs.recipe(base, ["output_dir=elsewhere", "experiment_name=x"])
+    assert study_runs.recipe_key(moved) == study_runs.recipe_key(study_runs.recipe(base))
+    assert study_runs.recipe_key(study_runs.recipe(base, ["optim.lr=0.5"])) != study_runs.recipe_key(moved)
+    with pytest.raises(AssertionError, match="must not be trained again"):
+        study_runs.train_once(study_runs.recipe(base, ["optim.lr=0.5"]), tmp_path, "c")
+
+
+def test_ablation_table_scores_variants_on_validation_and_resumes(data, tmp_path, monkeypatch):
+    csv, splits_csv = data
+    cfg = AblationConfig(base=tiny_base(csv, splits_csv), output_dir=str(tmp_path),
+                         variants={"baseline": [], "no_metadata": ["data.use_metadata=false",
+                                                                   "model.use_metadata=false"]},
+                         descriptions={"no_metadata": "image only"}, tta=["baseline"], n_boot=20)
+    import backend.evaluation.split_eval as split_eval
+
+    calls = []
+    predict_rows = split_eval.predict_rows
+
+    def recording(predictor, rows, tta=False, progress=False):
+        calls.append(tta)
+        return predict_rows(predictor, rows, tta=tta, progress=progress)
+
+    monkeypatch.setattr(split_eval, "predict_rows", recording)
+    results = run_ablation(cfg)
+    assert list(results["variant"]) == ["baseline", "no_metadata", "baseline + TTA"]
+    assert calls == [False, False, True]
+    n_val = int((pd.read_csv(splits_csv)["split"] == "val").sum())
+    assert set(results["val_rows"]) == {n_val}
+    assert results["auroc_malignant"].between(0, 1).all()
+    assert (results["auroc_malignant_lo"] <= results["auroc_malignant"]).all()
+    # The TTA row scores the baseline's own checkpoint: no second training.
+    assert results.iloc[0]["run_dir"] == results.iloc[2]["run_dir"] != results.iloc[1]["run_dir"]
+    text = ablation_markdown(results)
+    assert "| no_metadata | image only |" in text and "+0.000" in text.splitlines()[2]
+    # A rerun finds every variant in results.csv and trains nothing.
+    import backend.training.study_runs as sr
+
+    monkeypatch.setattr(sr, "train_once", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    assert run_ablation(cfg)["variant"].tolist() == results["variant"].tolist()
+
+
+def test_ablation_config_errors_name_the_variant(data, tmp_path, capsys):
+    csv, splits_csv = data
+    cfg = AblationConfig(base=tiny_base(csv, splits_csv), variants={"bad": ["model.wings=2"]})
+    with pytest.raises(ConfigError, match=r"variants\.bad: .*wings"):
+        cfg.validate()
+    with pytest.raises(ConfigError, match=r"tta: \['ghost'\]"):
+        AblationConfig(base=tiny_base(csv, splits_csv), variants={"a": []}, tta=["ghost"]).validate()
+    study = tmp_path / "study.yaml"
+    study.write_text("variants: {}\n", encoding="utf-8")
+    assert ablate_main(["--config", str(study)]) == 2
+    assert "name at least one variant" in capsys.readouterr().err
+
+
+def test_leave_out_removes_the_dataset_from_labels_and_splits(data, tmp_path):
+    csv, splits_csv = data
+    out_csv, out_splits, images = leave_out(csv, None, splits_csv, "ClinicB", tmp_path / "w")
+    kept = pd.read_csv(out_csv)
+    assert set(kept["dataset"]) == {"ClinicA"} and len(kept) == 32
+    assert len(pd.read_csv(out_splits)) == 32 and images == csv.parent / "images"
+    assert len(load_table(out_csv, img_dir=images)) == 32
+    with pytest.raises(ConfigError, match="no row .* has dataset 'ClinicC'"):
+        leave_out(csv, None, splits_csv, "ClinicC", tmp_path / "x")
+
+
+def test_lodo_scores_left_out_dataset_and_in_domain_reference(data, tmp_path):
+    csv, splits_csv = data
+    cfg = LodoConfig(base=tiny_base(csv, splits_csv), datasets=["ClinicB"], n_boot=20, output_dir=str(tmp_path),
+                     variants={"ours": [], "naive": ["data.color_constancy=false", "data.augment=light"]})
+    records = run_lodo(cfg, splits_csv)
+    assert [(r["recipe"], r["setting"]) for r in records] == [
+        (name, setting) for name in ("ours", "naive")
+        for setting in ("in-domain (test split)", "left out (all images)", "left out (test split)")]
+    splits = pd.read_csv(splits_csv)
+    labels = pd.read_csv(csv)
+    n_test_b = int(labels["dataset"].eq("ClinicB")[splits["split"].eq("test")].sum())
+    assert records[1]["rows"] == 16 and records[0]["rows"] == records[2]["rows"] == n_test_b
+    # The left-out model never trained on ClinicB: its run's splits hold no ClinicB image.
+    runs = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("lodo-ours-without-clinicb"))
+    assert len(runs) == 1
+    trained = pd.read_csv(next((tmp_path / runs[0]).glob("version_*/splits.csv")))
+    assert not set(trained["image_id"]) & set(labels.loc[labels["dataset"] == "ClinicB", "image"].str[:-4])
+    text = lodo_markdown(records)
+    assert "| ours | ClinicB | left out (all images) | 16 (" in text
+    with pytest.raises(ConfigError, match="name at least one dataset"):
+        LodoConfig(base=tiny_base(csv, splits_csv)).validate()
