@@ -170,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
                         predictor.encode_metadata([job.metadata], 1)
                 except (ImageLoadError, ConfigError) as err:
                     where = f"{job.where}: " if job.where and not isinstance(err, ImageLoadError) else ""
-                    print(f"skipped: {where}{err}", file=sys.stderr)
+                    # Through the bar, so each message is a line of its own, not glued to the progress bar.
+                    bar.write(f"skipped: {where}{err}", file=sys.stderr)
                     skipped += 1
                     continue
                 batch.append((job.name, image))
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     heatmaps = predictor.explain_batch(batch, None, meta_arg)
                 except DermaLensError as err:
-                    print(f"Grad-CAM skipped for this batch: {err}", file=sys.stderr)
+                    bar.write(f"Grad-CAM skipped for this batch: {err}", file=sys.stderr)
                     continue
                 for (name, image), heat in zip(batch, heatmaps, strict=True):
                     _cam_file(cam_dir, name).write_bytes(encode_png(predictor.overlay(image, heat, args.opacity)))

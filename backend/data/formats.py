@@ -149,6 +149,8 @@ def detect_format(path: str | Path) -> str:
     """
     _ensure_builtin_formats()
     path = Path(path)
+    if path.is_file():
+        _read_text(path)  # an unreadable, binary or non-UTF-8 file is named as such, not as an unknown format
     header = read_header(path) if path.is_file() else None
     if path.is_file() and header is None:
         raise DataFormatError(path, "file is empty (no CSV header line)")
@@ -192,13 +194,18 @@ def _read_text(path: Path) -> str:
         raise DataFormatError(path, f"cannot read: {e.strerror or e}") from None
     if not data.strip():
         raise DataFormatError(path, "file is empty")
+    utf16 = " (it looks like UTF-16)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        hint = " (it looks like UTF-16)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
-        raise DataFormatError(path, f"not UTF-8 text{hint}: byte 0x{data[e.start]:02x} cannot be decoded; "
+        raise DataFormatError(path, f"not UTF-8 text{utf16}: byte 0x{data[e.start]:02x} cannot be decoded; "
                                     "re-save the file as UTF-8", line=line) from None
+    if "\x00" in text:  # valid UTF-8, but no CSV has NUL characters: UTF-16 without a BOM, or a binary file
+        nul = text.index("\x00")
+        raise DataFormatError(path, "not UTF-8 text: contains NUL bytes (it looks like UTF-16 or a binary file); "
+                                    "re-save the file as UTF-8", line=text.count("\n", 0, nul) + 1)
+    return text
 
 
 def read_csv_rows(path: str | Path, *, required: Iterable[str] = (), any_of: Iterable[str] = ()) -> pd.DataFrame:
@@ -221,11 +228,15 @@ def read_csv_rows(path: str | Path, *, required: Iterable[str] = (), any_of: Ite
     rows: list[list[str]] = []
     lines: list[int] = []
     try:
-        header = [c.strip() for c in next(reader)]
-        end = reader.line_num
+        # Blank lines before the header are skipped, as read_header (format detection) skips them.
+        first = next((record for record in reader if any(c.strip() for c in record)), None)
+        if first is None:
+            raise DataFormatError(path, "file is empty (no CSV header line)")
+        header = [c.strip() for c in first]
+        header_line = end = reader.line_num
         for record in reader:
             start, end = end + 1, reader.line_num
-            if not any(record):
+            if not any(c.strip() for c in record):
                 continue  # blank line or a row of empty cells
             if len(record) != len(header):
                 raise DataFormatError(path, f"expected {len(header)} fields as in the header, found {len(record)}",
@@ -237,17 +248,17 @@ def read_csv_rows(path: str | Path, *, required: Iterable[str] = (), any_of: Ite
     seen: set[str] = set()
     for name in header:
         if name in seen:
-            raise DataFormatError(path, f"column {name!r} appears twice in the header", line=1, field=name)
+            raise DataFormatError(path, f"column {name!r} appears twice in the header", line=header_line, field=name)
         seen.add(name)
     found = ", ".join(repr(c) for c in header)
     for name in required:
         if name not in seen:
-            raise DataFormatError(path, f"missing required column {name!r}; columns found: {found}", line=1,
+            raise DataFormatError(path, f"missing required column {name!r}; columns found: {found}", line=header_line,
                                   field=name)
     any_of = tuple(any_of)
     if any_of and not seen.intersection(any_of):
         raise DataFormatError(path, f"needs at least one of the columns {', '.join(map(repr, any_of))}; "
-                                    f"columns found: {found}", line=1, field=" or ".join(any_of))
+                                    f"columns found: {found}", line=header_line, field=" or ".join(any_of))
     if not rows:
         raise DataFormatError(path, "has a header but no data rows")
     raw = pd.DataFrame(rows, columns=header, dtype="str")

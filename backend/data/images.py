@@ -56,6 +56,14 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     TypeError,
     ZeroDivisionError,
 )
+# Magic bytes of the supported formats, to call a file whose header Pillow rejects "corrupt" rather than "not an image".
+_SIGNATURES: dict[bytes, str] = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"BM": "BMP",
+}
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 # EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
@@ -186,6 +194,11 @@ def _open_image(fp: BinaryIO, name: object) -> Iterator[Image.Image]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageLoadError(name, f"decompression bomb / too large ({err})") from None
     except UnidentifiedImageError:
+        kind = _signature(fp)
+        if kind is not None:  # Pillow gives up on a broken header exactly as on a non-image: tell them apart
+            raise ImageLoadError(
+                name, f"truncated or corrupt image data: the file starts like a {kind} but its header cannot be read"
+            ) from None
         raise ImageLoadError(
             name, "not an image file (unrecognised format; JPEG, PNG, BMP and TIFF are supported)"
         ) from None
@@ -193,6 +206,16 @@ def _open_image(fp: BinaryIO, name: object) -> Iterator[Image.Image]:
         raise ImageLoadError(name, "not enough memory to decode this image") from None
     except _DECODE_ERRORS as err:
         raise ImageLoadError(name, f"truncated or corrupt image data: {err}") from None
+
+
+def _signature(fp: BinaryIO) -> str | None:
+    """The supported format whose magic bytes ``fp`` starts with, or None (also when it cannot be re-read)."""
+    try:
+        fp.seek(0)
+        head = fp.read(len(max(_SIGNATURES, key=len)))
+    except (OSError, ValueError):
+        return None
+    return next((kind for magic, kind in _SIGNATURES.items() if head.startswith(magic)), None)
 
 
 def _decode(fp: BinaryIO, name: object, target_size: int | None) -> np.ndarray:

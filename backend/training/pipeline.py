@@ -296,8 +296,12 @@ def render_card_markdown(card: dict[str, Any], metrics_md: str) -> str:
         f"- Backbone `{model.get('backbone')}` at {data.get('img_size')} px, metadata fusion: "
         f"{model.get('use_metadata')}; classes {', '.join(card.get('classes', []))}.",
         f"- Pretrained start: {model.get('pretrained_path') or 'none (random initialisation)'}.",
-        f"- Calibration: temperature {calib.get('temperature')} fitted on {calib.get('fitted_on')}; "
-        f"ECE {calib.get('ece_before')} before, {calib.get('ece_after')} after.",
+        f"- Training: {(cfg.get('trainer') or {}).get('epochs')} epochs, batch {data.get('batch_size')}, AdamW lr "
+        f"{(cfg.get('optim') or {}).get('lr')}, class-balanced sampler {data.get('balanced_sampler')}, class-weighted "
+        f"loss {(cfg.get('loss') or {}).get('class_weighted')}, Shades of Gray {data.get('color_constancy')}, "
+        f"hair removal {data.get('hair_removal')}, augmentation `{data.get('augment')}`.",
+        f"- Calibration: temperature {_num(calib.get('temperature'))} fitted on {calib.get('fitted_on')}; "
+        f"ECE {_num(calib.get('ece_before'))} before, {_num(calib.get('ece_after'))} after.",
         f"- Data: {data.get('csv')}; lesion- and patient-grouped split "
         f"{card.get('test_split', {}).get('fractions')}, seed {card.get('test_split', {}).get('seed')}.",
         "",
@@ -311,6 +315,11 @@ def render_card_markdown(card: dict[str, Any], metrics_md: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _num(value: Any) -> str:
+    """Three decimals for numbers, the value itself otherwise (e.g. None when not fitted)."""
+    return f"{value:.3f}" if isinstance(value, int | float) else str(value)
 
 
 def _recipe_line(lodo: dict[str, Any]) -> str:
