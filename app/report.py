@@ -59,6 +59,18 @@ def results_csv(uploads: Iterable[Any], model_name: str, model_version: str) -> 
     return out.getvalue().encode("utf-8")
 
 
+def _printable(text: str, limit: int = 100) -> str:
+    """A user-supplied string made safe to draw on the report.
+
+    Control and format characters (CR, LF, NUL, the right-to-left override that disguises an
+    extension...) become ``?`` and the text is cut to ``limit`` characters with an ellipsis: Pillow's
+    text layout fails on a name holding a line break (``raqm_layout() failed``), and an overlong
+    name would run off the page.
+    """
+    clean = "".join(ch if ch.isprintable() else "?" for ch in str(text))
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+
+
 def _font(size: int, bold: bool = False) -> Any:
     from PIL import ImageFont
 
@@ -123,7 +135,8 @@ def render_report(
     y = 60
     draw.text((margin, y), "DermaLens lesion report", font=title, fill=(20, 20, 20))
     y += 70
-    for line in (f"Image: {image_name}", f"Model: {model_name} (version {model_version})",
+    for line in (f"Image: {_printable(image_name)}",
+                 f"Model: {_printable(model_name)} (version {_printable(model_version, 40)})",
                  f"Generated: {created.astimezone(timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}"):
         draw.text((margin, y), line, font=body, fill=(40, 40, 40))
         y += 34

@@ -124,8 +124,18 @@ def _format(value: Any) -> str:
 
 
 def _cam_file(cam_dir: Path, name: str) -> Path:
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-    return cam_dir / f"{Path(safe).stem or 'image'}_cam.png"
+    """``<safe stem>_<8 hex of the name's SHA-256>_cam.png``, directly in ``cam_dir``.
+
+    The stem keeps the file recognisable; the hash keeps ``x.png``/``x.jpg`` or ``a b.png``/``a_b.png``
+    apart and the same name on a resumed run mapped to the same file. The stem is bounded, so a
+    very long input name cannot exceed the file system's 255-byte limit.
+    """
+    import hashlib
+
+    from backend.io.names import safe_stem
+
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return cam_dir / f"{safe_stem(name)}_{digest}_cam.png"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -100,3 +101,27 @@ def write_synthetic_dataset(root: Path, n: int = 48, size: int = 40, seed: int =
     csv = root / "labels.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
     return csv
+
+
+@pytest.fixture
+def media(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The media file managers of AppTest runs (what download buttons serve); read with :func:`download_file`."""
+    import streamlit.testing.v1.app_test as app_test_module
+
+    managers: list = []
+
+    class Recording(app_test_module.MediaFileManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            managers.append(self)
+
+    monkeypatch.setattr(app_test_module, "MediaFileManager", Recording)
+    return managers
+
+
+def download_file(at, media: list, key: str) -> Any:
+    """The file (``.filename``, ``.content``) the download button ``key`` serves, built as the server would."""
+    button = next(b for b in at.get("download_button") if b.key == key).proto
+    manager = media[-1]
+    url = manager.execute_deferred(button.deferred_file_id) if button.deferred_file_id else button.url
+    return manager.read_file(Path(url).stem)

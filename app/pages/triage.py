@@ -8,7 +8,6 @@ display mode only re-blend cached heatmaps.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -16,6 +15,7 @@ import streamlit as st
 from app import components as ui
 from app import resources, state
 from backend.data.schema import ANATOM_SITES, DIAGNOSES, SEXES
+from backend.io.names import safe_stem
 
 ACCEPTED_TYPES: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "tif", "tiff")
 DISPLAY_SIDE = 1024  # longest side kept for display; the model decodes the original bytes itself
@@ -250,7 +250,7 @@ def export_section(model: resources.LoadResult, cam: dict[str, Any]) -> None:
     upload = state.selected()
     if upload is None or current_prediction(upload, model) is None:
         return
-    stem = Path(upload.name).stem or "image"
+    stem = safe_stem(upload.name)  # the uploaded name is client-supplied: no path, NUL or 10,000 characters
     png.download_button("Report of selected image (PNG)", _report_maker(upload, model, cam, "png"),
                         file_name=f"{stem}_dermalens_report.png", mime="image/png", key="export_png",
                         on_click="ignore", icon=":material/image:")

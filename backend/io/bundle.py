@@ -13,14 +13,22 @@ order, the eval preprocessing, the thickness scaler, the metadata encoder, the c
 temperature, a summary of the out-of-distribution statistics, validation metrics, intended use
 and limitations, name, version and creation time, and the SHA-256 of the weights file: a bundle
 whose weights and card do not belong together is refused. Safetensors holds tensors only and the
-card is JSON, so loading a bundle never executes code. Files are written atomically (temporary
-file + ``os.replace``), weights first, card last.
+card is JSON, so loading a bundle never executes code.
+
+Re-exporting over an existing bundle never leaves a half bundle, whenever the writer is killed:
+each file is written atomically (temporary file + fsync + ``os.replace``), and the two files change
+in a journaled order: the new card is first written beside the old one as
+``model_card.json.pending``, then the weights are replaced, then the pending card replaces the
+card. A reader that finds weights matching the pending card rather than the card (the writer died
+between the last two steps) uses the pending card, so it always gets either the old bundle or the
+new one, whole.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +41,8 @@ from backend.model_store import CARD_FILE, WEIGHTS_FILE
 BUNDLE_FORMAT = "dermalens-bundle"
 BUNDLE_FORMAT_VERSION = 1
 ONNX_FILE = "model.onnx"
+#: The next card while a bundle is being rewritten (see the module docstring).
+PENDING_CARD_FILE = CARD_FILE + ".pending"
 #: Card keys every bundle must have.
 REQUIRED_CARD_KEYS: tuple[str, ...] = (
     "format", "format_version", "name", "version", "created", "weights_file", "weights_sha256", "config",
@@ -159,7 +169,6 @@ def save_bundle(
             raise CheckpointError(f"extra tensor '{key}' clashes with a network weight of the same name")
         tensors[key] = torch.as_tensor(np.asarray(value)).contiguous()
     blob = safetensors_save(tensors, metadata={"format": BUNDLE_FORMAT})
-    atomic_write_bytes(out / WEIGHTS_FILE, blob)
 
     card: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
@@ -185,14 +194,21 @@ def save_bundle(
         if key in REQUIRED_CARD_KEYS:
             raise CheckpointError(f"extra card entry '{key}' would replace a required bundle key")
         card[key] = value
-    write_card(out, card)
+    # Journaled swap: pending card, then weights, then card (a reader rolls forward in between).
+    pending = out / PENDING_CARD_FILE
+    atomic_write_text(pending, _card_text(card))
+    atomic_write_bytes(out / WEIGHTS_FILE, blob)
+    os.replace(pending, out / CARD_FILE)
     return out
 
 
+def _card_text(card: dict[str, Any]) -> str:
+    return json.dumps(_jsonable(card), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
 def write_card(bundle_dir: str | Path, card: dict[str, Any]) -> Path:
-    """Atomically (re)write a bundle's ``model_card.json``."""
-    text = json.dumps(_jsonable(card), indent=2, sort_keys=False, allow_nan=False)
-    return atomic_write_text(Path(bundle_dir) / CARD_FILE, text + "\n")
+    """Atomically (re)write a bundle's ``model_card.json`` (same weights; see :func:`save_bundle` for new ones)."""
+    return atomic_write_text(Path(bundle_dir) / CARD_FILE, _card_text(card))
 
 
 def read_card(bundle_dir: str | Path) -> dict[str, Any]:
@@ -207,6 +223,11 @@ def read_card(bundle_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"model bundle folder not found: {path}")
     if not card_path.is_file():
         raise CheckpointError(f"{path}: not a model bundle ({CARD_FILE} is missing)")
+    return _parse_card(card_path)
+
+
+def _parse_card(card_path: Path) -> dict[str, Any]:
+    """Read and check one card file (``model_card.json`` or its pending successor)."""
     try:
         card = json.loads(card_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -242,7 +263,17 @@ def load_bundle(bundle_dir: str | Path) -> LoadedBundle:
     weights_path = path / str(card["weights_file"])
     if not weights_path.is_file():
         raise CheckpointError(f"{path}: weights file {weights_path.name} is missing")
-    if sha256_file(weights_path) != card["weights_sha256"]:
+    digest = sha256_file(weights_path)
+    pending = path / PENDING_CARD_FILE
+    if digest != card["weights_sha256"] and pending.is_file():
+        # A re-export died after replacing the weights, before replacing the card: its card is the pending one.
+        try:
+            successor = _parse_card(pending)
+        except CheckpointError:
+            successor = {}
+        if successor.get("weights_sha256") == digest and successor.get("weights_file") == card["weights_file"]:
+            card = successor
+    if digest != card["weights_sha256"]:
         raise CheckpointError(f"{weights_path}: SHA-256 does not match the model card; the weights were changed "
                               "or belong to another bundle")
     if list(card["classes"]) != list(DIAGNOSES):

@@ -266,6 +266,8 @@ def build_trainer(cfg: ByolConfig, run_dir: Path, callbacks: list[Any]):
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    from backend.training.checkpoint_io import SafeCheckpointIO
+
     t = cfg.trainer
     save_dir, name, version = run_dir.parent.parent, run_dir.parent.name, run_dir.name
     return L.Trainer(
@@ -289,6 +291,7 @@ def build_trainer(cfg: ByolConfig, run_dir: Path, callbacks: list[Any]):
         logger=[TensorBoardLogger(save_dir=save_dir, name=name, version=version, default_hp_metric=False),
                 CSVLogger(save_dir=save_dir, name=name, version=version)],
         callbacks=[*callbacks, LearningRateMonitor(logging_interval="step")],
+        plugins=[SafeCheckpointIO()],  # resume reads last.ckpt with weights_only=True, like supervised runs
     )
 
 

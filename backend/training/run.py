@@ -9,6 +9,11 @@ it directly. Run layout::
         ckpts/best.ckpt          best validation ``trainer.monitor``
         ckpts/last.ckpt          end of the latest epoch (what --resume_version continues)
         metrics.csv, hparams.yaml, events.out.tfevents.*   CSV and TensorBoard logs
+        metrics.partK.csv        the CSV log before the K-th resume (Lightning restarts metrics.csv)
+
+Checkpoints are written atomically and read with ``weights_only=True``
+(``backend.training.checkpoint_io.SafeCheckpointIO``): a run killed at any moment resumes from an
+intact ``last.ckpt``, and a ``last.ckpt`` carrying pickled code is refused before it runs.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 from backend.config import save_config, to_dict
 from backend.errors import ConfigError
 from backend.training.config import ExperimentConfig
-from backend.training.run_dirs import next_version_dir, resume_version_dir
+from backend.training.run_dirs import keep_metrics_csv, next_version_dir, resume_version_dir
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,8 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path):
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    from backend.training.checkpoint_io import SafeCheckpointIO
+
     t = cfg.trainer
     version = run_dir.name
     loggers = [
@@ -84,13 +91,17 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path):
     # Two checkpoint callbacks: Lightning 2.6 refreshes ``save_last`` only when a top-k checkpoint was
     # written, so ``last.ckpt`` gets its own unmonitored callback that writes it every epoch (and
     # every ``checkpoint_every_n_steps`` optimiser steps when set) whatever the metric did.
+    # Lightning takes either a step or an epoch period per callback, so with ``checkpoint_every_n_steps``
+    # a second one refreshes ``last.ckpt`` at every epoch end too: otherwise the finished run's
+    # last.ckpt would miss the steps after the last multiple of N.
     every_steps = t.checkpoint_every_n_steps or None
+    last_periods = [{"every_n_epochs": 1}] + ([{"every_n_train_steps": every_steps}] if every_steps else [])
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=t.monitor, mode="max", save_top_k=1,
                         enable_version_counter=False, auto_insert_metric_name=False),
-        ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
-                        every_n_train_steps=every_steps, every_n_epochs=None if every_steps else 1,
-                        save_on_train_epoch_end=True, enable_version_counter=False, auto_insert_metric_name=False),
+        *(ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, **period,
+                          save_on_train_epoch_end=True, enable_version_counter=False, auto_insert_metric_name=False)
+          for period in last_periods),
         LearningRateMonitor(logging_interval="step"),
     ]
     if t.early_stop > 0:
@@ -112,6 +123,7 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path):
         deterministic=t.deterministic,
         logger=loggers,
         callbacks=callbacks,
+        plugins=[SafeCheckpointIO()],  # atomic same-folder writes, weights_only reads (resume included)
         use_distributed_sampler=not cfg.data.balanced_sampler,
     )
 
@@ -135,6 +147,11 @@ def fit(cfg: ExperimentConfig, test: bool = True) -> RunResult:
     from backend.training.supervised import LesionModule
 
     run_dir, resume_ckpt = resolve_run_dir(cfg)
+    if resume_ckpt is not None and os.environ.get("LOCAL_RANK", "0") == "0":
+        from backend.training.checkpoint_io import remove_stale_temp_files
+
+        remove_stale_temp_files(resume_ckpt.parent)  # half-written files of a killed run
+        keep_metrics_csv(run_dir)  # Lightning's CSVLogger would delete the curves logged before the resume
     os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the DDP workers Lightning launches
     L.seed_everything(cfg.seed, workers=True)
 

@@ -49,3 +49,20 @@ def latest_resumable_version(root: Path) -> int | None:
         if last_checkpoint(root / f"version_{version}").is_file():
             return version
     return None
+
+
+def keep_metrics_csv(run_dir: Path) -> Path | None:
+    """Move ``metrics.csv`` to ``metrics.partK.csv`` before a resume; returns the new path (None if absent).
+
+    Lightning's CSVLogger deletes an existing ``metrics.csv`` when a resumed run starts logging,
+    which would lose the curves of everything before the resume. Call it from the one process
+    that starts the run.
+    """
+    import os
+
+    metrics_csv = run_dir / "metrics.csv"
+    if not metrics_csv.is_file():
+        return None
+    part = run_dir / f"metrics.part{len(list(run_dir.glob('metrics.part*.csv')))}.csv"
+    os.replace(metrics_csv, part)
+    return part

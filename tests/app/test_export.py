@@ -4,36 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from tests.app.conftest import MIME, image_bytes, new_app, session_uploads, upload
-
-
-@pytest.fixture
-def media(monkeypatch) -> list:
-    """Keep each AppTest run's media file manager, to read what its download buttons serve."""
-    import streamlit.testing.v1.app_test as app_test_module
-
-    managers: list = []
-
-    class Recording(app_test_module.MediaFileManager):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            managers.append(self)
-
-    monkeypatch.setattr(app_test_module, "MediaFileManager", Recording)
-    return managers
-
-
-def download_file(at, media: list, key: str):
-    """The file clicking download button ``key`` would serve (a deferred builder runs as on the server)."""
-    button = next(b for b in at.get("download_button") if b.key == key).proto
-    manager = media[-1]
-    url = manager.execute_deferred(button.deferred_file_id) if button.deferred_file_id else button.url
-    return manager.read_file(Path(url).stem)
+from tests.conftest import download_file
 
 
 def download(at, media: list, key: str) -> bytes:

@@ -1,4 +1,4 @@
-"""Fixtures of the bad-input and fuzz tests: an untrained tiny model bundle.
+"""Fixtures of the reliability tests: untrained tiny model bundles and the app's served files.
 
 The bad-input tests check how files are *handled* (refused by name, or decoded correctly), not what
 the model says about them, so the predictor can be an untrained network: exporting one as a bundle
@@ -44,3 +44,15 @@ def build_untrained_bundle(models_dir: Path) -> Path:
 def untrained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny bundle folder (its parent is a models folder holding only it), once per session."""
     return build_untrained_bundle(tmp_path_factory.mktemp("reliability_models"))
+
+
+@pytest.fixture
+def app_models(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An untrained tiny bundle (exported like a trained one) as the app's only and default model."""
+    from tests.reliability.fault_tools import untrained_bundle
+
+    models = tmp_path_factory.mktemp("app_models")
+    bundle = untrained_bundle(models)
+    monkeypatch.setenv("DERMALENS_MODELS_DIR", str(models))
+    monkeypatch.setenv("DERMALENS_MODEL", str(bundle))
+    return bundle
