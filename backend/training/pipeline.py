@@ -247,6 +247,8 @@ def stage_lodo(cfg: PipelineConfig, splits: dict[str, Any] | None) -> dict[str, 
     records = run_lodo(from_dict(LodoConfig, cfg.lodo), splits["splits_csv"])
     card = read_card(cfg.bundle_dir)
     card["leave_one_dataset_out"] = {"recipe": cfg.lodo, "results": records}
+    if cfg.status:
+        card["status"] = cfg.status
     write_card(cfg.bundle_dir, card)
     write_card_markdown(cfg, card)
     return {"results": len(records)}

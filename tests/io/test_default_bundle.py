@@ -1,0 +1,53 @@
+"""The committed default model: small enough to ship, loads on a fresh clone, and carries its full card."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.data.schema import DIAGNOSES
+from backend.model_store import DEFAULT_MODEL_DIR, describe_model_dir
+from tests.conftest import make_lesion_image
+
+MAX_BUNDLE_BYTES = 30 * 1024 * 1024
+CARD_METRICS = {"balanced_accuracy", "auroc_macro", "auroc_malignant", "sensitivity_at_80_specificity", "ece",
+                "thickness_band_accuracy", *(f"f1/{d}" for d in DIAGNOSES)}
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    from backend.inference.predictor import Predictor
+
+    return Predictor.from_checkpoint(DEFAULT_MODEL_DIR)
+
+
+def test_bundle_is_complete_and_at_most_30_mb():
+    status = describe_model_dir(DEFAULT_MODEL_DIR)
+    assert status.available, status.reason
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
+    assert 0 < size <= MAX_BUNDLE_BYTES
+
+
+def test_bundle_predicts_without_tta_as_its_card_was_measured(predictor, one_torch_thread):
+    image = make_lesion_image(np.random.default_rng(0), 96)
+    [pred] = predictor.predict([image])
+    assert predictor.tta is False and predictor.card["test_split"]["tta"] is False
+    assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    assert 0.0 <= pred.malignant <= 1.0 and pred.traffic_light in {"green", "yellow", "red"}
+    assert pred.tta is False and pred.thickness_mm >= 0.0
+
+
+def test_card_has_test_metrics_subgroups_and_the_other_clinics_check(predictor):
+    card = predictor.card
+    metrics = card["test_metrics"]
+    assert set(metrics) >= CARD_METRICS
+    for name in ("balanced_accuracy", "auroc_malignant", "auroc_macro"):
+        entry = metrics[name]
+        assert entry["lo"] <= entry["value"] <= entry["hi"] and entry["n"] > 1000
+    assert {"sex", "age", "site", "dataset"} <= {row["attribute"] for row in card["test_subgroups"]}
+    results = card["leave_one_dataset_out"]["results"]
+    assert {r["setting"] for r in results} == {"in-domain (test split)", "left out (all images)",
+                                               "left out (test split)"}
+    assert {"Derm7pt", "ISIC2017"} <= {r["dataset"] for r in results}
+    assert card["intended_use"] and card["limitations"] and card["status"]
+    assert card["calibration"]["temperature"] > 0
