@@ -79,7 +79,7 @@ def child_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "tests.reliability.fault_tools", *args]
 
 
-def _forked_main(args: list[str], log: str) -> None:
+def _child_main(args: list[str], log: str) -> None:
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -87,16 +87,20 @@ def _forked_main(args: list[str], log: str) -> None:
     sys.exit(main(list(args)))
 
 
-def start_forked(args: list[str], log: Path) -> Any:
-    """Start :func:`main` with ``args`` in a forked child (stdout and stderr to ``log``); returns the Process.
+def start_child(args: list[str], log: Path) -> Any:
+    """Start :func:`main` with ``args`` in a fresh child interpreter (stdout and stderr to ``log``).
 
-    Forking from the test process, which has torch and Lightning imported already, saves the
-    seconds of imports a fresh interpreter pays on every start; a SIGKILL is a SIGKILL either way.
-    The child's ``exitcode`` is ``-signal.SIGKILL`` when it was killed.
+    The child is *spawned*, not forked: the test process has torch's OpenMP pool, Streamlit and
+    tqdm threads running by the time these tests run in the whole suite, and a forked copy of a
+    multi-threaded process can deadlock on a lock another thread held (it did: the children hung
+    before their first line). The child's ``exitcode`` is ``-signal.SIGKILL`` when it was killed.
+
+    Returns:
+        The started :class:`multiprocessing.Process`.
     """
     import multiprocessing
 
-    proc = multiprocessing.get_context("fork").Process(target=_forked_main, args=(list(args), str(log)))
+    proc = multiprocessing.get_context("spawn").Process(target=_child_main, args=(list(args), str(log)))
     proc.start()
     return proc
 

@@ -1,8 +1,8 @@
 """Faults: training killed with SIGKILL at seeded-random points resumes to the uninterrupted result;
 checkpoint and bundle writes killed half-way never leave a corrupt file or a half bundle.
 
-Every fault is a real ``SIGKILL`` of a child process (``tests.reliability.fault_tools``, forked
-from the test so it skips the imports), so no cleanup code runs. The kill points come from
+Every fault is a real ``SIGKILL`` of a child process (``tests.reliability.fault_tools``, spawned
+in a fresh interpreter), so no cleanup code runs. The kill points come from
 ``random.Random(KILL_SEED)``: the same points on every run, and points of different kinds (right
 after an optimiser step, half-way through writing ``last.ckpt``, from outside at a random moment
 after a checkpoint)."""
@@ -22,7 +22,7 @@ from backend.io.bundle import PENDING_CARD_FILE, load_bundle, read_card
 from backend.io.checkpoint import load_lesion_checkpoint, safe_torch_load
 from scripts.train import main as train_main
 from tests.reliability.fault_tools import (
-    start_forked,
+    start_child,
     tiny_dataset,
     train_argv,
     write_untrained_checkpoint,
@@ -54,8 +54,8 @@ def final_val_loss(run_dir: Path) -> tuple[int, float]:
 
 
 def run_child(args: list[str], log: Path) -> int:
-    """Run a fault_tools child (forked) to its end or its death; returns its exit code (-9: SIGKILL)."""
-    proc = start_forked(args, log)
+    """Run a fault_tools child (spawned) to its end or its death; returns its exit code (-9: SIGKILL)."""
+    proc = start_child(args, log)
     proc.join(CHILD_TIMEOUT_S)
     if proc.is_alive():
         proc.kill()
@@ -77,7 +77,7 @@ def kill_from_outside(args: list[str], ckpt: Path, after_step: int, delay_s: flo
     Returns:
         The child's exit code (``-signal.SIGKILL`` when the kill landed).
     """
-    proc = start_forked(args, log)
+    proc = start_child(args, log)
     try:
         seen, deadline = None, time.monotonic() + CHILD_TIMEOUT_S
         while proc.is_alive() and time.monotonic() < deadline:
@@ -176,7 +176,7 @@ def test_bundle_export_killed_at_any_point_leaves_a_whole_bundle(tmp_path):
     bundles = {}
     for fault in faults:
         bundles[fault] = export_bundle(old_ckpt, tmp_path / fault, name="old").bundle_dir
-    procs = {fault: start_forked(["export", str(new_ckpt), str(bundles[fault]), "new", *args],
+    procs = {fault: start_child(["export", str(new_ckpt), str(bundles[fault]), "new", *args],
                                  tmp_path / f"{fault}.log")
              for fault, args in faults.items()}
     outcome = {}
