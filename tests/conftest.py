@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,28 @@ def make_lesion_image(rng: np.random.Generator, size: int = 48) -> np.ndarray:
     img[...] = (np.array([220, 170, 150]) + rng.normal(0, 6, (size, size, 3))).clip(0, 255)
     img[blob] = (np.array([110, 70, 50]) + rng.normal(0, 6, (int(blob.sum()), 3))).clip(0, 255)
     return img
+
+
+def png_bytes(width: int, height: int, *, rows: bool = True) -> bytes:
+    """A 1-bit greyscale PNG of zeros, written by hand so a huge one stays cheap (~10 KB per 80 megapixels).
+
+    With ``rows=False`` only the header and the start of the pixel stream are written: enough for
+    the header to be read, not for the pixels to be decoded.
+    """
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+    if rows:
+        comp = zlib.compressobj(9)
+        row = bytes(1 + (width + 7) // 8)
+        idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+        out += chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    else:
+        out += chunk(b"IDAT", b"\x78\x01")  # a zlib stream that stops after its header
+    return out
 
 
 def write_synthetic_dataset(root: Path, n: int = 48, size: int = 40, seed: int = 0) -> Path:

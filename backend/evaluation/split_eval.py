@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from backend.inference.predictor import Predictor, RawOutputs
@@ -63,7 +62,3 @@ def score_rows(pred: RowPredictions, n_boot: int = 1000, only: tuple[str, ...] |
     return card_metrics(t["diagnosis"], pred.raw.probs, t["label"], pred.raw.thickness_mm, t["thickness_lo"],
                         t["thickness_hi"], groups=groups, n_boot=n_boot, only=only, seed=seed)
 
-
-def value_table(metrics: dict[str, dict[str, float]], names: tuple[str, ...]) -> dict[str, float]:
-    """Just the point estimates of ``names`` (NaN where absent), for one row of a results table."""
-    return {name: float(metrics.get(name, {}).get("value", np.nan)) for name in names}

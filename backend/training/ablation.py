@@ -62,9 +62,9 @@ def score_checkpoint(ckpt: str | Path, rows: pd.DataFrame, tta: bool, n_boot: in
     from backend.inference.predictor import Predictor
 
     pred = predict_rows(Predictor.from_checkpoint(ckpt), rows, tta=tta)
-    points = score_rows(pred, n_boot=2, only=METRICS)
-    interval = score_rows(pred, n_boot=n_boot, only=("auroc_malignant",))["auroc_malignant"]
-    return {**{m: points[m]["value"] for m in METRICS}, "auroc_malignant_lo": interval["lo"],
+    figures = score_rows(pred, n_boot=n_boot, only=METRICS)
+    interval = figures["auroc_malignant"]
+    return {**{m: figures[m]["value"] for m in METRICS}, "auroc_malignant_lo": interval["lo"],
             "auroc_malignant_hi": interval["hi"], "val_rows": len(pred.rows)}
 
 

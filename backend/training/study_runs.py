@@ -8,6 +8,7 @@ an interrupted study resumes the unfinished run from its ``last.ckpt`` when star
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -128,12 +129,17 @@ def train_once(exp: ExperimentConfig, root: str | Path, name: str) -> TrainedRun
 
 def split_rows(run: TrainedRun, split: str) -> Any:
     """The lesion-table rows of one split of a finished run (read from its saved config and splits)."""
-    from backend.data.formats import load_table
     from backend.data.splits import read_splits
 
     data = from_dict(ExperimentConfig, read_yaml(run.run_dir / "config.yaml")).data
-    table = load_table(data.csv, img_dir=data.img_dir, format=data.format, metadata_csv=data.metadata_csv,
-                       skip_missing=data.skip_missing)
+    table = _lesion_table(data.csv, data.img_dir, data.format, data.metadata_csv, data.skip_missing)
     splits = read_splits(run.run_dir / "splits.csv", table).reindex(table.index)
     return table[splits == split].reset_index(drop=True)
 
+
+@functools.lru_cache(maxsize=4)
+def _lesion_table(csv: str, img_dir: str | None, fmt: str, metadata_csv: str | None, skip_missing: bool) -> Any:
+    """The lesion table of a label file, read once per study (every variant scores the same file)."""
+    from backend.data.formats import load_table
+
+    return load_table(csv, img_dir=img_dir, format=fmt, metadata_csv=metadata_csv, skip_missing=skip_missing)

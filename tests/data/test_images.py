@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,35 +12,13 @@ from PIL import Image
 from backend.data import images
 from backend.data.images import SUPPORTED_EXTENSIONS, decode_image_bytes, load_image, read_image_size
 from backend.errors import ConfigError, DermaLensError, ImageLoadError
-from tests.conftest import make_lesion_image
+from tests.conftest import make_lesion_image, png_bytes
 
 
 def encode(im: Image.Image, fmt: str, **kwargs) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format=fmt, **kwargs)
     return buf.getvalue()
-
-
-def png_bytes(width: int, height: int, *, rows: bool = True) -> bytes:
-    """A 1-bit greyscale PNG of zeros, written by hand so a huge one stays cheap (~50 KB).
-
-    With ``rows=False`` only the header and the start of the pixel stream are written: enough for
-    the header to be read, not for the pixels to be decoded.
-    """
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-    if rows:
-        comp = zlib.compressobj(1)
-        row = bytes(1 + (width + 7) // 8)
-        idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-        out += chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    else:
-        out += chunk(b"IDAT", b"\x78\x01")  # a zlib stream that stops after its header
-    return out
 
 
 @pytest.fixture

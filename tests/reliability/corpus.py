@@ -11,8 +11,6 @@ a validated table). The same cases are run through the image loader, ``scripts/p
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.conftest import make_lesion_image
+from tests.conftest import make_lesion_image, png_bytes
 
 SIDE = 48  # side of the synthetic pictures (small enough for the whole corpus to build in milliseconds)
 
@@ -65,31 +63,6 @@ def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
 def lesion(seed: int, size: int = SIDE) -> Image.Image:
     """A synthetic RGB lesion picture."""
     return Image.fromarray(make_lesion_image(np.random.default_rng(seed), size))
-
-
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-
-def bomb_png(width: int, height: int, *, pixels: bool) -> bytes:
-    """A 1-bit greyscale PNG claiming ``width x height`` pixels, cheap to make whatever its size.
-
-    Args:
-        width: Claimed width.
-        height: Claimed height.
-        pixels: Write every (all-zero) row, compressed: a real, highly compressible big image
-            (~10 KB per 80 megapixels). Otherwise only the header and an empty start of the pixel
-            stream are written: a file whose header lies about enormous dimensions.
-    """
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    out = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-    if pixels:
-        comp = zlib.compressobj(9)
-        row = bytes(1 + (width + 7) // 8)
-        idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
-    else:
-        idat = b"\x78\x01"  # a zlib stream that stops after its header
-    return out + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
 def _corrupt_png() -> bytes:
@@ -167,9 +140,9 @@ def image_cases() -> list[ImageCase]:
         ImageCase("pdf-named-jpg", "report.jpg", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n", not_image),
         ImageCase("text-named-png", "notes.png", b"patient notes, definitely not pixels\n", not_image),
         ImageCase("random-bytes-jpg", "random.jpg", np.random.default_rng(5).bytes(2048), not_image),
-        ImageCase("bomb-header-claims-10-gigapixels", "bomb_header.png", bomb_png(100_000, 100_000, pixels=False),
+        ImageCase("bomb-header-claims-10-gigapixels", "bomb_header.png", png_bytes(100_000, 100_000, rows=False),
                   bomb),
-        ImageCase("bomb-compressible-81-megapixels", "bomb_zeros.png", bomb_png(9_000, 9_000, pixels=True), bomb),
+        ImageCase("bomb-compressible-81-megapixels", "bomb_zeros.png", png_bytes(9_000, 9_000), bomb),
         ImageCase("png-named-jpg", "really_png.jpg", png, shape=(SIDE, SIDE)),
         ImageCase("jpeg-named-png", "really_jpeg.png", jpeg, shape=(SIDE, SIDE)),
         ImageCase("grayscale-png", "grey.png", encode(lesion(6).convert("L"), "PNG"), shape=(SIDE, SIDE),
