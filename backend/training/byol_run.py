@@ -267,6 +267,7 @@ def build_trainer(cfg: ByolConfig, run_dir: Path, callbacks: list[Any]):
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from backend.training.checkpoint_io import SafeCheckpointIO
+    from backend.training.memory_format import ChannelsLast
 
     t = cfg.trainer
     save_dir, name, version = run_dir.parent.parent, run_dir.parent.name, run_dir.name
@@ -290,7 +291,8 @@ def build_trainer(cfg: ByolConfig, run_dir: Path, callbacks: list[Any]):
         enable_checkpointing=False,  # LastCheckpoint writes ckpts/last.ckpt
         logger=[TensorBoardLogger(save_dir=save_dir, name=name, version=version, default_hp_metric=False),
                 CSVLogger(save_dir=save_dir, name=name, version=version)],
-        callbacks=[*callbacks, LearningRateMonitor(logging_interval="step")],
+        callbacks=[*callbacks, LearningRateMonitor(logging_interval="step"),
+                   *([ChannelsLast()] if t.channels_last else [])],
         plugins=[SafeCheckpointIO()],  # resume reads last.ckpt with weights_only=True, like supervised runs
     )
 

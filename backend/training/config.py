@@ -103,6 +103,8 @@ class TrainerConfig:
         checkpoint_every_n_steps: Also refresh ``last.ckpt`` every this many optimiser steps (0 = once
             per epoch), so a long epoch interrupted midway loses little.
         deterministic: Ask torch for deterministic algorithms.
+        channels_last: Train in channels-last memory layout (faster convolutions on CPUs and recent
+            GPUs; the weights are unchanged).
     """
 
     epochs: int = 30
@@ -122,6 +124,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int = 0
     deterministic: bool = False
+    channels_last: bool = False
 
     def validate(self) -> None:
         """Reject unknown precisions and impossible counts."""

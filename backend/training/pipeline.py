@@ -164,9 +164,7 @@ def stage_train(cfg: PipelineConfig, pretrained: str | None, splits: dict[str, A
         exp.data.split_csv = splits["splits_csv"]
     if pretrained:
         exp.model.pretrained_path = pretrained
-    from backend.training.run_dirs import latest_resumable_version
-
-    exp.resume_version = latest_resumable_version(Path(exp.output_dir) / exp.experiment_name)
+    exp.resume_version = _interrupted_train_version(cfg, exp)
     result = fit(exp, test=False)
     if result.best_ckpt is None:
         raise ConfigError(f"training in {result.run_dir} produced no best.ckpt")
@@ -331,6 +329,23 @@ def _recipe_line(lodo: dict[str, Any]) -> str:
     model, data, trainer = base.get("model", {}), base.get("data", {}), base.get("trainer", {})
     return (f"`{model.get('backbone')}` at {data.get('img_size')} px, {trainer.get('epochs')} epochs, "
             f"recipes {', '.join(lodo.get('variants') or ['ours'])}")
+
+
+def _interrupted_train_version(cfg: PipelineConfig, exp: Any) -> int | None:
+    """The run version an interrupted train stage left behind, or None to start a new version.
+
+    The newest version with a ``last.ckpt`` is resumed unless it is the run the last *finished* train
+    stage recorded: a forced retrain (say, after changing the recipe) must not continue a finished run.
+    """
+    from backend.training.run_dirs import latest_resumable_version
+
+    root = Path(exp.output_dir) / exp.experiment_name
+    version = latest_resumable_version(root)
+    finished = (_done(cfg, "train") or {}).get("run_dir")
+    if version is not None and finished and Path(finished).resolve() == (root / f"version_{version}").resolve():
+        log.info("train: %s is a finished run; starting a new version", finished)
+        return None
+    return version
 
 
 def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None, force: bool = False) -> dict[str, Any]:

@@ -79,6 +79,7 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path):
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from backend.training.checkpoint_io import SafeCheckpointIO
+    from backend.training.memory_format import ChannelsLast
 
     t = cfg.trainer
     version = run_dir.name
@@ -104,6 +105,8 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path):
           for period in last_periods),
         LearningRateMonitor(logging_interval="step"),
     ]
+    if t.channels_last:
+        callbacks.append(ChannelsLast())
     if t.early_stop > 0:
         callbacks.append(EarlyStopping(monitor=t.early_stop_metric, mode="max", patience=t.early_stop))
     return L.Trainer(

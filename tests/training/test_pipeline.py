@@ -139,3 +139,18 @@ def test_lodo_stage_adds_the_check_to_the_card(tmp_path):
     text = (tmp_path / "card.md").read_text()
     assert "## Leave-one-dataset-out check" in text and "| ours | ClinicB | left out (all images) |" in text
     assert "## Test-split metrics" in text  # the card's own metrics survive the re-render
+
+
+def test_forced_retrain_starts_a_new_run_and_an_interrupted_one_resumes(tmp_path):
+    cfg = tiny_pipeline(tmp_path, ["train"])
+    first = run_pipeline(cfg)["train"]
+    record = tmp_path / "work" / "train.json"
+    first_record = record.read_text()
+    # --force after a finished train stage (a changed recipe) must not continue the finished run.
+    forced = run_pipeline(cfg, force=True)["train"]
+    assert first["run_dir"].endswith("version_0") and forced["run_dir"].endswith("version_1")
+    # Back to "version_1 was interrupted" (the record still names version_0): the rerun resumes it.
+    record.write_text(first_record)
+    resumed = run_pipeline(cfg, force=True)["train"]
+    assert resumed["run_dir"] == forced["run_dir"]
+    assert sorted(p.name for p in (tmp_path / "runs" / "cpu_tiny").iterdir()) == ["version_0", "version_1"]

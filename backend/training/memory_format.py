@@ -1,0 +1,53 @@
+"""Channels-last memory format for convolutional training.
+
+On CPUs (oneDNN) and on recent GPUs, convolutions run faster on NHWC ("channels last") tensors: on
+this project's 2-core CPU a DermaResNet-SE small step at 160 px took 1.07 s instead of 1.57 s
+(``benchmarks/channels_last.py``). The weights keep their values and names, so checkpoints written
+with and without it load into each other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+def to_channels_last(batch: Any) -> Any:
+    """Return ``batch`` with every 4-D tensor in channels-last layout; dicts and lists are updated in place."""
+    if isinstance(batch, torch.Tensor):
+        return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
+    if isinstance(batch, dict):
+        for key, value in batch.items():
+            batch[key] = to_channels_last(value)
+        return batch
+    if isinstance(batch, list):
+        batch[:] = [to_channels_last(value) for value in batch]
+        return batch
+    if isinstance(batch, tuple):
+        return tuple(to_channels_last(value) for value in batch)
+    return batch
+
+
+class ChannelsLast(Callback):
+    """Keep the module's weights and each batch's images in channels-last layout during fit.
+
+    Convolution weights are converted once at fit start (after any resume has loaded them); images
+    in dict and list batches are converted as each batch starts. Tuple batches cannot be changed in
+    place, but the channels-last weights alone already make convolutions pick the faster layout.
+    """
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        """Convert the module's parameters and buffers (a resumed run has loaded its weights by now)."""
+        pl_module.to(memory_format=torch.channels_last)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        """Convert the training batch's images in place."""
+        to_channels_last(batch)
+
+    def on_validation_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        """Convert the validation batch's images in place."""
+        to_channels_last(batch)

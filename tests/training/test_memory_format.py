@@ -1,0 +1,92 @@
+"""Channels-last training: the callback converts weights and batches, and its checkpoints load and export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from backend.io.bundle import export_bundle, load_bundle
+from backend.io.checkpoint import load_lesion_checkpoint
+from backend.training.memory_format import ChannelsLast, to_channels_last
+from backend.training.run import build_trainer, fit
+from tests.conftest import write_synthetic_dataset
+from tests.training.test_run import tiny_cfg
+
+CL = torch.channels_last
+
+
+def test_to_channels_last_converts_images_in_every_container():
+    image, vector = torch.randn(2, 3, 8, 8), torch.randn(2, 5)
+    batch = {"image": image, "meta": vector}
+    assert to_channels_last(batch) is batch
+    assert batch["image"].is_contiguous(memory_format=CL) and not image.is_contiguous(memory_format=CL)
+    assert batch["meta"] is vector
+    views = [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)]
+    to_channels_last(views)
+    assert all(v.is_contiguous(memory_format=CL) for v in views)
+    pair = to_channels_last((torch.randn(2, 3, 8, 8), torch.tensor([1, 0])))
+    assert pair[0].is_contiguous(memory_format=CL) and pair[1].dim() == 1
+    assert torch.equal(to_channels_last(image), image)
+
+
+class _Probe(L.LightningModule):
+    """Records the memory layout its convolution sees at each training step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.seen: list[tuple[bool, bool]] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append((batch["image"].is_contiguous(memory_format=CL),
+                          self.conv.weight.is_contiguous(memory_format=CL)))
+        return self.conv(batch["image"]).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_callback_puts_weights_and_images_in_channels_last(tmp_path, enabled):
+    data = [{"image": torch.randn(3, 10, 10)} for _ in range(4)]
+    loader = torch.utils.data.DataLoader(data, batch_size=2)
+    module = _Probe()
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[ChannelsLast()] if enabled else [])
+    trainer.fit(module, loader)
+    assert module.seen == [(enabled, enabled)] * 2
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_synthetic_dataset(tmp_path_factory.mktemp("data"), n=48, size=40)
+
+
+def test_trainer_adds_the_callback_only_when_configured(dataset, tmp_path):
+    def has_callback(flag: bool) -> bool:
+        cfg = tiny_cfg(dataset, tmp_path, trainer={"channels_last": flag})
+        trainer = build_trainer(cfg, tmp_path / "runs" / "exp" / "version_0")
+        return any(isinstance(c, ChannelsLast) for c in trainer.callbacks)
+
+    assert has_callback(True) and not has_callback(False)
+
+
+def test_channels_last_run_checkpoints_load_and_export(dataset, tmp_path):
+    cfg = tiny_cfg(dataset, tmp_path, trainer={"epochs": 1, "channels_last": True})
+    result = fit(cfg, test=False)
+    loaded = load_lesion_checkpoint(result.run_dir / "ckpts" / "best.ckpt")
+    images = torch.rand(2, 3, 32, 32)
+    reference = loaded.net.eval()(images).diagnosis_logits
+    # The same weights in the channels-last layout give the same outputs.
+    again = loaded.net.to(memory_format=CL)(images.contiguous(memory_format=CL)).diagnosis_logits
+    assert torch.allclose(reference, again, atol=1e-5)
+    # safetensors refuses non-contiguous tensors: the bundle must still export and reload.
+    export_bundle(result.run_dir / "ckpts" / "best.ckpt", tmp_path / "bundle", name="cl", version="0",
+                  csv=cfg.data.csv, img_dir=cfg.data.img_dir, splits_csv=result.run_dir / "splits.csv", onnx=False)
+    bundle = load_bundle(tmp_path / "bundle")
+    assert torch.allclose(bundle.model.net.eval()(images).diagnosis_logits, reference, atol=1e-5)
