@@ -2,7 +2,9 @@
 
 Synthetic batches, so only the network is measured (decode and augmentation are measured by
 ``benchmarks/data_loading.py``). The baseline in the same run is timm's plain ``resnet18`` at
-the same size, so figures from different machines can be compared by their ratio.
+the same size, so figures from different machines can be compared by their ratio. Each backbone is
+timed in the default (channels-first) layout and, as ``trainer.channels_last: true`` trains, with
+weights and images in channels-last layout; ``NHWC/NCHW`` is that speed-up.
 
     python benchmarks/train_throughput.py [--sizes 128 224] [--batch 32] [--steps 3] [--threads 2]
 """
@@ -23,11 +25,15 @@ BACKBONES = (
 )
 
 
-def _images_per_second(model, batch: int, size: int, steps: int, meta_dim: int | None = None) -> float:
+def _images_per_second(model, batch: int, size: int, steps: int, meta_dim: int | None = None,
+                       channels_last: bool = False) -> float:
     import torch
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, size, size)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     meta = torch.rand(batch, meta_dim) if meta_dim else None
     model.train()
 
@@ -63,16 +69,24 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"batch {args.batch}, {args.steps} timed steps, {args.threads} threads, fp32, channels-first")
-    print(f"{'backbone':<26}{'size':>6}{'img/s':>10}{'timm resnet18 img/s':>22}{'ratio':>8}")
+    print(f"batch {args.batch}, {args.steps} timed steps, {args.threads} threads, fp32; baseline timm resnet18 "
+          f"channels-first")
+    print(f"{'backbone':<26}{'size':>6}{'NCHW img/s':>12}{'NHWC img/s':>12}{'NHWC/NCHW':>11}"
+          f"{'resnet18 img/s':>16}{'NCHW/resnet18':>15}")
     for size in args.sizes:
         torch.manual_seed(0)
         baseline = _images_per_second(timm.create_model("resnet18", pretrained=False, num_classes=8),
                                       args.batch, size, args.steps)
         for name in args.backbones:
-            net = build_model(from_dict(ModelConfig, {"backbone": name, "img_size": size}))
-            rate = _images_per_second(net, args.batch, size, args.steps, meta_dim=net.meta_dim)
-            print(f"{name:<26}{size:>6}{rate:>10.1f}{baseline:>22.1f}{rate / baseline:>8.2f}")
+            rates = []
+            for channels_last in (False, True):
+                torch.manual_seed(0)
+                net = build_model(from_dict(ModelConfig, {"backbone": name, "img_size": size}))
+                rates.append(_images_per_second(net, args.batch, size, args.steps, meta_dim=net.meta_dim,
+                                                channels_last=channels_last))
+            first, last = rates
+            print(f"{name:<26}{size:>6}{first:>12.1f}{last:>12.1f}{last / first:>11.2f}"
+                  f"{baseline:>16.1f}{first / baseline:>15.2f}")
 
 
 if __name__ == "__main__":
