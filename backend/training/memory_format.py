@@ -33,14 +33,17 @@ def to_channels_last(batch: Any) -> Any:
 class ChannelsLast(Callback):
     """Keep the module's weights and each batch's images in channels-last layout during fit.
 
-    Convolution weights are converted once at fit start (after any resume has loaded them); images
-    in dict and list batches are converted as each batch starts. Tuple batches cannot be changed in
-    place, but the channels-last weights alone already make convolutions pick the faster layout.
+    The weights are converted in ``setup``, before the strategy wraps the module (DDP's gradient
+    buckets then match the weights' layout) and before a resumed checkpoint is loaded, which copies
+    into the converted tensors and keeps their layout. Images in dict and list batches are converted
+    as each batch starts; tuple batches cannot be changed in place, but the channels-last weights
+    alone already make convolutions pick the faster layout.
     """
 
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        """Convert the module's parameters and buffers (a resumed run has loaded its weights by now)."""
-        pl_module.to(memory_format=torch.channels_last)
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Convert the module's parameters and buffers when fitting."""
+        if stage == "fit":
+            pl_module.to(memory_format=torch.channels_last)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         """Convert the training batch's images in place."""

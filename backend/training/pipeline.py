@@ -143,11 +143,12 @@ def stage_splits(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def stage_byol(cfg: PipelineConfig, splits: dict[str, Any] | None) -> dict[str, Any]:
-    """Pretrain (or resume pretraining) on training-split images only and export the backbone."""
+    """Pretrain (or resume an interrupted pretraining) on training-split images only; export the backbone."""
     from backend.training.byol_config import ByolConfig
     from backend.training.byol_run import pretrain
 
-    byol = from_dict(ByolConfig, {**cfg.byol, "resume": True})
+    byol = from_dict(ByolConfig, cfg.byol)
+    byol.resume_version = _interrupted_version(cfg, "byol", Path(byol.log_dir) / byol.experiment_name)
     if splits and not byol.data.exclude_list:
         byol.data.exclude_list = splits["pretrain_exclude"]
     result = pretrain(byol)
@@ -164,7 +165,7 @@ def stage_train(cfg: PipelineConfig, pretrained: str | None, splits: dict[str, A
         exp.data.split_csv = splits["splits_csv"]
     if pretrained:
         exp.model.pretrained_path = pretrained
-    exp.resume_version = _interrupted_train_version(cfg, exp)
+    exp.resume_version = _interrupted_version(cfg, "train", Path(exp.output_dir) / exp.experiment_name)
     result = fit(exp, test=False)
     if result.best_ckpt is None:
         raise ConfigError(f"training in {result.run_dir} produced no best.ckpt")
@@ -331,19 +332,18 @@ def _recipe_line(lodo: dict[str, Any]) -> str:
             f"recipes {', '.join(lodo.get('variants') or ['ours'])}")
 
 
-def _interrupted_train_version(cfg: PipelineConfig, exp: Any) -> int | None:
-    """The run version an interrupted train stage left behind, or None to start a new version.
+def _interrupted_version(cfg: PipelineConfig, stage: str, root: Path) -> int | None:
+    """The run version an interrupted ``stage`` (train or byol) left under ``root``, or None for a new one.
 
-    The newest version with a ``last.ckpt`` is resumed unless it is the run the last *finished* train
-    stage recorded: a forced retrain (say, after changing the recipe) must not continue a finished run.
+    The newest version with a ``last.ckpt`` is resumed unless it is the run the stage's last *finished*
+    record names: a forced rerun (say, after changing the recipe) must not continue a finished run.
     """
     from backend.training.run_dirs import latest_resumable_version
 
-    root = Path(exp.output_dir) / exp.experiment_name
     version = latest_resumable_version(root)
-    finished = (_done(cfg, "train") or {}).get("run_dir")
+    finished = (_done(cfg, stage) or {}).get("run_dir")
     if version is not None and finished and Path(finished).resolve() == (root / f"version_{version}").resolve():
-        log.info("train: %s is a finished run; starting a new version", finished)
+        log.info("%s: %s is a finished run; starting a new version", stage, finished)
         return None
     return version
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from backend.io.bundle import export_bundle, load_bundle
-from backend.io.checkpoint import load_lesion_checkpoint
+from backend.io.checkpoint import load_lesion_checkpoint, safe_torch_load
 from backend.training.memory_format import ChannelsLast, to_channels_last
 from backend.training.run import build_trainer, fit
 from tests.conftest import write_synthetic_dataset
@@ -30,7 +30,8 @@ def test_to_channels_last_converts_images_in_every_container():
     assert all(v.is_contiguous(memory_format=CL) for v in views)
     pair = to_channels_last((torch.randn(2, 3, 8, 8), torch.tensor([1, 0])))
     assert pair[0].is_contiguous(memory_format=CL) and pair[1].dim() == 1
-    assert torch.equal(to_channels_last(image), image)
+    converted = to_channels_last(image)
+    assert converted.is_contiguous(memory_format=CL) and torch.equal(converted, image)
 
 
 class _Probe(L.LightningModule):
@@ -76,17 +77,43 @@ def test_trainer_adds_the_callback_only_when_configured(dataset, tmp_path):
     assert has_callback(True) and not has_callback(False)
 
 
-def test_channels_last_run_checkpoints_load_and_export(dataset, tmp_path):
+def _conv_weights_channels_last(ckpt: Path) -> bool:
+    state = safe_torch_load(ckpt)["state_dict"]
+    convs = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 4 and v.shape[-1] > 1]
+    assert convs, "no 3x3 convolution weights in the checkpoint"
+    return all(v.is_contiguous(memory_format=CL) for v in convs)
+
+
+def test_channels_last_run_trains_resumes_and_exports(dataset, tmp_path):
     cfg = tiny_cfg(dataset, tmp_path, trainer={"epochs": 1, "channels_last": True})
     result = fit(cfg, test=False)
-    loaded = load_lesion_checkpoint(result.run_dir / "ckpts" / "best.ckpt")
+    assert _conv_weights_channels_last(result.last_ckpt)
+    # A resumed run loads the checkpoint into the converted weights and stays channels-last.
+    resumed = fit(tiny_cfg(dataset, tmp_path, trainer={"epochs": 2, "channels_last": True}, resume_version=0),
+                  test=False)
+    assert resumed.run_dir == result.run_dir and safe_torch_load(resumed.last_ckpt)["epoch"] == 1
+    assert _conv_weights_channels_last(resumed.last_ckpt)
+    plain = fit(tiny_cfg(dataset, tmp_path / "plain", trainer={"epochs": 1}), test=False)
+    assert not _conv_weights_channels_last(plain.last_ckpt)
+    # Its checkpoint rebuilds the model, and the bundle (safetensors refuses non-contiguous tensors)
+    # exports and gives the same outputs.
+    loaded = load_lesion_checkpoint(resumed.run_dir / "ckpts" / "best.ckpt")
     images = torch.rand(2, 3, 32, 32)
     reference = loaded.net.eval()(images).diagnosis_logits
-    # The same weights in the channels-last layout give the same outputs.
-    again = loaded.net.to(memory_format=CL)(images.contiguous(memory_format=CL)).diagnosis_logits
-    assert torch.allclose(reference, again, atol=1e-5)
-    # safetensors refuses non-contiguous tensors: the bundle must still export and reload.
-    export_bundle(result.run_dir / "ckpts" / "best.ckpt", tmp_path / "bundle", name="cl", version="0",
-                  csv=cfg.data.csv, img_dir=cfg.data.img_dir, splits_csv=result.run_dir / "splits.csv", onnx=False)
+    export_bundle(resumed.run_dir / "ckpts" / "best.ckpt", tmp_path / "bundle", name="cl", version="0",
+                  csv=cfg.data.csv, img_dir=cfg.data.img_dir, splits_csv=resumed.run_dir / "splits.csv", onnx=False)
     bundle = load_bundle(tmp_path / "bundle")
     assert torch.allclose(bundle.model.net.eval()(images).diagnosis_logits, reference, atol=1e-5)
+
+
+def test_byol_trainer_adds_the_callback_only_when_configured(tmp_path):
+    from backend.config import from_dict
+    from backend.training.byol_config import ByolConfig
+    from backend.training.byol_run import build_trainer as build_byol_trainer
+
+    def has_callback(flag: bool) -> bool:
+        cfg = from_dict(ByolConfig, {"data": {"dirs": [str(tmp_path)]}, "trainer": {"channels_last": flag}})
+        trainer = build_byol_trainer(cfg, tmp_path / "logs" / "byol" / "version_0", [])
+        return any(isinstance(c, ChannelsLast) for c in trainer.callbacks)
+
+    assert has_callback(True) and not has_callback(False)

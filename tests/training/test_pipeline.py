@@ -154,3 +154,29 @@ def test_forced_retrain_starts_a_new_run_and_an_interrupted_one_resumes(tmp_path
     resumed = run_pipeline(cfg, force=True)["train"]
     assert resumed["run_dir"] == forced["run_dir"]
     assert sorted(p.name for p in (tmp_path / "runs" / "cpu_tiny").iterdir()) == ["version_0", "version_1"]
+
+
+def test_forced_byol_rerun_starts_a_new_run_and_an_interrupted_one_resumes(tmp_path, monkeypatch):
+    import backend.training.byol_run as byol_run
+
+    root, asked = tmp_path / "byol_logs" / "exp", []
+
+    def fake_pretrain(byol):
+        asked.append(byol.resume_version)
+        number = byol.resume_version if byol.resume_version is not None else len(list(root.glob("version_*")))
+        run = root / f"version_{number}"
+        (run / "ckpts").mkdir(parents=True, exist_ok=True)
+        (run / "ckpts" / "last.ckpt").write_bytes(b"finished")
+        return type("R", (), {"run_dir": run, "export": run / "backbone.safetensors", "global_step": 1})()
+
+    monkeypatch.setattr(byol_run, "pretrain", fake_pretrain)
+    byol = {"data": {"dirs": [str(tmp_path / "data" / "images")]}, "log_dir": str(tmp_path / "byol_logs"),
+            "experiment_name": "exp"}
+    cfg = tiny_pipeline(tmp_path, ["byol"], byol=byol)
+    record = tmp_path / "work" / "byol.json"
+    run_pipeline(cfg)
+    first_record = record.read_text()
+    run_pipeline(cfg, force=True)  # version_0 is finished: a new run, not a continuation
+    record.write_text(first_record)  # as if version_1 had been interrupted
+    run_pipeline(cfg, force=True)
+    assert asked == [None, None, 1]
