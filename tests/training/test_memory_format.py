@@ -13,7 +13,6 @@ from backend.io.bundle import export_bundle, load_bundle
 from backend.io.checkpoint import load_lesion_checkpoint, safe_torch_load
 from backend.training.memory_format import ChannelsLast, to_channels_last
 from backend.training.run import build_trainer, fit
-from tests.conftest import write_synthetic_dataset
 from tests.training.test_run import tiny_cfg
 
 CL = torch.channels_last
@@ -61,11 +60,6 @@ def test_callback_puts_weights_and_images_in_channels_last(tmp_path, enabled):
                         callbacks=[ChannelsLast()] if enabled else [])
     trainer.fit(module, loader)
     assert module.seen == [(enabled, enabled)] * 2
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return write_synthetic_dataset(tmp_path_factory.mktemp("data"), n=48, size=40)
 
 
 def test_trainer_adds_the_callback_only_when_configured(dataset, tmp_path):

@@ -18,7 +18,7 @@ from backend.training.config import ExperimentConfig
 from backend.training.run import fit
 from scripts.train import main as train_main
 from scripts.train import parse_config
-from tests.conftest import REPO_ROOT, write_synthetic_dataset
+from tests.conftest import REPO_ROOT
 
 TINY_MODELS = {
     "dermaresnet_se_tiny": {"backbone": "dermaresnet_se_tiny"},
@@ -29,11 +29,6 @@ TINY_MODELS = {
     "vit_base_patch16_224": {"backbone": "vit_base_patch16_224",
                              "backbone_kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}},
 }
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return write_synthetic_dataset(tmp_path_factory.mktemp("data"), n=48, size=40)
 
 
 def tiny_cfg(csv: Path, out: Path, **sections) -> ExperimentConfig:
