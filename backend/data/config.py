@@ -47,6 +47,9 @@ class DataConfig:
         split_csv: A split assignment CSV (``image_id,split``) to reuse instead of computing one.
         skip_missing: Turn rows whose image file is missing into one warning with a count.
         img_size: Square side, in pixels, of the network input.
+        mean, std: Per-channel input normalisation of ``[0, 1]`` RGB. None (default): the
+            backbone's own (``Backbone.input_mean``/``input_std``: ImageNet's, or 0.5/0.5 for
+            TensorFlow-ported weights), filled in when training starts and saved with the run.
         batch_size: Images per batch (per device).
         num_workers: DataLoader worker processes.
         balanced_sampler: Sample training rows inversely to their class frequency.
@@ -64,6 +67,8 @@ class DataConfig:
     split_csv: str | None = None
     skip_missing: bool = False
     img_size: int = 224
+    mean: list[float] | None = None
+    std: list[float] | None = None
     batch_size: int = 32
     num_workers: int = 2
     balanced_sampler: bool = False
@@ -77,6 +82,10 @@ class DataConfig:
         """Reject impossible values with the key that holds them."""
         if self.img_size < 16:
             raise ConfigError(f"data.img_size must be >= 16, got {self.img_size}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 3 or (name == "std" and min(value) <= 0)):
+                raise ConfigError(f"data.{name} must be three numbers (std > 0), got {value}")
         if self.batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
         if self.num_workers < 0:

@@ -23,6 +23,13 @@ Column semantics:
 
 from __future__ import annotations
 
+#: Input normalisation of ImageNet-trained torchvision/timm weights (per-channel mean and std of [0, 1] RGB).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: Input normalisation of TensorFlow "inception" preprocessing (RGB scaled to [-1, 1]).
+TF_INCEPTION_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
+TF_INCEPTION_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
 #: The eight diagnoses the model predicts, in head order (ISIC 2019 order without UNK).
 DIAGNOSES: tuple[str, ...] = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
 #: Every diagnosis a table may carry; UNK is ISIC's "none of the others" (benign in ISIC 2020).

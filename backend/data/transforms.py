@@ -4,8 +4,10 @@
   inference time. It is rebuilt from :func:`preprocessing_dict`, a plain-data description stored
   in every checkpoint and bundle, so inference can never drift from training.
 * :func:`build_train_transform` adds augmentations suited to dermoscopy: lesions have no canonical
-  orientation (flips and 90° rotations), sizes and framing vary (random resized crop, small affine),
-  and dermoscopes differ in colour, contrast and vignetting (colour jitter, vignette).
+  orientation (flips and 90° rotations), sizes, aspect and framing vary (random resized crop of
+  another aspect ratio, squashed to a square as many challenge images arrive; small affine;
+  down-then-up scaling), and dermoscopes differ in colour, contrast, vignetting and the black
+  circular frame of their field of view (colour jitter, vignette, :class:`RandomDermoscopeBorder`).
 * :func:`build_byol_transforms` gives BYOL's two asymmetric strong views (Grill et al. 2020: view 1
   always blurred and never solarized, view 2 rarely blurred and sometimes solarized).
 
@@ -22,10 +24,9 @@ import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
 
+from backend.data.schema import IMAGENET_MEAN, IMAGENET_STD
 from backend.errors import ConfigError
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 PREPROCESSING_VERSION = 1
 #: Keys of :func:`preprocessing_dict`; a stored description must have exactly these.
 PREPROCESSING_KEYS = frozenset(
@@ -125,17 +126,72 @@ class RandomVignette(A.ImageOnlyTransform):
         return ("strength",)
 
 
+def circular_border(image: np.ndarray, radius: float = 0.75, cx: float = 0.0, cy: float = 0.0) -> np.ndarray:
+    """Black out everything outside a circle, as a contact dermoscope's round field of view does.
+
+    Args:
+        image: ``(H, W, 3)`` uint8.
+        radius: Circle radius as a fraction of half the image diagonal (1 keeps the corners,
+            about 0.71 touches the sides of a square image).
+        cx: Centre offset as a fraction of the width.
+        cy: Centre offset as a fraction of the height.
+    """
+    h, w = image.shape[:2]
+    yy, xx = np.ogrid[0:h, 0:w]
+    centre_x, centre_y = (w - 1) / 2 + cx * w, (h - 1) / 2 + cy * h
+    r = radius * 0.5 * float(np.hypot(h, w))
+    outside = (xx - centre_x) ** 2 + (yy - centre_y) ** 2 > r * r
+    out = image.copy()
+    out[outside] = 0
+    return out
+
+
+class RandomDermoscopeBorder(A.ImageOnlyTransform):
+    """Add the black circular frame some dermoscopes leave (:func:`circular_border`) at a random radius.
+
+    Args:
+        radius: Range of the circle radius (fraction of half the diagonal).
+        p: Probability of applying.
+    """
+
+    def __init__(self, radius: tuple[float, float] = (0.6, 0.95), p: float = 0.2) -> None:
+        super().__init__(p=p)
+        lo, hi = radius
+        if not 0 < lo <= hi <= 1.5:
+            raise ConfigError(f"dermoscope border radius must satisfy 0 < lo <= hi <= 1.5, got {radius}")
+        self.radius = (float(lo), float(hi))
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """Draw the radius and a small centre offset once per image."""
+        return {
+            "radius": self.py_random.uniform(*self.radius),
+            "cx": self.py_random.uniform(-0.05, 0.05),
+            "cy": self.py_random.uniform(-0.05, 0.05),
+        }
+
+    def apply(
+        self, img: np.ndarray, radius: float = 0.8, cx: float = 0.0, cy: float = 0.0, **params: Any
+    ) -> np.ndarray:
+        """Black out the outside of the circle."""
+        return circular_border(img, radius, cx, cy)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        """Arguments albumentations serialises."""
+        return ("radius",)
+
+
 def preprocessing_dict(data_cfg: Any) -> dict[str, Any]:
     """The plain-data description of the eval preprocessing, stored with every model.
 
     Args:
-        data_cfg: A :class:`backend.data.config.DataConfig`.
+        data_cfg: A :class:`backend.data.config.DataConfig`; its ``mean``/``std`` when set (training
+            sets them from the backbone), else ImageNet's.
     """
     return {
         "version": PREPROCESSING_VERSION,
         "img_size": int(data_cfg.img_size),
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+        "mean": [float(v) for v in (data_cfg.mean or IMAGENET_MEAN)],
+        "std": [float(v) for v in (data_cfg.std or IMAGENET_STD)],
         "color_constancy": bool(data_cfg.color_constancy),
         "color_constancy_power": 6.0,
         "hair_removal": bool(data_cfg.hair_removal),
@@ -187,14 +243,16 @@ def build_eval_transform(pre: dict[str, Any]) -> A.Compose:
     return A.Compose([*_prefix(pre), *resize, *_suffix(pre)])
 
 
-#: Augmentation strength presets: (crop scale range, colour jitter, affine, vignette p).
+#: Augmentation strength presets: crop scale and aspect-ratio ranges (a crop of another aspect is
+#: resized to a square, i.e. squashed, as challenge images often arrive), colour jitter, affine,
+#: vignette, black dermoscope border and down-then-up scaling (images from lower-resolution devices).
 _PRESETS: dict[str, dict[str, Any]] = {
-    "light": {"scale": (0.7, 1.0), "jitter": (0.1, 0.1, 0.1, 0.02), "jitter_p": 0.5, "affine_p": 0.0,
-              "vignette_p": 0.0},
-    "default": {"scale": (0.4, 1.0), "jitter": (0.2, 0.2, 0.2, 0.05), "jitter_p": 0.8, "affine_p": 0.3,
-                "vignette_p": 0.2},
-    "strong": {"scale": (0.25, 1.0), "jitter": (0.3, 0.3, 0.3, 0.08), "jitter_p": 0.9, "affine_p": 0.5,
-               "vignette_p": 0.4},
+    "light": {"scale": (0.7, 1.0), "ratio": (0.75, 1.333), "jitter": (0.1, 0.1, 0.1, 0.02), "jitter_p": 0.5,
+              "affine_p": 0.0, "vignette_p": 0.0, "border_p": 0.0, "downscale_p": 0.0},
+    "default": {"scale": (0.4, 1.0), "ratio": (0.6, 1.667), "jitter": (0.2, 0.2, 0.2, 0.05), "jitter_p": 0.8,
+                "affine_p": 0.3, "vignette_p": 0.2, "border_p": 0.2, "downscale_p": 0.15},
+    "strong": {"scale": (0.25, 1.0), "ratio": (0.5, 2.0), "jitter": (0.3, 0.3, 0.3, 0.08), "jitter_p": 0.9,
+               "affine_p": 0.5, "vignette_p": 0.4, "border_p": 0.3, "downscale_p": 0.25},
 }
 
 
@@ -210,13 +268,15 @@ def build_train_transform(data_cfg: Any) -> A.Compose:
     size = pre["img_size"]
     b, c, s, h = preset["jitter"]
     augment = [
-        A.RandomResizedCrop(size=(size, size), scale=preset["scale"], ratio=(0.75, 1.333)),
+        A.RandomResizedCrop(size=(size, size), scale=preset["scale"], ratio=preset["ratio"]),
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),
         A.RandomRotate90(p=1.0),
         A.Affine(scale=(0.9, 1.1), rotate=(-20, 20), translate_percent=(-0.05, 0.05), p=preset["affine_p"]),
+        A.Downscale(scale_range=(0.5, 0.9), p=preset["downscale_p"]),
         A.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h, p=preset["jitter_p"]),
         RandomVignette(p=preset["vignette_p"]),
+        RandomDermoscopeBorder(p=preset["border_p"]),
     ]
     return A.Compose([*_prefix(pre), *augment, *_suffix(pre)])
 

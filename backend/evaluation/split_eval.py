@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from backend.errors import ConfigError
+from backend.evaluation.acquisition import VARIANTS, PerturbedImages
 from backend.inference.predictor import Predictor, RawOutputs
 
 
@@ -37,10 +39,24 @@ def row_metadata(rows: pd.DataFrame) -> list[dict[str, Any]]:
             zip(rows["age_approx"], rows["sex"], rows["anatom_site_general"], strict=True)]
 
 
-def predict_rows(predictor: Predictor, rows: pd.DataFrame, tta: bool = False, progress: bool = False) -> RowPredictions:
-    """Predict every row of a lesion table (image paths in ``image``), skipping unreadable images."""
+def predict_rows(predictor: Predictor, rows: pd.DataFrame, tta: bool = False, progress: bool = False,
+                 variant: str = "plain") -> RowPredictions:
+    """Predict every row of a lesion table (image paths in ``image``), skipping unreadable images.
+
+    Args:
+        predictor: The loaded model.
+        rows: Lesion-table rows to predict.
+        tta: Average over the 8 flips/rotations.
+        progress: Show a progress bar.
+        variant: A name of :data:`backend.evaluation.acquisition.VARIANTS`: the images as stored
+            (``plain``), or squashed to a square, or framed by a black dermoscope border.
+    """
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown acquisition variant {variant!r}; valid: {list(VARIANTS)}")
     rows = rows.reset_index(drop=True)
-    raw, kept, skipped = predictor.raw_outputs(rows["image"].tolist(), row_metadata(rows), progress=progress, tta=tta)
+    perturb = VARIANTS[variant]
+    images = rows["image"].tolist() if perturb is None else PerturbedImages(rows["image"].tolist(), perturb)
+    raw, kept, skipped = predictor.raw_outputs(images, row_metadata(rows), progress=progress, tta=tta)
     return RowPredictions(rows.iloc[kept].reset_index(drop=True), raw, skipped)
 
 

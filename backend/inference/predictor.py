@@ -236,6 +236,9 @@ class Predictor:
             kwargs.setdefault("feature_stats", stats)
             # The card's figures were measured with the bundle's own TTA setting: keep it by default.
             kwargs.setdefault("tta", bool((card.get("inference") or {}).get("tta", False)))
+            # Thresholds chosen for this model on its validation split travel with the bundle.
+            if card.get("risk") and card["risk"].get("chosen_on"):
+                kwargs.setdefault("risk", RiskConfig.from_card(card["risk"]))
         elif path.is_file():
             model = load_lesion_checkpoint(path)
             card = {

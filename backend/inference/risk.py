@@ -4,7 +4,9 @@ The risk index condenses the class probabilities into one number a clinician can
 ``risk = sum_d w_d * P(d)`` over the malignant diagnoses (by default ``1.5 P(MEL) + 1.3 P(BCC) +
 1.0 P(SCC)``), clipped to ``[0, 1]``. Melanoma weighs most because missing it costs most; the
 weights and the traffic-light thresholds are clinical policy, so they live in
-``cfgs/inference/risk.yaml`` (:class:`RiskConfig`) rather than in code.
+``cfgs/inference/risk.yaml`` (:class:`RiskConfig`) rather than in code. A bundle's card carries
+thresholds chosen for that model on its validation split (``backend.evaluation.operating_points``),
+which the predictor uses in place of the file's.
 
 Traffic light: ``green`` below ``green_below``, ``yellow`` below ``yellow_below``, ``red`` from
 ``yellow_below`` on. The thickness band maps a Breslow estimate in mm onto
@@ -43,11 +45,15 @@ class RiskConfig:
             weigh 0).
         green_below: Risk below this is green.
         yellow_below: Risk below this (and at least ``green_below``) is yellow; from here on, red.
+        chosen_on: Where the thresholds come from: None for the policy file's fixed values, else the
+            images they were chosen on per model (``backend.evaluation.operating_points``; a bundle
+            stores its own, which the predictor uses).
     """
 
     weights: dict[str, float] = field(default_factory=_default_weights)
     green_below: float = 0.15
     yellow_below: float = 0.6
+    chosen_on: str | None = None
 
     def validate(self) -> None:
         """Reject unknown diagnoses, negative weights and thresholds out of order.
@@ -87,7 +93,19 @@ class RiskConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (stored in model cards)."""
-        return {"weights": dict(self.weights), "green_below": self.green_below, "yellow_below": self.yellow_below}
+        return {"weights": dict(self.weights), "green_below": self.green_below, "yellow_below": self.yellow_below,
+                "chosen_on": self.chosen_on}
+
+    @classmethod
+    def from_card(cls, data: dict[str, Any]) -> RiskConfig:
+        """The risk configuration a bundle's card stores (:meth:`to_dict`), validated.
+
+        Raises:
+            ConfigError: Unknown keys or bad values, naming them.
+        """
+        from backend.config import from_dict
+
+        return from_dict(cls, dict(data))
 
 
 def risk_index(probs: Mapping[str, float] | np.ndarray, cfg: RiskConfig | None = None) -> float | np.ndarray:

@@ -368,14 +368,17 @@ def export_bundle(
     onnx: bool = False,
     batch_size: int = 32,
     progress: bool = False,
+    operating_points: bool = True,
 ) -> ExportResult:
     """Turn a training checkpoint into a bundle, fitting calibration and OOD statistics on its run's splits.
 
     With ``csv`` (the labelled table the run was trained on) the temperature is fitted on the
     run's validation split (``fit_temperature``; ECE before and after go into the card with the
     validation metrics), and the out-of-distribution statistics on features of (up to
-    ``max_ood_images`` of) its training split. Without it the temperature is ``temperature`` (or
-    1) and there are no OOD statistics; the card then reports the checkpoint's monitored score.
+    ``max_ood_images`` of) its training split, and, with ``operating_points``, the traffic-light
+    thresholds on its validation split (``backend.evaluation.operating_points``: "not green" catches
+    >= 95% of malignant lesions, "red" holds >= 90% specificity), stored in the card's ``risk``.
+    Without it the temperature is ``temperature`` (or 1) and there are no OOD statistics; the card then reports the checkpoint's monitored score.
 
     This is an export pipeline on top of inference, so it imports :mod:`backend.inference` lazily.
 
@@ -395,6 +398,7 @@ def export_bundle(
                           batch_size=batch_size)
     calibration: dict[str, Any] = {"fitted_on": None}
     metrics: dict[str, Any] = {}
+    extra_card: dict[str, Any] = {}
     ood_summary, extra, skipped = None, None, []
     temp = 1.0 if temperature is None else float(temperature)
     if csv is not None:
@@ -433,6 +437,15 @@ def export_bundle(
             thickness_lo=targets["thickness_lo"], thickness_hi=targets["thickness_hi"],
         ))
         metrics["n_images"] = len(kept)
+        if operating_points:
+            from backend.evaluation.operating_points import choose_operating_points
+            from backend.inference.risk import risk_index
+
+            predictor.risk, op_record = choose_operating_points(
+                risk_index(after, predictor.risk), targets["label"], base=predictor.risk,
+                source=f"val split of {splits_path} ({len(kept)} images)",
+            )
+            extra_card["operating_points"] = {"validation": op_record}
         if len(train) > max_ood_images:
             train = train.sample(n=max_ood_images, random_state=0).reset_index(drop=True)
         feats, _, skipped_train = predictor.raw_outputs(train["image"].tolist(), _table_metadata(train), progress)
@@ -448,7 +461,7 @@ def export_bundle(
     out = save_bundle(
         output, loaded, name=name or checkpoint.stem, version=version, temperature=temp, calibration=calibration,
         ood=ood_summary, extra_tensors=extra, validation_metrics=metrics,
-        extra_card={"risk": predictor.risk.to_dict()},
+        extra_card={"risk": predictor.risk.to_dict(), **extra_card},
     )
     card = read_card(out)
     onnx_path = None

@@ -30,6 +30,11 @@ class ModelConfig:
             backbone from; None for random initialisation. Nothing is ever downloaded.
         pretrained_prefix: Key prefix to select and strip in that file (e.g. ``online_backbone.``);
             None tries the usual ones (``module.``, ``net.``, ``backbone.``...).
+        pretrained: ``timm`` to start a timm backbone from timm's own pretrained tag, an opt-in
+            download for users who are online (never in defaults, tests or CI); None otherwise.
+        bn_reestimate_batches: Before training a pretrained start, batches of training images
+            (eval transform) used to re-estimate its BatchNorm statistics without changing its
+            eval-mode function (``backend.models.batchnorm``; needed for folded TFLite weights); 0 = off.
         use_metadata: Fuse the age/sex/site vector with the image features.
         meta_dim: Length of the metadata vector (the datamodule's metadata encoder sets it).
         meta_hidden: Width of the metadata MLP.
@@ -45,6 +50,8 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     pretrained_path: str | None = None
     pretrained_prefix: str | None = None
+    pretrained: str | None = None
+    bn_reestimate_batches: int = 0
     use_metadata: bool = True
     meta_dim: int = 15
     meta_hidden: int = 128
@@ -64,5 +71,14 @@ class ModelConfig:
         for name in ("dropout", "drop_path_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.pretrained not in (None, "timm"):
+            raise ConfigError(f"model.pretrained must be null or 'timm', got {self.pretrained!r}")
+        if self.pretrained and self.pretrained_path:
+            raise ConfigError(
+                "model.pretrained and model.pretrained_path both name start weights; set only one "
+                f"(got pretrained={self.pretrained!r}, pretrained_path={self.pretrained_path!r})"
+            )
+        if self.bn_reestimate_batches < 0:
+            raise ConfigError(f"model.bn_reestimate_batches must be >= 0, got {self.bn_reestimate_batches}")
         if not 0.0 <= self.meta_dropout <= 1.0:
             raise ConfigError(f"model.meta_dropout must be in [0, 1], got {self.meta_dropout}")

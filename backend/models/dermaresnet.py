@@ -21,7 +21,13 @@ from torch import nn
 
 from backend.errors import ConfigError
 from backend.models.gem import GeM
-from backend.models.registry import StageGroup, TimmBackbone, register_backbone
+from backend.models.registry import (
+    StageGroup,
+    TimmBackbone,
+    create_timm_model,
+    register_backbone,
+    timm_input_normalisation,
+)
 
 
 class GlobalAvgPool(nn.Module):
@@ -173,7 +179,8 @@ for _name, _preset in PRESETS.items():
 
 
 def timm_resnet(
-    arch: str, img_size: int | None = None, drop_path_rate: float = 0.0, pool: str = "avg", **timm_kwargs
+    arch: str, img_size: int | None = None, drop_path_rate: float = 0.0, pool: str = "avg",
+    timm_pretrained: bool = False, **timm_kwargs,
 ) -> ResNetBackbone:
     """A timm ResNet with random weights; average pooling by default, as the architecture defines.
 
@@ -182,14 +189,16 @@ def timm_resnet(
         img_size: Input side the model is used at (any size works; it picks the Grad-CAM stage).
         drop_path_rate: Stochastic-depth rate.
         pool: ``avg`` or ``gem``.
+        timm_pretrained: Start from timm's own pretrained tag (an opt-in download, never a default).
         **timm_kwargs: Passed to ``timm.create_model``.
     """
-    import timm
-
-    model = timm.create_model(
-        arch, pretrained=False, num_classes=0, global_pool="", drop_path_rate=drop_path_rate, **timm_kwargs
+    model = create_timm_model(
+        arch, timm_pretrained, num_classes=0, global_pool="", drop_path_rate=drop_path_rate, **timm_kwargs
     )
-    return ResNetBackbone(model, pool=pool, img_size=img_size)
+    backbone = ResNetBackbone(model, pool=pool, img_size=img_size)
+    if timm_pretrained:
+        backbone.input_mean, backbone.input_std = timm_input_normalisation(model)
+    return backbone
 
 
 for _arch in ("resnet18", "resnet50"):

@@ -273,13 +273,21 @@ def build_model(cfg: ModelConfig) -> LesionNet:
     """Build the :class:`LesionNet` a model config describes (the one builder used everywhere).
 
     ``img_size`` and ``drop_path_rate`` are passed to the backbone builder when it takes them;
-    ``backbone_kwargs`` are passed as given and win over those two.
+    ``backbone_kwargs`` are passed as given and win over those two. ``pretrained: timm`` asks the
+    builder for timm's own weights (an opt-in download).
 
     Raises:
         ConfigError: Unknown backbone or arguments it rejects.
         CheckpointError: ``pretrained_path`` cannot be read or does not fit.
     """
     kwargs = {k: getattr(cfg, k) for k in COMMON_BACKBONE_KWARGS if accepts_kwarg(cfg.backbone, k)}
+    if cfg.pretrained == "timm":
+        if not accepts_kwarg(cfg.backbone, "timm_pretrained"):
+            raise ConfigError(
+                f"model.pretrained: timm is for timm backbones; '{cfg.backbone}' has no timm pretrained tag "
+                "(start it from a local file with model.pretrained_path instead)"
+            )
+        kwargs["timm_pretrained"] = True
     kwargs.update(cfg.backbone_kwargs)
     backbone = create_backbone(
         cfg.backbone, pretrained_path=cfg.pretrained_path, pretrained_prefix=cfg.pretrained_prefix, **kwargs

@@ -26,18 +26,24 @@ from typing import Any
 import torch
 from torch import nn
 
+from backend.data.schema import IMAGENET_MEAN, IMAGENET_STD
 from backend.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
 #: Modules whose import registers more built-in backbones (imported on first use of the registry).
-BUILTIN_MODULES: tuple[str, ...] = ("backend.models.dermaresnet",)
+BUILTIN_MODULES: tuple[str, ...] = ("backend.models.dermaresnet", "backend.models.mobilenet")
 #: Key prefixes stripped, outermost first, when searching a weights file for the backbone's keys:
 #: DDP / torch.compile wrappers, a Lightning module's ``net.``, a LesionNet's ``backbone.``, BYOL/DINO exports.
 DEFAULT_PREFIXES: tuple[str, ...] = (
     "state_dict.", "module.", "_orig_mod.", "net.", "backbone.", "online_backbone.", "teacher.", "encoder.",
     "student.", "target_backbone.",
 )
+
+#: Buffers every BatchNorm has with the same shape (), which say nothing about whether a file fits.
+_COUNTER_SUFFIX = "num_batches_tracked"
+#: A weights file must fill at least this share of the backbone's tensors to count as its start.
+MIN_MATCHED_FRACTION = 0.5
 
 _REGISTRY: dict[str, Callable[..., Backbone]] = {}
 
@@ -60,12 +66,18 @@ class Backbone(nn.Module):
 
     Attributes:
         feat_dim: Size of the pooled feature vector returned by :meth:`forward`.
+        input_mean, input_std: Per-channel normalisation of ``[0, 1]`` RGB the backbone's start
+            weights expect (ImageNet's by default; TensorFlow-ported weights use 0.5 / 0.5). Training
+            copies them into ``data.mean`` / ``data.std`` unless those are set, so they travel into
+            every checkpoint and bundle with the rest of the preprocessing.
         reshape_transform: None for CNNs; for token models a function mapping the tokens of
             :attr:`cam_layer` ``(B, prefix + H*W, C)`` to a ``(B, C, H, W)`` map (pytorch-grad-cam's
             ``reshape_transform`` argument).
     """
 
     feat_dim: int
+    input_mean: tuple[float, float, float] = IMAGENET_MEAN
+    input_std: tuple[float, float, float] = IMAGENET_STD
     reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,20 +165,21 @@ class VitBackbone(TimmBackbone):
         img_size: Input side the position embedding is built for.
         drop_path_rate: Stochastic depth rate.
         dynamic_img_size: Accept other input sizes at run time.
+        timm_pretrained: Start from timm's own pretrained tag (an opt-in download; see :func:`create_timm_model`).
         **timm_kwargs: Passed to ``timm.create_model`` (e.g. ``depth``, ``embed_dim``, ``num_heads``).
     """
 
     def __init__(
         self, arch: str, img_size: int = 224, drop_path_rate: float = 0.0, dynamic_img_size: bool = True,
-        **timm_kwargs: Any,
+        timm_pretrained: bool = False, **timm_kwargs: Any,
     ) -> None:
         super().__init__()
-        import timm
-
-        self.model = timm.create_model(
-            arch, pretrained=False, num_classes=0, img_size=img_size, drop_path_rate=drop_path_rate,
+        self.model = create_timm_model(
+            arch, timm_pretrained, num_classes=0, img_size=img_size, drop_path_rate=drop_path_rate,
             dynamic_img_size=dynamic_img_size, use_naflex=False, **timm_kwargs,
         )
+        if timm_pretrained:
+            self.input_mean, self.input_std = timm_input_normalisation(self.model)
         self.feat_dim = int(self.model.num_features)
         self.num_prefix_tokens = int(self.model.num_prefix_tokens)
         self._grid = tuple(self.model.patch_embed.grid_size)
@@ -212,6 +225,53 @@ class VitBackbone(TimmBackbone):
         from timm.models.vision_transformer import checkpoint_filter_fn
 
         return checkpoint_filter_fn(state, self.model)
+
+
+#: Environment variables under which huggingface_hub (timm's weight store) never touches the network.
+_HUB_OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def create_timm_model(arch: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` for every timm-based backbone: random weights unless ``pretrained``.
+
+    ``pretrained=True`` is the opt-in ``model.pretrained: timm`` for users who are online: timm
+    downloads (or reads from its cache) the architecture's default pretrained tag. It is never set
+    by a default config, a test or CI. When the weights cannot be had (offline, or
+    ``HF_HUB_OFFLINE=1``), it fails at once with what to download and where to point the config.
+
+    Raises:
+        ConfigError: timm rejects the arguments, or the pretrained weights cannot be obtained.
+    """
+    import os
+
+    import timm
+
+    if not pretrained:
+        return timm.create_model(arch, pretrained=False, **kwargs)
+    how = (
+        f"model.pretrained: timm needs timm's '{arch}' weights, which could not be obtained{{why}}. "
+        f"On a machine that is online, run `python -c \"import timm; timm.create_model('{arch}', pretrained=True)\"` "
+        "once to fill the Hugging Face cache (HF_HOME), or save those weights to a file and set "
+        "model.pretrained_path to it (and model.pretrained to null)."
+    )
+    if any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in _HUB_OFFLINE_ENV):
+        try:  # offline mode: only a cached copy can serve, and huggingface_hub says so quickly
+            return timm.create_model(arch, pretrained=True, **kwargs)
+        except Exception as err:  # any hub or cache failure means "not available offline"
+            raise ConfigError(how.format(why=f" offline (HF_HUB_OFFLINE is set): {type(err).__name__}")) from None
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")  # fail fast when the hub cannot be reached
+    try:
+        return timm.create_model(arch, pretrained=True, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:  # connection, missing cache entry, bad tag
+        raise ConfigError(how.format(why=f": {type(err).__name__}: {str(err)[:200]}")) from None
+
+
+def timm_input_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std of a timm model's pretrained config (ImageNet's when it has none)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_MEAN))
+    std = tuple(float(v) for v in cfg.get("std", IMAGENET_STD))
+    return mean, std
 
 
 def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
@@ -385,7 +445,8 @@ def load_backbone_weights(backbone: Backbone, path: str | Path, prefix: str | No
         The :class:`LoadReport`; it is also logged.
 
     Raises:
-        CheckpointError: When the file is unreadable or no key fits the backbone.
+        CheckpointError: When the file is unreadable or fills less than half of the backbone's
+            tensors (naming the file and the missing, unexpected and mismatched keys).
     """
     state = read_state_dict(path)
     if prefix:
@@ -408,7 +469,8 @@ def load_backbone_weights(backbone: Backbone, path: str | Path, prefix: str | No
         except (RuntimeError, ValueError, KeyError, IndexError) as err:  # a view that is not this architecture
             errors.append(f"under prefix '{chain}': {err}")
             continue
-        score = sum(1 for k, v in adapted.items() if k in own and tuple(v.shape) == tuple(own[k].shape))
+        score = sum(1 for k, v in adapted.items()
+                    if k in own and tuple(v.shape) == tuple(own[k].shape) and not k.endswith(_COUNTER_SUFFIX))
         if score > best[0]:
             best = (score, chain, adapted)
     score, chain, adapted = best
@@ -429,6 +491,15 @@ def load_backbone_weights(backbone: Backbone, path: str | Path, prefix: str | No
             report.matched.append(key)
     matched = set(report.matched)
     report.missing = [k for k in own if k not in matched]
+    weights = [k for k in own if not k.endswith(_COUNTER_SUFFIX)]
+    fitted = sum(1 for k in weights if k in matched)
+    if fitted < MIN_MATCHED_FRACTION * len(weights):
+        raise CheckpointError(
+            f"{path}: only {fitted} of the backbone's {len(weights)} weight tensors fit "
+            f"{type(backbone).__name__} (prefix '{chain}'); missing e.g. {report.missing[:4]}, "
+            f"unexpected e.g. {report.unexpected[:4]}, shape-mismatched e.g. {report.mismatched[:4]}; "
+            "is it the right architecture and padding, or does it need model.pretrained_prefix?"
+        )
     backbone.load_state_dict({k: adapted[k] for k in report.matched}, strict=False)
     log.info("loaded %s (prefix '%s') into %s: %s", path, chain, type(backbone).__name__, report.summary())
     return report

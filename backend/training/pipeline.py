@@ -57,6 +57,11 @@ class PipelineConfig:
         tta: Predict with the 8 flips/rotations averaged: stored in the bundle (``inference.tta``) so
             the app predicts exactly as the card's figures were measured.
         lodo: Leave-one-dataset-out check (:class:`backend.evaluation.lodo.LodoConfig` mapping); None skips it.
+        variants: Acquisition variants of the test split the card also scores
+            (``backend.evaluation.acquisition``: ``squashed``, ``bordered``).
+        baseline: ``{name, bundle_dir}`` of an earlier bundle scored on the same test split and
+            variants, shown beside this model's figures; None for none (skipped when the folder is absent).
+        start_weights: ``{name, licence, obtain}``: the pretrained start, written into the card.
     """
 
     name: str = "dermalens-default"
@@ -72,12 +77,25 @@ class PipelineConfig:
     status: str | None = None
     tta: bool = False
     lodo: dict[str, Any] | None = None
+    variants: list[str] = field(default_factory=lambda: ["squashed", "bordered"])
+    baseline: dict[str, str] | None = None
+    start_weights: dict[str, str] | None = None
 
     def validate(self) -> None:
-        """Reject unknown stages."""
+        """Reject unknown stages, variants and baseline keys."""
+        from backend.evaluation.acquisition import VARIANTS
+
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise ConfigError(f"stages: unknown {unknown}; valid stages: {list(STAGES)}")
+        bad = [v for v in self.variants if v not in VARIANTS or v == "plain"]
+        if bad:
+            raise ConfigError(f"variants: unknown {bad}; valid: {[v for v in VARIANTS if v != 'plain']}")
+        if self.start_weights is not None and set(self.start_weights) != {"name", "licence", "obtain"}:
+            raise ConfigError(f"start_weights must have exactly the keys name, licence and obtain, "
+                              f"got {sorted(self.start_weights)}")
+        if self.baseline is not None and set(self.baseline) != {"name", "bundle_dir"}:
+            raise ConfigError(f"baseline must have exactly the keys name and bundle_dir, got {sorted(self.baseline)}")
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
@@ -186,29 +204,43 @@ def stage_export(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
     )
     card = read_card(result.bundle_dir)
     card["inference"] = {"tta": cfg.tta}
+    if cfg.start_weights:
+        card["start_weights"] = dict(cfg.start_weights)
     write_card(result.bundle_dir, card)
     return {"bundle_dir": str(result.bundle_dir), "skipped_images": len(result.skipped),
             "calibration": result.card.get("calibration")}
 
 
+#: Card figures compared across variants and against the baseline.
+CARD_HEADLINE = ("auroc_malignant", "auroc_melanoma", "balanced_accuracy")
+
+
 def stage_card(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate the bundle on the test split and write the metrics into its card and markdown."""
+    """Evaluate the bundle on the test split and write the metrics into its card and markdown.
+
+    Besides the plain test split: what each traffic light means there (operating points), the
+    headline figures on the acquisition variants, and the baseline bundle's figures on the same images.
+    """
     import numpy as np
 
     from backend.data.dataset import encode_targets
     from backend.data.formats import load_table
     from backend.data.splits import read_splits
+    from backend.evaluation.acquisition import DESCRIPTIONS
     from backend.evaluation.model_card import subgroup_metrics
+    from backend.evaluation.operating_points import light_summary
     from backend.evaluation.split_eval import predict_rows, score_rows
     from backend.inference.predictor import Predictor
+    from backend.inference.risk import risk_index
     from backend.io.bundle import read_card, write_card
     from backend.training.config import ExperimentConfig
 
     exp = from_dict(ExperimentConfig, cfg.supervised)
     table = load_table(exp.data.csv, img_dir=exp.data.img_dir)
     splits = read_splits(Path(train["run_dir"]) / "splits.csv", table).reindex(table.index)
+    test_rows = table[splits == "test"]
     predictor = Predictor.from_checkpoint(cfg.bundle_dir)
-    pred = predict_rows(predictor, table[splits == "test"], tta=predictor.tta, progress=True)
+    pred = predict_rows(predictor, test_rows, tta=predictor.tta, progress=True)
     rows, skipped = pred.rows, pred.skipped
     metrics = score_rows(pred, n_boot=cfg.n_boot)
     t = encode_targets(rows)
@@ -216,6 +248,17 @@ def stage_card(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
     card = read_card(cfg.bundle_dir)
     card["test_metrics"] = metrics
     card["test_subgroups"] = subgroups.replace({np.nan: None}).to_dict(orient="records")
+    ops = dict(card.get("operating_points") or {})
+    ops["test"] = light_summary(risk_index(pred.raw.probs, predictor.risk), t["label"], predictor.risk)
+    card["operating_points"] = ops
+    variants = {"plain": {k: metrics[k] for k in CARD_HEADLINE if k in metrics}}
+    for variant in cfg.variants:
+        scored = score_rows(predict_rows(predictor, test_rows, tta=predictor.tta, progress=True, variant=variant),
+                            n_boot=cfg.n_boot, only=CARD_HEADLINE)
+        variants[variant] = scored
+    card["test_variants"] = {"descriptions": {v: DESCRIPTIONS[v] for v in variants}, "metrics": variants}
+    if cfg.baseline and Path(cfg.baseline["bundle_dir"]).is_dir():
+        card["baseline"] = score_baseline(cfg, test_rows)
     if cfg.status:
         card["status"] = cfg.status
     card["test_split"] = {"rows": len(rows), "unreadable": len(skipped), "source": str(exp.data.csv),
@@ -227,6 +270,21 @@ def stage_card(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
     write_card_markdown(cfg, card)
     return {"test_rows": len(rows), "balanced_accuracy": metrics["balanced_accuracy"]["value"],
             "auroc_malignant": metrics["auroc_malignant"]["value"]}
+
+
+def score_baseline(cfg: PipelineConfig, test_rows: Any) -> dict[str, Any]:
+    """The baseline bundle's headline figures on the same test images, plain and per variant."""
+    from backend.evaluation.split_eval import predict_rows, score_rows
+    from backend.inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(cfg.baseline["bundle_dir"])
+    figures = {}
+    for variant in ["plain", *cfg.variants]:
+        pred = predict_rows(predictor, test_rows, tta=predictor.tta, progress=True, variant=variant)
+        figures[variant] = score_rows(pred, n_boot=cfg.n_boot, only=CARD_HEADLINE)
+    card = predictor.card
+    return {"name": cfg.baseline["name"], "model": f"{card.get('name')} {card.get('version')}",
+            "metrics": figures}
 
 
 def split_fingerprint(image_ids: Any) -> str:
@@ -269,6 +327,7 @@ def write_card_markdown(cfg: PipelineConfig, card: dict[str, Any]) -> str:
 
 def render_card_markdown(card: dict[str, Any], metrics_md: str) -> str:
     """The human-readable model card."""
+    from backend.evaluation.card_sections import operating_points_markdown, start_weights_markdown, variants_markdown
     from backend.evaluation.lodo import lodo_markdown
 
     lodo = card.get("leave_one_dataset_out")
@@ -309,6 +368,9 @@ def render_card_markdown(card: dict[str, Any], metrics_md: str) -> str:
         "## Test-split metrics (95% bootstrap intervals, patients resampled)",
         "",
         metrics_md,
+        *operating_points_markdown(card),
+        *variants_markdown(card),
+        *start_weights_markdown(card),
         *lodo_md,
         "## Limitations",
         "",

@@ -131,6 +131,39 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path):
     )
 
 
+def resolve_input_normalisation(cfg: ExperimentConfig, net) -> None:
+    """Fill ``data.mean``/``data.std`` from the backbone when the config leaves them unset.
+
+    The backbone knows what its start weights expect (ImageNet mean/std, or ``[-1, 1]`` for
+    TensorFlow-ported weights); writing it into the data config before the run's config and
+    checkpoints are saved makes it travel with the preprocessing into every checkpoint and bundle.
+    """
+    if cfg.data.mean is None:
+        cfg.data.mean = [float(v) for v in net.backbone.input_mean]
+    if cfg.data.std is None:
+        cfg.data.std = [float(v) for v in net.backbone.input_std]
+
+
+def reestimate_start_batchnorm(cfg: ExperimentConfig, net, datamodule) -> int:
+    """Re-estimate the start weights' BatchNorm statistics on the first training images (eval transform).
+
+    Deterministic (the training split in table order, no augmentation), so every DDP rank computes
+    the same statistics. Only for a fresh run: a resumed run's checkpoint already holds them.
+    """
+    import itertools
+
+    from torch.utils.data import DataLoader
+
+    from backend.models.batchnorm import reestimate_batchnorm
+
+    dataset = datamodule.dataset(datamodule.train_table.sample(frac=1.0, random_state=cfg.seed))
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    images = (batch["image"] for batch in itertools.islice(loader, cfg.model.bn_reestimate_batches))
+    seen = reestimate_batchnorm(net.backbone, images)
+    log.info("BatchNorm statistics of the start weights re-estimated on %d training images", seen)
+    return seen
+
+
 def fit(cfg: ExperimentConfig, test: bool = True) -> RunResult:
     """Train (or resume) one experiment and return where its checkpoints are.
 
@@ -170,6 +203,9 @@ def fit(cfg: ExperimentConfig, test: bool = True) -> RunResult:
     scaler = ThicknessScaler.fit(train_table["thickness_lo_mm"].to_numpy(), train_table["thickness_hi_mm"].to_numpy())
 
     net = build_model(cfg.model)
+    resolve_input_normalisation(cfg, net)
+    if resume_ckpt is None and cfg.model.bn_reestimate_batches > 0:
+        reestimate_start_batchnorm(cfg, net, datamodule)
     module = LesionModule(
         net,
         config=to_dict(cfg),

@@ -1,0 +1,115 @@
+"""Markdown sections of the model card for what a clinician asks of a light, and a reader of a start.
+
+* :func:`operating_points_markdown`: the traffic-light thresholds, the validation targets they were
+  chosen for and what each light means on the test split (share of images, share malignant,
+  sensitivity and specificity of "not green" and of "red").
+* :func:`variants_markdown`: headline test figures on the plain split and its acquisition variants
+  (squashed, dermoscope border), beside a baseline model's on the same images.
+* :func:`start_weights_markdown`: which pretrained weights the model started from, their licence and
+  how a user on a fresh machine obtains them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Headline figures in the variants table, with their names in the card's words.
+HEADLINE_NAMES = {
+    "auroc_malignant": "malignant AUROC",
+    "auroc_melanoma": "melanoma vs rest AUROC",
+    "balanced_accuracy": "8-class balanced accuracy",
+}
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * float(value):.1f}%"
+
+
+def _ci(entry: Any) -> str:
+    if not isinstance(entry, dict) or entry.get("value") is None:
+        return "n/a"
+    lo, hi = entry.get("ci_low"), entry.get("ci_high")
+    text = f"{entry['value']:.3f}"
+    if lo is not None and hi is not None:
+        text += f" ({lo:.3f}-{hi:.3f})"
+    return text
+
+
+def operating_points_markdown(card: dict[str, Any]) -> list[str]:
+    """Lines of the "What the traffic light means" section (empty when the card has no operating points)."""
+    ops, risk = card.get("operating_points") or {}, card.get("risk") or {}
+    if not ops:
+        return []
+    val, test = ops.get("validation") or {}, ops.get("test") or {}
+    lines = ["## What the traffic light means", ""]
+    if val:
+        targets, got = val.get("targets", {}), val.get("achieved", {})
+        lines += [
+            f"Thresholds on the risk index, chosen on the {val.get('chosen_on')}: green below "
+            f"{risk.get('green_below', float('nan')):.4f}, "
+            f"red from {risk.get('yellow_below', float('nan')):.4f}. "
+            f"Targets: \"not green\" catches at least {_pct(targets.get('not_green_sensitivity'))} of malignant "
+            f"lesions (achieved {_pct(got.get('not_green_sensitivity'))} on validation); \"red\" leaves at least "
+            f"{_pct(targets.get('red_specificity'))} of benign lesions out "
+            f"(achieved {_pct(got.get('red_specificity'))})."
+            + (" The two thresholds crossed, so the yellow band is empty." if val.get("yellow_band_empty") else ""),
+            "",
+        ]
+    if test:
+        lines += [
+            f"On the test split ({test.get('n')} lesions):", "",
+            "| light | share of images | malignant / benign | share malignant |",
+            "| --- | --- | --- | --- |",
+        ]
+        for light, row in (test.get("lights") or {}).items():
+            lines.append(f"| {light} | {_pct(row.get('share_of_images'))} | {row.get('malignant')} / "
+                         f"{row.get('benign')} | {_pct(row.get('share_malignant'))} |")
+        ng, red = test.get("not_green", {}), test.get("red", {})
+        lines += [
+            "",
+            f"\"Not green\" (yellow or red) caught {_pct(ng.get('sensitivity'))} of malignant lesions "
+            f"(sensitivity) and left {_pct(ng.get('specificity'))} of benign lesions green (specificity). "
+            f"\"Red\" caught {_pct(red.get('sensitivity'))} of malignant lesions at {_pct(red.get('specificity'))} "
+            "specificity.",
+            "",
+        ]
+    return lines
+
+
+def variants_markdown(card: dict[str, Any]) -> list[str]:
+    """Lines of the acquisition-variants section, with the baseline's figures where scored."""
+    variants = card.get("test_variants") or {}
+    metrics, words = variants.get("metrics") or {}, variants.get("descriptions") or {}
+    if not metrics:
+        return []
+    baseline = card.get("baseline") or {}
+    base_metrics = baseline.get("metrics") or {}
+    this = f"{card.get('name')} {card.get('version')}"
+    head = ["variant", *(f"{HEADLINE_NAMES[k]}: {this}" for k in HEADLINE_NAMES)]
+    if base_metrics:
+        head += [f"{HEADLINE_NAMES[k]}: {baseline.get('name')}" for k in HEADLINE_NAMES]
+    lines = [
+        "## Robustness to acquisition (test split, 95% intervals)", "",
+        *(f"- **{name}**: {words.get(name, '')}" for name in metrics), "",
+        "| " + " | ".join(head) + " |", "|" + " --- |" * len(head),
+    ]
+    for name, figures in metrics.items():
+        cells = [name, *(_ci(figures.get(k)) for k in HEADLINE_NAMES)]
+        if base_metrics:
+            cells += [_ci((base_metrics.get(name) or {}).get(k)) for k in HEADLINE_NAMES]
+        lines.append("| " + " | ".join(cells) + " |")
+    if base_metrics:
+        lines += ["", f"Baseline: {baseline.get('name')} ({baseline.get('model')}), scored on the same images."]
+    return [*lines, ""]
+
+
+def start_weights_markdown(card: dict[str, Any]) -> list[str]:
+    """Lines naming the start weights, their licence and how to obtain them."""
+    start = card.get("start_weights") or {}
+    if not start:
+        return []
+    return [
+        "## Start weights", "",
+        f"- Weights: {start.get('name')}", f"- Licence: {start.get('licence')}",
+        f"- How to obtain them: {start.get('obtain')}", "",
+    ]
