@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from backend.evaluation.card_sections import light_meaning
+
 #: Full names of the diagnoses (codes as in ``backend.data.schema.DIAGNOSES``).
 CLASS_NAMES: dict[str, str] = {
     "MEL": "melanoma",
@@ -177,27 +179,34 @@ def render_probabilities(pred: Any) -> None:
                          "probability", format="percent", min_value=0.0, max_value=1.0)})
 
 
-def risk_explanation(pred: Any, weights: dict[str, float], green_below: float, yellow_below: float) -> str:
+def risk_explanation(pred: Any, weights: dict[str, float], green_below: float, yellow_below: float,
+                     chosen_on: str | None = None) -> str:
     """How this image's risk index was computed, in words and with its numbers."""
+    source = ("The thresholds were chosen for this model on its validation split so that yellow or red "
+              "catches at least 95% of malignant lesions and red leaves at least 90% of benign lesions out."
+              if chosen_on else "The thresholds are the clinic's fixed policy (`cfgs/inference/risk.yaml`).")
     terms = " + ".join(f"{w:g} × P({name})" for name, w in weights.items()) or "0"
     numbers = " + ".join(f"{w:g} × {pred.probabilities.get(name, 0.0):.3f}" for name, w in weights.items()) or "0"
     return (
         f"risk = {terms}, clipped to [0, 1]\n\n"
         f"= {numbers} = **{pred.risk:.3f}**\n\n"
         f"Traffic light: green below {green_below:g}, yellow from {green_below:g} to below {yellow_below:g}, "
-        f"red from {yellow_below:g}. Melanoma weighs most because missing it costs most; the weights are "
-        "clinical policy (`cfgs/inference/risk.yaml`)."
+        f"red from {yellow_below:g}. Melanoma weighs most because missing it costs most. {source}"
     )
 
 
-def render_risk(pred: Any, risk_cfg: Any) -> None:
-    """Risk index with its traffic light and how it is computed."""
+def render_risk(pred: Any, risk_cfg: Any, card: dict[str, Any] | None = None) -> None:
+    """Risk index with its traffic light, what that light meant on the test split, and how it is computed."""
     st.markdown("**Risk index**")
     left, right = st.columns([1, 2], vertical_alignment="center")
     left.metric("Risk index", f"{pred.risk:.2f}", label_visibility="collapsed")
     right.markdown(light_html(pred.traffic_light), unsafe_allow_html=True)
+    meaning = light_meaning(card or {}, pred.traffic_light)
+    if meaning:
+        st.caption(meaning)
     with st.expander("How the risk index is computed"):
-        st.markdown(risk_explanation(pred, dict(risk_cfg.weights), risk_cfg.green_below, risk_cfg.yellow_below))
+        st.markdown(risk_explanation(pred, dict(risk_cfg.weights), risk_cfg.green_below, risk_cfg.yellow_below,
+                                     getattr(risk_cfg, "chosen_on", None)))
 
 
 def render_thickness(pred: Any) -> None:

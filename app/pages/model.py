@@ -9,6 +9,7 @@ import streamlit as st
 
 from app import card_view, resources, state
 from app import components as ui
+from backend.evaluation.card_sections import operating_points_markdown
 
 
 def _section(title: str, value: Any) -> None:
@@ -74,8 +75,11 @@ def main() -> None:
     st.subheader("Risk index and traffic light")
     weights = dict(predictor.risk.weights)
     st.markdown("risk = " + " + ".join(f"{w:g} × P({n})" for n, w in weights.items())
-                + f", clipped to [0, 1]; green below {predictor.risk.green_below:g}, "
-                f"red from {predictor.risk.yellow_below:g}, yellow in between.")
+                + f", clipped to [0, 1]; green below {predictor.risk.green_below:.3g}, "
+                f"red from {predictor.risk.yellow_below:.3g}, yellow in between.")
+    meaning = operating_points_markdown(card)
+    if meaning:
+        st.markdown("\n".join(meaning[2:]))  # without the section heading: the subheader above names it
     _section("Calibration", card.get("calibration"))
     _section("Preprocessing", card.get("preprocessing"))
     _section("Out-of-distribution statistics", card.get("ood"))

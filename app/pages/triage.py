@@ -196,7 +196,7 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
         st.markdown(f"### {ui.class_label(pred.top_class)} · {pred.top_probability:.0%}")
         st.markdown(ui.light_html(pred.traffic_light), unsafe_allow_html=True)
         ui.render_probabilities(pred)
-        ui.render_risk(pred, model.predictor.risk)
+        ui.render_risk(pred, model.predictor.risk, model.predictor.card)
         ui.render_thickness(pred)
         ui.render_quality(pred)
 

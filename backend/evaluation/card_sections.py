@@ -28,7 +28,7 @@ def _pct(value: Any) -> str:
 def _ci(entry: Any) -> str:
     if not isinstance(entry, dict) or entry.get("value") is None:
         return "n/a"
-    lo, hi = entry.get("ci_low"), entry.get("ci_high")
+    lo, hi = entry.get("lo"), entry.get("hi")
     text = f"{entry['value']:.3f}"
     if lo is not None and hi is not None:
         text += f" ({lo:.3f}-{hi:.3f})"
@@ -113,3 +113,25 @@ def start_weights_markdown(card: dict[str, Any]) -> list[str]:
         f"- Weights: {start.get('name')}", f"- Licence: {start.get('licence')}",
         f"- How to obtain them: {start.get('obtain')}", "",
     ]
+
+
+def light_meaning(card: dict[str, Any], light: str) -> str:
+    """One sentence, in a clinician's words, on what ``light`` meant on the model's test split.
+
+    Empty when the card has no test-split operating points (older bundles, raw checkpoints).
+    """
+    test = (card.get("operating_points") or {}).get("test") or {}
+    row = (test.get("lights") or {}).get(light)
+    if not row:
+        return ""
+    share = _pct(row.get("share_malignant"))
+    ng, red = test.get("not_green") or {}, test.get("red") or {}
+    if light == "green":
+        return (f"Green: on this model's test split, {share} of green lesions were malignant; yellow or red "
+                f"caught {_pct(ng.get('sensitivity'))} of the malignant lesions.")
+    if light == "red":
+        return (f"Red: on this model's test split, {share} of red lesions were malignant; red was given to "
+                f"{_pct(red.get('sensitivity'))} of malignant and {_pct(1 - red['specificity'])} of benign lesions."
+                if red.get("specificity") is not None else f"Red: {share} of red lesions were malignant.")
+    return (f"Yellow: between the two thresholds; on this model's test split {share} of yellow lesions were "
+            "malignant. Review it clinically.")

@@ -9,10 +9,11 @@ every model, so each bundle gets its own, chosen on its validation split:
 * ``yellow_below``: the lowest threshold at which *red* (risk >= threshold) holds at least
   ``min_specificity`` (90%) of benign lesions out of red.
 
-When the two cross (a model that separates poorly), red starts where green ends: the yellow band is
-empty, and red's specificity is then at least the target. What was achieved is always reported,
-never only the target. :func:`light_summary` says, on any labelled set (the test split for the card),
-what share of images each light gets, the share of malignant lesions among them, and the
+When the two cross (a model that separates the validation lesions very cleanly), red starts where
+green ends: the yellow band is empty, and red's specificity is then above the target. What was
+achieved is always reported, never only the target. :func:`light_summary` says, on any labelled
+set (the test split for the card), what share of images each light gets, the share of malignant
+lesions among them, and the
 sensitivity and specificity of *not green* and of *red*: the numbers the app quotes to explain a light.
 """
 

@@ -378,7 +378,8 @@ def export_bundle(
     ``max_ood_images`` of) its training split, and, with ``operating_points``, the traffic-light
     thresholds on its validation split (``backend.evaluation.operating_points``: "not green" catches
     >= 95% of malignant lesions, "red" holds >= 90% specificity), stored in the card's ``risk``.
-    Without it the temperature is ``temperature`` (or 1) and there are no OOD statistics; the card then reports the checkpoint's monitored score.
+    Without it the temperature is ``temperature`` (or 1) and there are no OOD statistics; the card
+    then reports the checkpoint's monitored score.
 
     This is an export pipeline on top of inference, so it imports :mod:`backend.inference` lazily.
 
@@ -441,10 +442,13 @@ def export_bundle(
             from backend.evaluation.operating_points import choose_operating_points
             from backend.inference.risk import risk_index
 
-            predictor.risk, op_record = choose_operating_points(
-                risk_index(after, predictor.risk), targets["label"], base=predictor.risk,
-                source=f"val split of {splits_path} ({len(kept)} images)",
-            )
+            try:
+                predictor.risk, op_record = choose_operating_points(
+                    risk_index(after, predictor.risk), targets["label"], base=predictor.risk,
+                    source=f"val split of {splits_path} ({len(kept)} images)",
+                )
+            except ConfigError as err:  # a validation split without both classes: keep the policy file's
+                op_record = {"skipped": f"thresholds kept from the risk policy file: {err}"}
             extra_card["operating_points"] = {"validation": op_record}
         if len(train) > max_ood_images:
             train = train.sample(n=max_ood_images, random_state=0).reset_index(drop=True)

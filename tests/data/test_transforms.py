@@ -10,6 +10,7 @@ from backend.data.config import DataConfig
 from backend.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    RandomDermoscopeBorder,
     RandomVignette,
     ShadesOfGray,
     build_byol_transforms,
@@ -115,3 +116,38 @@ def test_byol_views_are_asymmetric(rng):
     img = make_lesion_image(rng, 48)
     a, b = view1(image=img)["image"], view2(image=img)["image"]
     assert a.shape == b.shape == (3, 32, 32) and not torch.equal(a, b)
+
+
+def test_dermoscope_border_blacks_out_corners_and_keeps_the_centre():
+    image = np.full((48, 64, 3), 180, np.uint8)
+    out = RandomDermoscopeBorder(radius=(0.7, 0.7), p=1.0)(image=image)["image"]
+    assert out.shape == image.shape
+    assert out[0, 0].max() == 0 and out[-1, -1].max() == 0 and out[0, -1].max() == 0
+    assert (out[24, 32] == 180).all()
+    with pytest.raises(ConfigError, match="radius"):
+        RandomDermoscopeBorder(radius=(0.9, 0.5))
+
+
+def test_default_augmentation_squashes_frames_and_downscales(rng):
+    """The default preset covers how other clinics' images arrive: other aspects, borders, lower resolution."""
+    cfg = DataConfig(img_size=32, augment="default", color_constancy=False)
+    transform = build_train_transform(cfg)
+    names = [type(t).__name__ for t in transform.transforms]
+    assert {"RandomResizedCrop", "RandomDermoscopeBorder", "Downscale"} <= set(names)
+    crop = transform.transforms[names.index("RandomResizedCrop")]
+    assert crop.ratio[0] <= 0.6 and crop.ratio[1] >= 1.6  # a 4:3 crop squashed to a square is in range
+    light = [type(t).__name__ for t in build_train_transform(DataConfig(img_size=32, augment="light")).transforms]
+    assert "RandomDermoscopeBorder" in light  # present but off (p=0) in the light preset
+    assert build_train_transform(DataConfig(img_size=32, augment="light")).transforms[
+        light.index("RandomDermoscopeBorder")].p == 0.0
+
+
+def test_normalisation_comes_from_the_config_when_set(rng):
+    cfg = DataConfig(img_size=16, color_constancy=False, mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+    pre = preprocessing_dict(cfg)
+    assert pre["mean"] == [0.5, 0.5, 0.5] and pre["std"] == [0.5, 0.5, 0.5]
+    white = np.full((16, 16, 3), 255, np.uint8)
+    assert torch.allclose(build_eval_transform(pre)(image=white)["image"], torch.ones(3, 16, 16))
+    assert preprocessing_dict(DataConfig(img_size=16))["mean"] == list(IMAGENET_MEAN)
+    with pytest.raises(ConfigError, match="data.std"):
+        DataConfig(std=[0.5, 0.0, 0.5]).validate()

@@ -42,6 +42,9 @@ def test_card_holds_everything_the_app_needs(trained):
     assert card["validation_metrics"]["n_images"] > 0 and "accuracy" in card["validation_metrics"]
     assert "clinician" in card["intended_use"] and len(card["limitations"]) >= 3
     assert card["risk"]["weights"] == {"MEL": 1.5, "BCC": 1.3, "SCC": 1.0}
+    ops = card["operating_points"]["validation"]
+    assert "val split" in card["risk"]["chosen_on"] and ops["green_below"] == card["risk"]["green_below"]
+    assert ops["achieved"]["not_green_sensitivity"] >= 0.95 and ops["achieved"]["red_specificity"] >= 0.90
     assert card["onnx"]["file"] == "model.onnx" and (trained["bundle"] / "model.onnx").is_file()
     status = describe_model_dir(trained["bundle"])
     assert status.available and status.name == "Tiny test model"
@@ -53,6 +56,10 @@ def test_bundle_predictor_uses_stored_temperature_and_ood_stats(trained):
     card = read_card(trained["bundle"])
     assert predictor.temperature == pytest.approx(card["calibration"]["temperature"])
     assert predictor.feature_stats is not None and predictor.feature_stats.threshold == card["ood"]["threshold"]
+    # The thresholds chosen for this model on its validation split, not the policy file's fixed ones.
+    assert (predictor.risk.green_below, predictor.risk.yellow_below) == (
+        card["risk"]["green_below"], card["risk"]["yellow_below"])
+    assert predictor.risk.chosen_on == card["risk"]["chosen_on"]
     same = Predictor.from_checkpoint(trained["ckpt"], temperature=predictor.temperature,
                                      feature_stats=predictor.feature_stats)
     images = lesions(3, seed=4)

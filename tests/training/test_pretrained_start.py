@@ -1,0 +1,71 @@
+"""A pretrained start through training: its input normalisation travels into checkpoint and bundle,
+its folded BatchNorm is re-estimated once, on a fresh run only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from backend.io.bundle import export_bundle, read_card
+from backend.io.checkpoint import load_lesion_checkpoint
+from backend.models.registry import create_backbone
+from backend.training import run as run_module
+from backend.training.run import fit
+from tests.training.test_run import tiny_cfg
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def start_weights(tmp_path_factory):
+    """A MobileNetV2 state dict in timm layout with BatchNorm folded as TFLite leaves it."""
+    torch.manual_seed(0)
+    model = create_backbone("mobilenetv2_100", pad_type="same").model
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("running_mean"):
+            value = torch.zeros_like(value)
+        elif key.endswith("running_var"):
+            value = torch.full_like(value, 1 - 1e-5)
+        state[key] = value.contiguous()
+    path = tmp_path_factory.mktemp("start") / "mobilenet_folded.safetensors"
+    save_file(state, str(path))
+    return path
+
+
+def mobilenet_cfg(dataset, out, weights, **trainer):
+    model = {"backbone": "mobilenetv2_100", "backbone_kwargs": {"pad_type": "same"},
+             "pretrained_path": str(weights), "bn_reestimate_batches": 2}
+    return tiny_cfg(dataset, out, model=model, trainer={"epochs": 1, "limit_train_batches": 2, **trainer})
+
+
+def test_normalisation_and_reestimated_batchnorm_travel_into_checkpoint_and_bundle(dataset, tmp_path,
+                                                                                   start_weights, monkeypatch):
+    calls = []
+    real = run_module.reestimate_start_batchnorm
+    monkeypatch.setattr(run_module, "reestimate_start_batchnorm",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = fit(mobilenet_cfg(dataset, tmp_path, start_weights), test=False)
+    assert calls == [1]
+    loaded = load_lesion_checkpoint(result.best_ckpt)
+    assert loaded.preprocessing["mean"] == [0.5, 0.5, 0.5] and loaded.preprocessing["std"] == [0.5, 0.5, 0.5]
+    assert loaded.config["data"]["mean"] == [0.5, 0.5, 0.5]  # the resolved config says it too
+    first_bn = loaded.net.backbone.model.bn1
+    assert float(first_bn.running_mean.abs().max()) > 0  # no longer the folded zeros
+    bundle = export_bundle(result.best_ckpt, tmp_path / "bundle", csv=dataset).bundle_dir
+    assert read_card(bundle)["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+
+    # A resumed run keeps the checkpoint's statistics instead of measuring again.
+    cfg = mobilenet_cfg(dataset, tmp_path, start_weights, epochs=2)
+    cfg.resume_version = int(result.run_dir.name.split("_")[1])
+    fit(cfg, test=False)
+    assert calls == [1]
+
+
+def test_explicit_normalisation_wins_over_the_backbone(dataset, tmp_path, start_weights):
+    cfg = mobilenet_cfg(dataset, tmp_path, start_weights)
+    cfg.model.bn_reestimate_batches = 0
+    cfg.data.mean, cfg.data.std = [0.4, 0.4, 0.4], [0.3, 0.3, 0.3]
+    result = fit(cfg, test=False)
+    assert load_lesion_checkpoint(result.best_ckpt).preprocessing["mean"] == [0.4, 0.4, 0.4]
