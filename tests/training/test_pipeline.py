@@ -29,9 +29,11 @@ def tiny_pipeline(tmp_path, stages, **extra):
 
 def test_default_config_is_valid():
     cfg = load_pipeline_config(REPO_ROOT / "cfgs" / "default.yaml")
-    assert cfg.bundle_dir == "assets/models/default" and cfg.stages == list(STAGES)
-    assert cfg.byol is not None and cfg.supervised["data"]["csv"].endswith("labels.csv")
-    assert cfg.lodo is not None and "Derm7pt" in cfg.lodo["datasets"]
+    assert cfg.bundle_dir == "assets/models/default" and cfg.stages == [s for s in STAGES if s != "byol"]
+    assert cfg.byol is None and cfg.supervised["data"]["csv"].endswith("labels.csv")
+    assert cfg.supervised["model"]["backbone"] == "mobilenetv2_100" and cfg.supervised["model"]["pretrained_path"]
+    assert cfg.lodo is not None and {"Derm7pt", "ISIC2017"} <= set(cfg.lodo["datasets"])
+    assert cfg.variants == ["squashed", "bordered"] and set(cfg.start_weights) == {"name", "licence", "obtain"}
 
 
 def test_stages_run_record_and_skip(tmp_path):
@@ -47,6 +49,11 @@ def test_stages_run_record_and_skip(tmp_path):
     assert card["test_split"]["rows"] > 0 and card["test_subgroups"]
     text = (tmp_path / "card.md").read_text()
     assert "Test-split metrics" in text and "| balanced_accuracy |" in text
+    # What each light means on the test split, and the acquisition variants beside the plain split.
+    lights = card["operating_points"]["test"]["lights"]
+    assert sum(v["n"] for v in lights.values()) == card["test_split"]["rows"]
+    assert set(card["test_variants"]["metrics"]) == {"plain", "squashed", "bordered"}
+    assert "What the traffic light means" in text and "Robustness to acquisition" in text
     assert (tmp_path / "bundle" / "MODEL_CARD.md").read_text() == text
     assert Predictor.from_checkpoint(tmp_path / "bundle").card["name"] == "tiny"
     # A second run skips every finished stage: no new training run, same records.
