@@ -34,6 +34,7 @@ import torch
 
 from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES
 from backend.errors import CheckpointError, ConfigError, ImageLoadError
+from backend.inference.onnx_engine import open_engine
 from backend.inference.quality import FeatureStats, QualityConfig, QualityFlag, image_flags
 from backend.inference.risk import RiskConfig, risk_index, thickness_band, traffic_light
 
@@ -203,11 +204,13 @@ class Predictor:
         self.batch_size = int(batch_size)
         self._card = dict(card or {})
         self._lock = threading.RLock()
+        #: ONNX Runtime forward pass (``backend.inference.onnx_engine``); None predicts in eager PyTorch.
+        self.onnx_engine = None
 
     # -- loading -----------------------------------------------------------------------------
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], **kwargs: Any) -> Predictor:
+    def from_checkpoint(cls, path: str | os.PathLike[str], engine: str = "auto", **kwargs: Any) -> Predictor:
         """Load a bundle folder (``model.safetensors`` + ``model_card.json``) or a Lightning ``.ckpt``.
 
         Checkpoints are read with ``torch.load(weights_only=True)`` and bundles with safetensors,
@@ -215,6 +218,9 @@ class Predictor:
 
         Args:
             path: Bundle folder or checkpoint file.
+            engine: Forward pass of plain predictions: ``auto`` (ONNX Runtime when the bundle has a
+                verified ``model.onnx`` and onnxruntime is installed, else PyTorch), ``torch`` or
+                ``onnxruntime`` (required). Grad-CAM and TTA always run in PyTorch.
             **kwargs: Constructor options (``risk``, ``quality``, ``tta``, ``batch_size``,
                 ``temperature`` to override the stored one).
 
@@ -251,7 +257,13 @@ class Predictor:
             raise CheckpointError(f"model not found: {path} (expected a bundle folder or a .ckpt file)")
         if list(model.classes) != list(DIAGNOSES):
             raise CheckpointError(f"{path}: classes {model.classes} differ from this code's {list(DIAGNOSES)}")
-        return cls(model.net, model.preprocessing, model.thickness_scaler, model.metadata_encoder, card=card, **kwargs)
+        predictor = cls(model.net, model.preprocessing, model.thickness_scaler, model.metadata_encoder, card=card,
+                        **kwargs)
+        if path.is_dir():
+            predictor.onnx_engine = open_engine(engine, path, card, bundle.temperature)
+        elif engine == "onnxruntime":
+            raise CheckpointError(f"{path}: a training checkpoint has no ONNX model; export a bundle with --onnx")
+        return predictor
 
     # -- properties --------------------------------------------------------------------------
 
@@ -389,6 +401,10 @@ class Predictor:
                 or to use the model's learned "no metadata" path for every row.
             tta: Average over the 8 flips and 90-degree rotations.
         """
+        engine = self.onnx_engine
+        if engine is not None and not tta and engine.temperature == self.temperature:
+            with self._lock:
+                return RawOutputs(*engine(x, meta))
         with self._lock, torch.inference_mode():
             m = None if meta is None else torch.from_numpy(np.asarray(meta, dtype=np.float32))
             probs, logits, thickness, features = self._forward_group(x, m, tta)

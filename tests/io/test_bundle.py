@@ -143,3 +143,35 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         atomic_write_bytes(target, b"newer")
     assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["card.json"]
+
+
+def test_bundle_predicts_through_onnx_runtime_with_the_eager_outputs(trained, tmp_path):
+    """ONNX Runtime serves plain predictions (faster on the CPU), identical to eager PyTorch to 1e-4."""
+    fast = Predictor.from_checkpoint(trained["bundle"])
+    eager = Predictor.from_checkpoint(trained["bundle"], engine="torch")
+    assert fast.onnx_engine is not None and eager.onnx_engine is None
+    images = lesions(4, seed=7)
+    meta = [{"age_approx": 60, "sex": "female", "anatom_site_general": "posterior torso"}, None, {}, {"sex": "male"}]
+    for a, b in zip(fast.predict(images, meta), eager.predict(images, meta), strict=True):
+        assert max(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities) < 1e-4
+        assert a.thickness_mm == pytest.approx(b.thickness_mm, abs=1e-4) and a.flags == b.flags
+        assert a.risk == pytest.approx(b.risk, abs=1e-4) and a.traffic_light == b.traffic_light
+    # Another temperature than the file's falls back to PyTorch rather than give wrong probabilities.
+    other = Predictor.from_checkpoint(trained["bundle"], temperature=fast.temperature * 2)
+    [p_other] = other.predict(images[:1])
+    [p_eager] = Predictor.from_checkpoint(trained["bundle"], engine="torch",
+                                          temperature=fast.temperature * 2).predict(images[:1])
+    assert p_other.probabilities == pytest.approx(p_eager.probabilities, abs=1e-6)
+
+
+def test_a_swapped_onnx_file_is_refused(trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained["bundle"], copy)
+    (copy / "model.onnx").write_bytes((copy / "model.onnx").read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        Predictor.from_checkpoint(copy)
+    assert Predictor.from_checkpoint(copy, engine="torch").onnx_engine is None  # PyTorch alone still works
+    with pytest.raises(CheckpointError, match="no ONNX model"):
+        Predictor.from_checkpoint(trained["ckpt"], engine="onnxruntime")
