@@ -30,8 +30,10 @@ class ModelConfig:
             backbone from; None for random initialisation. Nothing is ever downloaded.
         pretrained_prefix: Key prefix to select and strip in that file (e.g. ``online_backbone.``);
             None tries the usual ones (``module.``, ``net.``, ``backbone.``...).
-        pretrained: ``timm`` to start a timm backbone from timm's own pretrained tag, an opt-in
-            download for users who are online (never in defaults, tests or CI); None otherwise.
+        pretrained: ``timm`` to start a timm backbone from timm's default pretrained tag of its
+            architecture, or ``timm:<tag>`` for a named one (``timm:dino`` for
+            ``vit_small_patch16_224.dino``): an opt-in download for users who are online (never in
+            defaults, tests or CI); None otherwise.
         bn_reestimate_batches: Before training a pretrained start, batches of training images
             (eval transform) used to re-estimate its BatchNorm statistics without changing its
             eval-mode function (``backend.models.batchnorm``; needed for folded TFLite weights); 0 = off.
@@ -71,8 +73,10 @@ class ModelConfig:
         for name in ("dropout", "drop_path_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.pretrained not in (None, "timm"):
-            raise ConfigError(f"model.pretrained must be null or 'timm', got {self.pretrained!r}")
+        if self.pretrained is not None and self.pretrained != "timm" and not (
+            self.pretrained.startswith("timm:") and self.pretrained[5:].strip()
+        ):
+            raise ConfigError(f"model.pretrained must be null, 'timm' or 'timm:<tag>', got {self.pretrained!r}")
         if self.pretrained and self.pretrained_path:
             raise ConfigError(
                 "model.pretrained and model.pretrained_path both name start weights; set only one "

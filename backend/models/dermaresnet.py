@@ -180,7 +180,7 @@ for _name, _preset in PRESETS.items():
 
 def timm_resnet(
     arch: str, img_size: int | None = None, drop_path_rate: float = 0.0, pool: str = "avg",
-    timm_pretrained: bool = False, **timm_kwargs,
+    timm_pretrained: bool | str = False, **timm_kwargs,
 ) -> ResNetBackbone:
     """A timm ResNet with random weights; average pooling by default, as the architecture defines.
 

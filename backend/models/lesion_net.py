@@ -281,13 +281,13 @@ def build_model(cfg: ModelConfig) -> LesionNet:
         CheckpointError: ``pretrained_path`` cannot be read or does not fit.
     """
     kwargs = {k: getattr(cfg, k) for k in COMMON_BACKBONE_KWARGS if accepts_kwarg(cfg.backbone, k)}
-    if cfg.pretrained == "timm":
+    if cfg.pretrained:
         if not accepts_kwarg(cfg.backbone, "timm_pretrained"):
             raise ConfigError(
                 f"model.pretrained: timm is for timm backbones; '{cfg.backbone}' has no timm pretrained tag "
                 "(start it from a local file with model.pretrained_path instead)"
             )
-        kwargs["timm_pretrained"] = True
+        kwargs["timm_pretrained"] = True if cfg.pretrained == "timm" else cfg.pretrained.removeprefix("timm:")
     kwargs.update(cfg.backbone_kwargs)
     backbone = create_backbone(
         cfg.backbone, pretrained_path=cfg.pretrained_path, pretrained_prefix=cfg.pretrained_prefix, **kwargs

@@ -87,7 +87,7 @@ def timm_mobilenet(
     drop_path_rate: float = 0.0,
     pool: str = "avg",
     pad_type: str = "",
-    timm_pretrained: bool = False,
+    timm_pretrained: bool | str = False,
     **timm_kwargs: Any,
 ) -> MobileNetBackbone:
     """A timm MobileNet; random weights unless ``timm_pretrained`` (opt-in download by timm).

@@ -171,7 +171,7 @@ class VitBackbone(TimmBackbone):
 
     def __init__(
         self, arch: str, img_size: int = 224, drop_path_rate: float = 0.0, dynamic_img_size: bool = True,
-        timm_pretrained: bool = False, **timm_kwargs: Any,
+        timm_pretrained: bool | str = False, **timm_kwargs: Any,
     ) -> None:
         super().__init__()
         self.model = create_timm_model(
@@ -231,11 +231,12 @@ class VitBackbone(TimmBackbone):
 _HUB_OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
-def create_timm_model(arch: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+def create_timm_model(arch: str, pretrained: bool | str = False, **kwargs: Any) -> nn.Module:
     """``timm.create_model`` for every timm-based backbone: random weights unless ``pretrained``.
 
     ``pretrained=True`` is the opt-in ``model.pretrained: timm`` for users who are online: timm
-    downloads (or reads from its cache) the architecture's default pretrained tag. It is never set
+    downloads (or reads from its cache) the architecture's default pretrained tag; a string names
+    the tag (``model.pretrained: timm:dino`` gives ``vit_small_patch16_224.dino``). It is never set
     by a default config, a test or CI. When the weights cannot be had (offline, or
     ``HF_HUB_OFFLINE=1``), it fails at once with what to download and where to point the config.
 
@@ -248,6 +249,8 @@ def create_timm_model(arch: str, pretrained: bool = False, **kwargs: Any) -> nn.
 
     if not pretrained:
         return timm.create_model(arch, pretrained=False, **kwargs)
+    if isinstance(pretrained, str):
+        arch = f"{arch}.{pretrained}"
     how = (
         f"model.pretrained: timm needs timm's '{arch}' weights, which could not be obtained{{why}}. "
         f"On a machine that is online, run `python -c \"import timm; timm.create_model('{arch}', pretrained=True)\"` "

@@ -147,3 +147,14 @@ def test_timm_opt_in_refused_for_non_timm_backbones_and_with_a_path():
         ModelConfig(pretrained="imagenet").validate()
     with pytest.raises(ConfigError, match="pad_type"):
         build_model(ModelConfig(backbone="mobilenetv2_100", pretrained="timm", backbone_kwargs={"pad_type": "same"}))
+
+
+def test_named_timm_tag_offline_names_the_full_model(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    cfg = ModelConfig(backbone="vit_small_patch16_224", pretrained="timm:dino", use_metadata=False,
+                      backbone_kwargs={"depth": 1})
+    with pytest.raises(ConfigError, match=r"vit_small_patch16_224\.dino"):
+        build_model(cfg)
+    with pytest.raises(ConfigError, match="timm:<tag>"):
+        ModelConfig(pretrained="timm:").validate()
