@@ -73,3 +73,36 @@ def test_model_page_without_test_figures_has_no_empty_sections(app_env):
     at.switch_page("pages/model.py").run()
     assert not at.exception
     assert "Test-split figures" not in [h.value for h in at.subheader]
+
+
+OPERATING_POINTS = {
+    "risk": {"weights": {"MEL": 1.5, "BCC": 1.3, "SCC": 1.0}, "green_below": 0.05, "yellow_below": 0.4,
+             "chosen_on": "val split of splits.csv (300 images)"},
+    "operating_points": {
+        "validation": {"chosen_on": "val split of splits.csv (300 images)",
+                       "targets": {"not_green_sensitivity": 0.95, "red_specificity": 0.9},
+                       "achieved": {"not_green_sensitivity": 0.953, "red_specificity": 0.902},
+                       "yellow_band_empty": False},
+        "test": {"n": 100, "lights": {
+            "green": {"n": 50, "share_of_images": 0.5, "malignant": 1, "benign": 49, "share_malignant": 0.02},
+            "yellow": {"n": 30, "share_of_images": 0.3, "malignant": 6, "benign": 24, "share_malignant": 0.2},
+            "red": {"n": 20, "share_of_images": 0.2, "malignant": 13, "benign": 7, "share_malignant": 0.65}},
+            "not_green": {"sensitivity": 0.95, "specificity": 0.61}, "red": {"sensitivity": 0.65, "specificity": 0.91}},
+    },
+}
+
+
+def test_model_page_says_what_each_light_means(app_env, tmp_path, monkeypatch):
+    from backend.io.bundle import read_card, write_card
+
+    bundle = tmp_path / "models" / "with_operating_points"
+    shutil.copytree(app_env.fusion, bundle)
+    write_card(bundle, {**read_card(bundle), **OPERATING_POINTS})
+    monkeypatch.setenv("DERMALENS_MODELS_DIR", str(bundle.parent))
+    monkeypatch.setenv("DERMALENS_MODEL", str(bundle))
+    at = new_app().run()
+    at.switch_page("pages/model.py").run()
+    assert not at.exception
+    page = texts(at.markdown)
+    assert "green below 0.05, red from 0.4" in page and "| red | 20.0% | 13 / 7 | 65.0% |" in page
+    assert "achieved 95.3% on validation" in page
