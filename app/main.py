@@ -18,5 +18,6 @@ st.set_page_config(page_title="DermaLens", page_icon="🔬", layout="wide", init
 PAGES = Path(__file__).resolve().parent / "pages"
 st.navigation([
     st.Page(PAGES / "triage.py", title="Triage", icon=":material/biotech:", default=True),
+    st.Page(PAGES / "followup.py", title="Follow-up", icon=":material/compare:"),
     st.Page(PAGES / "model.py", title="Model card", icon=":material/badge:"),
 ]).run()

@@ -21,6 +21,7 @@ ERRORS = "dl_errors"  # {uploader file id: message} for files that could not be 
 SEEN = "dl_seen"  # {uploader file id: upload id}: uploader files already handled
 MODEL_PATH = "dl_model_path"  # the model chosen in the sidebar (str), or None for the default
 UPLOADER_NONCE = "dl_uploader_nonce"  # bumped by "Clear session" to empty the file uploader
+FOLLOWUP = "dl_followup"  # the Follow-up screen's uploads and comparisons (see followup())
 
 #: Metadata keys an upload may carry (the names ``Predictor.predict`` takes).
 METADATA_FIELDS: tuple[str, ...] = ("age_approx", "sex", "anatom_site_general")
@@ -81,10 +82,28 @@ class Upload:
 def init() -> None:
     """Create this session's keys on first run (idempotent)."""
     defaults: dict[str, Any] = {UPLOADS: {}, SELECTED: None, ERRORS: {}, SEEN: {}, MODEL_PATH: None,
-                                UPLOADER_NONCE: 0}
+                                UPLOADER_NONCE: 0, FOLLOWUP: new_followup()}
     for key, value in defaults.items():
         if key not in st.session_state:
             st.session_state[key] = value
+
+
+def new_followup() -> dict[str, Any]:
+    """Empty Follow-up screen state: ``pair`` {uploader file id: FollowUpImage}, ``results`` {key: result}."""
+    return {"pair": {}, "results": {}, "nonce": 0}
+
+
+def followup() -> dict[str, Any]:
+    """This session's Follow-up screen state (uploaded pair images and computed comparisons)."""
+    init()
+    return st.session_state[FOLLOWUP]
+
+
+def clear_followup() -> None:
+    """Forget the Follow-up screen's uploads and comparisons (its uploaders are emptied too)."""
+    init()
+    nonce = st.session_state[FOLLOWUP].get("nonce", 0) + 1
+    st.session_state[FOLLOWUP] = {**new_followup(), "nonce": nonce}
 
 
 def uploads() -> dict[str, Upload]:
@@ -170,6 +189,7 @@ def clear_session() -> None:
     st.session_state[ERRORS] = {}
     st.session_state[SEEN] = {}
     st.session_state[UPLOADER_NONCE] += 1
+    clear_followup()
     for key in list(st.session_state.keys()):
         if isinstance(key, str) and key.startswith("meta_"):
             del st.session_state[key]

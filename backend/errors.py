@@ -52,3 +52,15 @@ class ImageLoadError(DermaLensError, OSError):
 
 class CheckpointError(DermaLensError, ValueError):
     """A checkpoint or model bundle cannot be loaded safely or does not fit the model."""
+
+
+class FollowUpError(DermaLensError, ValueError):
+    """Two visits of one lesion cannot be compared: no lesion found in an image, or unusable input.
+
+    Attributes:
+        image: The image at fault (its file or upload name), or None when the pair as a whole is.
+    """
+
+    def __init__(self, message: str, image: object | None = None):
+        self.image = None if image is None else str(image)
+        super().__init__(message if image is None else f"{image}: {message}")

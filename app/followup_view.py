@@ -1,0 +1,107 @@
+"""Follow-up results in a clinician's words: pure functions over a ``FollowUpResult`` (no Streamlit).
+
+The Follow-up screen stays a thin layout and the wording is unit-tested.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CAUTION = (
+    "**Measured change supports, not replaces, clinical judgement.** Sizes and colours are measured "
+    "on two photos aligned by the skin around the lesion; lighting, focus, pressure of the "
+    "dermatoscope and the segmentation itself all add uncertainty (about +-10% in area on the "
+    "project's benchmark). Examine the patient and compare the photos yourself."
+)
+
+
+def _relative(value: float, noun: str, larger: str = "larger", smaller: str = "smaller") -> str:
+    if abs(value) < 0.005:
+        return f"The lesion's {noun} is the same as at the first visit."
+    word = larger if value > 0 else smaller
+    return f"The lesion's {noun} is {abs(value):.0%} {word} than at the first visit."
+
+
+def measure_sentences(result: Any) -> list[str]:
+    """The measured change as plain sentences, most important first (empty when not aligned).
+
+    Args:
+        result: A ``FollowUpResult``.
+    """
+    if not result.aligned:
+        return []
+    lines = []
+    if result.area_change is not None:
+        lines.append(_relative(result.area_change, "area").replace("The lesion's area is", "The lesion is", 1)
+                     .replace("larger than", "larger in area than").replace("smaller than", "smaller in area than")
+                     .replace("The lesion is the same", "The lesion's area is the same"))
+    if result.diameter_change is not None:
+        lines.append(_relative(result.diameter_change, "largest diameter", "longer", "shorter"))
+    if result.colour_change is not None:
+        if result.colour_change < 3:
+            words = "hardly changed (a difference the eye barely sees)"
+        elif result.colour_change < 8:
+            words = "changed slightly"
+        else:
+            words = "changed clearly"
+        lines.append(f"Its average colour has {words}: delta E {result.colour_change:.1f}, after correcting for "
+                     "the lighting of each photo.")
+    if result.border_change is not None:
+        if result.border_change >= 0.05:
+            lines.append("Its border has become more irregular (more notches or lobes).")
+        elif result.border_change <= -0.05:
+            lines.append("Its border has become more regular.")
+        else:
+            lines.append("Its border is about as regular as before.")
+    lines.extend(risk_sentences(result))
+    return lines
+
+
+def risk_sentences(result: Any) -> list[str]:
+    """The model's risk at both visits in words (empty without a model).
+
+    Args:
+        result: A ``FollowUpResult``.
+    """
+    if result.risk_before is None or result.risk_after is None:
+        return []
+    lines = [f"The model's risk index went from {result.risk_before:.2f} ({result.light_before}) at the first visit "
+             f"to {result.risk_after:.2f} ({result.light_after}) now."]
+    if result.embedding_distance is not None:
+        distance = result.embedding_distance
+        if distance < 0.1:
+            seen = "very similar"
+        elif distance < 0.3:
+            seen = "somewhat different"
+        else:
+            seen = "clearly different"
+        lines.append(f"The model sees the two photos as {seen} (feature distance {distance:.2f}).")
+    return lines
+
+
+def metric_values(result: Any) -> list[tuple[str, str, str | None]]:
+    """``(label, value, delta)`` for the headline metrics of an aligned comparison.
+
+    Args:
+        result: A ``FollowUpResult``.
+    """
+    rows: list[tuple[str, str, str | None]] = []
+    if result.area_change is not None:
+        rows.append(("Area change", f"{result.area_change:+.0%}", None))
+    if result.diameter_change is not None:
+        rows.append(("Largest diameter change", f"{result.diameter_change:+.0%}", None))
+    if result.colour_change is not None:
+        rows.append(("Colour change (delta E)", f"{result.colour_change:.1f}", None))
+    if result.risk_before is not None and result.risk_after is not None:
+        rows.append(("Model risk now", f"{result.risk_after:.2f}", f"{result.risk_after - result.risk_before:+.2f}"))
+    return rows
+
+
+def caution_flags(result: Any) -> list[str]:
+    """Flags that qualify the measurement (alignment, edges, image quality) rather than report a change.
+
+    Args:
+        result: A ``FollowUpResult``.
+    """
+    keys = ("could not align", "edge of the skin", "aligned on the lesion", "quality check", "no lesion found")
+    return [f for f in result.flags if any(k in f for k in keys)]

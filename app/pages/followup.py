@@ -1,0 +1,234 @@
+"""Follow-up screen: compare two visits of one lesion (aligned side by side, blend/swipe, change map, measures).
+
+The pair comes from the triage worklist or from two uploaders here. Images and results live only in
+``st.session_state`` (``app.state.followup()``), nothing is written to disk, and each comparison is
+computed once per pair and model, so moving the blend slider only re-mixes two cached pictures.
+The model is the session's one from the sidebar, loaded exactly as the Triage screen loads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from app import components as ui
+from app import followup_view as view
+from app import resources, state
+
+ACCEPTED_TYPES: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "tif", "tiff")
+DISPLAY_SIDE = 1024  # longest side kept for the comparison; the model decodes the original bytes itself
+SOURCES: tuple[str, ...] = ("Upload a pair", "From the triage worklist")
+MAX_RESULTS = 4  # comparisons kept per session (a few pairs, not an archive)
+
+
+@dataclass(frozen=True)
+class VisitImage:
+    """One photo of the pair: its id, file name, file bytes (for the model) and decoded picture."""
+
+    id: str
+    name: str
+    data: bytes
+    image: Any
+
+
+# -- choosing the pair ------------------------------------------------------------------------------
+
+
+def decode_upload(file: Any) -> VisitImage | str:
+    """An uploader file as a :class:`VisitImage`, or the message naming it when it cannot be read.
+
+    Args:
+        file: A Streamlit ``UploadedFile``.
+    """
+    from backend.data.images import decode_image_bytes
+    from backend.errors import DermaLensError
+
+    data = file.getvalue()
+    try:
+        image = decode_image_bytes(data, file.name, target_size=DISPLAY_SIDE)
+    except DermaLensError as err:
+        return str(err)
+    return VisitImage(state.upload_id(file.name, data), file.name, data, ui.fit_image(image, DISPLAY_SIDE))
+
+
+def uploaded_pair() -> tuple[VisitImage, VisitImage] | None:
+    """Two uploaders (baseline, follow-up); decoded files are kept in the session, errors shown in place."""
+    store = state.followup()
+    nonce = store.get("nonce", 0)
+    columns = st.columns(2)
+    chosen: list[VisitImage | None] = []
+    files: list[Any] = []
+    for column, (role, label) in zip(columns, (("before", "Baseline (earlier visit)"),
+                                               ("after", "Follow-up (later visit)")), strict=True):
+        with column:
+            file = st.file_uploader(label, type=list(ACCEPTED_TYPES), key=f"fu_{role}_{nonce}",
+                                    help="Stays in this browser session only")
+            files.append(file)
+            if file is None:
+                chosen.append(None)
+                continue
+            item = store["pair"].get(file.file_id)
+            if item is None:
+                item = decode_upload(file)
+                store["pair"][file.file_id] = item
+            if isinstance(item, str):
+                st.error(item)
+                chosen.append(None)
+            else:
+                chosen.append(item)
+    live = {f.file_id for f in files if f is not None}
+    for file_id in [k for k in store["pair"] if k not in live]:
+        del store["pair"][file_id]  # a file taken out of its uploader is forgotten
+    before, after = chosen
+    return (before, after) if before is not None and after is not None else None
+
+
+def worklist_pair() -> tuple[VisitImage, VisitImage] | None:
+    """Two images of the triage worklist picked as baseline and follow-up."""
+    uploads = state.uploads()
+    if len(uploads) < 2:
+        st.info(f"The triage worklist holds {len(uploads)} image{'s' if len(uploads) != 1 else ''}: upload at "
+                "least two on the Triage screen, or upload a pair here.")
+        return None
+    ids = list(uploads)
+    names = {uid: uploads[uid].name for uid in ids}
+    left, right = st.columns(2)
+    first = left.selectbox("Baseline (earlier visit)", ids, index=0, format_func=names.get, key="fu_pick_before")
+    second = right.selectbox("Follow-up (later visit)", ids, index=1, format_func=names.get, key="fu_pick_after")
+    if first == second:
+        st.warning("Choose two different images.")
+        return None
+    return tuple(VisitImage(u.id, u.name, u.data, u.image) for u in (uploads[first], uploads[second]))  # type: ignore[return-value]
+
+
+# -- comparing --------------------------------------------------------------------------------------
+
+
+def comparison(before: VisitImage, after: VisitImage, model: resources.LoadResult | None) -> Any:
+    """The pair's ``FollowUpResult`` (computed once per pair and model), or the message saying why not.
+
+    Args:
+        before: Baseline photo.
+        after: Follow-up photo.
+        model: The session's model (None or failed: no risk).
+    """
+    from backend.errors import DermaLensError
+    from backend.followup import compare_visits
+
+    predictor = model.predictor if model is not None and model.predictor is not None else None
+    key = (before.id, after.id, model.key if predictor is not None else None)
+    results = state.followup()["results"]
+    if key not in results:
+        with st.spinner("Aligning the photos and measuring the change…"):
+            try:
+                results[key] = compare_visits(
+                    np.asarray(before.image), np.asarray(after.image), predictor, before_name=before.name,
+                    after_name=after.name, model_inputs=((before.name, before.data), (after.name, after.data)))
+            except DermaLensError as err:
+                results[key] = str(err)
+            except Exception as err:  # a backend bug must not take the screen down
+                results[key] = f"The comparison failed: {type(err).__name__}: {err}"
+        while len(results) > MAX_RESULTS:
+            results.pop(next(iter(results)))
+    return results[key]
+
+
+# -- showing ----------------------------------------------------------------------------------------
+
+
+def show_not_aligned(result: Any, before: VisitImage, after: VisitImage) -> None:
+    """Say plainly that the pair could not be aligned; the photos are shown apart, never overlaid.
+
+    Args:
+        result: The unaligned ``FollowUpResult``.
+        before: Baseline photo.
+        after: Follow-up photo.
+    """
+    st.error(f"These two photos could not be aligned, so no overlay and no change measures are shown. "
+             f"Reason: {result.reason}. Check that both photos show the same lesion with some skin around it.")
+    left, right = st.columns(2)
+    left.image(before.image, caption=f"Baseline: {before.name}", width="stretch")
+    right.image(after.image, caption=f"Follow-up (not aligned): {after.name}", width="stretch")
+    for line in view.risk_sentences(result):
+        st.markdown(f"- {line}")
+
+
+def compare_view(result: Any) -> None:
+    """Blend or swipe between the baseline and the aligned follow-up.
+
+    Args:
+        result: An aligned ``FollowUpResult``.
+    """
+    from backend.followup.render import blend, outside_view, swipe
+
+    mode = st.radio("Compare by", ("Blend", "Swipe"), horizontal=True, key="fu_mode",
+                    help="Blend cross-fades the two visits; swipe shows the baseline left of the line")
+    amount = st.slider("Baseline ⟷ follow-up", 0, 100, 50, 5, key="fu_amount", format="%d%%")
+    after = outside_view(result.after_aligned, result.common)
+    picture = blend(result.before, after, amount / 100) if mode == "Blend" else swipe(result.before, after,
+                                                                                      amount / 100)
+    st.image(picture, caption=f"{mode}: {amount}% follow-up" if mode == "Blend" else f"Swipe at {amount}%",
+             width="stretch")
+
+
+def show_aligned(result: Any) -> None:
+    """Side by side, blend/swipe, change map and the measures in words.
+
+    Args:
+        result: An aligned ``FollowUpResult``.
+    """
+    from backend.followup.render import change_map_image, comparison_image
+
+    st.subheader("Aligned photos")
+    st.image(comparison_image(result), width="stretch",
+             caption="Baseline lesion outlined in white, follow-up lesion in cyan; grey: not in both photos")
+    compare_view(result)
+    st.subheader("Measured change")
+    metrics = view.metric_values(result)
+    for column, (label, value, delta) in zip(st.columns(max(1, len(metrics))), metrics, strict=False):
+        column.metric(label, value, delta, delta_color="inverse")
+    st.markdown("\n".join(f"- {line}" for line in view.measure_sentences(result)))
+    for flag in view.caution_flags(result):
+        st.warning(flag[0].upper() + flag[1:])
+    st.subheader("Change map")
+    st.image(change_map_image(result), width="stretch",
+             caption="Left: where the outline moved. Right: per-pixel colour difference inside the lesion.")
+
+
+def main() -> None:
+    """Render the follow-up screen."""
+    state.init()
+    st.title("Follow-up")
+    st.markdown("Compare two visits of **the same lesion**: the later photo is aligned onto the earlier one by the "
+                "skin around the lesion, then size, border and colour are measured in the same frame.")
+    st.markdown(view.CAUTION)
+    model = resources.model_sidebar()
+    with st.sidebar:
+        st.header("Follow-up")
+        st.button("Clear follow-up", key="fu_clear", on_click=state.clear_followup, icon=":material/delete_sweep:",
+                  help="Forget this screen's uploaded pair and comparisons")
+    source = st.radio("Images", SOURCES, horizontal=True, key="fu_source")
+    pair = uploaded_pair() if source == SOURCES[0] else worklist_pair()
+    if pair is None:
+        st.info("Choose a baseline and a follow-up photo to compare.")
+        return
+    before, after = pair
+    if before.id == after.id:
+        st.warning("The two photos are the same file: choose a later photo of the lesion as the follow-up.")
+        return
+    if model is not None and model.error:
+        st.warning(f"The model could not be loaded ({model.error}): the change is measured without risk figures.")
+    result = comparison(before, after, model)
+    if isinstance(result, str):
+        st.error(result)
+        return
+    if not result.aligned:
+        show_not_aligned(result, before, after)
+        return
+    show_aligned(result)
+
+
+main()

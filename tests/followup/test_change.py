@@ -1,0 +1,112 @@
+"""Change measures: growth within 0.10 of the truth, no growth within 0.05, lighting is not change, model outputs."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from backend.errors import FollowUpError
+from backend.followup import compare_visits
+from backend.followup.synthetic import FollowUpParams, make_follow_up
+from tests.followup.conftest import lesion_photo
+
+MOTION = {"angle_deg": 18.0, "zoom": 1.12, "shift": (0.04, -0.03)}
+
+
+@pytest.mark.parametrize("growth", [1.2, 1.45])
+def test_grown_lesion_area_change_within_0_10_of_truth(growth):
+    before, truth = lesion_photo(6, size=160, radius=26)
+    synthetic = make_follow_up(before, FollowUpParams(**MOTION, growth=growth, brightness=0.9), truth, seed=6)
+    result = compare_visits(before, synthetic.image)
+    assert result.aligned, result.reason
+    assert abs(result.area_change - synthetic.true_area_change) <= 0.10
+    assert result.diameter_change == pytest.approx(growth - 1, abs=0.06)
+    assert result.flags[0] == f"lesion grew by {result.area_change * 100:.0f}% in area"
+    assert result.change_map.shape == before.shape[:2] and result.change_map.max() > 0
+    grown = result.after_mask & ~result.before_mask
+    assert grown.sum() >= 0.8 * (result.after_mask.sum() - result.before_mask.sum())
+
+
+def test_unchanged_lesion_photographed_again_is_within_0_05():
+    before, truth = lesion_photo(7, size=160)
+    synthetic = make_follow_up(before, FollowUpParams(angle_deg=-25, zoom=0.85, shift=(-0.05, 0.02)), truth, seed=7)
+    result = compare_visits(before, synthetic.image)
+    assert result.aligned
+    assert abs(result.area_change) <= 0.05  # the 15% zoom-out is not shrinkage
+    assert abs(result.diameter_change) <= 0.05
+    assert not any("grew" in f or "shrank" in f for f in result.flags)
+
+
+def test_brightness_and_white_balance_change_is_no_change():
+    before, truth = lesion_photo(8, size=160)
+    params = FollowUpParams(shift=(0.02, 0.0), brightness=1.25, colour=(1.08, 0.95, 0.9))
+    synthetic = make_follow_up(before, params, truth, seed=8)
+    result = compare_visits(before, synthetic.image)
+    assert result.aligned
+    assert abs(result.area_change) <= 0.05
+    assert result.colour_change < 3.0  # delta E: the eye barely tells such colours apart
+    assert not any("colour" in f for f in result.flags)
+    darker = make_follow_up(before, FollowUpParams(brightness=0.75), truth, seed=9)
+    assert compare_visits(before, darker.image).colour_change < 3.0
+
+
+def test_real_colour_change_is_measured():
+    before, truth = lesion_photo(9, size=160)
+    after = before.copy()
+    after[truth] = np.clip(after[truth].astype(int) + np.array([-40, -10, 30]), 0, 255).astype(np.uint8)  # bluer
+    result = compare_visits(before, after)
+    assert result.colour_change > 10
+    assert any(f.startswith("lesion colour changed") for f in result.flags)
+
+
+def test_unrelated_pair_is_a_result_without_measures():
+    first, _ = lesion_photo(10, size=160)
+    second, _ = lesion_photo(11, size=160)
+    result = compare_visits(first, second, before_name="a.png", after_name="b.png")
+    assert not result.aligned and result.flags[0].startswith("could not align")
+    assert result.area_change is None and result.after_aligned is None and result.matrix is None
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["aligned"] is False and data["area_change"] is None and data["reason"] == result.reason
+
+
+def test_aligned_pair_without_lesion_is_an_error_naming_the_image():
+    skin, _ = lesion_photo(12, size=160, radius=0.01)
+    moved = make_follow_up(skin, FollowUpParams(angle_deg=10, shift=(0.03, 0.0)), np.zeros(skin.shape[:2], bool))
+    with pytest.raises(FollowUpError, match=r"^visit1\.png: no lesion found"):
+        compare_visits(skin, moved.image, before_name="visit1.png", after_name="visit2.png")
+
+
+class StubPredictor:
+    """The two ``Predictor`` methods follow-up uses, with fixed answers."""
+
+    def __init__(self):
+        self.calls = []
+
+    def predict(self, images):
+        self.calls.append(images)
+        return [SimpleNamespace(risk=0.2, malignant=0.1, traffic_light="green", flags=[], flag_reasons={}),
+                SimpleNamespace(risk=0.7, malignant=0.6, traffic_light="red", flags=["blurred"],
+                                flag_reasons={"blurred": "the image looks out of focus"})]
+
+    def raw_outputs(self, images):
+        features = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+        return SimpleNamespace(features=features), [0, 1], []
+
+
+def test_model_risk_and_feature_distance_of_both_visits():
+    before, truth = lesion_photo(13, size=160)
+    synthetic = make_follow_up(before, FollowUpParams(angle_deg=5, growth=1.2), truth, seed=13)
+    stub = StubPredictor()
+    result = compare_visits(before, synthetic.image, stub, model_inputs=("a.jpg", "b.jpg"))
+    assert stub.calls == [["a.jpg", "b.jpg"]]  # the model reads what it was told to, e.g. the original files
+    assert (result.risk_before, result.risk_after) == (0.2, 0.7)
+    assert result.embedding_distance == pytest.approx(1 - 1 / np.sqrt(2))
+    assert "model risk moved from green to red (0.20 -> 0.70)" in result.flags
+    assert any("follow-up image" in f and "out of focus" in f for f in result.flags)
+    data = result.to_dict()
+    for key in ("aligned", "area_change", "diameter_change", "risk_before", "risk_after", "flags"):
+        assert key in data
+    assert data["traffic_light_after"] == "red"

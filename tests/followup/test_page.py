@@ -1,0 +1,138 @@
+"""The Follow-up screen (AppTest): a pair from uploads or the worklist, aligned views, measures in words."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backend.followup.synthetic import FollowUpParams, make_follow_up
+from tests.app.conftest import new_app, texts, upload
+from tests.conftest import REPO_ROOT
+from tests.followup.conftest import encoded, lesion_photo
+
+
+@pytest.fixture(scope="module")
+def visits() -> tuple[bytes, bytes]:
+    """A baseline and a follow-up (rotated, zoomed, lesion 30% wider) as PNG bytes."""
+    before, truth = lesion_photo(30, size=160)
+    after = make_follow_up(before, FollowUpParams(angle_deg=12, zoom=1.1, growth=1.3), truth, seed=30).image
+    return encoded(before), encoded(after)
+
+
+def put(at, index: int, name: str, data: bytes):
+    """Upload one file through the page's ``index``-th uploader and rerun."""
+    uploader = at.get("file_uploader")[index]
+    uploader.upload(name, data, "image/png")
+    return uploader.run()
+
+
+def captions(at) -> list[str]:
+    """Captions of the main area's images."""
+    return [img.proto.imgs[0].caption for img in at.main.get("image")]
+
+
+def open_followup():
+    at = new_app().run()
+    at.switch_page("pages/followup.py").run()
+    assert not at.exception
+    assert "Follow-up" in [t.value for t in at.title]
+    return at
+
+
+def test_uploaded_pair_shows_aligned_views_and_measures(app_env, visits, monkeypatch):
+    from backend.followup import change
+
+    calls = []
+    original = change.compare_visits
+    monkeypatch.setattr(change, "compare_visits", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    monkeypatch.setattr("backend.followup.compare_visits", change.compare_visits)
+    at = open_followup()
+    assert len(at.get("file_uploader")) == 2
+    put(at, 0, "visit1.png", visits[0])
+    put(at, 1, "visit2.png", visits[1])
+    assert not at.exception and not at.error
+    words = texts(at.markdown)
+    assert "larger in area than at the first visit" in words
+    assert "supports, not replaces, clinical judgement" in words
+    assert "The model's risk index went from" in words  # the sidebar's (tiny default) model was used
+    assert "Aligned photos" in texts(at.subheader) and "Change map" in texts(at.subheader)
+    shown = captions(at)
+    assert len(shown) == 3 and shown[1] == "Blend: 50% follow-up"  # side by side, blend, change map
+    labels = [m.label for m in at.metric]
+    assert "Area change" in labels and at.metric[0].value.startswith("+")
+    at.radio(key="fu_mode").set_value("Swipe").run()
+    at.slider(key="fu_amount").set_value(80).run()
+    assert not at.exception and captions(at)[1] == "Swipe at 80%"
+    assert calls == [1]  # the slider and the mode re-mix cached pictures, never recompute
+    store = at.session_state["dl_followup"]
+    assert len(store["results"]) == 1
+
+
+def test_unrelated_pair_says_so_and_shows_no_overlay(app_env):
+    at = open_followup()
+    put(at, 0, "one.png", encoded(lesion_photo(31, size=160)[0]))
+    put(at, 1, "other.png", encoded(lesion_photo(32, size=160)[0]))
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "could not be aligned" in errors[0] and "no overlay" in errors[0]
+    assert "Aligned photos" not in texts(at.subheader) and not at.metric
+    assert captions(at) == ["Baseline: one.png", "Follow-up (not aligned): other.png"]  # apart, never overlaid
+
+
+def test_pair_from_the_triage_worklist(app_env, visits):
+    at = new_app().run()
+    upload(at, ("first.png", visits[0], "image/png"), ("second.png", visits[1], "image/png"))
+    assert len(at.session_state["dl_uploads"]) == 2
+    at.switch_page("pages/followup.py").run()
+    at.radio(key="fu_source").set_value("From the triage worklist").run()
+    assert not at.exception
+    assert at.selectbox(key="fu_pick_before").value != at.selectbox(key="fu_pick_after").value
+    assert "larger in area than at the first visit" in texts(at.markdown)
+    assert not np.isnan(float(at.metric[0].value.strip("+%")))
+
+
+def _files_changed_since(t0: float) -> list[Path]:
+    """Files under the temp folder and the repository (build and run folders aside) written since ``t0``."""
+    skip = {".venv", ".git", "runs", "node_modules", "__pycache__"}
+    changed = []
+    for root in {Path(tempfile.gettempdir()), REPO_ROOT}:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if d not in skip]
+            for name in filenames:
+                path = Path(dirpath) / name
+                try:
+                    stat = path.lstat()
+                except OSError:
+                    continue
+                if max(stat.st_mtime, stat.st_ctime) >= t0 and path.is_file() and stat.st_size < 64 * 1024 * 1024:
+                    changed.append(path)
+    return changed
+
+
+def test_a_compared_pair_leaves_nothing_on_disk(app_env, visits):
+    probe = f"followup_probe_{uuid.uuid4().hex}"
+    signatures = [data[len(data) // 2 : len(data) // 2 + 64] for data in visits]  # bytes only these files have
+    at = open_followup()
+    time.sleep(0.05)
+    t0 = time.time() - 0.01
+    put(at, 0, f"{probe}_1.png", visits[0])
+    put(at, 1, f"{probe}_2.png", visits[1])
+    at.radio(key="fu_mode").set_value("Swipe").run()
+    assert not at.exception and "Aligned photos" in texts(at.subheader)
+    leaks = []
+    for path in _files_changed_since(t0):
+        try:
+            content = path.read_bytes()
+        except OSError:
+            continue
+        if probe in str(path) or probe.encode() in content or any(s in content for s in signatures):
+            leaks.append(path)
+    assert leaks == []
+    at.button(key="fu_clear").click().run()  # and the screen's own button forgets the pair
+    assert at.session_state["dl_followup"]["results"] == {} and at.session_state["dl_followup"]["pair"] == {}
