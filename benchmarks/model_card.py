@@ -2,8 +2,10 @@
 
 Rebuilds the test split from what the card records (label file, split fractions and seed; the
 image-id fingerprint in the card proves it is the same split), predicts it with the bundle exactly
-as the app does (same calibration, same TTA setting) and prints every card metric next to the
-card's value, with the ratio reproduced/card, then the per-dataset figures. Exits 1 when a figure
+as the app does (same calibration, same TTA setting, same engine) and prints every card metric next
+to the card's value, with the ratio reproduced/card, then the per-dataset figures and what each
+traffic light means on the split (share of images and of malignant lesions, sensitivity and
+specificity of "not green" and "red"). Exits 1 when a figure
 differs from the card by more than ``--tolerance`` or the split is not the card's::
 
     python benchmarks/model_card.py                       # assets/models/default on ../shared/data
@@ -88,6 +90,22 @@ def main(argv: list[str] | None = None) -> int:
     by_dataset = groups[groups["attribute"] == "dataset"]
     print("\nper dataset (test split):")
     print(by_dataset[["group", "n", "n_malignant", "balanced_accuracy", "auroc_malignant"]].to_string(index=False))
+    ops_card = (card.get("operating_points") or {}).get("test")
+    if ops_card:
+        from backend.evaluation.operating_points import light_summary
+        from backend.inference.risk import risk_index
+
+        ops = light_summary(risk_index(pred.raw.probs, predictor.risk), t["label"], predictor.risk)
+        print("\nwhat each light means (test split): card / reproduced")
+        for light, row in ops["lights"].items():
+            was = ops_card["lights"][light]
+            worst = max(worst, abs(row["share_of_images"] - was["share_of_images"]))
+            print(f"{light:<8} share of images {was['share_of_images']:.4f} / {row['share_of_images']:.4f}, "
+                  f"share malignant {was['share_malignant'] or 0:.4f} / {row['share_malignant'] or 0:.4f}")
+        for call in ("not_green", "red"):
+            for rate in ("sensitivity", "specificity"):
+                worst = max(worst, abs(ops[call][rate] - ops_card[call][rate]))
+                print(f"{call} {rate}: {ops_card[call][rate]:.4f} / {ops[call][rate]:.4f}")
     ok = same_split and worst <= args.tolerance
     verdict = "REPRODUCED" if ok else "DIFFERS"
     print(f"\nlargest |reproduced - card| = {worst:.2e} (tolerance {args.tolerance:g}): {verdict}")
