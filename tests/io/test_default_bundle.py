@@ -51,3 +51,22 @@ def test_card_has_test_metrics_subgroups_and_the_other_clinics_check(predictor):
     assert {"Derm7pt", "ISIC2017"} <= {r["dataset"] for r in results}
     assert card["intended_use"] and card["limitations"] and card["status"]
     assert card["calibration"]["temperature"] > 0
+
+
+def test_card_states_operating_points_variants_baseline_and_start_weights(predictor):
+    """v1: thresholds chosen on validation (used by the predictor), what each light meant on the test split,
+    the squashed and bordered test variants beside the plain one and beside v0.2, and the start weights."""
+    card = predictor.card
+    val = card["operating_points"]["validation"]
+    assert "val split" in card["risk"]["chosen_on"] and predictor.risk.chosen_on == card["risk"]["chosen_on"]
+    assert val["achieved"]["not_green_sensitivity"] >= 0.95 and val["achieved"]["red_specificity"] >= 0.90
+    test = card["operating_points"]["test"]
+    assert sum(v["n"] for v in test["lights"].values()) == card["test_split"]["rows"]
+    assert set(card["test_variants"]["metrics"]) == {"plain", "squashed", "bordered"}
+    assert set(card["baseline"]["metrics"]) == {"plain", "squashed", "bordered"} and card["baseline"]["name"] == "v0.2"
+    assert card["start_weights"]["licence"].startswith("Apache") and card["start_weights"]["obtain"]
+    assert card["preprocessing"]["mean"] == [0.5, 0.5, 0.5]  # the TensorFlow start's input scale travelled
+
+
+def test_bundle_predicts_through_onnx_runtime(predictor):
+    assert predictor.onnx_engine is not None
