@@ -272,3 +272,75 @@ def model_summary_lines(card: dict[str, Any], uses_metadata: bool) -> list[str]:
     if temperature is not None:
         lines.append(f"Calibration temperature: {float(temperature):.3g}")
     return lines
+
+
+# -- similar confirmed cases ---------------------------------------------------------------------
+
+
+def reference_howto(ref_dir: Any, env_name: str) -> str:
+    """Plain-words instructions for building a reference library (shown when none is available).
+
+    Args:
+        ref_dir: The configured library folder (a ``Path``), or None when none is configured.
+        env_name: The environment variable naming it.
+    """
+    target = f"{ref_dir}/clinic_a" if ref_dir is not None else "refs/clinic_a"
+    if ref_dir is None:
+        where = (f"Then set the environment variable `{env_name}` to the folder holding your libraries "
+                 "(here `refs`) and restart the dashboard.")
+    elif not ref_dir.is_dir():
+        where = f"The folder `{ref_dir}` named by `{env_name}` does not exist yet: the command above creates it."
+    else:
+        where = f"No library was found in `{ref_dir}` (`{env_name}`); one built there appears in the sidebar."
+    return (
+        "No reference library is available, so similar confirmed cases cannot be shown. Build one from your "
+        "own confirmed (labelled) images: a CSV with an `image` column and a `diagnosis` or `label` column, "
+        "or any label format DermaLens reads, and the folder of images:\n\n"
+        f"```\npython -m scripts.build_reference --csv labels.csv --img_dir images/ --output {target}\n```\n\n"
+        f"{where} The library must be built with the model loaded here."
+    )
+
+
+def neighbour_caption(neighbour: Any) -> str:
+    """``3. MEL (malignant) · 0.91``: rank, diagnosis and cosine similarity of a similar case."""
+    diagnosis = neighbour.diagnosis or ("malignant" if neighbour.malignant else "benign")
+    flag = " (malignant)" if neighbour.malignant and neighbour.diagnosis else ""
+    return f"{neighbour.rank}. {diagnosis}{flag} · {neighbour.similarity:.2f}"
+
+
+def render_similar_cases(result: Any, per_row: int = 5) -> None:
+    """The neighbours' vote, their thumbnails with diagnosis and similarity, and an enlarged view.
+
+    Thumbnails are served from memory to this session only (each ``st.image`` also has a
+    full-screen button); nothing is written anywhere.
+
+    Args:
+        result: ``backend.retrieval.SimilarCases``.
+        per_row: Thumbnails per row.
+    """
+    vote = result.vote
+    if not result.neighbours:
+        st.info("The reference library has no case to compare with (it is empty, or every case is this image, "
+                "lesion or patient).")
+        return
+    st.markdown(f"**{vote.summary()}** (MEL, BCC or SCC) · {vote.diagnosis_summary()}")
+    excluded = f" {result.n_excluded} library case(s) of this same image were left out." if result.n_excluded else ""
+    st.caption(f"Nearest confirmed cases of library **{html.escape(result.library)}** by cosine similarity of the "
+               f"model's image features (1 = identical). They show what similar-looking lesions turned out to be; "
+               f"they are not a diagnosis of this one.{excluded}")
+    for start in range(0, len(result.neighbours), per_row):
+        columns = st.columns(per_row)
+        for column, neighbour in zip(columns, result.neighbours[start : start + per_row], strict=False):
+            with column:
+                st.image(neighbour.thumbnail, caption=neighbour_caption(neighbour), width="stretch",
+                         alt=f"Similar case {neighbour.rank}: {neighbour.diagnosis or 'unknown diagnosis'}")
+    with st.expander("Enlarge the similar cases"):
+        for start in range(0, len(result.neighbours), 2):
+            columns = st.columns(2)
+            for column, neighbour in zip(columns, result.neighbours[start : start + 2], strict=False):
+                with column:
+                    name = CLASS_NAMES.get(neighbour.diagnosis, neighbour.diagnosis or "diagnosis unknown")
+                    st.image(neighbour.thumbnail, width="stretch",
+                             caption=f"{neighbour_caption(neighbour)} · {name} · image {neighbour.image}"
+                                     + (f" · lesion {neighbour.lesion_id}" if neighbour.lesion_id else ""),
+                             alt=f"Similar case {neighbour.rank}, enlarged")

@@ -190,3 +190,127 @@ def model_sidebar() -> LoadResult | None:
             st.markdown("  \n".join(ui.model_summary_lines(result.predictor.card, result.predictor.uses_metadata)))
             st.page_link("pages/model.py", label="Full model card", icon=":material/badge:")
     return result
+
+
+# -- reference libraries ("Similar confirmed cases") -----------------------------------------------
+
+REFERENCE_DIR_ENV = "DERMALENS_REFERENCE_DIR"
+#: What the library picker offers to turn the panel off.
+REFERENCE_OFF = "__off__"
+
+
+def reference_dir() -> Path | None:
+    """The folder whose sub-folders are reference libraries (``DERMALENS_REFERENCE_DIR``), or None."""
+    value = os.environ.get(REFERENCE_DIR_ENV, "").strip()
+    return Path(value) if value else None
+
+
+@dataclass(frozen=True)
+class ReferenceOption:
+    """A reference library the sidebar offers.
+
+    Attributes:
+        path: The library folder.
+        label: What the picker shows (name, number of cases, or why it is not usable).
+    """
+
+    path: str
+    label: str
+
+
+def list_references() -> list[ReferenceOption]:
+    """Library folders under :func:`reference_dir` (the folder itself too, when it is one); no torch import."""
+    from backend.retrieval.library import ReferenceLibraryError, is_library, read_manifest
+
+    root = reference_dir()
+    if root is None or not root.is_dir():
+        return []
+    candidates = [root] if is_library(root) else []
+    candidates += sorted(p for p in root.iterdir() if p.is_dir() and is_library(p))
+    options = []
+    for path in candidates[:MAX_LISTED]:
+        try:
+            manifest = read_manifest(path)
+            detail = f"{manifest.get('n_rows', 0)} cases" if manifest.get("complete") else "incomplete build"
+        except ReferenceLibraryError:
+            detail = "unreadable"
+        options.append(ReferenceOption(str(path), f"{path.name} ({detail})"))
+    return options
+
+
+def reference_key(path: str | Path) -> str:
+    """Cache key of a library: its resolved path and the modification time of its manifest."""
+    from backend.retrieval.library import MANIFEST
+
+    path = Path(path).resolve()
+    try:
+        stamp = (path / MANIFEST).stat().st_mtime_ns
+    except OSError:
+        stamp = 0
+    return f"{path}@{stamp}"
+
+
+@dataclass(frozen=True)
+class ReferenceLoad:
+    """A loaded reference library, or why it could not be loaded.
+
+    Attributes:
+        library: ``backend.retrieval.ReferenceLibrary``, or None on failure.
+        error: The message to show, or None.
+        key: :func:`reference_key` of the library (part of each upload's similar-cases cache key).
+        path: The library folder.
+    """
+
+    library: Any
+    error: str | None
+    key: str
+    path: str
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def load_reference(path: str, key: str = "") -> ReferenceLoad:
+    """Load a reference library once per process (``key`` from :func:`reference_key`).
+
+    The library holds the clinic's own reference images and embeddings, never a user's upload,
+    so sharing it between sessions is safe. Failures are returned, not raised.
+    """
+    from backend.errors import DermaLensError
+    from backend.retrieval.library import ReferenceLibrary
+
+    try:
+        return ReferenceLoad(ReferenceLibrary.load(path), None, key, path)
+    except DermaLensError as err:
+        return ReferenceLoad(None, str(err), key, path)
+    except Exception as err:  # a damaged library must not take the dashboard down
+        return ReferenceLoad(None, f"{path}: could not be loaded ({type(err).__name__}: {err})", key, path)
+
+
+def _on_pick_reference() -> None:
+    from app import state
+
+    state.set_reference_path(st.session_state.get("reference_picker"))
+
+
+def reference_sidebar() -> ReferenceLoad | None:
+    """The sidebar's reference-library picker; returns the session's loaded library or None (none or off)."""
+    from app import state
+
+    options = list_references()
+    with st.sidebar:
+        st.header("Reference library")
+        if not options:
+            st.caption("None available: see the Similar confirmed cases panel for how to build one.")
+            return None
+        paths = [o.path for o in options]
+        labels = {o.path: o.label for o in options}
+        labels[REFERENCE_OFF] = "Off"
+        chosen = state.reference_path()
+        current = chosen if chosen in (*paths, REFERENCE_OFF) else paths[0]
+        choices = [*paths, REFERENCE_OFF]
+        st.selectbox("Similar confirmed cases from", choices, index=choices.index(current),
+                     format_func=lambda p: labels.get(p, p), key="reference_picker", on_change=_on_pick_reference,
+                     help=f"Libraries built with scripts.build_reference, found in {reference_dir()}")
+    if current == REFERENCE_OFF:
+        return None
+    with st.spinner(f"Loading reference library {Path(current).name}…"):
+        return load_reference(current, reference_key(current))

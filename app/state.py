@@ -22,6 +22,7 @@ SEEN = "dl_seen"  # {uploader file id: upload id}: uploader files already handle
 MODEL_PATH = "dl_model_path"  # the model chosen in the sidebar (str), or None for the default
 UPLOADER_NONCE = "dl_uploader_nonce"  # bumped by "Clear session" to empty the file uploader
 FOLLOWUP = "dl_followup"  # the Follow-up screen's uploads and comparisons (see followup())
+REFERENCE_PATH = "dl_reference_path"  # the reference library chosen in the sidebar, or None for the first
 
 #: Metadata keys an upload may carry (the names ``Predictor.predict`` takes).
 METADATA_FIELDS: tuple[str, ...] = ("age_approx", "sex", "anatom_site_general")
@@ -50,6 +51,8 @@ class Upload:
         prediction: ``backend.inference.Prediction`` or None while not computed.
         prediction_key: (model key, metadata) the prediction was computed for.
         cams: Grad-CAM heatmaps by target name, for ``prediction_key``'s model and metadata.
+        similar: Similar confirmed cases (``backend.retrieval.SimilarCases``) by (model key,
+            library key, k), or the message of a failed search.
     """
 
     id: str
@@ -61,6 +64,7 @@ class Upload:
     prediction: Any = None
     prediction_key: tuple | None = None
     cams: dict[str, Any] = field(default_factory=dict)
+    similar: dict[tuple, Any] = field(default_factory=dict)
 
     def metadata_key(self) -> tuple:
         """Hashable form of :attr:`metadata` (part of the prediction cache key)."""
@@ -82,7 +86,7 @@ class Upload:
 def init() -> None:
     """Create this session's keys on first run (idempotent)."""
     defaults: dict[str, Any] = {UPLOADS: {}, SELECTED: None, ERRORS: {}, SEEN: {}, MODEL_PATH: None,
-                                UPLOADER_NONCE: 0, FOLLOWUP: new_followup()}
+                                UPLOADER_NONCE: 0, FOLLOWUP: new_followup(), REFERENCE_PATH: None}
     for key, value in defaults.items():
         if key not in st.session_state:
             st.session_state[key] = value
@@ -169,6 +173,18 @@ def set_model_path(path: str | None) -> None:
     """Choose the model for this session (None: the default model)."""
     init()
     st.session_state[MODEL_PATH] = path
+
+
+def reference_path() -> str | None:
+    """The reference library chosen in the sidebar (``app.resources.REFERENCE_OFF`` for none), or None."""
+    init()
+    return st.session_state[REFERENCE_PATH]
+
+
+def set_reference_path(path: str | None) -> None:
+    """Choose this session's reference library (None: the first one listed)."""
+    init()
+    st.session_state[REFERENCE_PATH] = path
 
 
 def uploader_key() -> str:

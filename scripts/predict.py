@@ -7,12 +7,18 @@ against ``--img_dir``, default the CSV's folder). One output row per image::
     image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK,malignant,risk,traffic_light,thickness_mm,thickness_band,flags
 
 (``UNK`` is 0: the model has no UNK output; ``flags`` lists quality-gate codes separated by ``;``).
+With ``--reference LIBRARY`` (built by ``scripts.build_reference`` with the same model) three
+columns follow: ``knn_malignant`` (share of the ``--k`` most similar confirmed cases that are
+malignant), ``knn_diagnosis`` (their most common diagnosis) and ``neighbours`` (their image names,
+most similar first, joined by ``;``). A CSV input's ``lesion_id``/``patient_id`` columns keep an
+image's own lesion and patient out of its neighbours, as are library copies of the image itself.
 Rows are appended batch by batch, so an interrupted run keeps what it did and a rerun skips the
 images already in the output. Unreadable files and bad metadata rows are reported on stderr and
 skipped; they never stop the run. Examples::
 
     python -m scripts.predict --input ../shared/data/images --output preds.csv --tta
     python -m scripts.predict --input cases.csv --img_dir photos/ --output preds.csv --cam_dir cams/
+    python -m scripts.predict --input photos/ --output preds.csv --reference refs/clinic_a
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 METADATA_COLUMNS: tuple[str, ...] = ("age_approx", "sex", "anatom_site_general")
+#: Columns of a CSV input that keep an image's own lesion/patient out of its ``--reference`` neighbours.
+GROUP_COLUMNS: tuple[str, ...] = ("lesion_id", "patient_id")
 
 
 @dataclass
@@ -35,6 +43,8 @@ class Job:
     path: Path
     metadata: dict[str, Any] | None = None
     where: str = ""
+    lesion_id: str | None = None
+    patient_id: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opacity", type=float, default=0.4, help="Grad-CAM overlay opacity (default 0.4)")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--no_metadata", action="store_true", help="ignore the CSV's patient metadata")
+    p.add_argument("--reference", help="reference library folder (scripts.build_reference): add the columns "
+                                       "knn_malignant, knn_diagnosis and neighbours")
+    p.add_argument("--k", type=int, default=10, help="neighbours per image with --reference (default 10)")
     return p
 
 
@@ -87,12 +100,17 @@ def collect_jobs(input_path: str | Path, img_dir: str | Path | None = None, use_
         seen.add(name)
         file = Path(name) if Path(name).is_absolute() else base / name
         meta = {c: row[c] for c in meta_cols} if meta_cols else None
-        jobs.append(Job(name, file, meta, where))
+        groups = {c: (str(row[c]).strip() or None) if c in raw.columns else None for c in GROUP_COLUMNS}
+        jobs.append(Job(name, file, meta, where, **groups))
     return jobs, problems
 
 
-def _done_images(output: Path) -> set[str]:
+def _done_images(output: Path, columns: tuple[str, ...] | None = None) -> set[str]:
     """Images already in an existing output; an interrupted last line is cut off first.
+
+    Args:
+        output: The predictions CSV.
+        columns: Its expected header (default :data:`~backend.inference.predictor.OUTPUT_COLUMNS`).
 
     Raises:
         DataFormatError: The file exists with other columns (it is not ours to append to).
@@ -100,6 +118,7 @@ def _done_images(output: Path) -> set[str]:
     from backend.errors import DataFormatError
     from backend.inference.predictor import OUTPUT_COLUMNS
 
+    columns = OUTPUT_COLUMNS if columns is None else columns
     if not output.is_file() or output.stat().st_size == 0:
         return set()
     data = output.read_bytes()
@@ -111,13 +130,18 @@ def _done_images(output: Path) -> set[str]:
         header = next(reader, None)
         if header is None:
             return set()
-        if tuple(header) != OUTPUT_COLUMNS:
+        if tuple(header) != columns:
+            hint = ""
+            if tuple(header[: len(OUTPUT_COLUMNS)]) == OUTPUT_COLUMNS:
+                hint = " (it was written with a different --reference setting)"
             raise DataFormatError(output, f"exists with columns {header}, not a predictions file of this tool "
-                                          "(choose another --output)", line=1)
+                                          f"with these options{hint} (choose another --output)", line=1)
         return {row[0] for row in reader if row}
 
 
 def _format(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, float):
         return f"{value:.6f}"
     return str(value)
@@ -138,6 +162,17 @@ def _cam_file(cam_dir: Path, name: str) -> Path:
     return cam_dir / f"{safe_stem(name)}_{digest}_cam.png"
 
 
+def _neighbours(predictor: Any, library: Any, batch: list[tuple[str, Any]], jobs: list[Job], k: int) -> list[Any]:
+    """Similar cases of a decoded batch (``backend.retrieval``), each job's own image, lesion and patient left out."""
+    from backend.retrieval.build import pixels_sha256
+    from backend.retrieval.query import excluded_rows, file_sha256, search
+
+    raw, _, _ = predictor.raw_outputs([image for _, image in batch])
+    exclude = [excluded_rows(library, job.lesion_id, job.patient_id, file_sha256(job.path), pixels_sha256(image))
+               for job, (_, image) in zip(jobs, batch, strict=True)]
+    return search(library, raw.features, k, exclude, [name for name, _ in batch], thumbnails=False)
+
+
 def run(args: argparse.Namespace) -> int:
     """Predict every job not yet in the output; returns the exit code."""
     from tqdm.auto import tqdm
@@ -148,11 +183,18 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.opacity <= 1.0:
         raise ConfigError(f"--opacity must be in [0, 1], got {args.opacity}")
+    if args.k < 1:
+        raise ConfigError(f"--k must be >= 1, got {args.k}")
     jobs, problems = collect_jobs(args.input, args.img_dir, use_metadata=not args.no_metadata)
     for message in problems:
         print(f"skipped: {message}", file=sys.stderr)
     output = Path(args.output)
-    done = _done_images(output)
+    columns = OUTPUT_COLUMNS
+    if args.reference:
+        from backend.retrieval.query import RETRIEVAL_COLUMNS
+
+        columns = (*OUTPUT_COLUMNS, *RETRIEVAL_COLUMNS)
+    done = _done_images(output, columns)
     todo = [job for job in jobs if job.name not in done]
     if args.checkpoint is None:
         status = describe_model_dir(DEFAULT_MODEL_DIR)
@@ -160,6 +202,12 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"no default model ({status.reason}); pass --checkpoint")
         args.checkpoint = str(DEFAULT_MODEL_DIR)
     predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
+    library = None
+    if args.reference:
+        from backend.retrieval.library import ReferenceLibrary, model_identity
+
+        library = ReferenceLibrary.load(args.reference)
+        library.check_model(model_identity(predictor), str(Path(args.checkpoint).resolve()))
     cam_dir = Path(args.cam_dir) if args.cam_dir else None
     if cam_dir:
         cam_dir.mkdir(parents=True, exist_ok=True)
@@ -170,9 +218,9 @@ def run(args: argparse.Namespace) -> int:
             tqdm(total=len(todo), desc="predict", unit="img", file=sys.stderr) as bar:
         writer = csv.writer(fh)
         if new_file:
-            writer.writerow(OUTPUT_COLUMNS)
+            writer.writerow(columns)
         for start in range(0, len(todo), args.batch_size):
-            batch, metas = [], []
+            batch, metas, kept = [], [], []
             for job in todo[start : start + args.batch_size]:
                 try:
                     _, image = predictor.load(job.path)
@@ -186,13 +234,18 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 batch.append((job.name, image))
                 metas.append(job.metadata)
+                kept.append(job)
             bar.update(min(args.batch_size, len(todo) - start))
             if not batch:
                 continue
             meta_arg = metas if any(m is not None for m in metas) else None
-            for pred in predictor.predict_decoded(batch, meta_arg, tta=args.tta):
+            preds = predictor.predict_decoded(batch, meta_arg, tta=args.tta)
+            similar = _neighbours(predictor, library, batch, kept, args.k) if library is not None else None
+            for i, pred in enumerate(preds):
                 row = pred.to_row()
-                writer.writerow([_format(row[c]) for c in OUTPUT_COLUMNS])
+                if similar is not None:
+                    row.update(similar[i].to_row())
+                writer.writerow([_format(row[c]) for c in columns])
             fh.flush()
             written += len(batch)
             if cam_dir:

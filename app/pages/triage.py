@@ -2,7 +2,8 @@
 
 Everything per user lives in ``st.session_state`` (``app.state``): predictions are computed once
 per image, model and metadata; Grad-CAMs once per image and target, so the opacity slider and the
-display mode only re-blend cached heatmaps.
+display mode only re-blend cached heatmaps; similar confirmed cases once per image, model and
+reference library (the library itself is loaded once per process, ``app.resources``).
 """
 
 from __future__ import annotations
@@ -174,8 +175,61 @@ def metadata_inputs(upload: state.Upload, model: resources.LoadResult | None) ->
                        args=(upload.id, "anatom_site_general", keys["anatom_site_general"]))
 
 
-def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[str, Any]) -> None:
-    """The selected image (or its Grad-CAM) with every result of its prediction (``model``: a loaded one)."""
+#: Similar confirmed cases shown per image.
+SIMILAR_K = 10
+
+
+def similar_cases(upload: state.Upload, model: resources.LoadResult, reference: resources.ReferenceLoad) -> Any:
+    """The upload's similar confirmed cases, searched once per model and library (a message on failure)."""
+    from backend.errors import DermaLensError
+    from backend.retrieval.library import LibraryModelMismatchError
+
+    key = (model.key, reference.key, SIMILAR_K)
+    if key not in upload.similar:
+        with st.spinner("Searching similar confirmed cases…"):
+            try:
+                upload.similar[key] = model.predictor.similar_cases(
+                    (upload.name, upload.data), reference.library, k=SIMILAR_K,
+                    model_path=resources.active_model_path())
+            except LibraryModelMismatchError as err:
+                upload.similar[key] = str(err)
+            except DermaLensError as err:
+                upload.similar[key] = f"Similar cases of {upload.name} could not be searched: {err}"
+            except Exception as err:  # shown in place; the rest of the viewer still works
+                upload.similar[key] = (f"Similar cases of {upload.name} could not be searched: "
+                                       f"{type(err).__name__}: {err}")
+    return upload.similar[key]
+
+
+def similar_cases_panel(upload: state.Upload, model: resources.LoadResult | None,
+                        reference: resources.ReferenceLoad | None) -> None:
+    """The "Similar confirmed cases" panel: neighbours from the chosen library, or how to get one."""
+    st.subheader("Similar confirmed cases")
+    if reference is None:
+        if state.reference_path() == resources.REFERENCE_OFF and resources.list_references():
+            st.caption("Turned off in the sidebar (Reference library).")
+        else:
+            st.info(ui.reference_howto(resources.reference_dir(), resources.REFERENCE_DIR_ENV))
+        return
+    if reference.error:
+        st.error(f"The reference library could not be loaded: {reference.error}")
+        return
+    if model is None:
+        st.info("Load a model to search the reference library.")
+        return
+    result = similar_cases(upload, model, reference)
+    if isinstance(result, str):
+        st.error(result)
+        return
+    ui.render_similar_cases(result)
+
+
+def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[str, Any],
+           reference: resources.ReferenceLoad | None = None) -> None:
+    """The selected image (or its Grad-CAM), every result of its prediction and its similar confirmed cases.
+
+    ``model`` is a loaded model or None; ``reference`` the session's reference library or None.
+    """
     pred = current_prediction(upload, model)
     st.subheader(f"Viewer: {upload.name}")
     left, right = st.columns([1, 1], gap="large")
@@ -192,13 +246,14 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
     with right:
         if pred is None:
             st.info("No prediction yet: load a model to analyse this image.")
-            return
-        st.markdown(f"### {ui.class_label(pred.top_class)} · {pred.top_probability:.0%}")
-        st.markdown(ui.light_html(pred.traffic_light), unsafe_allow_html=True)
-        ui.render_probabilities(pred)
-        ui.render_risk(pred, model.predictor.risk, model.predictor.card)
-        ui.render_thickness(pred)
-        ui.render_quality(pred)
+        else:
+            st.markdown(f"### {ui.class_label(pred.top_class)} · {pred.top_probability:.0%}")
+            st.markdown(ui.light_html(pred.traffic_light), unsafe_allow_html=True)
+            ui.render_probabilities(pred)
+            ui.render_risk(pred, model.predictor.risk, model.predictor.card)
+            ui.render_thickness(pred)
+            ui.render_quality(pred)
+    similar_cases_panel(upload, model if pred is not None else None, reference)
 
 
 # -- export ---------------------------------------------------------------------------------------
@@ -275,6 +330,7 @@ def main() -> None:
     messages = st.container()  # under the uploader: one message per file that could not be used
     model = resources.model_sidebar()
     cam = cam_controls()
+    reference = resources.reference_sidebar()
     session_controls()
     ingest(files)
 
@@ -301,7 +357,7 @@ def main() -> None:
     selected = state.selected()
     if selected is not None:
         st.divider()
-        viewer(selected, ready, cam)
+        viewer(selected, ready, cam, reference)
     if ready is not None:
         st.divider()
         export_section(ready, cam)

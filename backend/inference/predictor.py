@@ -537,6 +537,34 @@ class Predictor:
         self.feature_stats = FeatureStats.fit(raw.features, percentile=percentile)
         return self.feature_stats
 
+    # -- similar cases ------------------------------------------------------------------------
+
+    def similar_cases(self, image: Any, library: Any, k: int = 10, lesion_id: str | None = None,
+                      patient_id: str | None = None, model_path: str | None = None) -> Any:
+        """The ``k`` most similar confirmed cases of a reference library, and their vote.
+
+        Delegates to :func:`backend.retrieval.query.similar_cases`: cosine similarity of the
+        pooled backbone features, the query's own image, lesion and patient left out.
+
+        Args:
+            image: A query as :meth:`load` accepts it.
+            library: A ``backend.retrieval.ReferenceLibrary`` or its folder (built with this model).
+            k: Neighbours wanted.
+            lesion_id: The query's lesion id, when known (that lesion is not returned).
+            patient_id: The query's patient id, when known (that patient is not returned).
+            model_path: This model's bundle folder or ``.ckpt``, for the rebuild command of a mismatch.
+
+        Returns:
+            ``backend.retrieval.SimilarCases``: neighbours (similarity, diagnosis, thumbnail) and vote.
+
+        Raises:
+            LibraryModelMismatchError: The library was built with another model.
+        """
+        from backend.retrieval.query import similar_cases
+
+        return similar_cases(self, image, library, k=k, lesion_id=lesion_id, patient_id=patient_id,
+                             model_path=model_path)
+
     # -- explanation --------------------------------------------------------------------------
 
     def _cam_head_and_targets(self, target: str | int | None, n: int) -> tuple[str, list[Any] | None]:

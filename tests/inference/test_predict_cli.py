@@ -134,3 +134,90 @@ def test_module_entry_point_help_is_light():
     proc = subprocess.run([sys.executable, "-m", "scripts.predict", "--help"], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0 and "--cam_dir" in proc.stdout and "--tta" in proc.stdout
+
+
+# -- --reference: similar confirmed cases ------------------------------------------------------------
+
+RETRIEVAL_COLUMNS = ["knn_malignant", "knn_diagnosis", "neighbours"]
+
+
+def _reference(ckpt, folder, root, predictor=None):
+    """A library of the folder's 3 cases plus 9 more lesions (every diagnosis), built with ``ckpt``'s model."""
+    from backend.data.formats import load_table
+    from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES
+    from backend.inference.predictor import Predictor
+    from backend.retrieval.build import build_library
+
+    lines = ["image,diagnosis,label,lesion_id,patient_id"]
+    for i, img in enumerate(lesions(9, size=72, seed=5)):
+        Image.fromarray(img).save(folder / f"ref_{i}.png")
+    names = [f"case_{i}.png" for i in range(3)] + [f"ref_{i}.png" for i in range(9)]
+    for i, name in enumerate(names):
+        diagnosis = DIAGNOSES[i % len(DIAGNOSES)]
+        lines.append(f"{name},{diagnosis},{int(diagnosis in MALIGNANT_DIAGNOSES)},L{i},P{i // 2}")
+    (root / "ref.csv").write_text("\n".join(lines) + "\n")
+    for i in range(9):  # the library holds them; the folder to predict keeps only case_*.png
+        (folder / f"ref_{i}.png").rename(root / f"ref_{i}.png")
+    table = load_table(root / "ref.csv", img_dir=folder, check_images=False)
+    table["image"] = [str(folder / n) if n.startswith("case") else str(root / n) for n in names]
+    predictor = predictor or Predictor.from_checkpoint(ckpt)
+    build_library(table, root / "lib", predictor, model_path=str(ckpt), img_dir=folder, progress=False)
+    return root / "lib"
+
+
+def test_reference_adds_neighbour_columns_without_the_image_itself(ckpt, folder, tmp_path, capsys):
+    import pandas as pd
+
+    from backend.retrieval.library import ReferenceLibrary
+
+    library = _reference(ckpt, folder, tmp_path)
+    out = tmp_path / "preds.csv"
+    assert main(["--input", str(folder), "--output", str(out), "--checkpoint", str(ckpt), "--reference",
+                 str(library), "--k", "4"]) == 0
+    header, rows = read(out)
+    assert header == EXPECTED_COLUMNS + RETRIEVAL_COLUMNS
+    index = ReferenceLibrary.load(library).rows.set_index("image")
+    assert [r[0] for r in rows] == ["case_0.png", "case_1.png", "case_2.png"]
+    for row in rows:
+        neighbours = row[-1].split(";")
+        assert len(neighbours) == 4 and row[0] not in neighbours  # its own library copy is left out
+        picked = index.loc[neighbours]
+        assert float(row[-3]) == pytest.approx(picked["malignant"].mean(), abs=1e-6)
+        counts = picked["diagnosis"].value_counts()
+        assert counts[row[-2]] == counts.max()
+    # Without --reference the columns stay as they were; mixing the two in one file is refused.
+    plain = tmp_path / "plain.csv"
+    assert main(["--input", str(folder), "--output", str(plain), "--checkpoint", str(ckpt)]) == 0
+    assert read(plain)[0] == EXPECTED_COLUMNS
+    capsys.readouterr()
+    assert main(["--input", str(folder), "--output", str(plain), "--checkpoint", str(ckpt), "--reference",
+                 str(library)]) == 2
+    assert "different --reference setting" in capsys.readouterr().err
+    assert pd.read_csv(plain).shape == (3, len(EXPECTED_COLUMNS))
+
+
+def test_reference_csv_lesion_and_patient_ids_are_left_out(ckpt, folder, tmp_path):
+    library = _reference(ckpt, folder, tmp_path)
+    table = tmp_path / "cases.csv"
+    # case_0's library lesion is L0, patient P0 (shared with case_1): with patient P0 neither comes back.
+    table.write_text("image,lesion_id,patient_id\ncase_0.png,L0,P0\ncase_2.png,,\n")
+    out = tmp_path / "preds.csv"
+    assert main(["--input", str(table), "--img_dir", str(folder), "--output", str(out), "--checkpoint", str(ckpt),
+                 "--reference", str(library), "--k", "12"]) == 0
+    _, rows = read(out)
+    first, second = (r[-1].split(";") for r in rows)
+    assert "case_0.png" not in first and "case_1.png" not in first and len(first) == 10
+    assert "case_2.png" not in second and "case_1.png" in second and len(second) == 11
+
+
+def test_reference_built_with_another_model_is_refused(ckpt, folder, tmp_path, capsys):
+    from tests.inference.tiny import tiny_predictor
+
+    library = _reference(ckpt, folder, tmp_path, predictor=tiny_predictor())
+    out = tmp_path / "preds.csv"
+    assert main(["--input", str(folder), "--output", str(out), "--checkpoint", str(ckpt), "--reference",
+                 str(library)]) == 2
+    err = capsys.readouterr().err
+    assert "built with model" in err and "python -m scripts.build_reference" in err and "--rebuild" in err
+    assert f"--checkpoint {ckpt}" in err
+    assert not out.exists()

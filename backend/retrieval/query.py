@@ -1,0 +1,273 @@
+"""Similar confirmed cases of a query image, and the neighbours' vote.
+
+The query is embedded exactly like the library rows (decoded by ``Predictor.load``, pooled
+backbone features of ``Predictor.raw_outputs``, L2-normalised), the ``k`` most similar rows are
+found by cosine similarity (:mod:`backend.retrieval.index`), and the neighbours vote: the share
+that are malignant (diagnosis MEL, BCC or SCC, or label 1) and the most common diagnosis.
+
+A query that is itself in the library must not find itself: rows sharing the query's
+``lesion_id`` or ``patient_id`` (when given) and rows whose file bytes or decoded pixels hash to
+the query's are never returned, so the vote is never "7 of 10, one of which is this very image".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backend.retrieval.build import normalise, pixels_sha256
+from backend.retrieval.library import LibraryModelMismatchError, ReferenceLibrary, model_identity
+
+#: Neighbours returned by default.
+DEFAULT_K = 10
+#: Columns ``scripts/predict.py --reference`` adds to a predictions CSV (see :meth:`SimilarCases.to_row`).
+RETRIEVAL_COLUMNS: tuple[str, ...] = ("knn_malignant", "knn_diagnosis", "neighbours")
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One similar confirmed case.
+
+    Attributes:
+        rank: 1 for the most similar.
+        row: Row number in the library.
+        image: Its image name (relative to the library's image folder).
+        image_id: Its image id.
+        diagnosis: Confirmed diagnosis code (blank when the source gave only a label).
+        label: 1 malignant, 0 benign.
+        malignant: Diagnosis MEL/BCC/SCC or label 1.
+        similarity: Cosine similarity of the embeddings, in ``[-1, 1]``.
+        lesion_id: Its lesion id (blank when unknown).
+        patient_id: Its patient id (blank when unknown).
+        thumbnail: JPEG bytes of its thumbnail.
+    """
+
+    rank: int
+    row: int
+    image: str
+    image_id: str
+    diagnosis: str
+    label: int
+    malignant: bool
+    similarity: float
+    lesion_id: str = ""
+    patient_id: str = ""
+    thumbnail: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True)
+class NeighbourVote:
+    """What the neighbours say.
+
+    Attributes:
+        k: Neighbours that voted.
+        n_malignant: How many of them are malignant.
+        share_malignant: ``n_malignant / k`` (NaN when ``k`` is 0).
+        majority_diagnosis: Most common known diagnosis (ties: the larger summed similarity); blank
+            when none is known.
+        majority_count: How many neighbours have it.
+        counts: Neighbours per diagnosis (``""`` for unknown), most common first.
+    """
+
+    k: int
+    n_malignant: int
+    share_malignant: float
+    majority_diagnosis: str
+    majority_count: int
+    counts: dict[str, int]
+
+    def summary(self) -> str:
+        """``7 of 10 most similar were malignant``."""
+        if self.k == 0:
+            return "no similar cases found"
+        verb = "was" if self.n_malignant == 1 and self.k == 1 else "were"
+        return f"{self.n_malignant} of {self.k} most similar {verb} malignant"
+
+    def diagnosis_summary(self) -> str:
+        """``most common diagnosis: NV (5 of 10)``."""
+        if not self.majority_diagnosis:
+            return "no diagnosis known among them"
+        return f"most common diagnosis: {self.majority_diagnosis} ({self.majority_count} of {self.k})"
+
+
+@dataclass(frozen=True)
+class SimilarCases:
+    """The result of one query.
+
+    Attributes:
+        query: The query image's name.
+        neighbours: Most similar first.
+        vote: Their vote.
+        n_excluded: Library rows left out as the query's own image, lesion or patient.
+        library: The library's name.
+    """
+
+    query: str
+    neighbours: list[Neighbour]
+    vote: NeighbourVote
+    n_excluded: int = 0
+    library: str = ""
+
+    @property
+    def neighbour_names(self) -> list[str]:
+        """The neighbours' image names, most similar first."""
+        return [n.image for n in self.neighbours]
+
+    def to_row(self) -> dict[str, Any]:
+        """The :data:`RETRIEVAL_COLUMNS` of a predictions CSV row.
+
+        ``knn_malignant`` is the share of malignant neighbours (None when there are none),
+        ``knn_diagnosis`` their most common diagnosis and ``neighbours`` their image names joined
+        by ``;``, most similar first.
+        """
+        share = self.vote.share_malignant if self.vote.k else None
+        return {"knn_malignant": share, "knn_diagnosis": self.vote.majority_diagnosis,
+                "neighbours": ";".join(self.neighbour_names)}
+
+
+def neighbour_vote(diagnoses: Sequence[str], malignant: Sequence[bool], similarities: Sequence[float]
+                   ) -> NeighbourVote:
+    """Vote of a set of neighbours.
+
+    Args:
+        diagnoses: Their diagnosis codes (blank for unknown).
+        malignant: Whether each is malignant.
+        similarities: Their similarity to the query (breaks ties between diagnoses).
+    """
+    k = len(diagnoses)
+    n_mal = int(sum(bool(m) for m in malignant))
+    counts = Counter(str(d) for d in diagnoses)
+    weight: dict[str, float] = {}
+    for d, s in zip(diagnoses, similarities, strict=True):
+        weight[str(d)] = weight.get(str(d), 0.0) + float(s)
+    known = [d for d in counts if d]
+    majority = max(known, key=lambda d: (counts[d], weight[d]), default="")
+    ordered = dict(sorted(counts.items(), key=lambda kv: (-kv[1], -weight[kv[0]])))
+    return NeighbourVote(k, n_mal, n_mal / k if k else float("nan"), majority, counts.get(majority, 0)
+                         if majority else 0, ordered)
+
+
+def excluded_rows(library: ReferenceLibrary, lesion_id: str | None = None, patient_id: str | None = None,
+                  sha256: str | None = None, pixels_hash: str | None = None) -> np.ndarray:
+    """Library rows a query must not return: same lesion, same patient, same file or same pixels.
+
+    Args:
+        library: The library searched.
+        lesion_id: The query's lesion id, when known.
+        patient_id: The query's patient id, when known.
+        sha256: SHA-256 of the query's file bytes, when it came from a file or an upload.
+        pixels_hash: :func:`~backend.retrieval.build.pixels_sha256` of the decoded query.
+    """
+    parts = [library.rows_where("lesion_id", lesion_id), library.rows_where("patient_id", patient_id),
+             library.rows_where("sha256", sha256), library.rows_where("pixels_sha256", pixels_hash)]
+    return np.unique(np.concatenate(parts)).astype(np.int64)
+
+
+def search(library: ReferenceLibrary, features: np.ndarray, k: int = DEFAULT_K,
+           exclude: Sequence[np.ndarray | None] | None = None, names: Sequence[str] | None = None,
+           thumbnails: bool = True) -> list[SimilarCases]:
+    """Neighbours and vote of already computed query features.
+
+    Args:
+        library: The library searched.
+        features: ``(Q, D)`` backbone features (normalised here).
+        k: Neighbours per query.
+        exclude: Per query, rows never to return (:func:`excluded_rows`).
+        names: Per query, its name (default ``query_<i>``).
+        thumbnails: Attach each neighbour's thumbnail bytes.
+
+    Raises:
+        LibraryModelMismatchError: The features' length is not the library's.
+    """
+    q = normalise(np.atleast_2d(features))
+    if len(library) == 0:  # an empty library (every image was skipped) answers with no neighbours
+        sims, rows = np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+    elif q.shape[1] != library.feature_dim:
+        raise LibraryModelMismatchError(f"reference library {library.path} holds {library.feature_dim}-dim "
+                                        f"embeddings, the query has {q.shape[1]}: it was built with another model")
+    else:
+        sims, rows = library.index().search(q, int(k), exclude)
+    meta = library.rows
+    results = []
+    for i in range(len(q)):
+        neighbours = []
+        for rank, (row, sim) in enumerate(zip(rows[i].tolist(), sims[i].tolist(), strict=True), start=1):
+            if row < 0:
+                break
+            neighbours.append(Neighbour(
+                rank=rank, row=row, image=str(meta["image"].iat[row]), image_id=str(meta["image_id"].iat[row]),
+                diagnosis=str(meta["diagnosis"].iat[row]), label=int(meta["label"].iat[row]),
+                malignant=bool(library.malignant[row]), similarity=float(sim),
+                lesion_id=str(meta["lesion_id"].iat[row]), patient_id=str(meta["patient_id"].iat[row]),
+                thumbnail=library.thumbnail(row) if thumbnails else b""))
+        vote = neighbour_vote([n.diagnosis for n in neighbours], [n.malignant for n in neighbours],
+                              [n.similarity for n in neighbours])
+        n_excl = 0 if exclude is None or exclude[i] is None else len(exclude[i])
+        name = names[i] if names is not None else f"query_{i}"
+        results.append(SimilarCases(name, neighbours, vote, n_excl, library.name))
+    return results
+
+
+def file_sha256(item: Any) -> str | None:
+    """SHA-256 of a query's encoded bytes (path, ``(name, bytes)``, bytes or upload); None for arrays.
+
+    Args:
+        item: A query as ``Predictor.load`` accepts it.
+    """
+    data: bytes | None = None
+    if isinstance(item, (str, os.PathLike)):
+        try:
+            data = Path(item).read_bytes()
+        except OSError:
+            return None
+    elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], (bytes, bytearray, memoryview)):
+        data = bytes(item[1])
+    elif isinstance(item, (bytes, bytearray, memoryview)):
+        data = bytes(item)
+    elif hasattr(item, "getvalue"):
+        data = bytes(item.getvalue())
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def load_library(library: ReferenceLibrary | str | os.PathLike[str]) -> ReferenceLibrary:
+    """A loaded library (paths are loaded; loaded ones pass through).
+
+    Args:
+        library: A :class:`ReferenceLibrary` or its folder.
+    """
+    return library if isinstance(library, ReferenceLibrary) else ReferenceLibrary.load(library)
+
+
+def similar_cases(predictor: Any, image: Any, library: ReferenceLibrary | str | os.PathLike[str],
+                  k: int = DEFAULT_K, lesion_id: str | None = None, patient_id: str | None = None,
+                  model_path: str | None = None) -> SimilarCases:
+    """The ``k`` library cases most similar to ``image``, with the neighbours' vote.
+
+    Args:
+        predictor: The ``Predictor`` the library was built with.
+        image: A query as ``Predictor.load`` accepts it (path, ``(name, bytes)``, bytes, array, upload).
+        library: A loaded :class:`ReferenceLibrary` or its folder.
+        k: Neighbours wanted.
+        lesion_id: The query's lesion id: that lesion's rows are not returned.
+        patient_id: The query's patient id: that patient's rows are not returned.
+        model_path: The predictor's bundle folder or ``.ckpt``, for the rebuild command of a mismatch.
+
+    Raises:
+        LibraryModelMismatchError: The library was built with another model (the message says how
+            to rebuild it).
+        ReferenceLibraryError: The library cannot be loaded.
+        ImageLoadError: The image cannot be decoded.
+    """
+    library = load_library(library)
+    library.check_model(model_identity(predictor), model_path)
+    name, array = predictor.load(image)
+    raw, _, _ = predictor.raw_outputs([array])
+    exclude = excluded_rows(library, lesion_id, patient_id, file_sha256(image), pixels_sha256(array))
+    return search(library, raw.features, k, [exclude], [name])[0]

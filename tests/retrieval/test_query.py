@@ -1,0 +1,82 @@
+"""Querying a library: twins first, the query's own image/lesion/patient left out, the vote, model mismatch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backend.retrieval.library import LibraryModelMismatchError, ReferenceLibrary
+from backend.retrieval.query import SimilarCases, neighbour_vote, similar_cases
+from tests.retrieval.conftest import load_png
+
+
+def test_twins_retrieve_each_other_first_and_never_themselves(twin_library, predictor):
+    out, table = twin_library
+    library = ReferenceLibrary.load(out)
+    for i in range(len(table)):
+        twin = i + 1 if i % 2 == 0 else i - 1
+        result = predictor.similar_cases(load_png(table["image"].iat[i]), library, k=5)  # pixels only
+        assert isinstance(result, SimilarCases) and len(result.neighbours) == 5
+        assert result.neighbours[0].image_id == table["image_id"].iat[twin]
+        assert result.neighbours[0].similarity > 0.999
+        assert table["image_id"].iat[i] not in [n.image_id for n in result.neighbours]
+        assert result.n_excluded == 1
+        sims = [n.similarity for n in result.neighbours]
+        assert sims == sorted(sims, reverse=True) and [n.rank for n in result.neighbours] == [1, 2, 3, 4, 5]
+
+
+def test_file_query_excludes_its_own_file_and_given_lesion_and_patient(twin_library, predictor):
+    out, table = twin_library
+    library = ReferenceLibrary.load(out)
+    path = table["image"].iat[0]
+    plain = similar_cases(predictor, path, out, k=16)  # a folder path is loaded
+    assert plain.neighbours[0].image_id == "IMG_001" and len(plain.neighbours) == 15
+    assert "IMG_000" not in [n.image_id for n in plain.neighbours]
+    same_lesion = predictor.similar_cases(path, library, k=16, lesion_id="L1")
+    assert "IMG_001" not in [n.image_id for n in same_lesion.neighbours]
+    assert same_lesion.n_excluded == 2 and len(same_lesion.neighbours) == 14
+    same_patient = predictor.similar_cases(path, library, k=16, patient_id="P1")
+    assert "IMG_001" not in [n.image_id for n in same_patient.neighbours] and same_patient.n_excluded == 2
+    # A blank id excludes nothing extra.
+    assert predictor.similar_cases(path, library, k=16, lesion_id="", patient_id=None).n_excluded == 1
+
+
+def test_neighbour_thumbnails_and_vote_agree_with_the_library(twin_library, predictor):
+    out, table = twin_library
+    library = ReferenceLibrary.load(out)
+    data = Path(table["image"].iat[2]).read_bytes()
+    result = predictor.similar_cases(("upload.png", data), library)
+    assert len(result.neighbours) == 10 and result.vote.k == 10  # k = 10 by default
+    assert result.neighbours[0].thumbnail == library.thumbnail(result.neighbours[0].row)
+    rows = [n.row for n in result.neighbours]
+    assert result.vote.n_malignant == int(library.malignant[rows].sum())
+    assert result.vote.summary() == f"{result.vote.n_malignant} of 10 most similar were malignant"
+    assert result.to_row()["neighbours"] == ";".join(library.rows["image"].iloc[rows])
+    assert result.to_row()["knn_malignant"] == pytest.approx(result.vote.n_malignant / 10)
+
+
+def test_vote_counts_majority_and_ties():
+    vote = neighbour_vote(["MEL", "NV", "NV", "BCC", "", "NV", "MEL"], [True, False, False, True, True, False, True],
+                          [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+    assert (vote.k, vote.n_malignant, vote.share_malignant) == (7, 4, pytest.approx(4 / 7))
+    assert (vote.majority_diagnosis, vote.majority_count) == ("NV", 3)
+    assert vote.counts == {"NV": 3, "MEL": 2, "BCC": 1, "": 1}
+    assert vote.summary() == "4 of 7 most similar were malignant"
+    assert vote.diagnosis_summary() == "most common diagnosis: NV (3 of 7)"
+    tie = neighbour_vote(["NV", "MEL", "MEL", "NV"], [False, True, True, False], [0.9, 0.8, 0.7, 0.85])
+    assert tie.majority_diagnosis == "NV"  # 2 each: the larger summed similarity wins
+    unknown = neighbour_vote(["", ""], [True, False], [0.5, 0.4])
+    assert unknown.majority_diagnosis == "" and unknown.n_malignant == 1
+    assert neighbour_vote([], [], []).summary() == "no similar cases found"
+
+
+def test_library_of_another_model_is_refused_with_the_rebuild_command(twin_library, other_predictor, twins):
+    out, table = twin_library
+    with pytest.raises(LibraryModelMismatchError) as err:
+        other_predictor.similar_cases(table["image"].iat[0], out, model_path="models/new_bundle")
+    message = str(err.value)
+    assert "built with model" in message and "not comparable" in message
+    expected = (f"python -m scripts.build_reference --csv {twins} --img_dir {twins.parent / 'images'} "
+                f"--output {out} --checkpoint models/new_bundle --rebuild")
+    assert expected in message
