@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from backend.data.images import load_image
 from backend.followup.change import FollowUpResult, compare_visits
 from backend.followup.registration import RegistrationConfig
 from backend.followup.render import change_map_image, comparison_image, png_bytes
@@ -74,8 +75,6 @@ def compare_files(before: str | os.PathLike[str], after: str | os.PathLike[str],
         CheckpointError: The model cannot be loaded.
         FollowUpError: The photos align but no lesion can be found in one of them.
     """
-    from backend.data.images import load_image
-
     before_image = load_image(before)
     after_image = load_image(after)
     predictor: Any = None

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from backend.data.schema import MALIGNANT_DIAGNOSES
+from backend.errors import ConfigError, ImageLoadError
+from backend.io.checkpoint import atomic_write_bytes, atomic_write_text
 from backend.retrieval.library import (
     BUILD_DIR,
     EMBEDDINGS,
@@ -148,8 +150,6 @@ def _chunk_files(folder: Path) -> list[Path]:
 
 def _write_chunk(folder: Path, seq: int, data: dict[str, np.ndarray]) -> Path:
     """One finished chunk, written atomically (a reader sees all of it or nothing)."""
-    from backend.io.checkpoint import atomic_write_bytes
-
     buffer = io.BytesIO()
     np.savez(buffer, **data)
     return atomic_write_bytes(folder / f"chunk_{seq:06d}.npz", buffer.getvalue())
@@ -174,8 +174,6 @@ def _pack(records: list[dict[str, Any]], features: np.ndarray, thumbs: list[byte
 def _embed_chunk(predictor: Any, rows: list[dict[str, Any]], img_dir: Path | None, thumb_size: int,
                  skipped: list[str]) -> dict[str, np.ndarray] | None:
     """Read, hash, decode, thumbnail and embed one chunk of table rows; bad rows go to ``skipped``."""
-    from backend.errors import ConfigError, ImageLoadError
-
     records, arrays, thumbs = [], [], []
     for row in rows:
         path = str(row["image"])
@@ -263,8 +261,6 @@ def _consolidate(parts: list[dict[str, np.ndarray]], order: dict[str, int], dim:
 
 
 def _write_library(output: Path, embeddings: np.ndarray, rows: Any, thumbs: bytes) -> None:
-    from backend.io.checkpoint import atomic_write_bytes, atomic_write_text
-
     buffer = io.BytesIO()
     np.save(buffer, embeddings, allow_pickle=False)
     atomic_write_bytes(output / EMBEDDINGS, buffer.getvalue())
@@ -274,8 +270,6 @@ def _write_library(output: Path, embeddings: np.ndarray, rows: Any, thumbs: byte
 
 def _write_manifest(output: Path, manifest: dict[str, Any]) -> None:
     import json
-
-    from backend.io.checkpoint import atomic_write_text
 
     atomic_write_text(output / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
 

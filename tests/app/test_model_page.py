@@ -6,6 +6,7 @@ import math
 import shutil
 
 from app import card_view
+from backend.io.bundle import read_card, write_card
 from tests.app.conftest import new_app, texts
 
 CARD_FIGURES = {
@@ -46,8 +47,6 @@ def test_rows_put_headline_first_and_name_missing_values():
 
 
 def test_model_page_shows_test_figures_subgroups_and_other_clinics(app_env, tmp_path, monkeypatch):
-    from backend.io.bundle import read_card, write_card
-
     bundle = tmp_path / "models" / "with_figures"
     shutil.copytree(app_env.fusion, bundle)
     write_card(bundle, {**read_card(bundle), **CARD_FIGURES})
@@ -93,8 +92,6 @@ OPERATING_POINTS = {
 
 
 def test_model_page_says_what_each_light_means(app_env, tmp_path, monkeypatch):
-    from backend.io.bundle import read_card, write_card
-
     bundle = tmp_path / "models" / "with_operating_points"
     shutil.copytree(app_env.fusion, bundle)
     write_card(bundle, {**read_card(bundle), **OPERATING_POINTS})

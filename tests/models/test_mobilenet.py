@@ -13,7 +13,7 @@ from backend.data.schema import IMAGENET_MEAN, TF_INCEPTION_MEAN, TF_INCEPTION_S
 from backend.errors import CheckpointError, ConfigError
 from backend.models.config import ModelConfig
 from backend.models.lesion_net import build_model
-from backend.models.registry import create_backbone, list_backbones, read_state_dict
+from backend.models.registry import create_backbone, list_backbones, load_backbone_weights, read_state_dict
 from tests.conftest import REPO_ROOT
 
 SHARED_PRETRAINED = REPO_ROOT.parent / "shared" / "pretrained"
@@ -93,8 +93,6 @@ def test_partly_fitting_file_reports_missing_and_unexpected_keys(tmp_path, caplo
     state["extra.weight"] = torch.zeros(3)
     path = tmp_path / "partial.safetensors"
     save_file(state, str(path))
-    from backend.models.registry import load_backbone_weights
-
     report = load_backbone_weights(create_backbone("mobilenetv2_100"), path)
     assert report.missing == ["model.conv_head.weight"]
     assert report.unexpected == ["model.extra.weight"]
