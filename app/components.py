@@ -15,6 +15,7 @@ import numpy as np
 import streamlit as st
 
 from backend.evaluation.card_sections import light_meaning
+from backend.inference.explain import overlay
 
 #: Full names of the diagnoses (codes as in ``backend.data.schema.DIAGNOSES``).
 CLASS_NAMES: dict[str, str] = {
@@ -239,8 +240,6 @@ def render_cam(image: np.ndarray, heatmap: np.ndarray, mode: str, opacity: float
 
     Only the blend is computed here (milliseconds); the heatmap comes from the session's cache.
     """
-    from backend.inference import overlay
-
     if mode == "Heatmap only":
         st.image(overlay(image, heatmap, 1.0), caption=caption, width="stretch", alt="Grad-CAM heatmap",
                  output_format="JPEG")

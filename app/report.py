@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from app.components import CLASS_NAMES
+from backend.inference.predictor import OUTPUT_COLUMNS
+
 #: Extra CSV columns after ``backend.inference.OUTPUT_COLUMNS``.
 EXTRA_COLUMNS: tuple[str, ...] = ("age_approx", "sex", "anatom_site_general", "metadata_used", "model",
                                   "model_version")
@@ -42,8 +45,6 @@ def results_csv(uploads: Iterable[Any], model_name: str, model_version: str) -> 
         model_name: Name of the model that made the predictions.
         model_version: Its version.
     """
-    from backend.inference import OUTPUT_COLUMNS
-
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=[*OUTPUT_COLUMNS, *EXTRA_COLUMNS], lineterminator="\n")
     writer.writeheader()
@@ -125,7 +126,6 @@ def render_report(
     """Draw the one-page report as a Pillow RGB image (see :func:`build_report`)."""
     from PIL import Image, ImageDraw
 
-    from app.components import CLASS_NAMES
 
     created = created or datetime.now(timezone.utc)
     page = Image.new("RGB", _PAGE, "white")

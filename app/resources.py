@@ -15,7 +15,12 @@ from typing import Any
 
 import streamlit as st
 
+from app import components as ui
+from app import state
+from backend.errors import DermaLensError
+from backend.inference.predictor import Predictor
 from backend.model_store import DEFAULT_MODEL_DIR, MODELS_DIR, WEIGHTS_FILE, describe_model_dir
+from backend.retrieval.library import MANIFEST, ReferenceLibrary, ReferenceLibraryError, is_library, read_manifest
 
 MODELS_DIR_ENV = "DERMALENS_MODELS_DIR"
 DEFAULT_MODEL_ENV = "DERMALENS_MODEL"
@@ -106,7 +111,7 @@ class LoadResult:
     """A loaded model, or why it could not be loaded.
 
     Attributes:
-        predictor: ``backend.inference.Predictor``, or None on failure.
+        predictor: ``backend.inference.predictor.Predictor``, or None on failure.
         error: The message to show (names the file), or None.
         key: :func:`model_key` of the model (part of every prediction's cache key).
     """
@@ -123,9 +128,6 @@ def load_predictor(path: str, key: str = "") -> LoadResult:
     Failures are returned, not raised, so a bad checkpoint shows its message and the app goes on
     (and the failure is not retried on every rerun; a changed file gets a new key).
     """
-    from backend.errors import DermaLensError
-    from backend.inference import Predictor
-
     try:
         return LoadResult(Predictor.from_checkpoint(path), None, key)
     except DermaLensError as err:
@@ -136,8 +138,6 @@ def load_predictor(path: str, key: str = "") -> LoadResult:
 
 def active_model_path() -> str | None:
     """The session's chosen model, else the default one (None when neither exists)."""
-    from app import state
-
     chosen = state.model_path()
     if chosen:
         return chosen
@@ -154,7 +154,6 @@ def active_predictor() -> LoadResult | None:
 
 
 def _on_pick() -> None:
-    from app import state
 
     state.set_model_path(st.session_state.get("model_picker"))
 
@@ -165,9 +164,6 @@ def model_sidebar() -> LoadResult | None:
     Returns:
         The session's model (maybe with an error), or None when there is none to load.
     """
-    from app import components as ui
-    from app import state
-
     options = list_models()
     problem = default_model_problem()
     with st.sidebar:
@@ -220,8 +216,6 @@ class ReferenceOption:
 
 def list_references() -> list[ReferenceOption]:
     """Library folders under :func:`reference_dir` (the folder itself too, when it is one); no torch import."""
-    from backend.retrieval.library import ReferenceLibraryError, is_library, read_manifest
-
     root = reference_dir()
     if root is None or not root.is_dir():
         return []
@@ -240,8 +234,6 @@ def list_references() -> list[ReferenceOption]:
 
 def reference_key(path: str | Path) -> str:
     """Cache key of a library: its resolved path and the modification time of its manifest."""
-    from backend.retrieval.library import MANIFEST
-
     path = Path(path).resolve()
     try:
         stamp = (path / MANIFEST).stat().st_mtime_ns
@@ -274,9 +266,6 @@ def load_reference(path: str, key: str = "") -> ReferenceLoad:
     The library holds the clinic's own reference images and embeddings, never a user's upload,
     so sharing it between sessions is safe. Failures are returned, not raised.
     """
-    from backend.errors import DermaLensError
-    from backend.retrieval.library import ReferenceLibrary
-
     try:
         return ReferenceLoad(ReferenceLibrary.load(path), None, key, path)
     except DermaLensError as err:
@@ -286,15 +275,12 @@ def load_reference(path: str, key: str = "") -> ReferenceLoad:
 
 
 def _on_pick_reference() -> None:
-    from app import state
 
     state.set_reference_path(st.session_state.get("reference_picker"))
 
 
 def reference_sidebar() -> ReferenceLoad | None:
     """The sidebar's reference-library picker; returns the session's loaded library or None (none or off)."""
-    from app import state
-
     options = list_references()
     with st.sidebar:
         st.header("Reference library")

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from backend.evaluation.model_card import subgroup_metrics
     from backend.evaluation.split_eval import predict_rows, score_rows
     from backend.inference.predictor import Predictor
-    from backend.training.pipeline import split_fingerprint
+    from backend.workflows.pipeline import split_fingerprint
 
     try:
         predictor = Predictor.from_checkpoint(args.bundle)

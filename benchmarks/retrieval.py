@@ -5,7 +5,7 @@ With the bundled model, the training split of ``../shared/data`` becomes a refer
 rerun does not embed again) and every test-split image is a query, exactly as
 ``scripts.predict --reference`` runs it: its own file, pixels, lesion and patient are left out,
 the ``k = 10`` nearest cases vote. Reported, each with a 95% percentile-bootstrap interval
-(patients resampled, ``backend.evaluation.bootstrap``):
+(patients resampled, ``backend.metrics.bootstrap``):
 
 * malignant AUROC of the vote (``knn_malignant``, share of malignant neighbours), of the
   classifier (``Prediction.malignant``) and of their average;
@@ -98,7 +98,7 @@ def query_outputs(predictor, test, cache: Path) -> dict:
     result = {k: (np.concatenate(v) if k == "features" else np.asarray(v)) for k, v in out.items()}
     import io
 
-    from backend.io.checkpoint import atomic_write_bytes
+    from backend.files import atomic_write_bytes
 
     buffer = io.BytesIO()
     np.savez(buffer, **result)
@@ -111,7 +111,7 @@ def accuracy_figures(library, test, outputs: dict, k: int) -> dict:
     import numpy as np
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-    from backend.evaluation.bootstrap import bootstrap_ci
+    from backend.metrics.bootstrap import bootstrap_ci
     from backend.retrieval.query import excluded_rows, search
 
     by_id = test.set_index("image_id")

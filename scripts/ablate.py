@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
     from backend.errors import DermaLensError
-    from backend.training.ablation import ablation_markdown, load_ablation_config, run_ablation
+    from backend.workflows.ablation import ablation_markdown, load_ablation_config, run_ablation
 
     try:
         results = run_ablation(load_ablation_config(args.config, args.overrides))

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from backend.errors import DermaLensError
-    from backend.training.pipeline import load_pipeline_config, run_pipeline
+    from backend.workflows.pipeline import load_pipeline_config, run_pipeline
 
     try:
         cfg = load_pipeline_config(args.config)

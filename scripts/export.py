@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
     from backend.errors import DermaLensError
-    from backend.io.bundle import export_bundle
+    from backend.workflows.export import export_bundle
 
     try:
         result = export_bundle(

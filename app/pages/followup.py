@@ -17,6 +17,10 @@ import streamlit as st
 from app import components as ui
 from app import followup_view as view
 from app import resources, state
+from backend.data.images import decode_image_bytes
+from backend.errors import DermaLensError
+from backend.followup import compare_visits
+from backend.followup.render import blend, change_map_image, comparison_image, outside_view, swipe
 
 ACCEPTED_TYPES: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "tif", "tiff")
 DISPLAY_SIDE = 1024  # longest side kept for the comparison; the model decodes the original bytes itself
@@ -43,9 +47,6 @@ def decode_upload(file: Any) -> VisitImage | str:
     Args:
         file: A Streamlit ``UploadedFile``.
     """
-    from backend.data.images import decode_image_bytes
-    from backend.errors import DermaLensError
-
     data = file.getvalue()
     try:
         image = decode_image_bytes(data, file.name, target_size=DISPLAY_SIDE)
@@ -115,9 +116,6 @@ def comparison(before: VisitImage, after: VisitImage, model: resources.LoadResul
         after: Follow-up photo.
         model: The session's model (None or failed: no risk).
     """
-    from backend.errors import DermaLensError
-    from backend.followup import compare_visits
-
     predictor = model.predictor if model is not None and model.predictor is not None else None
     key = (before.id, after.id, model.key if predictor is not None else None)
     results = state.followup()["results"]
@@ -162,8 +160,6 @@ def compare_view(result: Any) -> None:
     Args:
         result: An aligned ``FollowUpResult``.
     """
-    from backend.followup.render import blend, outside_view, swipe
-
     mode = st.radio("Compare by", ("Blend", "Swipe"), horizontal=True, key="fu_mode",
                     help="Blend cross-fades the two visits; swipe shows the baseline left of the line")
     amount = st.slider("Baseline ⟷ follow-up", 0, 100, 50, 5, key="fu_amount", format="%d%%")
@@ -180,8 +176,6 @@ def show_aligned(result: Any) -> None:
     Args:
         result: An aligned ``FollowUpResult``.
     """
-    from backend.followup.render import change_map_image, comparison_image
-
     st.subheader("Aligned photos")
     st.image(comparison_image(result), width="stretch",
              caption="Baseline lesion outlined in white, follow-up lesion in cyan; grey: not in both photos")

@@ -14,9 +14,13 @@ from typing import Any
 import streamlit as st
 
 from app import components as ui
-from app import resources, state
+from app import report, resources, state
+from backend.data.images import decode_image_bytes
 from backend.data.schema import ANATOM_SITES, DIAGNOSES, SEXES
+from backend.errors import DermaLensError
 from backend.io.names import safe_stem
+from backend.retrieval.library import LibraryModelMismatchError
+from backend.retrieval.query import similar_cases as find_similar_cases
 
 ACCEPTED_TYPES: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "tif", "tiff")
 DISPLAY_SIDE = 1024  # longest side kept for display; the model decodes the original bytes itself
@@ -64,9 +68,6 @@ def session_controls() -> None:
 
 def ingest(files: list[Any]) -> None:
     """Decode new uploader files into session uploads; unreadable or oversize ones get a message."""
-    from backend.data.images import decode_image_bytes
-    from backend.errors import DermaLensError
-
     seen, errors = state.seen(), state.errors()
     limit = upload_limit_mb()
     for file in files:
@@ -90,8 +91,6 @@ def ingest(files: list[Any]) -> None:
 
 def predict_pending(model: resources.LoadResult) -> None:
     """Predict every upload whose result is missing or stale (model or metadata changed), in one batch."""
-    from backend.errors import DermaLensError
-
     pending = [u for u in state.uploads().values() if not u.is_current(model.key)]
     if not pending:
         return
@@ -181,15 +180,12 @@ SIMILAR_K = 10
 
 def similar_cases(upload: state.Upload, model: resources.LoadResult, reference: resources.ReferenceLoad) -> Any:
     """The upload's similar confirmed cases, searched once per model and library (a message on failure)."""
-    from backend.errors import DermaLensError
-    from backend.retrieval.library import LibraryModelMismatchError
-
     key = (model.key, reference.key, SIMILAR_K)
     if key not in upload.similar:
         with st.spinner("Searching similar confirmed cases…"):
             try:
-                upload.similar[key] = model.predictor.similar_cases(
-                    (upload.name, upload.data), reference.library, k=SIMILAR_K,
+                upload.similar[key] = find_similar_cases(
+                    model.predictor, (upload.name, upload.data), reference.library, k=SIMILAR_K,
                     model_path=resources.active_model_path())
             except LibraryModelMismatchError as err:
                 upload.similar[key] = str(err)
@@ -265,8 +261,6 @@ def _report_maker(upload: state.Upload, model: resources.LoadResult, cam: dict[s
     It captures plain values (no session access: Streamlit runs it outside the script), and reuses
     the cached Grad-CAM of the chosen target when there is one.
     """
-    from app import report
-
     target = resolve_target(cam["target"], upload) if cam["enabled"] else upload.prediction.top_class
     cached = upload.cams.get(target)
     predictor, card = model.predictor, model.predictor.card
@@ -287,8 +281,6 @@ def _report_maker(upload: state.Upload, model: resources.LoadResult, cam: dict[s
 
 def export_section(model: resources.LoadResult, cam: dict[str, Any]) -> None:
     """CSV of every result and the selected image's report (PNG or PDF), built in memory."""
-    from app import report
-
     uploads = [u for u in state.uploads().values() if current_prediction(u, model) is not None]
     if not uploads:
         return

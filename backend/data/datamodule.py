@@ -18,8 +18,11 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from backend.data.config import DataConfig
 from backend.data.dataset import LesionDataset, encode_targets
+from backend.data.formats import load_table
 from backend.data.metadata import MetadataEncoder
 from backend.data.schema import DIAGNOSES
+from backend.data.splits import assign_splits, read_splits, write_splits
+from backend.data.transforms import build_eval_transform, build_train_transform, preprocessing_dict
 from backend.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -74,13 +77,11 @@ class LesionDataModule(L.LightningDataModule):
         """Load the table and assign splits once (Lightning calls this on every rank and stage)."""
         if self.table is not None:
             return
-        from backend.data.splits import assign_splits, read_splits
 
         cfg = self.cfg
         if self._given_table is not None:
             table = self._given_table.reset_index(drop=True)
         else:
-            from backend.data.formats import load_table
 
             table = load_table(
                 cfg.csv, img_dir=cfg.img_dir, format=cfg.format, metadata_csv=cfg.metadata_csv,
@@ -116,15 +117,11 @@ class LesionDataModule(L.LightningDataModule):
 
     def write_splits(self, path: str | Path) -> Path:
         """Save the split assignment next to a run (``image_id,split``)."""
-        from backend.data.splits import write_splits
-
         write_splits(self.table, self.splits, path)
         return Path(path)
 
     def dataset(self, split: str | pd.DataFrame, train: bool = False) -> LesionDataset:
         """A dataset over a split name or an explicit table, with train or eval transforms."""
-        from backend.data.transforms import build_eval_transform, build_train_transform, preprocessing_dict
-
         table = self.split_table(split) if isinstance(split, str) else split.reset_index(drop=True)
         transform = build_train_transform(self.cfg) if train else build_eval_transform(preprocessing_dict(self.cfg))
         meta = self.metadata_encoder.encode_table(table) if self.cfg.use_metadata else None

@@ -21,6 +21,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from backend.data.hair import remove_hair
+from backend.data.images import load_image
 from backend.data.schema import DIAGNOSES
 from backend.errors import ImageLoadError
 
@@ -77,11 +79,8 @@ class LesionDataset(Dataset):
 
     def load(self, idx: int) -> np.ndarray:
         """Decode row ``idx`` (reduced size when large, hair removed when asked)."""
-        from backend.data.images import load_image
-
         image = load_image(self.paths[idx], target_size=self.img_size)
         if self.hair_removal:
-            from backend.data.hair import remove_hair
 
             image = remove_hair(image)
         return image

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.data.hair import check_hair_params, remove_hair
 from backend.data.images import SUPPORTED_EXTENSIONS, load_image
 from backend.errors import ConfigError, DataFormatError, ImageLoadError
 
@@ -65,7 +66,6 @@ class PreprocessSettings:
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
             raise ConfigError(f"preprocess: size must be a positive integer, got {self.size!r}")
         if self.hair_removal:
-            from backend.data.hair import check_hair_params
 
             check_hair_params(self.hair_kernel_size, self.hair_threshold, self.hair_inpaint_radius)
 
@@ -233,7 +233,6 @@ def preprocess_one(source: Path, target: Path, settings: PreprocessSettings) -> 
     try:
         image = load_image(source, target_size=settings.size)
         if settings.hair_removal:
-            from backend.data.hair import remove_hair
 
             image = remove_hair(
                 image, settings.hair_kernel_size, settings.hair_threshold, settings.hair_inpaint_radius

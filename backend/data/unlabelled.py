@@ -23,6 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from backend.data.images import SUPPORTED_EXTENSIONS, load_image
+from backend.data.preprocess import find_images
+from backend.data.transforms import build_byol_transforms, preprocessing_dict, shades_of_gray
 from backend.errors import ConfigError, DataFormatError, ImageLoadError
 
 #: How many following images to try before giving up when images fail to decode.
@@ -65,8 +68,6 @@ def scan_image_dirs(
     Raises:
         ConfigError: A folder does not exist, or no image is left.
     """
-    from backend.data.preprocess import find_images
-
     found: set[Path] = set()
     for folder in dirs:
         folder = Path(folder)
@@ -87,7 +88,6 @@ def scan_image_dirs(
 
 
 def _extensions() -> tuple[str, ...]:
-    from backend.data.images import SUPPORTED_EXTENSIONS
 
     return SUPPORTED_EXTENSIONS
 
@@ -130,8 +130,6 @@ class UnlabelledImageDataset(Dataset):
             data_cfg: A :class:`backend.training.byol_config.UnlabelledDataConfig`.
             seed: Seed of the ``max_images`` subset.
         """
-        from backend.data.transforms import build_byol_transforms, preprocessing_dict
-
         exclude = read_exclude_list(data_cfg.exclude_list) if data_cfg.exclude_list else None
         paths = scan_image_dirs(data_cfg.dirs, exclude=exclude, max_images=data_cfg.max_images, seed=seed)
         data = data_cfg.as_data_config()
@@ -145,7 +143,6 @@ class UnlabelledImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
-        from backend.data.images import load_image
 
         for offset in range(MAX_REPLACEMENTS):
             row = (idx + offset) % len(self)
@@ -157,7 +154,6 @@ class UnlabelledImageDataset(Dataset):
                     warnings.warn(f"skipping unreadable image {err}", stacklevel=2)
                 continue
             if self.color_constancy_power is not None:
-                from backend.data.transforms import shades_of_gray
 
                 image = shades_of_gray(image, self.color_constancy_power)
             return {

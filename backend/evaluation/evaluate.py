@@ -21,7 +21,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from backend.data.dataset import LesionDataset, encode_targets
+from backend.data.formats import load_table
+from backend.data.metadata import MetadataEncoder
+from backend.data.splits import read_splits
+from backend.data.transforms import build_eval_transform
 from backend.errors import ConfigError
+from backend.evaluation.isic_format import write_predictions_csv
+from backend.io.checkpoint import load_lesion_checkpoint
+from backend.metrics.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from backend.metrics.plots import confusion_matrix_figure, roc_curves_figure, save_png, thickness_figure
+from backend.metrics.scores import compute_metrics, write_metrics_csv
+from backend.models.heads import ThicknessScaler
+from backend.models.lesion_net import MALIGNANT_INDICES
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +76,6 @@ def predict_table(
     import torch
     from torch.utils.data import DataLoader
 
-    from backend.data.dataset import LesionDataset
-    from backend.data.metadata import MetadataEncoder
-    from backend.data.transforms import build_eval_transform
-    from backend.models.heads import ThicknessScaler
 
     pre = loaded.preprocessing
     meta = None
@@ -97,7 +105,6 @@ def _split_rows(table: pd.DataFrame, splits_csv: str | Path | None, split: str |
         return table
     if splits_csv is None:
         raise ConfigError(f"--split {split} needs a splits CSV (the run's splits.csv)")
-    from backend.data.splits import read_splits
 
     assignment = read_splits(splits_csv, table)
     rows = table[assignment.reindex(table.index) == split].reset_index(drop=True)
@@ -142,15 +149,6 @@ def evaluate(
         use_metadata: Feed patient metadata to fusion models.
         skip_missing: Drop rows whose image file is missing (one warning with the count).
     """
-    from backend.data.dataset import encode_targets
-    from backend.data.formats import load_table
-    from backend.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
-    from backend.evaluation.isic_format import write_predictions_csv
-    from backend.evaluation.metrics import compute_metrics, write_metrics_csv
-    from backend.evaluation.plots import confusion_matrix_figure, roc_curves_figure, save_png, thickness_figure
-    from backend.io.checkpoint import load_lesion_checkpoint
-    from backend.models.lesion_net import MALIGNANT_INDICES
-
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_lesion_checkpoint(checkpoint)

@@ -1,8 +1,8 @@
 """Model-card figures: test-split metrics with 95% bootstrap intervals, overall and by subgroup.
 
-The point estimates use the same definitions as :func:`backend.evaluation.metrics.compute_metrics`
+The point estimates use the same definitions as :func:`backend.metrics.scores.compute_metrics`
 (the two are checked against each other in the tests). Intervals come from
-:func:`backend.evaluation.bootstrap.bootstrap_ci`, resampling whole patients (or lesions) where a
+:func:`backend.metrics.bootstrap.bootstrap_ci`, resampling whole patients (or lesions) where a
 grouping key is known, because images of one patient are not independent.
 """
 
@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES
-from backend.evaluation.bootstrap import bootstrap_ci
-from backend.evaluation.calibration import expected_calibration_error
-from backend.evaluation.metrics import THICKNESS_SPLIT_MM, sensitivity_at_specificity
+from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES, THICKNESS_BANDS
+from backend.metrics.bootstrap import bootstrap_ci
+from backend.metrics.calibration import expected_calibration_error
+from backend.metrics.scores import THICKNESS_SPLIT_MM, sensitivity_at_specificity
 
 MALIGNANT_COLUMNS = [i for i, d in enumerate(DIAGNOSES) if d in MALIGNANT_DIAGNOSES]
 MELANOMA = DIAGNOSES.index("MEL")
@@ -100,7 +100,6 @@ def _band_accuracy(pred: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
         return math.nan
     hi = np.where(np.isnan(hi), np.inf, hi)
     # An exact label counts as inside when the prediction falls in the same reporting band.
-    from backend.data.schema import THICKNESS_BANDS
 
     def band(v: np.ndarray) -> np.ndarray:
         return np.array([next(i for i, (_, a, b) in enumerate(THICKNESS_BANDS) if a <= x < b) for x in v])

@@ -13,8 +13,10 @@ from typing import Any
 
 import pandas as pd
 
+from backend.data.dataset import encode_targets
 from backend.errors import ConfigError
 from backend.evaluation.acquisition import VARIANTS, PerturbedImages
+from backend.evaluation.model_card import card_metrics
 from backend.inference.predictor import Predictor, RawOutputs
 
 
@@ -70,9 +72,6 @@ def score_rows(pred: RowPredictions, n_boot: int = 1000, only: tuple[str, ...] |
         only: Compute just these metrics.
         seed: Resampling seed.
     """
-    from backend.data.dataset import encode_targets
-    from backend.evaluation.model_card import card_metrics
-
     t = encode_targets(pred.rows)
     groups = pred.rows["patient_id"].fillna(pred.rows["lesion_id"]).to_numpy(dtype=object)
     return card_metrics(t["diagnosis"], pred.raw.probs, t["label"], pred.raw.thickness_mm, t["thickness_lo"],

@@ -17,7 +17,7 @@ measures are taken only over the skin **both photos show** (the common view).
   (relative), border change (difference of ``1 - solidity``), colour change (CIE76 delta E of the
   mean L*a*b* lesion colours of the matched, colour-constancy-corrected images), and a change
   map: per-pixel delta E inside the union of the two lesions, with the grown and receded parts.
-* **Model.** With a :class:`~backend.inference.Predictor`, risk and malignancy of each visit and the
+* **Model.** With a :class:`~backend.inference.predictor.Predictor`, risk and malignancy of each visit and the
   cosine distance between the two images' network features (how differently the model sees them).
 """
 
@@ -246,7 +246,7 @@ def compare_visits(before: np.ndarray, after: np.ndarray, predictor: Any = None,
     Args:
         before: Baseline photo, HxWx3 uint8 RGB.
         after: Follow-up photo, HxWx3 uint8 RGB (any size).
-        predictor: A :class:`~backend.inference.Predictor` for risk and feature distance; None skips them.
+        predictor: A :class:`~backend.inference.predictor.Predictor` for risk and feature distance; None skips them.
         before_name: What messages call the baseline (its file or upload name).
         after_name: What messages call the follow-up.
         model_inputs: What the predictor reads for each visit (anything ``Predictor.load`` takes,

@@ -23,6 +23,7 @@ from backend.data.images import load_image
 from backend.followup.change import FollowUpResult, compare_visits
 from backend.followup.registration import RegistrationConfig
 from backend.followup.render import change_map_image, comparison_image, png_bytes
+from backend.inference.predictor import Predictor
 
 CHANGE_FILE = "change.json"
 COMPARISON_FILE = "comparison.png"
@@ -79,7 +80,6 @@ def compare_files(before: str | os.PathLike[str], after: str | os.PathLike[str],
     after_image = load_image(after)
     predictor: Any = None
     if model is not None:
-        from backend.inference import Predictor
 
         predictor = Predictor.from_checkpoint(model)
     result = compare_visits(before_image, after_image, predictor, before_name=str(before), after_name=str(after),

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from backend.errors import ConfigError
+from backend.models.lesion_net import SingleHeadWrapper
 
 
 class ClassTarget:
@@ -81,7 +82,6 @@ class LesionCAM:
     def __enter__(self) -> LesionCAM:
         from pytorch_grad_cam import GradCAM
 
-        from backend.models.lesion_net import SingleHeadWrapper
 
         backbone = self.net.backbone
         layer = backbone.cam_layer

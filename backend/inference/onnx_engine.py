@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from backend.errors import CheckpointError
-from backend.io.bundle import ONNX_FILE, sha256_file
+from backend.files import sha256_file
+from backend.io.bundle import ONNX_FILE
 from backend.io.onnx import onnx_session, run_onnx
 
 log = logging.getLogger(__name__)

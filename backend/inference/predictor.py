@@ -32,11 +32,20 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from backend.data.hair import remove_hair
+from backend.data.images import decode_image_bytes, load_image
+from backend.data.metadata import MetadataEncoder
 from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES
+from backend.data.transforms import build_eval_transform, check_preprocessing
 from backend.errors import CheckpointError, ConfigError, ImageLoadError
+from backend.inference import tta as tta_mod
+from backend.inference.explain import ClassTarget, LesionCAM, ThicknessTarget, heatmap_to_image, overlay
 from backend.inference.onnx_engine import open_engine
 from backend.inference.quality import FeatureStats, QualityConfig, QualityFlag, image_flags
 from backend.inference.risk import RiskConfig, risk_index, thickness_band, traffic_light
+from backend.io.bundle import load_bundle
+from backend.io.checkpoint import load_lesion_checkpoint
+from backend.models.heads import ThicknessScaler
 
 #: Metadata keys accepted per image, mapped to the lesion-table names.
 METADATA_KEYS: dict[str, str] = {
@@ -172,9 +181,6 @@ class Predictor:
         tta: bool = False,
         batch_size: int = 32,
     ) -> None:
-        from backend.data.metadata import MetadataEncoder
-        from backend.data.transforms import build_eval_transform, check_preprocessing
-        from backend.models.heads import ThicknessScaler
 
         try:
             self.preprocessing = dict(check_preprocessing(dict(preprocessing)))
@@ -227,11 +233,8 @@ class Predictor:
         Raises:
             CheckpointError: Missing, unsafe, unreadable or mismatched model files.
         """
-        from backend.io.checkpoint import load_lesion_checkpoint
-
         path = Path(path)
         if path.is_dir():
-            from backend.io.bundle import load_bundle
 
             bundle = load_bundle(path)
             model, card = bundle.model, bundle.card
@@ -296,8 +299,6 @@ class Predictor:
             ImageLoadError: The image cannot be decoded (message names it and the reason).
             ConfigError: An array that is not HxWx3 uint8, or an unsupported input type.
         """
-        from backend.data.images import decode_image_bytes, load_image
-
         if isinstance(item, np.ndarray):
             name, image = f"image_{index}", item
         elif isinstance(item, (str, os.PathLike)):
@@ -331,7 +332,6 @@ class Predictor:
         Hair removal (only when the model was trained with it), then the eval transform.
         """
         if self.preprocessing["hair_removal"]:
-            from backend.data.hair import remove_hair
 
             images = [remove_hair(img) for img in images]
         batch = torch.stack([self.transform(image=np.ascontiguousarray(img))["image"] for img in images])
@@ -372,8 +372,6 @@ class Predictor:
 
     def _forward_group(self, x: torch.Tensor, meta: torch.Tensor | None, tta: bool) -> tuple[torch.Tensor, ...]:
         """Probabilities, identity logits, thickness (normalised) and identity features of one group."""
-        from backend.inference import tta as tta_mod
-
         if tta:
             xs = tta_mod.dihedral_batch(x)
             if self.channels_last:
@@ -537,38 +535,9 @@ class Predictor:
         self.feature_stats = FeatureStats.fit(raw.features, percentile=percentile)
         return self.feature_stats
 
-    # -- similar cases ------------------------------------------------------------------------
-
-    def similar_cases(self, image: Any, library: Any, k: int = 10, lesion_id: str | None = None,
-                      patient_id: str | None = None, model_path: str | None = None) -> Any:
-        """The ``k`` most similar confirmed cases of a reference library, and their vote.
-
-        Delegates to :func:`backend.retrieval.query.similar_cases`: cosine similarity of the
-        pooled backbone features, the query's own image, lesion and patient left out.
-
-        Args:
-            image: A query as :meth:`load` accepts it.
-            library: A ``backend.retrieval.ReferenceLibrary`` or its folder (built with this model).
-            k: Neighbours wanted.
-            lesion_id: The query's lesion id, when known (that lesion is not returned).
-            patient_id: The query's patient id, when known (that patient is not returned).
-            model_path: This model's bundle folder or ``.ckpt``, for the rebuild command of a mismatch.
-
-        Returns:
-            ``backend.retrieval.SimilarCases``: neighbours (similarity, diagnosis, thumbnail) and vote.
-
-        Raises:
-            LibraryModelMismatchError: The library was built with another model.
-        """
-        from backend.retrieval.query import similar_cases
-
-        return similar_cases(self, image, library, k=k, lesion_id=lesion_id, patient_id=patient_id,
-                             model_path=model_path)
-
     # -- explanation --------------------------------------------------------------------------
 
     def _cam_head_and_targets(self, target: str | int | None, n: int) -> tuple[str, list[Any] | None]:
-        from backend.inference.explain import ClassTarget, ThicknessTarget
 
         if target is None:
             return "diagnosis", None
@@ -594,8 +563,6 @@ class Predictor:
                 ``"malignant"`` (log-odds of P(malignant)) or None (each image's predicted class).
             metadata: As for :meth:`predict`.
         """
-        from backend.inference.explain import LesionCAM, heatmap_to_image
-
         decoded = [self.load(item, i) for i, item in enumerate(images)]
         if not decoded:
             return []
@@ -615,8 +582,6 @@ class Predictor:
     @staticmethod
     def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.ndarray:
         """Heatmap blended over the image (``backend.inference.explain.overlay``)."""
-        from backend.inference.explain import overlay
-
         return overlay(image, heatmap, opacity)
 
 

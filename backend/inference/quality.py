@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.data.transforms import shades_of_gray
 from backend.errors import CheckpointError
 
 #: Every flag code, in the order they are reported, with what it means.
@@ -114,7 +115,6 @@ def image_flags(image: np.ndarray, cfg: QualityConfig | None = None) -> list[Qua
     """
     import cv2
 
-    from backend.data.transforms import shades_of_gray
 
     cfg = cfg or QualityConfig()
     h, w = image.shape[:2]

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.config import from_dict, load_config
 from backend.data.schema import DIAGNOSES, THICKNESS_BANDS
 from backend.errors import ConfigError
 
@@ -86,8 +87,6 @@ class RiskConfig:
         Raises:
             ConfigError: Unknown key, wrong type or a bad value, naming the file or key.
         """
-        from backend.config import load_config
-
         files = [Path(path)] if path is not None else [p for p in (DEFAULT_RISK_YAML,) if p.is_file()]
         return load_config(cls, files, overrides)
 
@@ -103,8 +102,6 @@ class RiskConfig:
         Raises:
             ConfigError: Unknown keys or bad values, naming them.
         """
-        from backend.config import from_dict
-
         return from_dict(cls, dict(data))
 
 

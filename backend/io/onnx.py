@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from backend.errors import CheckpointError
-from backend.io.checkpoint import atomic_write_bytes
+from backend.files import atomic_write_bytes
 
 OUTPUT_NAMES: tuple[str, ...] = ("probabilities", "logits", "thickness_mm", "features")
 DEFAULT_OPSET = 17

@@ -28,6 +28,7 @@ from torch import nn
 
 from backend.data.schema import IMAGENET_MEAN, IMAGENET_STD
 from backend.errors import CheckpointError, ConfigError
+from backend.files import safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +402,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{path}: not a readable safetensors file: {err}") from None
     else:
-        from backend.io.checkpoint import safe_torch_load
 
         obj = safe_torch_load(path)  # weights_only=True; every failure is a CheckpointError naming the file
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from backend.data.schema import MALIGNANT_DIAGNOSES
 from backend.errors import ConfigError, ImageLoadError
-from backend.io.checkpoint import atomic_write_bytes, atomic_write_text
+from backend.files import atomic_write_bytes, atomic_write_text
 from backend.retrieval.library import (
     BUILD_DIR,
     EMBEDDINGS,
@@ -294,7 +294,7 @@ def build_library(table: Any, output: str | Path, predictor: Any, *, model_path:
         table: Lesion table (``backend.data.formats.load_table``; load it with ``check_images=False``
             so rows whose file is missing are reported here, one message each).
         output: Library folder (created; must be empty or a library).
-        predictor: The ``backend.inference.Predictor`` whose backbone features are stored.
+        predictor: The ``backend.inference.predictor.Predictor`` whose backbone features are stored.
         model_path: That model's bundle folder or ``.ckpt`` (recorded for rebuild commands).
         img_dir: Image folder; stored image names are relative to it.
         chunk_size: Images per resumable chunk.

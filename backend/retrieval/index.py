@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from backend.files import atomic_write_bytes, atomic_write_text
+
 #: Libraries up to this many rows are searched exactly even when faiss is installed.
 EXACT_MAX_ROWS = 30_000
 #: HNSW graph parameters: links per node, candidate list while building and while searching.
@@ -243,7 +245,6 @@ def make_index(embeddings: np.ndarray, kind: str = "auto", exact_max: int = EXAC
             pass  # a damaged cache is rebuilt below
     index = HNSWIndex(embeddings)
     if cache is not None:
-        from backend.io.checkpoint import atomic_write_bytes, atomic_write_text
 
         try:
             atomic_write_bytes(cache, index.to_bytes())

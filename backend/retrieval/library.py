@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from backend.errors import DermaLensError
+from backend.files import sha256_file
+from backend.retrieval.index import make_index
 
 FORMAT = "dermalens-reference-library"
 FORMAT_VERSION = 1
@@ -116,7 +118,7 @@ def model_identity(predictor: Any) -> ModelIdentity:
     network's parameters.
 
     Args:
-        predictor: A ``backend.inference.Predictor``.
+        predictor: A ``backend.inference.predictor.Predictor``.
     """
     with _IDENTITY_LOCK:
         cached = _IDENTITIES.get(predictor)
@@ -128,7 +130,6 @@ def model_identity(predictor: Any) -> ModelIdentity:
         if card.get("weights_sha256"):
             identity = ModelIdentity(name, version, "bundle", str(card["weights_sha256"]))
         elif version == "checkpoint" and source and Path(source).is_file():
-            from backend.io.bundle import sha256_file
 
             identity = ModelIdentity(name, version, "checkpoint", sha256_file(source))
         else:
@@ -332,7 +333,6 @@ class ReferenceLibrary:
         """The search index (:func:`backend.retrieval.index.make_index`), built on first use."""
         with self._lock:
             if self._index is None:
-                from backend.retrieval.index import make_index
 
                 self._index = make_index(self.embeddings, cache_dir=self.path,
                                          cache_key=str(self.manifest.get("build_id", "")))

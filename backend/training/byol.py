@@ -31,6 +31,7 @@ from torch import nn
 
 from backend.config import to_dict
 from backend.models.config import ModelConfig
+from backend.models.lesion_net import COMMON_BACKBONE_KWARGS
 from backend.models.registry import Backbone, accepts_kwarg, create_backbone
 from backend.training.byol_config import ByolConfig, byol_config_from
 from backend.training.schedules import cosine_momentum, warmup_cosine
@@ -38,8 +39,6 @@ from backend.training.schedules import cosine_momentum, warmup_cosine
 
 def backbone_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     """The builder arguments ``build_model`` would pass for this model section (exported as metadata)."""
-    from backend.models.lesion_net import COMMON_BACKBONE_KWARGS
-
     kwargs = {k: getattr(cfg, k) for k in COMMON_BACKBONE_KWARGS if accepts_kwarg(cfg.backbone, k)}
     kwargs.update(cfg.backbone_kwargs)
     return kwargs

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from backend.config import from_dict
 from backend.data.config import DataConfig
 from backend.errors import ConfigError
 from backend.models.config import ModelConfig
@@ -263,6 +264,4 @@ class ByolConfig:
 
 def byol_config_from(data: dict[str, Any] | None) -> ByolConfig:
     """Build a :class:`ByolConfig` from a nested dict (a checkpoint's embedded copy, parsed YAML)."""
-    from backend.config import from_dict
-
     return from_dict(ByolConfig, data)

@@ -27,8 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from backend.config import from_dict, read_yaml, save_config, to_dict
+from backend.data.transforms import preprocessing_dict
+from backend.data.unlabelled import UnlabelledImageDataset
 from backend.errors import CheckpointError, ConfigError
+from backend.files import safe_torch_load
+from backend.models.registry import create_backbone, load_backbone_weights
+from backend.training.byol import BYOLModule, backbone_kwargs, build_backbone
 from backend.training.byol_config import ByolConfig, byol_config_from
+from backend.training.checkpoint_io import SafeCheckpointIO
+from backend.training.memory_format import ChannelsLast
+from backend.training.monitor import GradWeightMonitor
+from backend.training.run_dirs import last_checkpoint, latest_resumable_version, next_version_dir, resume_version_dir
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +80,6 @@ def resolve_run_dir(cfg: ByolConfig) -> tuple[Path, Path | None]:
     Raises:
         ConfigError: When ``resume_version`` names a run without ``ckpts/last.ckpt``.
     """
-    from backend.training.run_dirs import (
-        last_checkpoint,
-        latest_resumable_version,
-        next_version_dir,
-        resume_version_dir,
-    )
-
     root = Path(cfg.log_dir) / cfg.experiment_name
     if cfg.resume_version is not None:
         return resume_version_dir(root, cfg.resume_version)
@@ -143,9 +145,6 @@ def _last_checkpoint_callback(every_n_steps: int, ckpt_dir: Path):
 
 def export_metadata(cfg: ByolConfig, global_step: int = 0, **extra: Any) -> dict[str, Any]:
     """What is stored beside the exported weights: enough to rebuild the backbone and its input."""
-    from backend.data.transforms import preprocessing_dict
-    from backend.training.byol import backbone_kwargs
-
     return {
         "format": EXPORT_FORMAT,
         "source": "byol",
@@ -212,8 +211,6 @@ def backbone_from_export(path: str | Path, random_init: bool = False) -> tuple[A
     Returns:
         The backbone and the export's metadata.
     """
-    from backend.models.registry import create_backbone, load_backbone_weights
-
     _, meta = read_export(path)
     backbone = create_backbone(meta["backbone"], **meta["backbone_kwargs"])
     if not random_init:
@@ -233,9 +230,6 @@ def export_from_checkpoint(ckpt_path: str | Path, out: str | Path | None = None)
     Raises:
         CheckpointError: The file is unsafe, unreadable or not a BYOL checkpoint.
     """
-    from backend.io.checkpoint import safe_torch_load
-    from backend.training.byol import build_backbone
-
     ckpt_path = Path(ckpt_path)
     ckpt = safe_torch_load(ckpt_path)
     hparams, state = ckpt.get("hyper_parameters"), ckpt.get("state_dict")
@@ -266,8 +260,6 @@ def build_trainer(cfg: ByolConfig, run_dir: Path, callbacks: list[Any]):
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from backend.training.checkpoint_io import SafeCheckpointIO
-    from backend.training.memory_format import ChannelsLast
 
     t = cfg.trainer
     save_dir, name, version = run_dir.parent.parent, run_dir.parent.name, run_dir.name
@@ -314,9 +306,6 @@ def pretrain(cfg: ByolConfig, callbacks: list[Any] | None = None) -> PretrainRes
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from backend.data.unlabelled import UnlabelledImageDataset
-    from backend.training.byol import BYOLModule
-    from backend.training.monitor import GradWeightMonitor
 
     run_dir, resume_ckpt = resolve_run_dir(cfg)
     if resume_ckpt is not None:

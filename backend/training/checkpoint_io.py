@@ -9,9 +9,9 @@ sized file behind in ``/tmp``. Resuming reads with ``torch.load``'s default, and
 surfaces as a raw ``UnpicklingError`` traceback.
 
 :class:`SafeCheckpointIO` replaces both halves: saves go through
-:func:`backend.io.checkpoint.atomic_torch_save` (temporary file beside the target, fsync,
+:func:`backend.files.atomic_torch_save` (temporary file beside the target, fsync,
 ``os.replace``), so a kill at any moment leaves the previous checkpoint intact; loads go through
-:func:`backend.io.checkpoint.safe_torch_load` (``weights_only=True``), so a checkpoint carrying
+:func:`backend.files.safe_torch_load` (``weights_only=True``), so a checkpoint carrying
 pickled code is refused with a :class:`backend.errors.CheckpointError` before anything runs.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from backend.io.checkpoint import atomic_torch_save, safe_torch_load
+from backend.files import atomic_torch_save, safe_torch_load
 
 #: Leftovers of interrupted :func:`atomic_torch_save` calls in a checkpoint folder.
 TEMP_PATTERN = ".*.ckpt.*.tmp"

@@ -24,9 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.config import save_config, to_dict
+from backend.data.datamodule import LesionDataModule
+from backend.data.transforms import preprocessing_dict
 from backend.errors import ConfigError
+from backend.models.batchnorm import reestimate_batchnorm
+from backend.models.heads import ThicknessScaler
+from backend.models.lesion_net import build_model
+from backend.training.checkpoint_io import SafeCheckpointIO, remove_stale_temp_files
 from backend.training.config import ExperimentConfig
+from backend.training.memory_format import ChannelsLast
 from backend.training.run_dirs import keep_metrics_csv, next_version_dir, resume_version_dir
+from backend.training.supervised import LesionModule
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +86,6 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path):
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from backend.training.checkpoint_io import SafeCheckpointIO
-    from backend.training.memory_format import ChannelsLast
 
     t = cfg.trainer
     version = run_dir.name
@@ -154,7 +160,6 @@ def reestimate_start_batchnorm(cfg: ExperimentConfig, net, datamodule) -> int:
 
     from torch.utils.data import DataLoader
 
-    from backend.models.batchnorm import reestimate_batchnorm
 
     dataset = datamodule.dataset(datamodule.train_table.sample(frac=1.0, random_state=cfg.seed))
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
@@ -176,15 +181,9 @@ def fit(cfg: ExperimentConfig, test: bool = True) -> RunResult:
     """
     import lightning as L
 
-    from backend.data.datamodule import LesionDataModule
-    from backend.data.transforms import preprocessing_dict
-    from backend.models.heads import ThicknessScaler
-    from backend.models.lesion_net import build_model
-    from backend.training.supervised import LesionModule
 
     run_dir, resume_ckpt = resolve_run_dir(cfg)
     if resume_ckpt is not None and os.environ.get("LOCAL_RANK", "0") == "0":
-        from backend.training.checkpoint_io import remove_stale_temp_files
 
         remove_stale_temp_files(resume_ckpt.parent)  # half-written files of a killed run
         keep_metrics_csv(run_dir)  # Lightning's CSVLogger would delete the curves logged before the resume

@@ -21,7 +21,8 @@ from torchmetrics.classification import BinaryAUROC
 
 from backend.config import from_dict
 from backend.data.schema import DIAGNOSES
-from backend.evaluation.metrics import build_classification_metrics
+from backend.metrics.plots import confusion_matrix_image
+from backend.metrics.scores import build_classification_metrics
 from backend.models.heads import ThicknessScaler
 from backend.models.lesion_net import malignant_log_prob
 from backend.training.config import ExperimentConfig
@@ -165,7 +166,6 @@ class LesionModule(L.LightningModule):
         elif value.ndim == 2 and self.logger is not None and self.trainer.is_global_zero:
             experiment = getattr(self.logger, "experiment", None)
             if hasattr(experiment, "add_image"):
-                from backend.evaluation.plots import confusion_matrix_image
 
                 experiment.add_image(
                     name, confusion_matrix_image(value.cpu().numpy(), DIAGNOSES), self.global_step, dataformats="HWC"

@@ -42,7 +42,7 @@ def disk_writes(monkeypatch) -> list:
 
 
 def test_csv_and_reports_exif_free_nothing_on_disk(app_env, media, disk_writes):
-    from backend.inference import OUTPUT_COLUMNS
+    from backend.inference.predictor import OUTPUT_COLUMNS
 
     at = new_app().run()
     jpeg = image_bytes(41, "JPEG", size=96, exif=True)

@@ -2,7 +2,7 @@
 
 :func:`tiny_models_dir` trains a seconds-long fusion model (images + age/sex/site) and an
 image-only model on synthetic data with ``backend.training.run.fit``, exports both to bundles with
-``backend.io.bundle.export_bundle`` in one models folder, and adds a corrupt ``broken.ckpt`` and an
+``backend.workflows.export.export_bundle`` in one models folder, and adds a corrupt ``broken.ckpt`` and an
 ``unsafe.ckpt`` (a pickle holding a non-tensor object, which ``weights_only`` loading refuses) beside
 them. It builds once per pytest session (the folder lives under the session's base temp dir), so
 the AppTest and the e2e fixtures share it.
@@ -62,7 +62,7 @@ def _cfg(csv: Path, out: Path, use_metadata: bool):
 
 def build_tiny_models(root: Path) -> TinyModels:
     """Train and export the two tiny models under ``root`` (about 20-40 s on 2 busy CPU cores)."""
-    from backend.io.bundle import export_bundle
+    from backend.workflows.export import export_bundle
     from backend.training.run import fit
 
     data_dir = root / "data"

@@ -16,7 +16,7 @@ from backend.evaluation.isic_format import (
     write_predictions_csv,
     write_truth_csv,
 )
-from backend.evaluation.metrics import compute_metrics
+from backend.metrics.scores import compute_metrics
 
 # isic-challenge-scoring 5.6.0 uses pandas APIs that pandas 3 deprecates (inplace=, verify_integrity=).
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")

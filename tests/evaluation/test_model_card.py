@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backend.evaluation.metrics import compute_metrics
+from backend.metrics.scores import compute_metrics
 from backend.evaluation.model_card import card_metrics, metrics_markdown, subgroup_metrics
 
 

@@ -6,14 +6,14 @@ Run as a module, it is the process the fault tests kill::
     python -m tests.reliability.fault_tools export CKPT OUT NAME [--die-writing NAME --nth K]
                                                   [--die-replacing NAME]
 
-``train`` runs ``scripts.train.main(ARGS)``; ``export`` runs ``backend.io.bundle.export_bundle``.
+``train`` runs ``scripts.train.main(ARGS)``; ``export`` runs ``backend.workflows.export.export_bundle``.
 The faults are real ``SIGKILL``\\ s the process sends itself, so no ``finally`` block, ``atexit``
 hook or temporary-file cleanup runs, exactly as when the OOM killer or a scheduler ends a job:
 
 * ``--kill-at-step N``: right after optimiser step ``N`` (after that step's checkpoint, if any).
 * ``--die-writing NAME --nth K``: during the ``K``-th atomic write of a file called ``NAME``, once
   half of its bytes are on disk (``os.fdopen`` is wrapped, so the project's own
-  :func:`backend.io.checkpoint.atomic_write_bytes` runs unchanged up to that point).
+  :func:`backend.files.atomic_write_bytes` runs unchanged up to that point).
 * ``--die-replacing NAME``: just before the first ``os.replace`` onto a file called ``NAME``.
 """
 
@@ -112,7 +112,7 @@ def write_untrained_checkpoint(path: Path, seed: int = 0, img_size: int = 32) ->
     from backend.config import from_dict, to_dict
     from backend.data.schema import DIAGNOSES
     from backend.data.transforms import preprocessing_dict
-    from backend.io.checkpoint import atomic_torch_save
+    from backend.files import atomic_torch_save
     from backend.models.lesion_net import build_model
     from backend.training.config import ExperimentConfig
 
@@ -133,7 +133,7 @@ def write_untrained_checkpoint(path: Path, seed: int = 0, img_size: int = 32) ->
 
 def untrained_bundle(models_dir: Path, name: str = "tiny", img_size: int = 64) -> Path:
     """An untrained tiny bundle ``models_dir/name`` for app and CLI tests that check handling, not accuracy."""
-    from backend.io.bundle import export_bundle
+    from backend.workflows.export import export_bundle
 
     ckpt = write_untrained_checkpoint(models_dir.parent / f".{name}.ckpt", img_size=img_size)
     bundle = export_bundle(ckpt, models_dir / name, name=f"Untrained {name}", version="test-1").bundle_dir
@@ -180,7 +180,7 @@ class _HalfWriter:
 
 def arm_die_writing(name: str, nth: int) -> None:
     """Die half-way through the ``nth`` atomic write of a file called ``name`` (see the module docstring)."""
-    import backend.io.checkpoint as ckpt_io
+    import backend.files as ckpt_io
 
     real_write, real_fdopen = ckpt_io.atomic_write_bytes, os.fdopen
     state = {"count": 0, "armed": False}
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(rest)
     if args.die_replacing:
         arm_die_replacing(args.die_replacing)
-    from backend.io.bundle import export_bundle
+    from backend.workflows.export import export_bundle
 
     export_bundle(args.checkpoint, args.output, name=args.name)
     return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from backend.errors import CheckpointError
-from backend.inference import Predictor
+from backend.inference.predictor import Predictor
 from backend.io.bundle import PENDING_CARD_FILE, load_bundle
 from backend.io.names import safe_stem
 from tests.conftest import download_file

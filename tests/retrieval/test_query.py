@@ -16,7 +16,7 @@ def test_twins_retrieve_each_other_first_and_never_themselves(twin_library, pred
     library = ReferenceLibrary.load(out)
     for i in range(len(table)):
         twin = i + 1 if i % 2 == 0 else i - 1
-        result = predictor.similar_cases(load_png(table["image"].iat[i]), library, k=5)  # pixels only
+        result = similar_cases(predictor, load_png(table["image"].iat[i]), library, k=5)  # pixels only
         assert isinstance(result, SimilarCases) and len(result.neighbours) == 5
         assert result.neighbours[0].image_id == table["image_id"].iat[twin]
         assert result.neighbours[0].similarity > 0.999
@@ -33,20 +33,20 @@ def test_file_query_excludes_its_own_file_and_given_lesion_and_patient(twin_libr
     plain = similar_cases(predictor, path, out, k=16)  # a folder path is loaded
     assert plain.neighbours[0].image_id == "IMG_001" and len(plain.neighbours) == 15
     assert "IMG_000" not in [n.image_id for n in plain.neighbours]
-    same_lesion = predictor.similar_cases(path, library, k=16, lesion_id="L1")
+    same_lesion = similar_cases(predictor, path, library, k=16, lesion_id="L1")
     assert "IMG_001" not in [n.image_id for n in same_lesion.neighbours]
     assert same_lesion.n_excluded == 2 and len(same_lesion.neighbours) == 14
-    same_patient = predictor.similar_cases(path, library, k=16, patient_id="P1")
+    same_patient = similar_cases(predictor, path, library, k=16, patient_id="P1")
     assert "IMG_001" not in [n.image_id for n in same_patient.neighbours] and same_patient.n_excluded == 2
     # A blank id excludes nothing extra.
-    assert predictor.similar_cases(path, library, k=16, lesion_id="", patient_id=None).n_excluded == 1
+    assert similar_cases(predictor, path, library, k=16, lesion_id="", patient_id=None).n_excluded == 1
 
 
 def test_neighbour_thumbnails_and_vote_agree_with_the_library(twin_library, predictor):
     out, table = twin_library
     library = ReferenceLibrary.load(out)
     data = Path(table["image"].iat[2]).read_bytes()
-    result = predictor.similar_cases(("upload.png", data), library)
+    result = similar_cases(predictor, ("upload.png", data), library)
     assert len(result.neighbours) == 10 and result.vote.k == 10  # k = 10 by default
     assert result.neighbours[0].thumbnail == library.thumbnail(result.neighbours[0].row)
     rows = [n.row for n in result.neighbours]
@@ -74,7 +74,7 @@ def test_vote_counts_majority_and_ties():
 def test_library_of_another_model_is_refused_with_the_rebuild_command(twin_library, other_predictor, twins):
     out, table = twin_library
     with pytest.raises(LibraryModelMismatchError) as err:
-        other_predictor.similar_cases(table["image"].iat[0], out, model_path="models/new_bundle")
+        similar_cases(other_predictor, table["image"].iat[0], out, model_path="models/new_bundle")
     message = str(err.value)
     assert "built with model" in message and "not comparable" in message
     expected = (f"python -m scripts.build_reference --csv {twins} --img_dir {twins.parent / 'images'} "

@@ -13,7 +13,7 @@ from PIL import Image
 from backend.config import from_dict, read_yaml, to_dict
 from backend.data.unlabelled import UnlabelledImageDataset, read_exclude_list, scan_image_dirs
 from backend.errors import ConfigError, DataFormatError
-from backend.io.checkpoint import safe_torch_load
+from backend.files import safe_torch_load
 from backend.training.byol import BYOLModule, ema_update
 from backend.training.byol_config import ByolConfig
 from backend.training.byol_run import pretrain

@@ -9,8 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from backend.io.bundle import export_bundle, load_bundle
-from backend.io.checkpoint import load_lesion_checkpoint, safe_torch_load
+from backend.workflows.export import export_bundle
+from backend.io.bundle import load_bundle
+from backend.io.checkpoint import load_lesion_checkpoint
+from backend.files import safe_torch_load
 from backend.training.memory_format import ChannelsLast, to_channels_last
 from backend.training.run import build_trainer, fit
 from tests.training.test_run import tiny_cfg

@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from backend.io.bundle import export_bundle, read_card
+from backend.workflows.export import export_bundle
+from backend.io.bundle import read_card
 from backend.io.checkpoint import load_lesion_checkpoint
 from backend.models.registry import create_backbone
 from backend.training import run as run_module

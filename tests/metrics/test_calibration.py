@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassCalibrationError
 
-from backend.evaluation.calibration import (
+from backend.metrics.calibration import (
     apply_temperature,
     expected_calibration_error,
     fit_temperature,

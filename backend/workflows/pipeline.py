@@ -14,10 +14,10 @@ Stages:
 * ``byol``: self-supervised pretraining of the backbone (:func:`backend.training.byol_run.pretrain`).
 * ``train``: supervised multi-task training started from the BYOL export when there is one.
 * ``export``: the bundle (weights + card), temperature fitted on the validation split, OOD
-  statistics on the training split (:func:`backend.io.bundle.export_bundle`).
+  statistics on the training split (:func:`backend.workflows.export.export_bundle`).
 * ``card``: test-split metrics with 95% bootstrap intervals and subgroup metrics, written into the
   bundle's card (``test_metrics``) and as markdown next to it.
-* ``lodo``: the leave-one-dataset-out check of the recipe (:mod:`backend.evaluation.lodo`), added to
+* ``lodo``: the leave-one-dataset-out check of the recipe (:mod:`backend.workflows.lodo`), added to
   the card (``leave_one_dataset_out``) and its markdown.
 """
 
@@ -31,7 +31,26 @@ from pathlib import Path
 from typing import Any
 
 from backend.config import from_dict, read_yaml
+from backend.data.dataset import encode_targets
+from backend.data.formats import load_table
+from backend.data.splits import assign_splits, read_splits, write_splits
 from backend.errors import ConfigError
+from backend.evaluation.acquisition import DESCRIPTIONS, VARIANTS
+from backend.evaluation.card_sections import operating_points_markdown, start_weights_markdown, variants_markdown
+from backend.evaluation.model_card import metrics_markdown, subgroup_metrics
+from backend.evaluation.operating_points import light_summary
+from backend.evaluation.split_eval import predict_rows, score_rows
+from backend.files import atomic_write_text
+from backend.inference.predictor import Predictor
+from backend.inference.risk import risk_index
+from backend.io.bundle import read_card, write_card
+from backend.training.byol_config import ByolConfig
+from backend.training.byol_run import pretrain
+from backend.training.config import ExperimentConfig
+from backend.training.run import fit
+from backend.training.run_dirs import latest_resumable_version
+from backend.workflows.export import export_bundle
+from backend.workflows.lodo import LodoConfig, lodo_markdown, run_lodo
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +75,7 @@ class PipelineConfig:
         status: One paragraph on where this model stands (shown at the top of the card).
         tta: Predict with the 8 flips/rotations averaged: stored in the bundle (``inference.tta``) so
             the app predicts exactly as the card's figures were measured.
-        lodo: Leave-one-dataset-out check (:class:`backend.evaluation.lodo.LodoConfig` mapping); None skips it.
+        lodo: Leave-one-dataset-out check (:class:`backend.workflows.lodo.LodoConfig` mapping); None skips it.
         variants: Acquisition variants of the test split the card also scores
             (``backend.evaluation.acquisition``: ``squashed``, ``bordered``).
         baseline: ``{name, bundle_dir}`` of an earlier bundle scored on the same test split and
@@ -83,8 +102,6 @@ class PipelineConfig:
 
     def validate(self) -> None:
         """Reject unknown stages, variants and baseline keys."""
-        from backend.evaluation.acquisition import VARIANTS
-
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise ConfigError(f"stages: unknown {unknown}; valid stages: {list(STAGES)}")
@@ -100,16 +117,12 @@ class PipelineConfig:
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
     """Read ``cfgs/default.yaml`` and check that its stage configs are valid too."""
-    from backend.training.config import ExperimentConfig
-
     cfg = from_dict(PipelineConfig, read_yaml(path))
     from_dict(ExperimentConfig, cfg.supervised)
     if cfg.lodo is not None:
-        from backend.evaluation.lodo import LodoConfig
 
         from_dict(LodoConfig, cfg.lodo).validate()
     if cfg.byol is not None:
-        from backend.training.byol_config import ByolConfig
 
         from_dict(ByolConfig, cfg.byol)
     return cfg
@@ -125,7 +138,6 @@ def _done(cfg: PipelineConfig, stage: str) -> dict[str, Any] | None:
 
 
 def _finish(cfg: PipelineConfig, stage: str, result: dict[str, Any]) -> dict[str, Any]:
-    from backend.io.checkpoint import atomic_write_text
 
     path = _record(cfg, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,16 +148,10 @@ def _finish(cfg: PipelineConfig, stage: str, result: dict[str, Any]) -> dict[str
 
 def stage_splits(cfg: PipelineConfig) -> dict[str, Any]:
     """Assign the grouped split once; list the held-out images that pretraining must leave out."""
-    from backend.data.formats import load_table
-    from backend.data.splits import assign_splits, write_splits
-    from backend.io.checkpoint import atomic_write_text
-    from backend.training.config import ExperimentConfig
-
     data = from_dict(ExperimentConfig, cfg.supervised).data
     table = load_table(data.csv, img_dir=data.img_dir, format=data.format, metadata_csv=data.metadata_csv,
                        skip_missing=data.skip_missing)
     if data.split_csv:
-        from backend.data.splits import read_splits
 
         splits = read_splits(data.split_csv, table)
     else:
@@ -162,9 +168,6 @@ def stage_splits(cfg: PipelineConfig) -> dict[str, Any]:
 
 def stage_byol(cfg: PipelineConfig, splits: dict[str, Any] | None) -> dict[str, Any]:
     """Pretrain (or resume an interrupted pretraining) on training-split images only; export the backbone."""
-    from backend.training.byol_config import ByolConfig
-    from backend.training.byol_run import pretrain
-
     byol = from_dict(ByolConfig, cfg.byol)
     byol.resume_version = _interrupted_version(cfg, "byol", Path(byol.log_dir) / byol.experiment_name)
     if splits and not byol.data.exclude_list:
@@ -175,9 +178,6 @@ def stage_byol(cfg: PipelineConfig, splits: dict[str, Any] | None) -> dict[str, 
 
 def stage_train(cfg: PipelineConfig, pretrained: str | None, splits: dict[str, Any] | None) -> dict[str, Any]:
     """Supervised training from the BYOL export (when there is one), resuming an interrupted run."""
-    from backend.training.config import ExperimentConfig
-    from backend.training.run import fit
-
     exp = from_dict(ExperimentConfig, cfg.supervised)
     if splits:
         exp.data.split_csv = splits["splits_csv"]
@@ -193,9 +193,6 @@ def stage_train(cfg: PipelineConfig, pretrained: str | None, splits: dict[str, A
 
 def stage_export(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
     """Bundle the best checkpoint with calibration and OOD statistics fitted on its run's splits."""
-    from backend.io.bundle import export_bundle, read_card, write_card
-    from backend.training.config import ExperimentConfig
-
     exp = from_dict(ExperimentConfig, cfg.supervised)
     run_dir = Path(train["run_dir"])
     result = export_bundle(
@@ -223,17 +220,6 @@ def stage_card(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
     """
     import numpy as np
 
-    from backend.data.dataset import encode_targets
-    from backend.data.formats import load_table
-    from backend.data.splits import read_splits
-    from backend.evaluation.acquisition import DESCRIPTIONS
-    from backend.evaluation.model_card import subgroup_metrics
-    from backend.evaluation.operating_points import light_summary
-    from backend.evaluation.split_eval import predict_rows, score_rows
-    from backend.inference.predictor import Predictor
-    from backend.inference.risk import risk_index
-    from backend.io.bundle import read_card, write_card
-    from backend.training.config import ExperimentConfig
 
     exp = from_dict(ExperimentConfig, cfg.supervised)
     table = load_table(exp.data.csv, img_dir=exp.data.img_dir)
@@ -274,9 +260,6 @@ def stage_card(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
 
 def score_baseline(cfg: PipelineConfig, test_rows: Any) -> dict[str, Any]:
     """The baseline bundle's headline figures on the same test images, plain and per variant."""
-    from backend.evaluation.split_eval import predict_rows, score_rows
-    from backend.inference.predictor import Predictor
-
     predictor = Predictor.from_checkpoint(cfg.baseline["bundle_dir"])
     figures = {}
     for variant in ["plain", *cfg.variants]:
@@ -296,9 +279,6 @@ def split_fingerprint(image_ids: Any) -> str:
 
 def stage_lodo(cfg: PipelineConfig, splits: dict[str, Any] | None) -> dict[str, Any]:
     """Leave-one-dataset-out check of the recipe, recorded in the bundle's card and markdown."""
-    from backend.evaluation.lodo import LodoConfig, run_lodo
-    from backend.io.bundle import read_card, write_card
-
     if not splits:
         raise ConfigError(f"stage lodo needs a finished splits stage ({_record(cfg, 'splits')})")
     records = run_lodo(from_dict(LodoConfig, cfg.lodo), splits["splits_csv"])
@@ -315,7 +295,6 @@ def write_card_markdown(cfg: PipelineConfig, card: dict[str, Any]) -> str:
     """Render the card as markdown into the bundle (``MODEL_CARD.md``) and ``cfg.card_markdown``."""
     import pandas as pd
 
-    from backend.evaluation.model_card import metrics_markdown
 
     subgroups = pd.DataFrame(card.get("test_subgroups") or []).fillna(float("nan"))
     text = render_card_markdown(card, metrics_markdown(card.get("test_metrics") or {}, subgroups))
@@ -327,9 +306,6 @@ def write_card_markdown(cfg: PipelineConfig, card: dict[str, Any]) -> str:
 
 def render_card_markdown(card: dict[str, Any], metrics_md: str) -> str:
     """The human-readable model card."""
-    from backend.evaluation.card_sections import operating_points_markdown, start_weights_markdown, variants_markdown
-    from backend.evaluation.lodo import lodo_markdown
-
     lodo = card.get("leave_one_dataset_out")
     lodo_md = [] if not lodo else [
         "## Leave-one-dataset-out check (other clinics' dermoscopes)", "",
@@ -386,7 +362,6 @@ def _num(value: Any) -> str:
 
 
 def _recipe_line(lodo: dict[str, Any]) -> str:
-    from backend.evaluation.lodo import LodoConfig
 
     base = from_dict(LodoConfig, lodo).base_tree()
     model, data, trainer = base.get("model", {}), base.get("data", {}), base.get("trainer", {})
@@ -400,8 +375,6 @@ def _interrupted_version(cfg: PipelineConfig, stage: str, root: Path) -> int | N
     The newest version with a ``last.ckpt`` is resumed unless it is the run the stage's last *finished*
     record names: a forced rerun (say, after changing the recipe) must not continue a finished run.
     """
-    from backend.training.run_dirs import latest_resumable_version
-
     version = latest_resumable_version(root)
     finished = (_done(cfg, stage) or {}).get("run_dir")
     if version is not None and finished and Path(finished).resolve() == (root / f"version_{version}").resolve():

@@ -1,7 +1,7 @@
 """Ablation study: one base recipe, named variants of ``key=value`` overrides, one table of figures.
 
 ``python -m scripts.ablate --config cfgs/ablation/default.yaml`` trains every variant with
-:func:`backend.training.study_runs.train_once` (so an interrupted study resumes, and a variant equal
+:func:`backend.workflows.study_runs.train_once` (so an interrupted study resumes, and a variant equal
 to another recipe is not trained twice) and scores each best checkpoint on the **validation**
 split, never the test split, so choosing the default recipe from this table does not leak the test
 figures. Variants listed in ``tta`` are also scored with test-time augmentation, which needs no
@@ -17,9 +17,12 @@ from typing import Any
 
 import pandas as pd
 
-from backend.config import from_dict, read_yaml
+from backend.config import deep_merge, from_dict, parse_overrides, read_yaml
 from backend.errors import ConfigError
-from backend.training.study_runs import StudyConfig
+from backend.evaluation.split_eval import predict_rows, score_rows
+from backend.files import atomic_write_text
+from backend.inference.predictor import Predictor
+from backend.workflows.study_runs import StudyConfig, recipe, split_rows, train_once
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,6 @@ class AblationConfig(StudyConfig):
 
 def load_ablation_config(path: str | Path, overrides: list[str] | None = None) -> AblationConfig:
     """Read an ablation YAML; ``overrides`` apply to the base recipe of every variant."""
-    from backend.config import deep_merge, parse_overrides
-
     raw = read_yaml(path)
     raw["base"] = deep_merge(raw.get("base") or {}, parse_overrides(overrides or []))
     return from_dict(AblationConfig, raw)
@@ -58,9 +59,6 @@ def load_ablation_config(path: str | Path, overrides: list[str] | None = None) -
 
 def score_checkpoint(ckpt: str | Path, rows: pd.DataFrame, tta: bool, n_boot: int) -> dict[str, Any]:
     """Validation figures of one checkpoint; the headline malignant AUROC gets a 95% interval."""
-    from backend.evaluation.split_eval import predict_rows, score_rows
-    from backend.inference.predictor import Predictor
-
     pred = predict_rows(Predictor.from_checkpoint(ckpt), rows, tta=tta)
     figures = score_rows(pred, n_boot=n_boot, only=METRICS)
     interval = figures["auroc_malignant"]
@@ -70,9 +68,6 @@ def score_checkpoint(ckpt: str | Path, rows: pd.DataFrame, tta: bool, n_boot: in
 
 def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     """Train and score every variant not yet in ``results.csv``; returns the whole table."""
-    from backend.io.checkpoint import atomic_write_text
-    from backend.training.study_runs import recipe, split_rows, train_once
-
     cfg.validate()
     out = Path(cfg.output_dir) / "results.csv"
     done = pd.read_csv(out) if out.is_file() else pd.DataFrame(columns=["variant"])

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from backend.data.schema import DIAGNOSES
-from backend.evaluation.plots import (
+from backend.metrics.plots import (
     confusion_matrix_figure,
     confusion_matrix_image,
     figure_to_array,
@@ -83,7 +83,7 @@ def test_figure_to_array_shape_matches_figure_size():
 
 
 def test_thickness_figure_with_only_exact_or_no_labels():
-    from backend.evaluation.plots import thickness_figure
+    from backend.metrics.plots import thickness_figure
 
     only_exact = thickness_figure([0.5, 1.0], [0.4, 1.2], [0.4, 1.2])
     assert len(only_exact.axes[0].collections) >= 1

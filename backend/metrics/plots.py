@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES
-from backend.evaluation.metrics import THICKNESS_SPLIT_MM
+from backend.metrics.scores import THICKNESS_SPLIT_MM
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -20,8 +20,8 @@ from sklearn.metrics import (
 )
 
 from backend.data.schema import DIAGNOSES
-from backend.evaluation.bootstrap import bootstrap_ci
-from backend.evaluation.metrics import (
+from backend.metrics.bootstrap import bootstrap_ci
+from backend.metrics.scores import (
     build_classification_metrics,
     compute_metrics,
     metrics_to_frame,

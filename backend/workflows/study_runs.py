@@ -17,8 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from backend.config import deep_merge, from_dict, parse_overrides, read_yaml, to_dict
+from backend.data.formats import load_table
+from backend.data.splits import read_splits
 from backend.errors import ConfigError
+from backend.files import atomic_write_text
 from backend.training.config import ExperimentConfig
+from backend.training.run import fit
+from backend.training.run_dirs import latest_resumable_version
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +110,6 @@ def train_once(exp: ExperimentConfig, root: str | Path, name: str) -> TrainedRun
     Returns:
         The finished run.
     """
-    from backend.training.run import fit
-    from backend.training.run_dirs import latest_resumable_version
-
     key = recipe_key(exp)
     folder = f"{name}-{key}"
     exp.output_dir, exp.experiment_name = str(root), folder
@@ -121,7 +123,6 @@ def train_once(exp: ExperimentConfig, root: str | Path, name: str) -> TrainedRun
     result = fit(exp, test=False)
     if result.best_ckpt is None:
         raise ConfigError(f"study run {name} in {result.run_dir} produced no best.ckpt")
-    from backend.io.checkpoint import atomic_write_text
 
     atomic_write_text(done, json.dumps({"run_dir": str(result.run_dir), "best_ckpt": str(result.best_ckpt)}) + "\n")
     return TrainedRun(name, result.run_dir, result.best_ckpt)
@@ -129,8 +130,6 @@ def train_once(exp: ExperimentConfig, root: str | Path, name: str) -> TrainedRun
 
 def split_rows(run: TrainedRun, split: str) -> Any:
     """The lesion-table rows of one split of a finished run (read from its saved config and splits)."""
-    from backend.data.splits import read_splits
-
     data = from_dict(ExperimentConfig, read_yaml(run.run_dir / "config.yaml")).data
     table = _lesion_table(data.csv, data.img_dir, data.format, data.metadata_csv, data.skip_missing)
     splits = read_splits(run.run_dir / "splits.csv", table).reindex(table.index)
@@ -140,6 +139,4 @@ def split_rows(run: TrainedRun, split: str) -> Any:
 @functools.lru_cache(maxsize=4)
 def _lesion_table(csv: str, img_dir: str | None, fmt: str, metadata_csv: str | None, skip_missing: bool) -> Any:
     """The lesion table of a label file, read once per study (every variant scores the same file)."""
-    from backend.data.formats import load_table
-
     return load_table(csv, img_dir=img_dir, format=fmt, metadata_csv=metadata_csv, skip_missing=skip_missing)

@@ -7,7 +7,7 @@ dataset. The same recipe trained on all datasets is scored on the left-out datas
 images as the in-domain reference. Several recipes (``variants``) can be compared, e.g. ours against
 one without colour constancy and colour/vignette augmentation.
 
-All runs go through :func:`backend.training.study_runs.train_once`, so an interrupted check resumes
+All runs go through :func:`backend.workflows.study_runs.train_once`, so an interrupted check resumes
 and a recipe shared with the ablation study is not trained twice.
 """
 
@@ -22,8 +22,12 @@ from typing import Any
 
 import pandas as pd
 
+from backend.data.formats import default_img_dir, load_table
+from backend.data.splits import read_splits
 from backend.errors import ConfigError
-from backend.training.study_runs import StudyConfig
+from backend.evaluation.split_eval import predict_rows, score_rows
+from backend.inference.predictor import Predictor
+from backend.workflows.study_runs import StudyConfig, recipe, train_once
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +72,6 @@ def leave_out(csv: str | Path, img_dir: str | Path | None, splits_csv: str | Pat
     Raises:
         ConfigError: The table has no ``dataset`` column or no row of ``dataset``.
     """
-    from backend.data.formats import default_img_dir, load_table
-
     csv, folder = Path(csv), Path(folder)
     raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
     if "dataset" not in raw.columns:
@@ -100,12 +102,6 @@ def run_lodo(cfg: LodoConfig, splits_csv: str | Path) -> list[dict[str, Any]]:
     Returns:
         One record per (recipe, dataset, setting) with the figures and their intervals.
     """
-    from backend.data.formats import load_table
-    from backend.data.splits import read_splits
-    from backend.evaluation.split_eval import predict_rows, score_rows
-    from backend.inference.predictor import Predictor
-    from backend.training.study_runs import recipe, train_once
-
     cfg.validate()
     base = recipe(cfg.base_tree())
     table = load_table(base.data.csv, img_dir=base.data.img_dir)

@@ -8,7 +8,7 @@ import pytest
 
 from backend.config import from_dict, read_yaml
 from backend.errors import ConfigError
-from backend.training.pipeline import STAGES, PipelineConfig, load_pipeline_config, run_pipeline
+from backend.workflows.pipeline import STAGES, PipelineConfig, load_pipeline_config, run_pipeline
 from scripts.default_model import main as pipeline_main
 from tests.conftest import REPO_ROOT, write_synthetic_dataset
 

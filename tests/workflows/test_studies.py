@@ -9,9 +9,9 @@ from backend.config import read_yaml
 from backend.data.formats import load_table
 from backend.data.splits import assign_splits, write_splits
 from backend.errors import ConfigError
-from backend.evaluation.lodo import LodoConfig, leave_out, lodo_markdown, run_lodo
+from backend.workflows.lodo import LodoConfig, leave_out, lodo_markdown, run_lodo
 from backend.training import study_runs
-from backend.training.ablation import AblationConfig, ablation_markdown, run_ablation
+from backend.workflows.ablation import AblationConfig, ablation_markdown, run_ablation
 from scripts.ablate import main as ablate_main
 from tests.conftest import REPO_ROOT, write_synthetic_dataset
 
@@ -88,7 +88,7 @@ def test_ablation_table_scores_variants_on_validation_and_resumes(data, tmp_path
     text = ablation_markdown(results)
     assert "| no_metadata | image only |" in text and "+0.000" in text.splitlines()[2]
     # A rerun finds every variant in results.csv and trains nothing.
-    import backend.training.study_runs as sr
+    import backend.workflows.study_runs as sr
 
     monkeypatch.setattr(sr, "train_once", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
     assert run_ablation(cfg)["variant"].tolist() == results["variant"].tolist()

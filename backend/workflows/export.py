@@ -1,0 +1,189 @@
+"""Export workflow: a training checkpoint becomes a bundle with calibration, OOD statistics and operating points.
+
+This sits on top of inference and evaluation (it predicts the run's validation and training splits
+with a :class:`~backend.inference.predictor.Predictor`), while :mod:`backend.io.bundle` stays the
+plain file format it writes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backend.data.dataset import encode_targets
+from backend.data.formats import load_table
+from backend.data.splits import read_splits
+from backend.errors import ConfigError
+from backend.evaluation.evaluate import default_splits_csv
+from backend.evaluation.operating_points import choose_operating_points
+from backend.files import safe_torch_load, sha256_file
+from backend.inference.predictor import Predictor
+from backend.inference.quality import FeatureStats
+from backend.inference.risk import risk_index
+from backend.io.bundle import ONNX_FILE, read_card, save_bundle, write_card
+from backend.io.checkpoint import load_lesion_checkpoint
+from backend.io.onnx import DEFAULT_OPSET, OUTPUT_NAMES, export_onnx
+from backend.metrics.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from backend.metrics.scores import compute_metrics
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_bundle` wrote.
+
+    Attributes:
+        bundle_dir: The bundle folder.
+        card: The model card written.
+        onnx_path: The ONNX file, or None.
+        skipped: Messages for images that could not be read while fitting.
+    """
+
+    bundle_dir: Path
+    card: dict[str, Any]
+    onnx_path: Path | None = None
+    skipped: list[str] = field(default_factory=list)
+
+
+def _table_metadata(table: Any) -> list[dict[str, Any]]:
+    return [
+        {"age_approx": a, "sex": s, "anatom_site_general": site}
+        for a, s, site in zip(table["age_approx"], table["sex"], table["anatom_site_general"], strict=True)
+    ]
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value)):
+            out[key] = float(value)
+    return out
+
+
+def _checkpoint_scores(path: Path) -> dict[str, float]:
+    """The monitored best score Lightning stored in a checkpoint (what we know without data)."""
+    scores: dict[str, float] = {}
+    for key, state in (safe_torch_load(path).get("callbacks") or {}).items():
+        if "ModelCheckpoint" in str(key) and isinstance(state, dict) and state.get("best_model_score") is not None:
+            monitor = str(state.get("monitor") or "best_model_score")
+            try:
+                scores[monitor] = float(state["best_model_score"])
+            except (TypeError, ValueError):
+                continue
+    return scores
+
+
+def export_bundle(
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    name: str | None = None,
+    version: str = "1",
+    csv: str | Path | None = None,
+    img_dir: str | Path | None = None,
+    splits_csv: str | Path | None = None,
+    temperature: float | None = None,
+    ood_percentile: float = 99.0,
+    max_ood_images: int = 5000,
+    onnx: bool = False,
+    batch_size: int = 32,
+    progress: bool = False,
+    operating_points: bool = True,
+) -> ExportResult:
+    """Turn a training checkpoint into a bundle, fitting calibration and OOD statistics on its run's splits.
+
+    With ``csv`` (the labelled table the run was trained on) the temperature is fitted on the
+    run's validation split (``fit_temperature``; ECE before and after go into the card with the
+    validation metrics), and the out-of-distribution statistics on features of (up to
+    ``max_ood_images`` of) its training split, and, with ``operating_points``, the traffic-light
+    thresholds on its validation split (``backend.evaluation.operating_points``: "not green" catches
+    >= 95% of malignant lesions, "red" holds >= 90% specificity), stored in the card's ``risk``.
+    Without it the temperature is ``temperature`` (or 1) and there are no OOD statistics; the card
+    then reports the checkpoint's monitored score.
+
+    Raises:
+        CheckpointError: Unsafe or unreadable checkpoint, or export failure.
+        DataFormatError: Bad table or splits file.
+        ConfigError: No validation/train rows, or a splits file cannot be found.
+    """
+    checkpoint = Path(checkpoint)
+    loaded = load_lesion_checkpoint(checkpoint)
+    predictor = Predictor(loaded.net, loaded.preprocessing, loaded.thickness_scaler, loaded.metadata_encoder,
+                          batch_size=batch_size)
+    calibration: dict[str, Any] = {"fitted_on": None}
+    metrics: dict[str, Any] = {}
+    extra_card: dict[str, Any] = {}
+    ood_summary, extra, skipped = None, None, []
+    temp = 1.0 if temperature is None else float(temperature)
+    if csv is not None:
+
+        table = load_table(csv, img_dir=img_dir)
+        splits_path = splits_csv or default_splits_csv(checkpoint)
+        if splits_path is None:
+            raise ConfigError(f"no splits CSV for {checkpoint}: pass splits_csv (the run's splits.csv)")
+        assignment = read_splits(splits_path, table).reindex(table.index)
+        val = table[assignment == "val"].reset_index(drop=True)
+        train = table[assignment == "train"].reset_index(drop=True)
+        if val.empty or train.empty:
+            raise ConfigError(f"{splits_path}: needs both 'val' and 'train' rows to fit calibration and OOD "
+                              f"statistics (val {len(val)}, train {len(train)})")
+        raw, kept, skipped_val = predictor.raw_outputs(val["image"].tolist(), _table_metadata(val), progress)
+        skipped += skipped_val
+        targets = encode_targets(val.iloc[kept].reset_index(drop=True))
+        labels = targets["diagnosis"]
+        if temperature is None and (labels >= 0).any():
+            temp = fit_temperature(raw.logits, labels)
+        before, after = apply_temperature(raw.logits, 1.0), apply_temperature(raw.logits, temp)
+        known = labels >= 0
+        calibration = {
+            "fitted_on": f"val split of {splits_path} ({int(known.sum())} images with a diagnosis)",
+            "ece_before": expected_calibration_error(before[known], labels[known]) if known.any() else None,
+            "ece_after": expected_calibration_error(after[known], labels[known]) if known.any() else None,
+        }
+        metrics = _scalar_metrics(compute_metrics(
+            labels, after, y_true_malignant=targets["label"], thickness_pred_mm=raw.thickness_mm,
+            thickness_lo=targets["thickness_lo"], thickness_hi=targets["thickness_hi"],
+        ))
+        metrics["n_images"] = len(kept)
+        if operating_points:
+
+            try:
+                predictor.risk, op_record = choose_operating_points(
+                    risk_index(after, predictor.risk), targets["label"], base=predictor.risk,
+                    source=f"val split of {splits_path} ({len(kept)} images)",
+                )
+            except ConfigError as err:  # a validation split without both classes: keep the policy file's
+                op_record = {"skipped": f"thresholds kept from the risk policy file: {err}"}
+            extra_card["operating_points"] = {"validation": op_record}
+        if len(train) > max_ood_images:
+            train = train.sample(n=max_ood_images, random_state=0).reset_index(drop=True)
+        feats, _, skipped_train = predictor.raw_outputs(train["image"].tolist(), _table_metadata(train), progress)
+        skipped += skipped_train
+        try:
+            stats = FeatureStats.fit(feats.features, percentile=ood_percentile)
+        except ValueError as err:
+            raise ConfigError(f"cannot fit out-of-distribution statistics on the train split: {err}") from None
+        ood_summary = {**stats.summary(), "fitted_on": f"train split of {splits_path} ({stats.n} images)"}
+        extra = stats.tensors()
+    else:
+        metrics = _checkpoint_scores(checkpoint)
+    out = save_bundle(
+        output, loaded, name=name or checkpoint.stem, version=version, temperature=temp, calibration=calibration,
+        ood=ood_summary, extra_tensors=extra, validation_metrics=metrics,
+        extra_card={"risk": predictor.risk.to_dict(), **extra_card},
+    )
+    card = read_card(out)
+    onnx_path = None
+    if onnx:
+
+        onnx_path = export_onnx(loaded.net, out / ONNX_FILE, int(loaded.preprocessing["img_size"]), temperature=temp,
+                                thickness_scaler=loaded.thickness_scaler)
+        card["onnx"] = {
+            "file": ONNX_FILE, "sha256": sha256_file(onnx_path), "opset": DEFAULT_OPSET,
+            "inputs": ["image (B, 3, S, S) float32, eval-transformed"]
+            + (["metadata (B, meta_dim) float32", "metadata_present (B,) float32"] if loaded.net.use_metadata else []),
+            "outputs": list(OUTPUT_NAMES),
+        }
+        write_card(out, card)
+    return ExportResult(out, card, onnx_path, skipped)
