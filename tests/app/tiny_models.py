@@ -62,8 +62,8 @@ def _cfg(csv: Path, out: Path, use_metadata: bool):
 
 def build_tiny_models(root: Path) -> TinyModels:
     """Train and export the two tiny models under ``root`` (about 20-40 s on 2 busy CPU cores)."""
-    from backend.workflows.export import export_bundle
     from backend.training.run import fit
+    from backend.workflows.export import export_bundle
 
     data_dir = root / "data"
     csv = write_synthetic_dataset(data_dir, n=48, size=40)

@@ -9,9 +9,9 @@ import pytest
 from backend.data.dataset import encode_targets
 from backend.data.formats import load_table
 from backend.data.splits import read_splits
-from backend.metrics.calibration import expected_calibration_error
 from backend.evaluation.evaluate import evaluate
 from backend.evaluation.isic_format import ISIC_COLUMNS
+from backend.metrics.calibration import expected_calibration_error
 from backend.metrics.scores import compute_metrics
 from backend.training.run import fit
 from scripts.evaluate import main as evaluate_main

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backend.metrics.scores import compute_metrics
 from backend.evaluation.model_card import card_metrics, metrics_markdown, subgroup_metrics
+from backend.metrics.scores import compute_metrics
 
 
 @pytest.fixture

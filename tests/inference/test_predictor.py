@@ -15,8 +15,8 @@ from backend.data.metadata import MetadataEncoder
 from backend.data.schema import DIAGNOSES
 from backend.data.transforms import build_eval_transform, preprocessing_dict
 from backend.errors import CheckpointError, ConfigError, ImageLoadError
-from backend.inference.predictor import Predictor
 from backend.inference import tta as tta_mod
+from backend.inference.predictor import Predictor
 from backend.workflows.export import export_bundle
 from tests.inference.tiny import IMG, lesions, train_tiny_checkpoint
 

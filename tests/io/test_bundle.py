@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from backend.errors import CheckpointError
+from backend.files import atomic_write_bytes
 from backend.inference.predictor import Predictor
 from backend.io.bundle import REQUIRED_CARD_KEYS, load_bundle, read_card, write_card
-from backend.workflows.export import export_bundle
-from backend.files import atomic_write_bytes
 from backend.io.onnx import onnx_session, run_onnx
 from backend.model_store import describe_model_dir
+from backend.workflows.export import export_bundle
 from scripts.export import main as export_main
 from tests.inference.tiny import lesions, train_tiny_checkpoint
 

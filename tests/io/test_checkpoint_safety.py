@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from backend.errors import CheckpointError
-from backend.inference.predictor import Predictor
 from backend.files import atomic_torch_save, safe_torch_load
+from backend.inference.predictor import Predictor
 
 
 class Exploit:

@@ -18,9 +18,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from backend.files import safe_torch_load
 from backend.io.bundle import PENDING_CARD_FILE, load_bundle, read_card
 from backend.io.checkpoint import load_lesion_checkpoint
-from backend.files import safe_torch_load
 from scripts.train import main as train_main
 from tests.reliability.fault_tools import (
     start_child,

@@ -13,8 +13,8 @@ from PIL import Image
 
 from backend.config import from_dict, read_yaml
 from backend.errors import CheckpointError
-from backend.io.checkpoint import load_lesion_checkpoint
 from backend.files import safe_torch_load
+from backend.io.checkpoint import load_lesion_checkpoint
 from backend.models.config import ModelConfig
 from backend.models.lesion_net import build_model
 from backend.models.registry import create_backbone, load_backbone_weights

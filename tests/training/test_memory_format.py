@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from backend.workflows.export import export_bundle
+from backend.files import safe_torch_load
 from backend.io.bundle import load_bundle
 from backend.io.checkpoint import load_lesion_checkpoint
-from backend.files import safe_torch_load
 from backend.training.memory_format import ChannelsLast, to_channels_last
 from backend.training.run import build_trainer, fit
+from backend.workflows.export import export_bundle
 from tests.training.test_run import tiny_cfg
 
 CL = torch.channels_last

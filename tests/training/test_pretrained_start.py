@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from backend.workflows.export import export_bundle
 from backend.io.bundle import read_card
 from backend.io.checkpoint import load_lesion_checkpoint
 from backend.models.registry import create_backbone
 from backend.training import run as run_module
 from backend.training.run import fit
+from backend.workflows.export import export_bundle
 from tests.training.test_run import tiny_cfg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -13,8 +13,8 @@ import torch
 
 from backend.config import from_dict, read_yaml
 from backend.errors import ConfigError
-from backend.io.checkpoint import load_lesion_checkpoint
 from backend.files import safe_torch_load
+from backend.io.checkpoint import load_lesion_checkpoint
 from backend.training.config import ExperimentConfig
 from backend.training.run import fit
 from scripts.train import main as train_main
