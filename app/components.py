@@ -263,7 +263,8 @@ def model_summary_lines(card: dict[str, Any], uses_metadata: bool) -> list[str]:
     model_cfg = (card.get("config") or {}).get("model") or {}
     lines = [f"**{card.get('name', 'model')}** · version {card.get('version', '?')}"]
     if model_cfg.get("backbone"):
-        lines.append(f"Backbone: {model_cfg['backbone']} at {model_cfg.get('img_size', '?')} px")
+        size = (card.get("preprocessing") or {}).get("img_size", "?")
+        lines.append(f"Backbone: {model_cfg['backbone']} at {size} px")
     lines.append("Inputs: image + age, sex, site" if uses_metadata else "Inputs: image only")
     if card.get("created"):
         lines.append(f"Created: {card['created']}")

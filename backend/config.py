@@ -4,13 +4,22 @@ Configs are layered like dinov2's: dataclass defaults, then one or more YAML fil
 command-line ``a.b=value`` overrides. Unknown keys are rejected with the full dotted key and the
 list of valid ones, so a typo never silently falls back to a default. The resolved config is a
 plain dict (:func:`to_dict`) that is saved with every run and embedded in every checkpoint.
+
+Keys that were renamed or removed stay loadable: a config dataclass lists them in its
+``DEPRECATED_KEYS`` class attribute (old dotted key -> :class:`DeprecatedKey`), so old YAML files,
+checkpoints and bundles still load, with a :class:`DeprecationWarning` (also logged) that names the
+old key and what replaces it. Command-line flags get the same treatment from :func:`rename_legacy_flags`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
 import types
 import typing
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +28,107 @@ import yaml
 from backend.errors import ConfigError
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+_MISSING = object()
+_LOGGED: set[str] = set()
+
+
+@dataclasses.dataclass(frozen=True)
+class DeprecatedKey:
+    """An old config key that still loads, declared in a config dataclass's ``DEPRECATED_KEYS``.
+
+    ``DEPRECATED_KEYS`` maps the old key, dotted and relative to the declaring section (``epochs``
+    in the trainer section, ``model.img_size`` in the experiment), to one of these.
+
+    Attributes:
+        replacement: The key that replaces it, dotted and relative to the same section; None when
+            nothing does (the value is derived by the code).
+        moved: A renamed key: its value moves to ``replacement`` unless that is set too (then
+            ``replacement`` wins). False: the old value is ignored, ``replacement`` alone decides.
+        why: A clause for the message (why the key went).
+    """
+
+    replacement: str | None = None
+    moved: bool = False
+    why: str = ""
+
+
+def renamed(new: str) -> DeprecatedKey:
+    """A key renamed to ``new`` (same section): its value moves there."""
+    return DeprecatedKey(replacement=new, moved=True)
+
+
+def removed(replacement: str | None = None, why: str = "") -> DeprecatedKey:
+    """A key that is no longer a setting: its value is ignored; ``replacement`` (if any) decides instead."""
+    return DeprecatedKey(replacement=replacement, moved=False, why=why)
+
+
+def warn_deprecated(message: str) -> None:
+    """Emit ``message`` as a :class:`DeprecationWarning` and log it (once per process) for CLI users."""
+    warnings.warn(message, DeprecationWarning, stacklevel=3)
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        log.warning("%s", message)
+
+
+def _get_path(data: dict[str, Any], path: str) -> Any:
+    node: Any = data
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def _pop_path(data: dict[str, Any], path: str) -> Any:
+    *parents, leaf = path.split(".")
+    node: Any = data
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node:
+        return _MISSING
+    return node.pop(leaf)
+
+
+def _apply_deprecations(cls: type, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``data`` (copied when touched) with the deprecated keys of ``cls`` moved or dropped, each with a warning."""
+    rules: dict[str, DeprecatedKey] = getattr(cls, "DEPRECATED_KEYS", None) or {}
+    hits = [old for old in rules if _get_path(data, old) is not _MISSING]
+    if not hits:
+        return data
+    data = copy.deepcopy(data)
+    for old in hits:
+        rule = rules[old]
+        value = _pop_path(data, old)
+        new = rule.replacement
+        current = _get_path(data, new) if new else _MISSING
+        message = f"config key '{prefix}{old}' is deprecated"
+        if rule.moved and new:
+            message += f": use '{prefix}{new}' instead"
+            if current is _MISSING:
+                _set_path(data, new, value)
+            elif current != value:
+                message += f"; both are set, so '{prefix}{new}' ({current!r}) is used and {value!r} ignored"
+        else:
+            message += " and ignored"
+            if new:
+                message += f": '{prefix}{new}' replaces it"
+            if rule.why:
+                message += f" ({rule.why})"
+            if new and current is not _MISSING and current != value:
+                message += f"; its value {value!r} differs from '{prefix}{new}' ({current!r}), which is used"
+        warn_deprecated(message)
+    return data
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -91,6 +201,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    data = _apply_deprecations(cls, data, prefix)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
@@ -114,6 +225,9 @@ def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
     Args:
         cls: The dataclass type.
         data: Nested mapping (e.g. parsed YAML, or a checkpoint's embedded config).
+
+    Keys listed in a section's ``DEPRECATED_KEYS`` are renamed or dropped with a
+    :class:`DeprecationWarning` naming the old key and what replaces it (``data`` is never changed).
 
     Returns:
         The config instance; its ``validate()`` hook, if any, has run.
@@ -242,3 +356,37 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
     return path
+
+
+def rename_legacy_flags(argv: list[str], known: Iterable[str], renames: dict[str, str] | None = None) -> list[str]:
+    """``argv`` with old spellings of command-line flags replaced by the current ones, each with a warning.
+
+    Args:
+        argv: Command-line arguments (``--flag value``, ``--flag=value``, positionals; ``--`` ends flags).
+        known: The parser's current option strings.
+        renames: Old flag -> current flag (``--epochs`` -> ``--max_epochs``). Besides these, a
+            ``--some-flag`` that is not a flag itself but whose underscore spelling ``--some_flag`` is,
+            counts as that flag.
+
+    Returns:
+        The rewritten arguments (a new list).
+    """
+    known = set(known)
+    renames = renames or {}
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + list(argv[i:])
+        flag, sep, value = arg.partition("=")
+        new = None
+        if flag.startswith("--") and flag not in known:
+            new = renames.get(flag)
+            if new is None and "-" in flag[2:]:
+                underscored = "--" + flag[2:].replace("-", "_")
+                new = renames.get(underscored, underscored if underscored in known else None)
+        if new is None:
+            out.append(arg)
+            continue
+        warn_deprecated(f"command-line flag '{flag}' is deprecated: use '{new}'")
+        out.append(new + sep + value)
+    return out

@@ -35,11 +35,13 @@ def step_rate(backbone: str, size: int, batch: int, min_time: float, max_steps: 
     import torch
 
     from backend.config import from_dict
+    from backend.data.metadata import MetadataEncoder
     from backend.models.config import ModelConfig
     from backend.models.lesion_net import build_model
 
     torch.manual_seed(0)
-    net = build_model(from_dict(ModelConfig, {"backbone": backbone, "img_size": size})).train()
+    net = build_model(from_dict(ModelConfig, {"backbone": backbone}), img_size=size,
+                      meta_dim=MetadataEncoder().dim).train()
     images = torch.randn(batch, 3, size, size)
     meta = torch.rand(batch, net.meta_dim)
 

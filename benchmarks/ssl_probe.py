@@ -129,12 +129,12 @@ def finetune(name: str, meta: dict[str, Any], export: str | None, args: argparse
                  "num_workers": args.num_workers, "balanced_sampler": True, "use_metadata": False,
                  "color_constancy": bool(meta["preprocessing"]["color_constancy"]),
                  "split": {"seed": args.split_seed}},
-        "model": {"backbone": meta["backbone"], "backbone_kwargs": meta["backbone_kwargs"], "img_size": size,
-                  "use_metadata": False, "pretrained_path": export, "fusion_dim": 128},
+        "model": {"backbone": meta["backbone"], "backbone_kwargs": meta["backbone_kwargs"],
+                  "pretrained_path": export, "fusion_dim": 128},
         "optim": {"lr": args.ft_lr, "warmup_epochs": 0.5, "freeze_epochs": 0, "layer_decay": 1.0},
-        "trainer": {"epochs": args.finetune_epochs, "accelerator": "cpu", "devices": "1", "early_stop": 0,
+        "trainer": {"max_epochs": args.finetune_epochs, "accelerator": "cpu", "devices": "1", "early_stop": 0,
                     "limit_train_batches": args.finetune_batches, "log_every_n_steps": 10},
-        "output_dir": str(Path(args.work_dir) / "finetune"), "experiment_name": f"{name}_seed{seed}", "seed": seed,
+        "log_dir": str(Path(args.work_dir) / "finetune"), "experiment_name": f"{name}_seed{seed}", "seed": seed,
     })
     start = time.perf_counter()
     result = fit(cfg, test=False)  # the test split stays untouched

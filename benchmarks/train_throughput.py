@@ -58,6 +58,7 @@ def main() -> None:
     import torch
 
     from backend.config import from_dict
+    from backend.data.metadata import MetadataEncoder
     from backend.models.config import ModelConfig
     from backend.models.lesion_net import build_model
 
@@ -81,7 +82,8 @@ def main() -> None:
             rates = []
             for channels_last in (False, True):
                 torch.manual_seed(0)
-                net = build_model(from_dict(ModelConfig, {"backbone": name, "img_size": size}))
+                net = build_model(from_dict(ModelConfig, {"backbone": name}), img_size=size,
+                                  meta_dim=MetadataEncoder().dim)
                 rates.append(_images_per_second(net, args.batch, size, args.steps, meta_dim=net.meta_dim,
                                                 channels_last=channels_last))
             first, last = rates

@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="cfgs/ablation/default.yaml", help="study config")
     p.add_argument("--markdown", help="also write the table to this markdown file")
-    p.add_argument("overrides", nargs="*", help="key=value overrides of the base recipe (e.g. trainer.epochs=1)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the base recipe (e.g. trainer.max_epochs=1)")
     return p
 
 

@@ -2,10 +2,12 @@ r"""Train the multi-task lesion model: ``python -m scripts.train [flags] [key=va
 
 Config layers, last wins: built-in defaults, ``--config`` YAML files, ``--model_cfg`` (the model
 section, e.g. ``cfgs/model/dermaresnet_se_18.yaml``), the flags below, then ``key=value``
-overrides of any config key (``optim.lr=3e-4``). Examples::
+overrides of any config key (``optim.lr=3e-4``). The flags shared with ``scripts.pretrain_byol``
+are spelled alike (``scripts/run_flags.py``); old spellings (``--epochs``, ``--output_dir``) still
+work with a deprecation message. Examples::
 
     python -m scripts.train --csv ../shared/data/labels.csv --img_dir ../shared/data/images \
-        --model_cfg cfgs/model/dermaresnet_se_tiny.yaml --img_size 128 --epochs 10
+        --model_cfg cfgs/model/dermaresnet_se_tiny.yaml --img_size 128 --max_epochs 10
     python -m scripts.train --config cfgs/debug/cpu_tiny.yaml --resume_version 0
     srun python -m scripts.train --accelerator gpu --devices 4 --num_nodes 2 --strategy ddp ...
 """
@@ -16,26 +18,14 @@ import argparse
 import sys
 from typing import Any
 
-# flag -> dotted config key; values are passed through the typed config loader.
+from scripts.run_flags import RUN_FLAGS, add_run_flags, flag_values, parse_args
+
+# flag -> dotted config key (besides the shared RUN_FLAGS); values are passed through the typed config loader.
 FLAG_TO_KEY: dict[str, str] = {
+    **RUN_FLAGS,
     "csv": "data.csv",
     "img_dir": "data.img_dir",
-    "img_size": "data.img_size",
-    "batch_size": "data.batch_size",
-    "num_workers": "data.num_workers",
-    "epochs": "trainer.epochs",
-    "devices": "trainer.devices",
-    "accelerator": "trainer.accelerator",
-    "strategy": "trainer.strategy",
-    "num_nodes": "trainer.num_nodes",
-    "precision": "trainer.precision",
-    "gradient_clip_val": "trainer.gradient_clip_val",
     "early_stop": "trainer.early_stop",
-    "pretrain_ckpt": "model.pretrained_path",
-    "output_dir": "output_dir",
-    "experiment_name": "experiment_name",
-    "seed": "seed",
-    "resume_version": "resume_version",
     "skip_missing": "data.skip_missing",
 }
 
@@ -45,26 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scripts.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. optim.lr=3e-4)")
-    p.add_argument("--config", action="append", default=[], help="experiment YAML (repeatable, layered in order)")
-    p.add_argument("--model_cfg", help="model-section YAML, e.g. cfgs/model/dermaresnet_se_tiny.yaml")
+    add_run_flags(p, "experiment YAML")
     p.add_argument("--csv", help="label table, or an isic-cli download folder")
     p.add_argument("--img_dir", help="folder of the images the table names")
-    p.add_argument("--img_size", type=int)
-    p.add_argument("--batch_size", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--num_workers", type=int)
-    p.add_argument("--devices", help="auto, a count, or ids like 0,1")
-    p.add_argument("--accelerator", help="cpu, gpu, auto")
-    p.add_argument("--strategy", help="auto, ddp, ddp_spawn, ...")
-    p.add_argument("--num_nodes", type=int)
-    p.add_argument("--precision", choices=["32", "16-mixed", "bf16-mixed"])
-    p.add_argument("--pretrain_ckpt", help="backbone weights (BYOL export, safetensors or .pt) to start from")
-    p.add_argument("--gradient_clip_val", type=float)
     p.add_argument("--early_stop", type=int, help="early-stopping patience in epochs on val balanced accuracy")
-    p.add_argument("--output_dir")
-    p.add_argument("--experiment_name")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--resume_version", type=int, help="continue <output_dir>/<experiment_name>/version_N")
     p.add_argument("--skip-missing", "--skip_missing", dest="skip_missing", action="store_true", default=None,
                    help="drop rows whose image file is missing (one warning with the count) instead of failing")
     p.add_argument("--no_test", action="store_true", help="skip the test-split evaluation after training")
@@ -76,9 +50,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[Any, argparse.Namespace
     from backend.config import cli_layers, from_dict
     from backend.training.config import ExperimentConfig
 
-    args = build_parser().parse_args(argv)
-    flags = {key: getattr(args, dest) for dest, key in FLAG_TO_KEY.items()}
-    merged = cli_layers(args.config, args.model_cfg, flags, args.overrides)
+    args = parse_args(build_parser(), argv)
+    merged = cli_layers(args.config, args.model_cfg, flag_values(args, FLAG_TO_KEY), args.overrides)
     return from_dict(ExperimentConfig, merged), args
 
 

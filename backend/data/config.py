@@ -46,14 +46,16 @@ class DataConfig:
         metadata_csv: Extra metadata CSV (the ISIC 2019 metadata file beside its ground truth).
         split_csv: A split assignment CSV (``image_id,split``) to reuse instead of computing one.
         skip_missing: Turn rows whose image file is missing into one warning with a count.
-        img_size: Square side, in pixels, of the network input.
+        img_size: Square side, in pixels, of the network input; the one input-size setting (the
+            network, and the stage Grad-CAM watches, are built for it).
         mean, std: Per-channel input normalisation of ``[0, 1]`` RGB. None (default): the
             backbone's own (``Backbone.input_mean``/``input_std``: ImageNet's, or 0.5/0.5 for
             TensorFlow-ported weights), filled in when training starts and saved with the run.
         batch_size: Images per batch (per device).
         num_workers: DataLoader worker processes.
         balanced_sampler: Sample training rows inversely to their class frequency.
-        use_metadata: Feed age/sex/site tensors to the model.
+        use_metadata: Feed age/sex/site tensors to the model: the one metadata switch (the model
+            gets a metadata branch exactly when it is on; the encoder sets the vector's width).
         hair_removal: Apply DullRazor-style hair removal when decoding.
         color_constancy: Shades-of-Gray colour constancy in both training and inference.
         augment: Training augmentation strength preset: ``light``, ``default`` or ``strong``.

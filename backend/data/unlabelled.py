@@ -72,7 +72,7 @@ def scan_image_dirs(
     for folder in dirs:
         folder = Path(folder)
         if not folder.is_dir():
-            raise ConfigError(f"image folder not found: {folder} (data.dirs / --data-dirs)")
+            raise ConfigError(f"image folder not found: {folder} (data.dirs / --data_dirs)")
         found.update(path for path, _ in find_images(folder))
     paths = sorted(p for p in found if not exclude or p.stem not in exclude)
     if not paths:

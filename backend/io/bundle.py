@@ -40,7 +40,7 @@ from backend.errors import CheckpointError, ConfigError
 from backend.files import atomic_write_bytes, atomic_write_text, sha256_file
 from backend.io.checkpoint import LoadedModel
 from backend.model_store import CARD_FILE, WEIGHTS_FILE
-from backend.models.lesion_net import build_model
+from backend.models.lesion_net import build_experiment_model
 from backend.training.config import ExperimentConfig
 
 BUNDLE_FORMAT = "dermalens-bundle"
@@ -278,7 +278,7 @@ def load_bundle(bundle_dir: str | Path) -> LoadedBundle:
     except ConfigError as err:
         raise CheckpointError(f"{path / CARD_FILE}: embedded config is invalid: {err}") from None
     cfg.model.pretrained_path = None
-    net = build_model(cfg.model)
+    net = build_experiment_model(cfg.model, cfg.data, card["metadata_encoder"])
     own = set(net.state_dict())
     weights = {k: v for k, v in state.items() if k in own}
     extra = {k: v for k, v in state.items() if k not in own}

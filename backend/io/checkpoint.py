@@ -13,7 +13,7 @@ from typing import Any
 from backend.config import from_dict
 from backend.errors import CheckpointError, ConfigError
 from backend.files import safe_torch_load
-from backend.models.lesion_net import build_model
+from backend.models.lesion_net import build_experiment_model
 from backend.training.config import ExperimentConfig
 
 
@@ -57,7 +57,8 @@ def load_lesion_checkpoint(path: str | Path) -> LoadedModel:
     except ConfigError as err:
         raise CheckpointError(f"{path}: embedded config is invalid: {err}") from None
     cfg.model.pretrained_path = None  # the checkpoint's own weights replace any start point
-    net = build_model(cfg.model)
+    # Input size and metadata switch from the embedded data section, the width from the embedded encoder.
+    net = build_experiment_model(cfg.model, cfg.data, hparams.get("metadata_encoder"))
     weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
     missing, unexpected = net.load_state_dict(weights, strict=False)
     if missing or unexpected:

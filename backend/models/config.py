@@ -3,28 +3,42 @@
 Kept free of torch so that CLIs can parse and validate configs before loading any model code.
 The backbone name is checked against the registry when the model is built
 (:func:`backend.models.lesion_net.build_model`), not here.
+
+What the data decides is not repeated here: the input size is ``data.img_size``, whether the model
+reads metadata is ``data.use_metadata``, and the metadata vector's width is the metadata encoder's
+(``MetadataEncoder.dim``). Whoever builds a model from a whole config passes them to ``build_model``.
+The old ``model.img_size``, ``model.use_metadata`` and ``model.meta_dim`` keys still load, with a
+deprecation warning (:data:`DEPRECATED_MODEL_KEYS`, declared by the configs that hold a model section).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from backend.config import DeprecatedKey, removed
 from backend.errors import ConfigError
+
+#: Old model keys, relative to a config with ``data`` and ``model`` sections; put them in its
+#: ``DEPRECATED_KEYS``. ``model.use_metadata`` is not here: where it goes depends on the config.
+DEPRECATED_MODEL_KEYS: dict[str, DeprecatedKey] = {
+    "model.img_size": removed("data.img_size", "the network is built for the size the data is fed at"),
+    "model.meta_dim": removed(None, "the width of the metadata vector comes from the metadata encoder"),
+}
 
 
 @dataclass
 class ModelConfig:
     """Backbone, metadata branch, fusion and heads of :class:`backend.models.lesion_net.LesionNet`.
 
-    The number of diagnosis classes is not configurable: it is ``len(schema.DIAGNOSES)``.
+    The number of diagnosis classes is not configurable: it is ``len(schema.DIAGNOSES)``. The input
+    size and the metadata switch and width are not here either: they come from the data side (see
+    the module docstring); ``meta_hidden`` and ``meta_dropout`` apply when ``data.use_metadata`` is on.
 
     Attributes:
         backbone: Registered backbone name (``backend.models.registry.list_backbones()``).
         backbone_kwargs: Extra builder arguments, e.g. ``{widths: [16, 32, 64, 128], se_ratio: 0.25}``
             or, for ViTs, timm arguments such as ``{depth: 6}``.
-        img_size: Input side the backbone is built for (ViT position embeddings); keep it equal to
-            ``data.img_size``. CNNs accept any size.
         drop_path_rate: Stochastic-depth rate of the backbone (passed when its builder takes it).
         pretrained_path: Local weights file (``.safetensors`` or a torch file) to start the
             backbone from; None for random initialisation. Nothing is ever downloaded.
@@ -37,8 +51,6 @@ class ModelConfig:
         bn_reestimate_batches: Before training a pretrained start, batches of training images
             (eval transform) used to re-estimate its BatchNorm statistics without changing its
             eval-mode function (``backend.models.batchnorm``; needed for folded TFLite weights); 0 = off.
-        use_metadata: Fuse the age/sex/site vector with the image features.
-        meta_dim: Length of the metadata vector (the datamodule's metadata encoder sets it).
         meta_hidden: Width of the metadata MLP.
         fusion_dim: Width of the fused representation the heads read.
         dropout: Dropout in the metadata MLP and before the heads.
@@ -46,16 +58,20 @@ class ModelConfig:
             with the learned "missing" embedding, so the model still works without metadata.
     """
 
+    #: Old keys of a model section loaded on its own (a whole config's ``DEPRECATED_KEYS`` catch them first).
+    DEPRECATED_KEYS: ClassVar[dict[str, DeprecatedKey]] = {
+        "img_size": removed(None, "data.img_size sets the network's input size"),
+        "use_metadata": removed(None, "data.use_metadata switches the metadata branch"),
+        "meta_dim": removed(None, "the width of the metadata vector comes from the metadata encoder"),
+    }
+
     backbone: str = "dermaresnet_se_18"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    img_size: int = 224
     drop_path_rate: float = 0.0
     pretrained_path: str | None = None
     pretrained_prefix: str | None = None
     pretrained: str | None = None
     bn_reestimate_batches: int = 0
-    use_metadata: bool = True
-    meta_dim: int = 15
     meta_hidden: int = 128
     fusion_dim: int = 256
     dropout: float = 0.2
@@ -65,9 +81,7 @@ class ModelConfig:
         """Reject impossible values with the key that holds them."""
         if not self.backbone.strip():
             raise ConfigError("model.backbone must name a registered backbone, got an empty string")
-        if self.img_size < 16:
-            raise ConfigError(f"model.img_size must be >= 16, got {self.img_size}")
-        for name in ("meta_dim", "meta_hidden", "fusion_dim"):
+        for name in ("meta_hidden", "fusion_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("dropout", "drop_path_rate"):

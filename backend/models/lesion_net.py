@@ -1,17 +1,21 @@
 """LesionNet: backbone + optional metadata branch + late fusion + diagnosis and thickness heads.
 
-``build_model(cfg)`` is the one way to build it from a :class:`backend.models.config.ModelConfig`
-(training, checkpoint loading and the app all go through it, so the same config always gives the
-same state-dict keys).
+``build_model(cfg, img_size=..., meta_dim=...)`` is the one way to build it from a
+:class:`backend.models.config.ModelConfig` (training, checkpoint loading and the app all go through
+it, so the same config always gives the same state-dict keys). What the data decides comes from the
+data side: :func:`build_experiment_model` takes it from a whole config's data section (the input
+size ``data.img_size``, the metadata switch ``data.use_metadata``) and the metadata encoder (the width).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from backend.data.config import DataConfig
+from backend.data.metadata import MetadataEncoder
 from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES
 from backend.errors import ConfigError
 from backend.models.config import ModelConfig
@@ -140,7 +144,7 @@ class LesionNet(nn.Module):
         if meta.ndim != 2 or meta.shape[0] != batch or meta.shape[1] != self.meta_dim:
             raise ConfigError(
                 f"metadata tensor has shape {tuple(meta.shape)}, the model expects ({batch}, {self.meta_dim}) "
-                "(model.meta_dim must equal the metadata encoder's dim)"
+                "(the model's metadata width is the dim of the metadata encoder it was built with)"
             )
         emb = self.meta_branch(meta)
         dropped = torch.zeros(batch, dtype=torch.bool, device=emb.device)
@@ -265,22 +269,42 @@ class SingleHeadWrapper(nn.Module):
         return values if self.index is None else values[:, self.index : self.index + 1]
 
 
-#: Builder arguments every backbone gets from the model config when its builder accepts them.
+#: Builder arguments every backbone gets (when its builder takes them): the input size, from the
+#: data config, and ``model.drop_path_rate``.
 COMMON_BACKBONE_KWARGS: tuple[str, ...] = ("img_size", "drop_path_rate")
 
 
-def build_model(cfg: ModelConfig) -> LesionNet:
+def backbone_kwargs(cfg: ModelConfig, img_size: int) -> dict[str, Any]:
+    """The builder arguments of ``cfg.backbone`` for inputs of side ``img_size`` (``data.img_size``).
+
+    ``img_size`` (ViT position embeddings; the stage a CNN's Grad-CAM watches) and
+    ``drop_path_rate`` go to builders that take them; ``model.backbone_kwargs`` are passed as given
+    and win over those two.
+    """
+    common = {"img_size": int(img_size), "drop_path_rate": cfg.drop_path_rate}
+    kwargs = {k: v for k, v in common.items() if accepts_kwarg(cfg.backbone, k)}
+    kwargs.update(cfg.backbone_kwargs)
+    return kwargs
+
+
+def build_model(cfg: ModelConfig, *, img_size: int, meta_dim: int = 0) -> LesionNet:
     """Build the :class:`LesionNet` a model config describes (the one builder used everywhere).
 
-    ``img_size`` and ``drop_path_rate`` are passed to the backbone builder when it takes them;
-    ``backbone_kwargs`` are passed as given and win over those two. ``pretrained: timm`` asks the
-    builder for timm's own weights (an opt-in download).
+    Args:
+        cfg: The model section.
+        img_size: Input side, ``data.img_size`` of the experiment (see :func:`backbone_kwargs`).
+        meta_dim: Width of the encoded metadata vector (``MetadataEncoder.dim``) for a fusion model;
+            0 builds an image-only model (``data.use_metadata: false``).
+
+    ``pretrained: timm`` asks the builder for timm's own weights (an opt-in download).
 
     Raises:
-        ConfigError: Unknown backbone or arguments it rejects.
+        ConfigError: Unknown backbone or arguments it rejects, or a negative ``meta_dim``.
         CheckpointError: ``pretrained_path`` cannot be read or does not fit.
     """
-    kwargs = {k: getattr(cfg, k) for k in COMMON_BACKBONE_KWARGS if accepts_kwarg(cfg.backbone, k)}
+    if meta_dim < 0:
+        raise ConfigError(f"build_model: meta_dim must be >= 0 (0 = image only), got {meta_dim}")
+    kwargs = backbone_kwargs(cfg, img_size)
     if cfg.pretrained:
         if not accepts_kwarg(cfg.backbone, "timm_pretrained"):
             raise ConfigError(
@@ -288,16 +312,42 @@ def build_model(cfg: ModelConfig) -> LesionNet:
                 "(start it from a local file with model.pretrained_path instead)"
             )
         kwargs["timm_pretrained"] = True if cfg.pretrained == "timm" else cfg.pretrained.removeprefix("timm:")
-    kwargs.update(cfg.backbone_kwargs)
     backbone = create_backbone(
         cfg.backbone, pretrained_path=cfg.pretrained_path, pretrained_prefix=cfg.pretrained_prefix, **kwargs
     )
     return LesionNet(
         backbone,
-        use_metadata=cfg.use_metadata,
-        meta_dim=cfg.meta_dim,
+        use_metadata=meta_dim > 0,
+        meta_dim=meta_dim,
         meta_hidden=cfg.meta_hidden,
         fusion_dim=cfg.fusion_dim,
         dropout=cfg.dropout,
         meta_dropout=cfg.meta_dropout,
     )
+
+
+def metadata_width(use_metadata: bool, encoder: MetadataEncoder | dict[str, Any] | None = None) -> int:
+    """The metadata vector's width a model gets: 0 without metadata, else the encoder's ``dim``.
+
+    Args:
+        use_metadata: ``data.use_metadata`` of the experiment.
+        encoder: The fitted encoder (or its dict form, as checkpoints and bundles store it); None
+            uses the schema's vocabularies, which every fitted encoder has (fitting only sets the
+            age normalisation), so a config alone rebuilds the model.
+    """
+    if not use_metadata:
+        return 0
+    if isinstance(encoder, dict):
+        encoder = MetadataEncoder.from_dict(encoder)
+    return (encoder or MetadataEncoder()).dim
+
+
+def build_experiment_model(model: ModelConfig, data: DataConfig,
+                           metadata_encoder: MetadataEncoder | dict[str, Any] | None = None) -> LesionNet:
+    """The network a whole experiment config describes: model section + what the data section decides.
+
+    Input size ``data.img_size``; a metadata branch exactly when ``data.use_metadata``, as wide as
+    the metadata encoder's vector (:func:`metadata_width`). Training, checkpoints and bundles all
+    build through here.
+    """
+    return build_model(model, img_size=data.img_size, meta_dim=metadata_width(data.use_metadata, metadata_encoder))

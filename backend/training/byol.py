@@ -31,23 +31,16 @@ from torch import nn
 
 from backend.config import to_dict
 from backend.models.config import ModelConfig
-from backend.models.lesion_net import COMMON_BACKBONE_KWARGS
-from backend.models.registry import Backbone, accepts_kwarg, create_backbone
+from backend.models.lesion_net import backbone_kwargs
+from backend.models.registry import Backbone, create_backbone
 from backend.training.byol_config import ByolConfig, byol_config_from
 from backend.training.schedules import cosine_momentum, warmup_cosine
 
 
-def backbone_kwargs(cfg: ModelConfig) -> dict[str, Any]:
-    """The builder arguments ``build_model`` would pass for this model section (exported as metadata)."""
-    kwargs = {k: getattr(cfg, k) for k in COMMON_BACKBONE_KWARGS if accepts_kwarg(cfg.backbone, k)}
-    kwargs.update(cfg.backbone_kwargs)
-    return kwargs
-
-
-def build_backbone(cfg: ModelConfig) -> Backbone:
-    """The backbone the supervised model would get for this model section (same keys, same init)."""
+def build_backbone(cfg: ModelConfig, img_size: int) -> Backbone:
+    """The backbone the supervised model would get for this model section at ``img_size`` (same keys, same init)."""
     return create_backbone(cfg.backbone, pretrained_path=cfg.pretrained_path, pretrained_prefix=cfg.pretrained_prefix,
-                           **backbone_kwargs(cfg))
+                           **backbone_kwargs(cfg, img_size))
 
 
 @torch.no_grad()
@@ -100,7 +93,7 @@ class BYOLModule(L.LightningModule):
         self.cfg: ByolConfig = byol_config_from(config)
         self.save_hyperparameters({"config": to_dict(self.cfg)})
         m = self.cfg.model
-        self.online_backbone = build_backbone(m)
+        self.online_backbone = build_backbone(m, self.cfg.data.img_size)
         self.online_projector = BYOLProjectionHead(self.online_backbone.feat_dim, m.proj_hidden_dim, m.proj_dim)
         self.predictor = BYOLPredictionHead(m.proj_dim, m.pred_hidden_dim, m.proj_dim)
         self.target_backbone = copy.deepcopy(self.online_backbone)

@@ -11,13 +11,13 @@ embedded in every checkpoint.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from backend.config import from_dict
+from backend.config import DeprecatedKey, from_dict, removed, renamed
 from backend.data.config import DataConfig
 from backend.errors import ConfigError
-from backend.models.config import ModelConfig
-from backend.training.config import PRECISIONS, TrainerConfig
+from backend.models.config import DEPRECATED_MODEL_KEYS, ModelConfig
+from backend.training.config import TrainerConfig
 
 OPTIMIZERS = ("adamw", "sgd")
 NONFINITE_ACTIONS = ("stop", "raise", "skip")
@@ -70,6 +70,8 @@ class UnlabelledDataConfig:
 @dataclass
 class ByolModelConfig(ModelConfig):
     """The supervised model section plus BYOL's heads (the metadata and fusion fields are unused).
+
+    The backbone is built for ``data.img_size`` (there is no model-side input size).
 
     Attributes:
         proj_hidden_dim: Hidden width of the projector MLP (4096 in the paper; smaller for CPUs).
@@ -137,61 +139,16 @@ class ByolOptimConfig:
 
 
 @dataclass
-class ByolTrainerConfig:
-    """What Lightning's Trainer gets, and how often the run saves ``last.ckpt``.
+class ByolTrainerConfig(TrainerConfig):
+    """The shared :class:`~backend.training.config.TrainerConfig` with BYOL's defaults.
 
-    Attributes:
-        max_epochs: Number of epochs.
-        max_steps: Stop after this many optimiser steps (-1 = no limit).
-        accelerator: ``cpu``, ``gpu``, ``auto``...
-        devices: ``auto``, a count or a list of ids (``0,1``).
-        strategy: ``auto``, ``ddp``, ``ddp_spawn``... (SLURM is detected by Lightning under ``srun``).
-        num_nodes: Nodes for multi-node DDP.
-        sync_batchnorm: Synchronise BatchNorm statistics across DDP processes (GPUs only).
-        precision: ``32`` (default; bf16 is many times slower on CPUs without bf16), ``16-mixed``, ``bf16-mixed``.
-        gradient_clip_val: Clip gradients to this global norm (0 = off).
-        accumulate_grad_batches: Gradient accumulation steps.
-        limit_train_batches: Fraction or count of batches per epoch.
-        log_every_n_steps: Logging interval.
-        checkpoint_every_n_steps: Also save ``last.ckpt`` every this many optimiser steps (0 = epoch ends only).
-        deterministic: Ask torch for deterministic algorithms.
-        channels_last: Train in channels-last memory layout (faster convolutions on CPUs and recent GPUs).
+    Same keys as the supervised trainer section (``max_epochs``, ``precision``, ``devices``...);
+    BYOL runs longer, does not clip gradients and saves ``last.ckpt`` every 200 steps by default.
     """
 
     max_epochs: int = 100
-    max_steps: int = -1
-    accelerator: str = "auto"
-    devices: str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    sync_batchnorm: bool = False
-    precision: str = "32"
     gradient_clip_val: float = 0.0
-    accumulate_grad_batches: int = 1
-    limit_train_batches: float = 1.0
-    log_every_n_steps: int = 10
     checkpoint_every_n_steps: int = 200
-    deterministic: bool = False
-    channels_last: bool = False
-
-    def validate(self) -> None:
-        """Reject unknown precisions and impossible counts."""
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"trainer.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
-        if self.max_epochs < 1 or self.accumulate_grad_batches < 1 or self.num_nodes < 1:
-            raise ConfigError("trainer.max_epochs, trainer.accumulate_grad_batches and trainer.num_nodes must be >= 1")
-        if self.sync_batchnorm and self.accelerator == "cpu":
-            raise ConfigError("trainer.sync_batchnorm needs GPUs: torch's SyncBatchNorm has no CPU implementation")
-        if self.checkpoint_every_n_steps < 0 or self.gradient_clip_val < 0:
-            raise ConfigError("trainer.checkpoint_every_n_steps and trainer.gradient_clip_val must be >= 0")
-
-    def lightning_devices(self) -> int | str | list[int]:
-        """``devices`` as ``lightning.Trainer`` takes it (same rules as the supervised trainer)."""
-        return TrainerConfig(devices=self.devices).lightning_devices()
-
-    def lightning_precision(self) -> str:
-        """``32`` -> ``32-true``; the mixed modes pass through."""
-        return TrainerConfig(precision=self.precision).lightning_precision()
 
 
 @dataclass
@@ -225,6 +182,11 @@ class MonitorConfig:
 class ByolConfig:
     """A whole BYOL pretraining run.
 
+    Shares its key names with :class:`~backend.training.config.ExperimentConfig`: ``data.img_size``
+    (the one input size: the backbone is built for it), ``trainer.*`` (:class:`TrainerConfig`),
+    ``log_dir``, ``experiment_name``, ``seed``, ``resume_version``. Old keys load with a
+    deprecation warning (:attr:`DEPRECATED_KEYS`).
+
     Attributes:
         data: Unlabelled image folders and views.
         model: Backbone (as in the supervised model section) and BYOL heads.
@@ -239,6 +201,12 @@ class ByolConfig:
         export_name: File name of the backbone export written into the run folder.
     """
 
+    DEPRECATED_KEYS: ClassVar[dict[str, DeprecatedKey]] = {
+        **DEPRECATED_MODEL_KEYS,
+        "model.use_metadata": removed(None, "BYOL pretrains the backbone alone, without metadata"),
+        "output_dir": renamed("log_dir"),
+    }
+
     data: UnlabelledDataConfig = field(default_factory=UnlabelledDataConfig)
     model: ByolModelConfig = field(default_factory=ByolModelConfig)
     optim: ByolOptimConfig = field(default_factory=ByolOptimConfig)
@@ -252,12 +220,7 @@ class ByolConfig:
     export_name: str = "backbone.safetensors"
 
     def validate(self) -> None:
-        """Keep the export a plain file name; ``model.img_size`` follows ``data.img_size``.
-
-        The backbone is built for the size it is trained at (ViT position embeddings), so the
-        data section's size wins over a model YAML's (``cfgs/model/*.yaml`` say 128 or 224).
-        """
-        self.model.img_size = self.data.img_size
+        """Keep the export a plain file name."""
         if not self.export_name.endswith(".safetensors") or "/" in self.export_name:
             raise ConfigError(f"export_name must be a file name ending in .safetensors, got {self.export_name!r}")
 

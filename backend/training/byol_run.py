@@ -31,8 +31,9 @@ from backend.data.transforms import preprocessing_dict
 from backend.data.unlabelled import UnlabelledImageDataset
 from backend.errors import CheckpointError, ConfigError
 from backend.files import safe_torch_load
+from backend.models.lesion_net import backbone_kwargs
 from backend.models.registry import create_backbone, load_backbone_weights
-from backend.training.byol import BYOLModule, backbone_kwargs, build_backbone
+from backend.training.byol import BYOLModule, build_backbone
 from backend.training.byol_config import ByolConfig, byol_config_from
 from backend.training.checkpoint_io import SafeCheckpointIO
 from backend.training.memory_format import ChannelsLast
@@ -96,18 +97,23 @@ def resolve_run_dir(cfg: ByolConfig) -> tuple[Path, Path | None]:
     return next_version_dir(root), None
 
 
+def _network_keys(cfg: ByolConfig) -> dict[str, Any]:
+    """What shapes the network: the model section and the input size it is built for."""
+    return {**{f"model.{k}": v for k, v in to_dict(cfg.model).items()}, "data.img_size": cfg.data.img_size}
+
+
 def check_resume_config(cfg: ByolConfig, run_dir: Path) -> None:
-    """Refuse to resume a run whose saved model section differs (its checkpoint would not load).
+    """Refuse to resume a run whose saved model section or input size differs (its checkpoint would not fit).
 
     Raises:
-        ConfigError: Naming the model keys that differ.
+        ConfigError: Naming the keys that differ.
     """
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = to_dict(from_dict(ByolConfig, read_yaml(saved_path)).model)
-    current = to_dict(cfg.model)
-    diffs = [f"model.{k}: run has {saved[k]!r}, now {current[k]!r}" for k in current if saved.get(k) != current[k]]
+    saved = _network_keys(from_dict(ByolConfig, read_yaml(saved_path)))
+    current = _network_keys(cfg)
+    diffs = [f"{k}: run has {saved[k]!r}, now {current[k]!r}" for k in current if saved.get(k) != current[k]]
     if diffs:
         raise ConfigError(f"cannot resume {run_dir} with another model: {'; '.join(diffs)}")
 
@@ -149,7 +155,7 @@ def export_metadata(cfg: ByolConfig, global_step: int = 0, **extra: Any) -> dict
         "format": EXPORT_FORMAT,
         "source": "byol",
         "backbone": cfg.model.backbone,
-        "backbone_kwargs": backbone_kwargs(cfg.model),
+        "backbone_kwargs": backbone_kwargs(cfg.model, cfg.data.img_size),
         "img_size": cfg.data.img_size,
         "preprocessing": preprocessing_dict(cfg.data.as_data_config()),
         "global_step": int(global_step),
@@ -241,7 +247,7 @@ def export_from_checkpoint(ckpt_path: str | Path, out: str | Path | None = None)
         raise CheckpointError(f"{ckpt_path}: not a BYOL checkpoint ({err})") from None
     weights = {k[len(ONLINE_PREFIX):]: v for k, v in state.items() if k.startswith(ONLINE_PREFIX)}
     cfg.model.pretrained_path = None  # the checkpoint has the weights; the start file may be gone
-    backbone = build_backbone(cfg.model)
+    backbone = build_backbone(cfg.model, cfg.data.img_size)
     try:
         backbone.load_state_dict(weights, strict=True)
     except RuntimeError as err:
@@ -316,7 +322,7 @@ def pretrain(cfg: ByolConfig, callbacks: list[Any] | None = None) -> PretrainRes
     dataset = UnlabelledImageDataset.from_config(cfg.data, seed=cfg.seed)
     if len(dataset) < cfg.data.batch_size:
         raise ConfigError(f"only {len(dataset)} images under {cfg.data.dirs}: fewer than data.batch_size "
-                          f"({cfg.data.batch_size}); lower --batch-size")
+                          f"({cfg.data.batch_size}); lower --batch_size")
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
                         num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
     module = BYOLModule(to_dict(cfg))

@@ -8,10 +8,12 @@ overrides come last (see :func:`backend.config.load_config`). The resolved tree 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+from backend.config import DeprecatedKey, renamed
 from backend.data.config import DataConfig
 from backend.errors import ConfigError
-from backend.models.config import ModelConfig
+from backend.models.config import DEPRECATED_MODEL_KEYS, ModelConfig
 
 PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed")
 
@@ -82,23 +84,24 @@ class LossConfig:
 
 @dataclass
 class TrainerConfig:
-    """What Lightning's Trainer gets: hardware, precision, length, checkpoints and stopping.
+    """What Lightning's Trainer gets, shared by supervised training and BYOL pretraining.
+
+    Both trainer sections are this class (the supervised one adds its validation-loop keys, BYOL's
+    only changes defaults), so a setting has one name everywhere: in YAML, in ``key=value``
+    overrides and as a flag of ``scripts/train.py`` and ``scripts/pretrain_byol.py``.
 
     Attributes:
-        epochs: Maximum number of epochs.
+        max_epochs: Number of epochs (the old name ``epochs`` still loads, with a deprecation warning).
+        max_steps: Stop after this many optimiser steps (-1 = no limit).
         accelerator: ``cpu``, ``gpu``, ``auto``...
         devices: ``auto``, a count (``2``) or a list of ids (``0,1``).
         strategy: ``auto``, ``ddp``, ``ddp_spawn``... (SLURM is detected by Lightning under ``srun``).
         num_nodes: Number of nodes for multi-node DDP.
+        sync_batchnorm: Synchronise BatchNorm statistics across DDP processes (GPUs only).
         precision: ``32``, ``16-mixed`` or ``bf16-mixed`` (bf16 is much slower on CPUs without bf16).
         gradient_clip_val: Clip gradients to this global norm (0 = off).
         accumulate_grad_batches: Gradient accumulation steps.
-        monitor: Metric that picks ``best.ckpt``.
-        early_stop_metric: Metric watched by early stopping.
-        early_stop: Early-stopping patience in epochs (0 = off).
         limit_train_batches: Fraction or count of train batches per epoch.
-        limit_val_batches: Fraction or count of validation batches per epoch.
-        fast_dev_run: Run one batch of train/val to smoke-test a config.
         log_every_n_steps: Logging interval.
         checkpoint_every_n_steps: Also refresh ``last.ckpt`` every this many optimiser steps (0 = once
             per epoch), so a long epoch interrupted midway loses little.
@@ -107,20 +110,19 @@ class TrainerConfig:
             GPUs; the weights are unchanged).
     """
 
-    epochs: int = 30
+    DEPRECATED_KEYS: ClassVar[dict[str, DeprecatedKey]] = {"epochs": renamed("max_epochs")}
+
+    max_epochs: int = 30
+    max_steps: int = -1
     accelerator: str = "auto"
     devices: str = "auto"
     strategy: str = "auto"
     num_nodes: int = 1
+    sync_batchnorm: bool = False
     precision: str = "32"
     gradient_clip_val: float = 1.0
     accumulate_grad_batches: int = 1
-    monitor: str = "val/auroc_malignant"
-    early_stop_metric: str = "val/balanced_accuracy"
-    early_stop: int = 0
     limit_train_batches: float = 1.0
-    limit_val_batches: float = 1.0
-    fast_dev_run: bool = False
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int = 0
     deterministic: bool = False
@@ -130,12 +132,16 @@ class TrainerConfig:
         """Reject unknown precisions and impossible counts."""
         if self.precision not in PRECISIONS:
             raise ConfigError(f"trainer.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
-        if self.epochs < 1:
-            raise ConfigError(f"trainer.epochs must be >= 1, got {self.epochs}")
-        if self.checkpoint_every_n_steps < 0:
-            raise ConfigError(f"trainer.checkpoint_every_n_steps must be >= 0, got {self.checkpoint_every_n_steps}")
-        if self.early_stop < 0:
-            raise ConfigError(f"trainer.early_stop must be >= 0, got {self.early_stop}")
+        for name in ("max_epochs", "accumulate_grad_batches", "num_nodes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"trainer.max_steps must be -1 (no limit) or >= 1, got {self.max_steps}")
+        if self.sync_batchnorm and self.accelerator == "cpu":
+            raise ConfigError("trainer.sync_batchnorm needs GPUs: torch's SyncBatchNorm has no CPU implementation")
+        for name in ("checkpoint_every_n_steps", "gradient_clip_val"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
 
     def lightning_devices(self) -> int | str | list[int]:
         """Translate ``devices`` into what ``lightning.Trainer(devices=...)`` takes."""
@@ -155,8 +161,39 @@ class TrainerConfig:
 
 
 @dataclass
+class SupervisedTrainerConfig(TrainerConfig):
+    """:class:`TrainerConfig` plus what only supervised training has: a validation loop.
+
+    Attributes:
+        monitor: Metric that picks ``best.ckpt``.
+        early_stop_metric: Metric watched by early stopping.
+        early_stop: Early-stopping patience in epochs (0 = off).
+        limit_val_batches: Fraction or count of validation batches per epoch.
+        fast_dev_run: Run one batch of train/val to smoke-test a config.
+    """
+
+    monitor: str = "val/auroc_malignant"
+    early_stop_metric: str = "val/balanced_accuracy"
+    early_stop: int = 0
+    limit_val_batches: float = 1.0
+    fast_dev_run: bool = False
+
+    def validate(self) -> None:
+        """The checks of :class:`TrainerConfig` plus a non-negative patience."""
+        super().validate()
+        if self.early_stop < 0:
+            raise ConfigError(f"trainer.early_stop must be >= 0, got {self.early_stop}")
+
+
+@dataclass
 class ExperimentConfig:
     """A whole supervised experiment; a checkpoint's embedded copy rebuilds model and preprocessing.
+
+    One key per setting: the network's input size is ``data.img_size``, the metadata switch is
+    ``data.use_metadata`` (the metadata encoder gives the width), the length is
+    ``trainer.max_epochs`` and the run root is ``log_dir``, as in :class:`~backend.training.byol_config.ByolConfig`.
+    The old keys (``model.img_size``, ``model.use_metadata``, ``model.meta_dim``,
+    ``trainer.epochs``, ``output_dir``) still load with a deprecation warning (:attr:`DEPRECATED_KEYS`).
 
     Attributes:
         data: Labels, images, splits, batching, preprocessing.
@@ -164,18 +201,24 @@ class ExperimentConfig:
         optim: Optimiser and schedule.
         loss: Multi-task loss weights.
         trainer: Hardware, precision, length, checkpoints.
-        output_dir: Root of run folders: ``<output_dir>/<experiment_name>/version_N``.
+        log_dir: Root of run folders: ``<log_dir>/<experiment_name>/version_N``.
         experiment_name: Name of the experiment folder.
         seed: Global seed (Python, numpy, torch, dataloader workers).
         resume_version: Continue ``version_N`` from its ``ckpts/last.ckpt``.
     """
 
+    DEPRECATED_KEYS: ClassVar[dict[str, DeprecatedKey]] = {
+        **DEPRECATED_MODEL_KEYS,
+        "model.use_metadata": DeprecatedKey("data.use_metadata", moved=True),
+        "output_dir": renamed("log_dir"),
+    }
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    output_dir: str = "runs"
+    trainer: SupervisedTrainerConfig = field(default_factory=SupervisedTrainerConfig)
+    log_dir: str = "runs"
     experiment_name: str = "default"
     seed: int = 42
     resume_version: int | None = None

@@ -3,7 +3,7 @@
 A plain function (the CLI in ``scripts/train.py`` is a thin wrapper), so tests and notebooks call
 it directly. Run layout::
 
-    <output_dir>/<experiment_name>/version_N/
+    <log_dir>/<experiment_name>/version_N/
         config.yaml              resolved experiment config
         splits.csv               image_id -> train/val/test used by this run
         ckpts/best.ckpt          best validation ``trainer.monitor``
@@ -26,10 +26,9 @@ from pathlib import Path
 from backend.config import save_config, to_dict
 from backend.data.datamodule import LesionDataModule
 from backend.data.transforms import preprocessing_dict
-from backend.errors import ConfigError
 from backend.models.batchnorm import reestimate_batchnorm
 from backend.models.heads import ThicknessScaler
-from backend.models.lesion_net import build_model
+from backend.models.lesion_net import build_experiment_model
 from backend.training.checkpoint_io import SafeCheckpointIO, remove_stale_temp_files
 from backend.training.config import ExperimentConfig
 from backend.training.memory_format import ChannelsLast
@@ -61,7 +60,7 @@ def resolve_run_dir(cfg: ExperimentConfig) -> tuple[Path, Path | None]:
     Raises:
         ConfigError: When ``resume_version`` names a run without ``ckpts/last.ckpt``.
     """
-    root = Path(cfg.output_dir) / cfg.experiment_name
+    root = Path(cfg.log_dir) / cfg.experiment_name
     if cfg.resume_version is not None:
         return resume_version_dir(root, cfg.resume_version)
     inherited = os.environ.get(RUN_DIR_ENV)
@@ -117,11 +116,13 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path):
         callbacks.append(EarlyStopping(monitor=t.early_stop_metric, mode="max", patience=t.early_stop))
     return L.Trainer(
         default_root_dir=run_dir,
-        max_epochs=t.epochs,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
         accelerator=t.accelerator,
         devices=t.lightning_devices(),
         strategy=_trainer_strategy(cfg),
         num_nodes=t.num_nodes,
+        sync_batchnorm=t.sync_batchnorm,
         precision=t.lightning_precision(),
         gradient_clip_val=t.gradient_clip_val or None,
         accumulate_grad_batches=t.accumulate_grad_batches,
@@ -192,16 +193,12 @@ def fit(cfg: ExperimentConfig, test: bool = True) -> RunResult:
 
     datamodule = LesionDataModule(cfg.data)
     datamodule.setup("fit")
-    if cfg.model.use_metadata != cfg.data.use_metadata:
-        raise ConfigError(
-            f"model.use_metadata={cfg.model.use_metadata} but data.use_metadata={cfg.data.use_metadata}: set both alike"
-        )
-    if cfg.model.use_metadata:
-        cfg.model.meta_dim = datamodule.metadata_encoder.dim
+    # data.use_metadata is the one switch; the fitted encoder, stored in every checkpoint, gives the width.
+    encoder = datamodule.metadata_encoder if cfg.data.use_metadata else None
     train_table = datamodule.train_table
     scaler = ThicknessScaler.fit(train_table["thickness_lo_mm"].to_numpy(), train_table["thickness_hi_mm"].to_numpy())
 
-    net = build_model(cfg.model)
+    net = build_experiment_model(cfg.model, cfg.data, encoder)
     resolve_input_normalisation(cfg, net)
     if resume_ckpt is None and cfg.model.bn_reestimate_batches > 0:
         reestimate_start_batchnorm(cfg, net, datamodule)
@@ -210,7 +207,7 @@ def fit(cfg: ExperimentConfig, test: bool = True) -> RunResult:
         config=to_dict(cfg),
         class_weights=[float(w) for w in datamodule.class_weights],
         thickness_scaler=scaler.to_dict(),
-        metadata_encoder=datamodule.metadata_encoder.to_dict() if cfg.model.use_metadata else None,
+        metadata_encoder=encoder.to_dict() if encoder is not None else None,
         preprocessing=preprocessing_dict(cfg.data),
     )
     trainer = build_trainer(cfg, run_dir)

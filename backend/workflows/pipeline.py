@@ -183,7 +183,7 @@ def stage_train(cfg: PipelineConfig, pretrained: str | None, splits: dict[str, A
         exp.data.split_csv = splits["splits_csv"]
     if pretrained:
         exp.model.pretrained_path = pretrained
-    exp.resume_version = _interrupted_version(cfg, "train", Path(exp.output_dir) / exp.experiment_name)
+    exp.resume_version = _interrupted_version(cfg, "train", Path(exp.log_dir) / exp.experiment_name)
     result = fit(exp, test=False)
     if result.best_ckpt is None:
         raise ConfigError(f"training in {result.run_dir} produced no best.ckpt")
@@ -315,7 +315,7 @@ def render_card_markdown(card: dict[str, Any], metrics_md: str) -> str:
         lodo_markdown(lodo.get("results") or []),
     ]
     cfg = card.get("config", {})
-    model, data = cfg.get("model", {}), cfg.get("data", {})
+    model, data, trainer = cfg.get("model", {}), cfg.get("data", {}), cfg.get("trainer") or {}
     calib = card.get("calibration", {})
     lines = [
         f"# Model card: {card.get('name')} {card.get('version')}",
@@ -330,9 +330,9 @@ def render_card_markdown(card: dict[str, Any], metrics_md: str) -> str:
         "## Model and recipe",
         "",
         f"- Backbone `{model.get('backbone')}` at {data.get('img_size')} px, metadata fusion: "
-        f"{model.get('use_metadata')}; classes {', '.join(card.get('classes', []))}.",
+        f"{data.get('use_metadata')}; classes {', '.join(card.get('classes', []))}.",
         f"- Pretrained start: {model.get('pretrained_path') or 'none (random initialisation)'}.",
-        f"- Training: {(cfg.get('trainer') or {}).get('epochs')} epochs, batch {data.get('batch_size')}, AdamW lr "
+        f"- Training: {_epochs(trainer)} epochs, batch {data.get('batch_size')}, AdamW lr "
         f"{(cfg.get('optim') or {}).get('lr')}, class-balanced sampler {data.get('balanced_sampler')}, class-weighted "
         f"loss {(cfg.get('loss') or {}).get('class_weighted')}, Shades of Gray {data.get('color_constancy')}, "
         f"hair removal {data.get('hair_removal')}, augmentation `{data.get('augment')}`.",
@@ -361,11 +361,16 @@ def _num(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, int | float) else str(value)
 
 
+def _epochs(trainer: dict[str, Any]) -> Any:
+    """``trainer.max_epochs`` of a stored config (``trainer.epochs`` in configs written before the rename)."""
+    return trainer.get("max_epochs", trainer.get("epochs"))
+
+
 def _recipe_line(lodo: dict[str, Any]) -> str:
 
     base = from_dict(LodoConfig, lodo).base_tree()
     model, data, trainer = base.get("model", {}), base.get("data", {}), base.get("trainer", {})
-    return (f"`{model.get('backbone')}` at {data.get('img_size')} px, {trainer.get('epochs')} epochs, "
+    return (f"`{model.get('backbone')}` at {data.get('img_size')} px, {_epochs(trainer)} epochs, "
             f"recipes {', '.join(lodo.get('variants') or ['ours'])}")
 
 

@@ -28,7 +28,7 @@ from backend.training.run_dirs import latest_resumable_version
 log = logging.getLogger(__name__)
 
 #: Keys that say where a run goes, not what it learns: left out of the recipe hash.
-_PLACE_KEYS = ("output_dir", "experiment_name", "resume_version")
+_PLACE_KEYS = ("log_dir", "experiment_name", "resume_version")
 DONE_FILE = "done.json"
 
 
@@ -103,7 +103,7 @@ def train_once(exp: ExperimentConfig, root: str | Path, name: str) -> TrainedRun
     """Train ``exp`` under ``root/<name>-<recipe key>``, or reuse/resume a run of the same recipe.
 
     Args:
-        exp: The resolved recipe (its ``output_dir`` and ``experiment_name`` are replaced).
+        exp: The resolved recipe (its ``log_dir`` and ``experiment_name`` are replaced).
         root: Folder of all study runs.
         name: Readable prefix of the run folder.
 
@@ -112,7 +112,7 @@ def train_once(exp: ExperimentConfig, root: str | Path, name: str) -> TrainedRun
     """
     key = recipe_key(exp)
     folder = f"{name}-{key}"
-    exp.output_dir, exp.experiment_name = str(root), folder
+    exp.log_dir, exp.experiment_name = str(root), folder
     # The same recipe under another study's name (e.g. the ablation baseline) counts as trained.
     for done in sorted(Path(root).glob(f"*-{key}/{DONE_FILE}")):
         record = json.loads(done.read_text(encoding="utf-8"))

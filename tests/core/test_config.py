@@ -1,10 +1,29 @@
+import warnings
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pytest
 
-from backend.config import from_dict, load_config, parse_overrides, save_config, to_dict
+from backend.config import (
+    DeprecatedKey,
+    from_dict,
+    load_config,
+    parse_overrides,
+    read_yaml,
+    removed,
+    rename_legacy_flags,
+    renamed,
+    save_config,
+    to_dict,
+)
 from backend.data.config import DataConfig
 from backend.errors import ConfigError
+from backend.training.byol_config import ByolConfig
+from backend.training.config import ExperimentConfig
+from backend.workflows.ablation import load_ablation_config
+from backend.workflows.pipeline import load_pipeline_config
+from backend.workflows.study_runs import recipe
+from tests.conftest import REPO_ROOT
 
 
 @dataclass
@@ -75,3 +94,86 @@ def test_data_config_validation_names_the_key():
         from_dict(DataConfig, {"split": {"val_frac": 0.6, "test_frac": 0.5}})
     with pytest.raises(ConfigError, match="data.batch_size"):
         from_dict(DataConfig, {"batch_size": 0})
+
+
+@dataclass
+class Section:
+    DEPRECATED_KEYS: ClassVar[dict[str, DeprecatedKey]] = {"epochs": renamed("max_epochs")}
+
+    max_epochs: int = 1
+
+
+@dataclass
+class Tree:
+    DEPRECATED_KEYS: ClassVar[dict[str, DeprecatedKey]] = {
+        "out": renamed("log_dir"),
+        "sec.size": removed("size", "the top-level size decides"),
+        "sec.width": removed(None, "derived"),
+    }
+
+    size: int = 8
+    log_dir: str = "runs"
+    sec: Section = field(default_factory=Section)
+
+
+def test_renamed_key_moves_its_value_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match=r"config key 'sec\.epochs' is deprecated: use 'sec\.max_epochs'"):
+        assert from_dict(Tree, {"sec": {"epochs": 4}}).sec.max_epochs == 4
+    with pytest.warns(DeprecationWarning, match=r"'out' is deprecated: use 'log_dir' instead; both are set, so "
+                                                r"'log_dir' \('new'\) is used and 'old' ignored"):
+        assert from_dict(Tree, {"out": "old", "log_dir": "new"}).log_dir == "new"
+
+
+def test_removed_key_is_ignored_and_a_disagreeing_value_named():
+    data = {"size": 16, "sec": {"size": 32, "width": 3}}
+    with pytest.warns(DeprecationWarning) as seen:
+        cfg = from_dict(Tree, data)
+    assert cfg.size == 16 and to_dict(cfg.sec) == {"max_epochs": 1}
+    messages = [str(w.message) for w in seen]
+    assert ("config key 'sec.size' is deprecated and ignored: 'size' replaces it (the top-level size decides); "
+            "its value 32 differs from 'size' (16), which is used") in messages
+    assert "config key 'sec.width' is deprecated and ignored (derived)" in messages
+    assert data == {"size": 16, "sec": {"size": 32, "width": 3}}  # the caller's mapping is left alone
+
+
+def test_unknown_key_is_still_rejected_beside_deprecated_ones():
+    with pytest.raises(ConfigError, match=r"unknown config key 'sec\.epoch'; valid keys here: max_epochs"):
+        from_dict(Tree, {"sec": {"epoch": 3}})
+    with pytest.raises(ConfigError, match=r"unknown config key 'trainer\.max_epoch'"):
+        from_dict(ExperimentConfig, {"trainer": {"max_epoch": 3}})
+
+
+def test_current_keys_load_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        assert from_dict(Tree, {"log_dir": "x", "sec": {"max_epochs": 2}}).sec.max_epochs == 2
+
+
+def test_legacy_flags_are_renamed_with_a_warning():
+    known = ["--max_epochs", "--model_cfg", "--log_dir", "--skip-missing"]
+    argv = ["--epochs", "3", "--model-cfg=m.yaml", "--skip-missing", "--unknown-flag", "a.b=1", "--", "--epochs"]
+    with pytest.warns(DeprecationWarning) as seen:
+        out = rename_legacy_flags(argv, known, {"--epochs": "--max_epochs"})
+    assert out == ["--max_epochs", "3", "--model_cfg=m.yaml", "--skip-missing", "--unknown-flag", "a.b=1", "--",
+                   "--epochs"]
+    assert [str(w.message) for w in seen] == [
+        "command-line flag '--epochs' is deprecated: use '--max_epochs'",
+        "command-line flag '--model-cfg' is deprecated: use '--model_cfg'",
+    ]
+
+
+def test_every_shipped_config_file_uses_the_current_keys():
+    cfgs = REPO_ROOT / "cfgs"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        for path in sorted((cfgs / "model").glob("*.yaml")):
+            from_dict(ExperimentConfig, {"model": read_yaml(path)})
+        for path in [*sorted((cfgs / "train").glob("*.yaml")), cfgs / "debug" / "cpu_tiny.yaml"]:
+            load_config(ExperimentConfig, [path])
+        for path in sorted((cfgs / "byol").glob("*.yaml")):
+            load_config(ByolConfig, [path])
+        for path in sorted((cfgs / "ablation").glob("*.yaml")):
+            ablation = load_ablation_config(path)
+            for overrides in ablation.variants.values():
+                recipe(ablation.base_tree(), overrides)
+        load_pipeline_config(cfgs / "default.yaml")

@@ -26,9 +26,9 @@ def train_tiny_checkpoint(root: Path, n: int = 48, size: int = IMG, **model: Any
     csv = write_synthetic_dataset(root / "data", n=n, size=size)
     base = read_yaml(REPO_ROOT / "cfgs" / "debug" / "cpu_tiny.yaml")
     base["data"].update({"csv": str(csv), "img_dir": str(csv.parent / "images"), "img_size": IMG, "batch_size": 8})
-    base["model"].update({"img_size": IMG, **model})
-    base["trainer"].update({"epochs": 1, "limit_train_batches": 3, "limit_val_batches": 2})
-    base["output_dir"] = str(root / "runs")
+    base["model"].update(model)
+    base["trainer"].update({"max_epochs": 1, "limit_train_batches": 3, "limit_val_batches": 2})
+    base["log_dir"] = str(root / "runs")
     result = fit(from_dict(ExperimentConfig, base), test=False)
     assert result.best_ckpt is not None and result.best_ckpt.is_file()
     return result.best_ckpt, csv
@@ -47,13 +47,14 @@ def tiny_net(backbone: str = "dermaresnet_se_tiny", use_metadata: bool = True, s
     """An untrained LesionNet; the thickness head gets random weights so its Grad-CAM is not all zero."""
     import torch
 
+    from backend.data.metadata import MetadataEncoder
     from backend.models.config import ModelConfig
     from backend.models.lesion_net import build_model
 
     torch.manual_seed(seed)
     backbone_kwargs = kwargs.pop("backbone_kwargs", None) or (VIT_KWARGS if backbone.startswith("vit") else {})
-    net = build_model(ModelConfig(backbone=backbone, backbone_kwargs=backbone_kwargs, img_size=IMG,
-                                  use_metadata=use_metadata, meta_hidden=16, fusion_dim=32, **kwargs))
+    net = build_model(ModelConfig(backbone=backbone, backbone_kwargs=backbone_kwargs, meta_hidden=16, fusion_dim=32,
+                                  **kwargs), img_size=IMG, meta_dim=MetadataEncoder().dim if use_metadata else 0)
     torch.nn.init.normal_(net.heads.thickness.weight, std=0.5)
     return net.eval()
 

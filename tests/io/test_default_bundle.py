@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from backend.data.metadata import MetadataEncoder
 from backend.data.schema import DIAGNOSES
+from backend.io.bundle import load_bundle
 from backend.model_store import DEFAULT_MODEL_DIR, describe_model_dir
 from tests.conftest import make_lesion_image
 
@@ -70,3 +74,21 @@ def test_card_states_operating_points_variants_baseline_and_start_weights(predic
 
 def test_bundle_predicts_through_onnx_runtime(predictor):
     assert predictor.onnx_engine is not None
+
+
+def test_the_bundled_card_with_old_model_keys_still_loads():
+    """The shipped card predates data.img_size as the one input size: its model.img_size/use_metadata/meta_dim
+    load with deprecation warnings (the card is never rewritten), and the network is what the data side says."""
+    card_path = DEFAULT_MODEL_DIR / "model_card.json"
+    before = card_path.read_bytes()
+    old = json.loads(before)["config"]["model"]
+    assert {"img_size", "use_metadata", "meta_dim"} <= set(old)  # the bundle as committed
+    with pytest.warns(DeprecationWarning) as seen:
+        loaded = load_bundle(DEFAULT_MODEL_DIR)
+    messages = " | ".join(str(w.message) for w in seen)
+    for key in ("model.img_size", "model.use_metadata", "model.meta_dim"):
+        assert f"config key '{key}' is deprecated" in messages
+    net, card = loaded.model.net, loaded.card
+    assert net.backbone.img_size == card["config"]["data"]["img_size"] == card["preprocessing"]["img_size"] == 160
+    assert net.use_metadata and net.meta_dim == MetadataEncoder.from_dict(card["metadata_encoder"]).dim == 15
+    assert card_path.read_bytes() == before

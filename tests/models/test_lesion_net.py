@@ -25,14 +25,19 @@ from backend.models.registry import list_backbones
 from tests.conftest import REPO_ROOT, make_lesion_image
 
 META_DIM = 15
-TINY = {"backbone": "dermaresnet_se_tiny", "meta_hidden": 16, "fusion_dim": 32, "dropout": 0.0, "img_size": 32}
+TINY = {"backbone": "dermaresnet_se_tiny", "meta_hidden": 16, "fusion_dim": 32, "dropout": 0.0}
 TINY_VIT = {**TINY, "backbone": "vit_tiny_patch16_224",
             "backbone_kwargs": {"depth": 2, "embed_dim": 32, "num_heads": 2}}
 
 
-def tiny_net(**overrides) -> LesionNet:
+def build(cfg: dict, img_size: int = 32, use_metadata: bool = True) -> LesionNet:
+    """The model of a model section at ``img_size`` (data.img_size), with the encoder's metadata width."""
+    return build_model(from_dict(ModelConfig, cfg), img_size=img_size, meta_dim=META_DIM if use_metadata else 0)
+
+
+def tiny_net(use_metadata: bool = True, **overrides) -> LesionNet:
     torch.manual_seed(0)
-    return build_model(from_dict(ModelConfig, {**TINY, **overrides}))
+    return build({**TINY, **overrides}, use_metadata=use_metadata)
 
 
 def images(batch: int = 4, size: int = 32) -> torch.Tensor:
@@ -49,7 +54,8 @@ def metadata(batch: int = 4) -> torch.Tensor:
 def test_model_config_defaults_and_validation():
     cfg = from_dict(ModelConfig, {})
     assert cfg.backbone in list_backbones()
-    assert cfg.meta_dim == 15 and cfg.meta_hidden == 128 and cfg.fusion_dim == 256
+    assert cfg.meta_hidden == 128 and cfg.fusion_dim == 256
+    assert not any(hasattr(cfg, k) for k in ("img_size", "use_metadata", "meta_dim"))  # the data side decides
     assert from_dict(ModelConfig, to_dict(cfg)) == cfg
     with pytest.raises(ConfigError, match="num_classes"):
         from_dict(ModelConfig, {"num_classes": 9})
@@ -72,7 +78,7 @@ def test_shipped_model_configs_are_all_there():
 
 def test_unknown_backbone_in_config_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown backbone 'effnet'"):
-        build_model(from_dict(ModelConfig, {"backbone": "effnet"}))
+        build({"backbone": "effnet"})
 
 
 def test_same_config_same_state_dict_keys():
@@ -82,7 +88,7 @@ def test_same_config_same_state_dict_keys():
 
 
 def test_common_kwargs_reach_builders_that_take_them():
-    vit = build_model(from_dict(ModelConfig, {**TINY_VIT, "img_size": 48, "drop_path_rate": 0.1}))
+    vit = build({**TINY_VIT, "drop_path_rate": 0.1}, img_size=48)
     assert vit.backbone.model.pos_embed.shape[1] == 1 + 9
     assert vit.backbone.model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
 
@@ -92,7 +98,7 @@ def test_pretrained_path_starts_the_backbone(tmp_path):
     path = tmp_path / "backbone.safetensors"
     save_file({f"backbone.{k}": v.contiguous() for k, v in source.backbone.state_dict().items()}, str(path))
     torch.manual_seed(123)
-    target = build_model(from_dict(ModelConfig, {**TINY, "pretrained_path": str(path)}))
+    target = build({**TINY, "pretrained_path": str(path)})
     for key, value in source.backbone.state_dict().items():
         assert torch.equal(target.backbone.state_dict()[key], value), key
 
@@ -102,7 +108,7 @@ def test_pretrained_path_starts_the_backbone(tmp_path):
 
 @pytest.mark.parametrize("cfg", [TINY, TINY_VIT], ids=["cnn", "vit"])
 def test_forward_with_and_without_metadata(cfg):
-    net = build_model(from_dict(ModelConfig, cfg)).eval()
+    net = build(cfg).eval()
     with torch.no_grad():
         with_meta = net(images(), metadata())
         without = net(images())
@@ -184,7 +190,7 @@ def test_output_helpers():
 
 @pytest.mark.parametrize("cfg", [TINY, TINY_VIT], ids=["cnn", "vit"])
 def test_param_groups(cfg):
-    net = build_model(from_dict(ModelConfig, cfg))
+    net = build(cfg)
     groups = net.param_groups(lr=1e-3, weight_decay=0.05, layer_decay=0.5)
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in net.parameters()}
@@ -263,7 +269,7 @@ def test_grad_cam_runs_on_each_head(cfg):
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    net = build_model(from_dict(ModelConfig, cfg))
+    net = build(cfg)
     x = images(2)
     for head, target in (("diagnosis", 2), ("thickness", 0), ("malignant", 0)):
         cam = GradCAM(net.head_view(head, metadata(2)), [net.backbone.cam_layer],

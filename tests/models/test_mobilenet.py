@@ -70,9 +70,8 @@ def test_small_saved_state_dict_loads_through_the_same_path(tmp_path, suffix):
     path = tmp_path / f"start{suffix}"
     save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
     torch.manual_seed(1)
-    cfg = ModelConfig(backbone="mobilenetv2_100", backbone_kwargs={"pad_type": "same"}, pretrained_path=str(path),
-                      use_metadata=False, img_size=64)
-    net = build_model(cfg).eval()
+    cfg = ModelConfig(backbone="mobilenetv2_100", backbone_kwargs={"pad_type": "same"}, pretrained_path=str(path))
+    net = build_model(cfg, img_size=64).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(net.backbone(x), source(x), atol=1e-5)
@@ -129,30 +128,30 @@ def test_shared_imagenet_weights_call_the_cat_a_cat(shared_weights):
 def test_timm_opt_in_offline_fails_at_once_saying_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: nothing can serve the weights
-    cfg = ModelConfig(backbone="mobilenetv2_100", pretrained="timm", use_metadata=False)
+    cfg = ModelConfig(backbone="mobilenetv2_100", pretrained="timm")
     with pytest.raises(ConfigError) as err:
-        build_model(cfg)
+        build_model(cfg, img_size=224)
     text = str(err.value)
     assert "mobilenetv2_100" in text and "model.pretrained_path" in text and "offline" in text
 
 
 def test_timm_opt_in_refused_for_non_timm_backbones_and_with_a_path():
     with pytest.raises(ConfigError, match="dermaresnet_se_tiny"):
-        build_model(ModelConfig(backbone="dermaresnet_se_tiny", pretrained="timm", use_metadata=False))
+        build_model(ModelConfig(backbone="dermaresnet_se_tiny", pretrained="timm"), img_size=224)
     with pytest.raises(ConfigError, match="only one"):
         ModelConfig(backbone="resnet50", pretrained="timm", pretrained_path="x.safetensors").validate()
     with pytest.raises(ConfigError, match="model.pretrained"):
         ModelConfig(pretrained="imagenet").validate()
     with pytest.raises(ConfigError, match="pad_type"):
-        build_model(ModelConfig(backbone="mobilenetv2_100", pretrained="timm", backbone_kwargs={"pad_type": "same"}))
+        build_model(ModelConfig(backbone="mobilenetv2_100", pretrained="timm", backbone_kwargs={"pad_type": "same"}),
+                    img_size=224)
 
 
 def test_named_timm_tag_offline_names_the_full_model(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    cfg = ModelConfig(backbone="vit_small_patch16_224", pretrained="timm:dino", use_metadata=False,
-                      backbone_kwargs={"depth": 1})
+    cfg = ModelConfig(backbone="vit_small_patch16_224", pretrained="timm:dino", backbone_kwargs={"depth": 1})
     with pytest.raises(ConfigError, match=r"vit_small_patch16_224\.dino"):
-        build_model(cfg)
+        build_model(cfg, img_size=224)
     with pytest.raises(ConfigError, match="timm:<tag>"):
         ModelConfig(pretrained="timm:").validate()

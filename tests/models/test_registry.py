@@ -99,7 +99,7 @@ def test_register_a_new_backbone_without_touching_the_registry(monkeypatch):
     from backend.models.lesion_net import build_model
 
     net = build_model(from_dict(ModelConfig, {"backbone": "tiny_conv_test", "backbone_kwargs": {"width": 5},
-                                              "img_size": 64, "drop_path_rate": 0.1}))
+                                              "drop_path_rate": 0.1}), img_size=64, meta_dim=15)
     assert net(torch.randn(2, 3, 16, 16)).diagnosis_logits.shape == (2, 8)
     assert net.backbone.feat_dim == 5
 

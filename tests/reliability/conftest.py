@@ -24,16 +24,15 @@ def build_untrained_bundle(models_dir: Path) -> Path:
     from backend.data.transforms import preprocessing_dict
     from backend.io.bundle import save_bundle
     from backend.io.checkpoint import LoadedModel
-    from backend.models.lesion_net import build_model
+    from backend.models.lesion_net import build_experiment_model
     from backend.training.config import ExperimentConfig
 
     cfg = from_dict(ExperimentConfig, {
         "data": {"img_size": IMG, "use_metadata": False},
-        "model": {"backbone": "dermaresnet_se_tiny", "img_size": IMG, "use_metadata": False, "meta_hidden": 16,
-                  "fusion_dim": 32},
+        "model": {"backbone": "dermaresnet_se_tiny", "meta_hidden": 16, "fusion_dim": 32},
     })
     torch.manual_seed(0)
-    net = build_model(cfg.model).eval()
+    net = build_experiment_model(cfg.model, cfg.data).eval()
     model = LoadedModel(net=net, config=to_dict(cfg), classes=list(DIAGNOSES),
                         thickness_scaler={"mean": 0.3, "std": 0.5}, metadata_encoder=None,
                         preprocessing=preprocessing_dict(cfg.data), source=models_dir / "untrained.ckpt")

@@ -31,8 +31,8 @@ from tests.conftest import REPO_ROOT, write_synthetic_dataset
 #: Arguments of every tiny training run of these tests (overrides must come last: they are positional).
 TRAIN_FLAGS: tuple[str, ...] = ("--config", str(REPO_ROOT / "cfgs" / "debug" / "cpu_tiny.yaml"), "--img_size", "32",
                                 "--batch_size", "4", "--no_test")
-TRAIN_OVERRIDES: tuple[str, ...] = ("model.img_size=32", "trainer.limit_train_batches=1.0",
-                                    "trainer.limit_val_batches=1.0", "trainer.checkpoint_every_n_steps=2")
+TRAIN_OVERRIDES: tuple[str, ...] = ("trainer.limit_train_batches=1.0", "trainer.limit_val_batches=1.0",
+                                    "trainer.checkpoint_every_n_steps=2")
 
 
 class Exploit:
@@ -62,8 +62,8 @@ def tiny_dataset(root: Path) -> Path:
 
 def train_argv(csv: Path, output_dir: Path, epochs: int = 2, seed: int = 7, resume: bool = False) -> list[str]:
     """``scripts.train`` arguments of a tiny run: 9 steps an epoch, ``last.ckpt`` every 2 steps."""
-    argv = [*TRAIN_FLAGS, "--csv", str(csv), "--epochs", str(epochs), "--seed", str(seed),
-            "--output_dir", str(output_dir)]
+    argv = [*TRAIN_FLAGS, "--csv", str(csv), "--max_epochs", str(epochs), "--seed", str(seed),
+            "--log_dir", str(output_dir)]
     if resume:
         argv += ["--resume_version", "0"]
     return [*argv, *TRAIN_OVERRIDES]
@@ -113,16 +113,15 @@ def write_untrained_checkpoint(path: Path, seed: int = 0, img_size: int = 32) ->
     from backend.data.schema import DIAGNOSES
     from backend.data.transforms import preprocessing_dict
     from backend.files import atomic_torch_save
-    from backend.models.lesion_net import build_model
+    from backend.models.lesion_net import build_experiment_model
     from backend.training.config import ExperimentConfig
 
     cfg = from_dict(ExperimentConfig, {
         "data": {"img_size": img_size, "use_metadata": False},
-        "model": {"backbone": "dermaresnet_se_tiny", "img_size": img_size, "use_metadata": False,
-                  "meta_hidden": 16, "fusion_dim": 32},
+        "model": {"backbone": "dermaresnet_se_tiny", "meta_hidden": 16, "fusion_dim": 32},
     })
     torch.manual_seed(seed)
-    net = build_model(cfg.model)
+    net = build_experiment_model(cfg.model, cfg.data)
     return atomic_torch_save({
         "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
         "hyper_parameters": {"config": to_dict(cfg), "classes": list(DIAGNOSES),

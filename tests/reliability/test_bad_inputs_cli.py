@@ -113,7 +113,7 @@ def test_train_bad_label_csv_exits_2_naming_file_line_field(case: CsvCase, train
     table = tmp_path / "labels.csv"
     table.write_bytes(case.data)
     code = train_main(["--config", TINY_CONFIG, "--csv", str(table), "--img_dir", str(train_images),
-                       "--output_dir", str(tmp_path / "runs"), "--no_test"])
+                       "--log_dir", str(tmp_path / "runs"), "--no_test"])
     err = capsys.readouterr().err
     assert code == 2
     where = str(table) + (f", line {case.line}" if case.line else "") + (f", field '{case.field}'" if case.field
@@ -139,8 +139,8 @@ def test_train_with_corrupt_images_among_good_ones_still_trains(tmp_path, capsys
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         code = train_main(["--config", TINY_CONFIG, "--csv", str(csv_path), "--img_dir", str(images),
-                           "--img_size", "32", "--batch_size", "4", "--epochs", "1", "--output_dir",
-                           str(tmp_path / "runs"), "--no_test", "model.img_size=32", "trainer.limit_train_batches=1.0",
+                           "--img_size", "32", "--batch_size", "4", "--max_epochs", "1", "--log_dir",
+                           str(tmp_path / "runs"), "--no_test", "trainer.limit_train_batches=1.0",
                            "trainer.limit_val_batches=1.0"])
     out = capsys.readouterr()
     assert code == 0, out.err[-3000:]

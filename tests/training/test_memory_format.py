@@ -81,15 +81,15 @@ def _conv_weights_channels_last(ckpt: Path) -> bool:
 
 
 def test_channels_last_run_trains_resumes_and_exports(dataset, tmp_path):
-    cfg = tiny_cfg(dataset, tmp_path, trainer={"epochs": 1, "channels_last": True})
+    cfg = tiny_cfg(dataset, tmp_path, trainer={"max_epochs": 1, "channels_last": True})
     result = fit(cfg, test=False)
     assert _conv_weights_channels_last(result.last_ckpt)
     # A resumed run loads the checkpoint into the converted weights and stays channels-last.
-    resumed = fit(tiny_cfg(dataset, tmp_path, trainer={"epochs": 2, "channels_last": True}, resume_version=0),
+    resumed = fit(tiny_cfg(dataset, tmp_path, trainer={"max_epochs": 2, "channels_last": True}, resume_version=0),
                   test=False)
     assert resumed.run_dir == result.run_dir and safe_torch_load(resumed.last_ckpt)["epoch"] == 1
     assert _conv_weights_channels_last(resumed.last_ckpt)
-    plain = fit(tiny_cfg(dataset, tmp_path / "plain", trainer={"epochs": 1}), test=False)
+    plain = fit(tiny_cfg(dataset, tmp_path / "plain", trainer={"max_epochs": 1}), test=False)
     assert not _conv_weights_channels_last(plain.last_ckpt)
     # Its checkpoint rebuilds the model, and the bundle (safetensors refuses non-contiguous tensors)
     # exports and gives the same outputs.

@@ -38,7 +38,7 @@ def start_weights(tmp_path_factory):
 def mobilenet_cfg(dataset, out, weights, **trainer):
     model = {"backbone": "mobilenetv2_100", "backbone_kwargs": {"pad_type": "same"},
              "pretrained_path": str(weights), "bn_reestimate_batches": 2}
-    return tiny_cfg(dataset, out, model=model, trainer={"epochs": 1, "limit_train_batches": 2, **trainer})
+    return tiny_cfg(dataset, out, model=model, trainer={"max_epochs": 1, "limit_train_batches": 2, **trainer})
 
 
 def test_normalisation_and_reestimated_batchnorm_travel_into_checkpoint_and_bundle(dataset, tmp_path,
@@ -58,7 +58,7 @@ def test_normalisation_and_reestimated_batchnorm_travel_into_checkpoint_and_bund
     assert read_card(bundle)["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
 
     # A resumed run keeps the checkpoint's statistics instead of measuring again.
-    cfg = mobilenet_cfg(dataset, tmp_path, start_weights, epochs=2)
+    cfg = mobilenet_cfg(dataset, tmp_path, start_weights, max_epochs=2)
     cfg.resume_version = int(result.run_dir.name.split("_")[1])
     fit(cfg, test=False)
     assert calls == [1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from backend.config import from_dict, read_yaml
+from backend.data.metadata import MetadataEncoder
 from backend.errors import ConfigError
 from backend.files import safe_torch_load
 from backend.io.checkpoint import load_lesion_checkpoint
@@ -35,8 +37,7 @@ TINY_MODELS = {
 def tiny_cfg(csv: Path, out: Path, **sections) -> ExperimentConfig:
     base = read_yaml(REPO_ROOT / "cfgs" / "debug" / "cpu_tiny.yaml")
     base["data"].update({"csv": str(csv), "img_dir": str(csv.parent / "images"), "img_size": 32, "batch_size": 4})
-    base["model"]["img_size"] = 32
-    base["output_dir"] = str(out)
+    base["log_dir"] = str(out)
     for key, value in sections.items():
         base.setdefault(key, {})
         if isinstance(value, dict):
@@ -57,7 +58,7 @@ def test_fast_dev_run_every_backbone(dataset, tmp_path, name):
 
 
 def test_run_layout_checkpoint_rebuilds_model(dataset, tmp_path):
-    cfg = tiny_cfg(dataset, tmp_path, trainer={"epochs": 1})
+    cfg = tiny_cfg(dataset, tmp_path, trainer={"max_epochs": 1})
     result = fit(cfg, test=True)
     run = result.run_dir
     assert run == tmp_path / "cpu_tiny" / "version_0"
@@ -67,7 +68,8 @@ def test_run_layout_checkpoint_rebuilds_model(dataset, tmp_path):
     loaded = load_lesion_checkpoint(run / "ckpts" / "best.ckpt")
     assert loaded.classes == ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]
     assert loaded.preprocessing["img_size"] == 32 and loaded.metadata_encoder is not None
-    assert loaded.config["model"]["meta_dim"] == 15
+    assert loaded.config["data"]["use_metadata"] is True and "meta_dim" not in loaded.config["model"]
+    assert loaded.net.meta_dim == MetadataEncoder.from_dict(loaded.metadata_encoder).dim == 15
     out = loaded.net(torch.zeros(2, 3, 32, 32))
     assert out.diagnosis_logits.shape == (2, 8) and out.thickness.shape == (2,)
     # A second run takes the next version.
@@ -75,10 +77,10 @@ def test_run_layout_checkpoint_rebuilds_model(dataset, tmp_path):
 
 
 def test_resume_continues_to_the_same_global_step(dataset, tmp_path):
-    full = fit(tiny_cfg(dataset, tmp_path / "full", trainer={"epochs": 2}), test=False)
-    first = fit(tiny_cfg(dataset, tmp_path / "split", trainer={"epochs": 1}), test=False)
+    full = fit(tiny_cfg(dataset, tmp_path / "full", trainer={"max_epochs": 2}), test=False)
+    first = fit(tiny_cfg(dataset, tmp_path / "split", trainer={"max_epochs": 1}), test=False)
     step_after_one = safe_torch_load(first.last_ckpt)["global_step"]
-    resumed = fit(tiny_cfg(dataset, tmp_path / "split", trainer={"epochs": 2}, resume_version=0), test=False)
+    resumed = fit(tiny_cfg(dataset, tmp_path / "split", trainer={"max_epochs": 2}, resume_version=0), test=False)
     assert resumed.run_dir == first.run_dir
     full_ckpt, resumed_ckpt = safe_torch_load(full.last_ckpt), safe_torch_load(resumed.last_ckpt)
     assert resumed_ckpt["epoch"] == full_ckpt["epoch"] == 1
@@ -91,27 +93,72 @@ def test_resume_of_a_missing_version_is_a_clear_error(dataset, tmp_path):
         fit(tiny_cfg(dataset, tmp_path, resume_version=7))
 
 
-def test_cli_flags_map_onto_the_config(dataset, tmp_path):
-    cfg, _ = parse_config([
+def cli_argv(dataset, log_dir, epochs_flag="--max_epochs", log_flag="--log_dir", model_flag="--model_cfg",
+             overrides=()):
+    return [
         "--config", str(REPO_ROOT / "cfgs" / "debug" / "cpu_tiny.yaml"), "--csv", str(dataset), "--img_size", "48",
-        "--batch_size", "3", "--epochs", "5", "--precision", "bf16-mixed", "--gradient_clip_val", "2.5",
-        "--early_stop", "4", "--output_dir", str(tmp_path), "--experiment_name", "x", "--seed", "7",
+        "--batch_size", "3", epochs_flag, "5", "--precision", "bf16-mixed", "--gradient_clip_val", "2.5",
+        "--early_stop", "4", log_flag, str(log_dir), "--experiment_name", "x", "--seed", "7",
         "--devices", "2", "--accelerator", "cpu", "--strategy", "ddp", "--num_nodes", "1",
-        "--model_cfg", str(REPO_ROOT / "cfgs" / "model" / "resnet50.yaml"), "optim.lr=0.01", "--skip-missing",
-    ])
-    assert (cfg.data.img_size, cfg.data.batch_size, cfg.trainer.epochs) == (48, 3, 5)
+        model_flag, str(REPO_ROOT / "cfgs" / "model" / "resnet50.yaml"), "optim.lr=0.01", *overrides, "--skip-missing",
+    ]
+
+
+def check_cli_config(cfg, log_dir):
+    assert (cfg.data.img_size, cfg.data.batch_size, cfg.trainer.max_epochs) == (48, 3, 5)
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.gradient_clip_val == 2.5
     assert cfg.trainer.early_stop == 4 and cfg.trainer.strategy == "ddp" and cfg.trainer.lightning_devices() == 2
     assert cfg.model.backbone == "resnet50" and cfg.optim.lr == 0.01 and cfg.seed == 7
+    assert cfg.log_dir == str(log_dir) and cfg.experiment_name == "x"
+
+
+def test_cli_flags_map_onto_the_config(dataset, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # today's spellings and cfgs/ files: no deprecation
+        cfg, _ = parse_config(cli_argv(dataset, tmp_path))
+    check_cli_config(cfg, tmp_path)
     assert cfg.data.skip_missing is True and parse_config([])[0].data.skip_missing is False
+    cfg, _ = parse_config(["--max_steps", "9", "--accumulate_grad_batches", "2", "--lr", "0.5", "--weight_decay", "0"])
+    assert (cfg.trainer.max_steps, cfg.trainer.accumulate_grad_batches, cfg.optim.lr, cfg.optim.weight_decay) == (
+        9, 2, 0.5, 0.0)
     with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
         parse_config(["optim.lrr=1"])
+
+
+def test_cli_old_spellings_still_work_with_a_deprecation_warning(dataset, tmp_path):
+    with pytest.warns(DeprecationWarning) as seen:
+        cfg, _ = parse_config(cli_argv(dataset, tmp_path, "--epochs", "--output_dir", "--model-cfg",
+                                       overrides=["trainer.epochs=5", "model.img_size=224"]))
+    check_cli_config(cfg, tmp_path)
+    messages = " | ".join(str(w.message) for w in seen)
+    for old, new in (("'--epochs'", "'--max_epochs'"), ("'--output_dir'", "'--log_dir'"),
+                     ("'--model-cfg'", "'--model_cfg'")):
+        assert f"command-line flag {old} is deprecated: use {new}" in messages
+    assert "config key 'trainer.epochs' is deprecated: use 'trainer.max_epochs' instead" in messages
+    assert "config key 'model.img_size' is deprecated and ignored: 'data.img_size' replaces it" in messages
+    assert "its value 224 differs from 'data.img_size' (48), which is used" in messages
+
+
+def test_old_config_files_load_with_the_new_names(tmp_path):
+    old = {"data": {"img_size": 64, "use_metadata": True}, "output_dir": "old_runs",
+           "model": {"backbone": "dermaresnet_se_tiny", "img_size": 224, "use_metadata": False, "meta_dim": 15},
+           "trainer": {"epochs": 3}}
+    with pytest.warns(DeprecationWarning) as seen:
+        cfg = from_dict(ExperimentConfig, old)
+    assert sorted(str(w.message).split("'")[1] for w in seen) == [
+        "model.img_size", "model.meta_dim", "model.use_metadata", "output_dir", "trainer.epochs"]
+    assert (cfg.trainer.max_epochs, cfg.log_dir, cfg.data.img_size) == (3, "old_runs", 64)
+    assert cfg.data.use_metadata is True  # the data side's switch wins over the old model-side one
+    with pytest.warns(DeprecationWarning, match="use 'data.use_metadata' instead"):
+        moved = from_dict(ExperimentConfig, {"model": {"use_metadata": False}})
+    assert moved.data.use_metadata is False  # given alone, the old key still switches metadata off
+    assert old["model"]["img_size"] == 224 and old["trainer"] == {"epochs": 3}  # the caller's dict is untouched
 
 
 def test_cli_reports_bad_input_with_exit_code_2(tmp_path, capsys):
     bad = tmp_path / "labels.csv"
     bad.write_text("image,label\nmissing.png,3\n")
-    assert train_main(["--csv", str(bad), "--output_dir", str(tmp_path)]) == 2
+    assert train_main(["--csv", str(bad), "--log_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "labels.csv" in err
 
@@ -121,12 +168,12 @@ def test_ddp_two_cpu_processes(dataset, tmp_path):
     """``strategy=ddp`` on 2 CPU processes: both ranks train (half the steps each) and the checkpoint loads."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     common = ["--config", str(REPO_ROOT / "cfgs" / "debug" / "cpu_tiny.yaml"), "--csv", str(dataset),
-              "--img_size", "32", "--batch_size", "4", "--epochs", "1", "--accelerator", "cpu", "--no_test",
-              "trainer.limit_train_batches=1.0", "trainer.limit_val_batches=1.0", "model.img_size=32"]
+              "--img_size", "32", "--batch_size", "4", "--max_epochs", "1", "--accelerator", "cpu", "--no_test",
+              "trainer.limit_train_batches=1.0", "trainer.limit_val_batches=1.0"]
     runs = {}
     for name, extra in {"single": ["--devices", "1"], "ddp": ["--devices", "2", "--strategy", "ddp"]}.items():
         proc = subprocess.run(
-            [sys.executable, "-m", "scripts.train", *common, *extra, "--output_dir", str(tmp_path / name)],
+            [sys.executable, "-m", "scripts.train", *common, *extra, "--log_dir", str(tmp_path / name)],
             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]

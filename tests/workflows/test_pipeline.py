@@ -17,9 +17,8 @@ def tiny_pipeline(tmp_path, stages, **extra):
     csv = write_synthetic_dataset(tmp_path / "data", n=48, size=40)
     supervised = read_yaml(REPO_ROOT / "cfgs" / "debug" / "cpu_tiny.yaml")
     supervised["data"].update({"csv": str(csv), "img_size": 32, "batch_size": 4})
-    supervised["model"]["img_size"] = 32
-    supervised["trainer"]["epochs"] = 1
-    supervised["output_dir"] = str(tmp_path / "runs")
+    supervised["trainer"]["max_epochs"] = 1
+    supervised["log_dir"] = str(tmp_path / "runs")
     return from_dict(PipelineConfig, {
         "name": "tiny", "version": "9", "bundle_dir": str(tmp_path / "bundle"), "work_dir": str(tmp_path / "work"),
         "stages": stages, "supervised": supervised, "n_boot": 20, "card_markdown": str(tmp_path / "card.md"),

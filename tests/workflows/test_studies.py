@@ -32,8 +32,7 @@ def data(tmp_path_factory):
 def tiny_base(csv, splits_csv) -> dict:
     base = read_yaml(REPO_ROOT / "cfgs" / "debug" / "cpu_tiny.yaml")
     base["data"].update({"csv": str(csv), "split_csv": str(splits_csv), "img_size": 32, "batch_size": 4})
-    base["model"]["img_size"] = 32
-    base["trainer"].update({"epochs": 1, "limit_train_batches": 2, "limit_val_batches": 2})
+    base["trainer"].update({"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 2})
     return base
 
 
@@ -51,7 +50,7 @@ def test_train_once_trains_each_recipe_once(data, tmp_path, monkeypatch):
     again = study_runs.train_once(study_runs.recipe(base), tmp_path, "b")
     assert again.best_ckpt == first.best_ckpt
     # Where a run goes is not part of the recipe; what it learns is.
-    moved = study_runs.recipe(base, ["output_dir=elsewhere", "experiment_name=x"])
+    moved = study_runs.recipe(base, ["log_dir=elsewhere", "experiment_name=x"])
     assert study_runs.recipe_key(moved) == study_runs.recipe_key(study_runs.recipe(base))
     assert study_runs.recipe_key(study_runs.recipe(base, ["optim.lr=0.5"])) != study_runs.recipe_key(moved)
     with pytest.raises(AssertionError, match="must not be trained again"):
@@ -61,8 +60,7 @@ def test_train_once_trains_each_recipe_once(data, tmp_path, monkeypatch):
 def test_ablation_table_scores_variants_on_validation_and_resumes(data, tmp_path, monkeypatch):
     csv, splits_csv = data
     cfg = AblationConfig(base=tiny_base(csv, splits_csv), output_dir=str(tmp_path),
-                         variants={"baseline": [], "no_metadata": ["data.use_metadata=false",
-                                                                   "model.use_metadata=false"]},
+                         variants={"baseline": [], "no_metadata": ["data.use_metadata=false"]},
                          descriptions={"no_metadata": "image only"}, tta=["baseline"], n_boot=20)
     import backend.workflows.ablation as ablation
 
