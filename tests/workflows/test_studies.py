@@ -9,7 +9,7 @@ from backend.config import read_yaml
 from backend.data.formats import load_table
 from backend.data.splits import assign_splits, write_splits
 from backend.errors import ConfigError
-from backend.training import study_runs
+from backend.workflows import study_runs
 from backend.workflows.ablation import AblationConfig, ablation_markdown, run_ablation
 from backend.workflows.lodo import LodoConfig, leave_out, lodo_markdown, run_lodo
 from scripts.ablate import main as ablate_main
