@@ -36,8 +36,6 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from backend.errors import ConfigError, ImageLoadError
 
-#: File name endings treated as images when scanning folders (content decides the decoder, not the name).
-SUPPORTED_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 #: Largest accepted image, in pixels (64 MP: ~192 MB decoded RGB). Checked from the header only.
 MAX_PIXELS: int = 64_000_000
 

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from backend.data import images
-from backend.data.images import SUPPORTED_EXTENSIONS, decode_image_bytes, load_image, read_image_size
+from backend.data.images import decode_image_bytes, load_image, read_image_size
+from backend.data.schema import IMAGE_EXTENSIONS
 from backend.errors import ConfigError, DermaLensError, ImageLoadError
 from tests.conftest import make_lesion_image, png_bytes
 
@@ -140,7 +141,7 @@ def test_rgb_round_trip_in_every_lossless_format(tmp_path, rng):
         out = load_image(path)
         _check_rgb(out, (40, 40))
         np.testing.assert_array_equal(out, arr)
-    assert {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"} == set(SUPPORTED_EXTENSIONS)
+    assert {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"} == set(IMAGE_EXTENSIONS)
 
 
 def test_png_named_jpg_loads_by_content(tmp_path, rng):
