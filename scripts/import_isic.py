@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    from backend.data.isic_archive import describe, import_isic_archive
+    from backend.data.formats.isic_import import describe, import_isic_archive
     from backend.errors import DermaLensError
 
     try:

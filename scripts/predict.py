@@ -74,8 +74,8 @@ def collect_jobs(input_path: str | Path, img_dir: str | Path | None = None, use_
         DataFormatError: A CSV without an ``image`` column, or otherwise malformed.
         ConfigError: ``input_path`` is neither a folder nor a file.
     """
-    from backend.data.formats import LINE, read_csv_rows
-    from backend.data.images import SUPPORTED_EXTENSIONS
+    from backend.data.csv_rows import LINE, read_csv_rows
+    from backend.data.schema import IMAGE_EXTENSIONS as SUPPORTED_EXTENSIONS
     from backend.errors import ConfigError
 
     path = Path(input_path)

@@ -36,8 +36,6 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from backend.errors import ConfigError, ImageLoadError
 
-#: File name endings treated as images when scanning folders (content decides the decoder, not the name).
-SUPPORTED_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 #: Largest accepted image, in pixels (64 MP: ~192 MB decoded RGB). Checked from the header only.
 MAX_PIXELS: int = 64_000_000
 
@@ -65,8 +63,6 @@ _SIGNATURES: dict[bytes, str] = {
     b"BM": "BMP",
 }
 _HIGH_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
-# EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
-_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 PathArg = str | os.PathLike[str]
 
@@ -112,26 +108,6 @@ def decode_image_bytes(data: bytes, name: str, target_size: int | None = None) -
     if len(data) == 0:
         raise ImageLoadError(name, "file is empty (0 bytes)")
     return _decode(io.BytesIO(data), name, target_size)
-
-
-def read_image_size(path: PathArg) -> tuple[int, int]:
-    """Read an image's upright size from its header, without decoding pixels.
-
-    The size is the one :func:`load_image` returns at full size, i.e. after EXIF orientation (a
-    portrait photo stored landscape with Orientation=6 reports its portrait size).
-
-    Args:
-        path: Image file.
-
-    Returns:
-        ``(width, height)`` in pixels.
-
-    Raises:
-        ImageLoadError: As :func:`load_image` would for this file's header (including too large).
-    """
-    with _open_file(path) as fh, _open_image(fh, path) as im:
-        width, height = im.size
-        return (height, width) if _orientation(im) in _SWAPPING_ORIENTATIONS else (width, height)
 
 
 def _check_target_size(target_size: int | None) -> None:

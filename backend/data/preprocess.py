@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from backend.data.hair import check_hair_params, remove_hair
-from backend.data.images import SUPPORTED_EXTENSIONS, load_image
+from backend.data.images import load_image
+from backend.data.schema import IMAGE_EXTENSIONS
 from backend.errors import ConfigError, DataFormatError, ImageLoadError
 
 SETTINGS_FILE = "preprocess_settings.json"
@@ -130,7 +131,7 @@ def find_images(input_path: str | os.PathLike[str], img_dir: str | os.PathLike[s
     """List the images to process as ``(source file, path relative to the cache root)`` pairs.
 
     Args:
-        input_path: A folder (scanned recursively for :data:`SUPPORTED_EXTENSIONS`, any case) or a
+        input_path: A folder (scanned recursively for :data:`IMAGE_EXTENSIONS`, any case) or a
             CSV with an ``image`` column. CSV paths may be absolute or relative (to ``img_dir``, else
             to the CSV's folder), and a bare stem such as ``ISIC_0000000`` tries each supported
             extension. Rows naming a missing file are kept, so the run reports them.
@@ -151,7 +152,7 @@ def find_images(input_path: str | os.PathLike[str], img_dir: str | os.PathLike[s
             skip = None  # the excluded folder is elsewhere: no need to resolve every file
         found = []
         for path in source.rglob("*"):
-            if path.suffix.lower() not in SUPPORTED_EXTENSIONS or path.name.startswith(".") or not path.is_file():
+            if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith(".") or not path.is_file():
                 continue
             if skip is not None and path.resolve().is_relative_to(skip):
                 continue
@@ -190,9 +191,9 @@ def _images_from_csv(csv_path: Path, base: Path) -> list[tuple[Path, Path]]:
 
 def _with_extension(path: Path) -> Path:
     """``path`` itself, or for a bare stem the first existing ``stem + ext`` over the supported extensions."""
-    if path.suffix.lower() in SUPPORTED_EXTENSIONS or path.exists():
+    if path.suffix.lower() in IMAGE_EXTENSIONS or path.exists():
         return path
-    for ext in SUPPORTED_EXTENSIONS:
+    for ext in IMAGE_EXTENSIONS:
         for candidate in (path.with_name(path.name + ext), path.with_name(path.name + ext.upper())):
             if candidate.is_file():
                 return candidate

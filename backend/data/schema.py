@@ -36,6 +36,14 @@ DIAGNOSES: tuple[str, ...] = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SC
 ALL_DIAGNOSES: tuple[str, ...] = (*DIAGNOSES, "UNK")
 #: Diagnoses whose label must be 1 (malignant).
 MALIGNANT_DIAGNOSES: frozenset[str] = frozenset({"MEL", "BCC", "SCC"})
+#: Indices into :data:`DIAGNOSES` (head columns) of the malignant diagnoses: MEL, BCC, SCC.
+MALIGNANT_INDICES: tuple[int, ...] = tuple(i for i, d in enumerate(DIAGNOSES) if d in MALIGNANT_DIAGNOSES)
+#: Index into :data:`DIAGNOSES` of melanoma, the only diagnosis with a Breslow thickness.
+MELANOMA_INDEX: int = DIAGNOSES.index("MEL")
+
+#: Image file suffixes (lowercase, with the dot) read as images: when scanning folders, resolving
+#: names given without an extension, and reducing a path to its image id. Content decides the decoder.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 #: Normalised anatomical sites (ISIC ``anatom_site_general`` vocabulary; ``torso`` = trunk, no finer).
 ANATOM_SITES: tuple[str, ...] = (
@@ -60,6 +68,8 @@ THICKNESS_BANDS: tuple[tuple[str, float, float], ...] = (
     ("2-4 mm", 2.0, 4.0),
     (">4 mm", 4.0, float("inf")),
 )
+#: Breslow thickness (mm) separating "thin" from "thick" melanomas (the Derm7pt band boundary).
+THICKNESS_SPLIT_MM: float = 0.76
 
 TABLE_COLUMNS: tuple[str, ...] = (
     "image",

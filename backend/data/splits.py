@@ -21,7 +21,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from backend.data.config import SplitConfig
-from backend.data.formats import LINE, raise_for_rows, read_csv_rows
+from backend.data.csv_rows import LINE, raise_for_rows, read_csv_rows
 from backend.data.schema import ALL_DIAGNOSES
 from backend.errors import DataFormatError
 

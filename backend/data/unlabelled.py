@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from backend.data.images import SUPPORTED_EXTENSIONS, load_image
+from backend.data.images import load_image
 from backend.data.preprocess import find_images
+from backend.data.schema import IMAGE_EXTENSIONS
 from backend.data.transforms import build_byol_transforms, preprocessing_dict, shades_of_gray
 from backend.errors import ConfigError, DataFormatError, ImageLoadError
 
@@ -79,17 +80,12 @@ def scan_image_dirs(
         excluded = f" after excluding {len(found)} listed in data.exclude_list" if found else ""
         raise ConfigError(
             f"no images found under {', '.join(str(d) for d in dirs)}{excluded} "
-            f"(looked recursively for {', '.join(_extensions())})"
+            f"(looked recursively for {', '.join(IMAGE_EXTENSIONS)})"
         )
     if 0 < max_images < len(paths):
         keep = np.sort(np.random.default_rng(seed).choice(len(paths), size=max_images, replace=False))
         paths = [paths[i] for i in keep]
     return paths
-
-
-def _extensions() -> tuple[str, ...]:
-
-    return SUPPORTED_EXTENSIONS
 
 
 class UnlabelledImageDataset(Dataset):

@@ -1,7 +1,8 @@
 """Model-card figures: test-split metrics with 95% bootstrap intervals, overall and by subgroup.
 
-The point estimates use the same definitions as :func:`backend.metrics.scores.compute_metrics`
-(the two are checked against each other in the tests). Intervals come from
+Every figure is computed by the one function that defines it in :mod:`backend.metrics.classification`,
+:mod:`backend.metrics.thickness` and :mod:`backend.metrics.calibration`, the same functions behind
+:func:`backend.metrics.scores.compute_metrics`. Intervals come from
 :func:`backend.metrics.bootstrap.bootstrap_ci`, resampling whole patients (or lesions) where a
 grouping key is known, because images of one patient are not independent.
 """
@@ -9,107 +10,32 @@ grouping key is known, because images of one patient are not independent.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES, THICKNESS_BANDS
+from backend.data.schema import DIAGNOSES, MELANOMA_INDEX, THICKNESS_SPLIT_MM
 from backend.metrics.bootstrap import bootstrap_ci
 from backend.metrics.calibration import expected_calibration_error
-from backend.metrics.scores import THICKNESS_SPLIT_MM, sensitivity_at_specificity
+from backend.metrics.classification import (
+    TARGET_SPECIFICITY,
+    balanced_accuracy,
+    binary_auroc,
+    class_auroc,
+    class_f1,
+    macro_auroc,
+    malignant_probability,
+    sensitivity_at_specificity,
+)
+from backend.metrics.thickness import thick_vs_thin, thickness_band_accuracy
 
-MALIGNANT_COLUMNS = [i for i, d in enumerate(DIAGNOSES) if d in MALIGNANT_DIAGNOSES]
-MELANOMA = DIAGNOSES.index("MEL")
 #: Age bands (years, upper bound exclusive) for subgroup metrics.
 AGE_BANDS: tuple[tuple[str, float, float], ...] = (
     ("<30", 0, 30), ("30-49", 30, 50), ("50-69", 50, 70), (">=70", 70, 200),
 )
-
-
-def _balanced_accuracy(y: np.ndarray, probs: np.ndarray) -> float:
-    from sklearn.metrics import balanced_accuracy_score
-
-    known = y >= 0
-    if not known.any():
-        return math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(balanced_accuracy_score(y[known], probs[known].argmax(axis=1)))
-
-
-def _macro_auroc(y: np.ndarray, probs: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    known = y >= 0
-    values = []
-    for k in range(probs.shape[1]):
-        truth = (y[known] == k).astype(int)
-        if 0 < truth.sum() < truth.size:
-            values.append(roc_auc_score(truth, probs[known, k]))
-    return float(np.mean(values)) if values else math.nan
-
-
-def _binary(y: np.ndarray, score: np.ndarray, fn: Callable[[np.ndarray, np.ndarray], float]) -> float:
-    known = np.isin(y, (0.0, 1.0))
-    y, score = y[known].astype(int), score[known]
-    if y.size == 0 or y.min() == y.max():
-        return math.nan
-    return float(fn(y, score))
-
-
-def _auroc(y: np.ndarray, score: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return _binary(y, score, roc_auc_score)
-
-
-def _f1(k: int) -> Callable[[np.ndarray, np.ndarray], float]:
-    def metric(y: np.ndarray, probs: np.ndarray) -> float:
-        known = y >= 0
-        if not (y[known] == k).any():
-            return math.nan
-        pred = probs[known].argmax(axis=1) == k
-        truth = y[known] == k
-        tp = float((pred & truth).sum())
-        denom = float(pred.sum() + truth.sum())
-        return 2 * tp / denom if denom else math.nan
-
-    return metric
-
-
-def _ece(y: np.ndarray, probs: np.ndarray) -> float:
-    known = y >= 0
-    return float(expected_calibration_error(probs[known], y[known])) if known.any() else math.nan
-
-
-def _thick_vs_thin(pred: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    labelled = ~np.isnan(lo) & ~np.isnan(pred)
-    hi = np.where(np.isnan(hi) & labelled, np.inf, hi)
-    thick = labelled & (lo >= THICKNESS_SPLIT_MM)
-    thin = labelled & (hi <= THICKNESS_SPLIT_MM) & ~thick
-    decided = thick | thin
-    return thick[decided].astype(float), pred[decided]
-
-
-def _band_accuracy(pred: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
-    labelled = ~np.isnan(lo) & ~np.isnan(pred)
-    if not labelled.any():
-        return math.nan
-    hi = np.where(np.isnan(hi), np.inf, hi)
-    # An exact label counts as inside when the prediction falls in the same reporting band.
-
-    def band(v: np.ndarray) -> np.ndarray:
-        return np.array([next(i for i, (_, a, b) in enumerate(THICKNESS_BANDS) if a <= x < b) for x in v])
-
-    inside = np.where(
-        lo[labelled] == hi[labelled],
-        band(np.maximum(pred[labelled], 0)) == band(lo[labelled]),
-        (pred[labelled] >= lo[labelled]) & (pred[labelled] <= hi[labelled]),
-    )
-    return float(inside.mean())
 
 
 def card_metrics(
@@ -137,24 +63,23 @@ def card_metrics(
     y = np.where(np.isnan(y), -1, y).astype(int)
     p = np.asarray(probs, dtype=float)
     ym = np.asarray(y_malignant, dtype=float)
-    mal = p[:, MALIGNANT_COLUMNS].sum(axis=1)
+    mal = malignant_probability(p)
     pred_mm = np.asarray(thickness_mm, dtype=float)
     lo, hi = np.asarray(thickness_lo, dtype=float), np.asarray(thickness_hi, dtype=float)
 
     n_diag = int((y >= 0).sum())
     n_mal = int(np.isin(ym, (0.0, 1.0)).sum())
-    truth, score = _thick_vs_thin(pred_mm, lo, hi)
-    y_mel = np.where(y >= 0, (y == MELANOMA).astype(float), np.nan)
+    truth, score = thick_vs_thin(pred_mm, lo, hi)
     plan: dict[str, tuple[Callable[..., float], tuple[Any, ...], int]] = {
-        "balanced_accuracy": (_balanced_accuracy, (y, p), n_diag),
-        "auroc_macro": (_macro_auroc, (y, p), n_diag),
-        "auroc_malignant": (_auroc, (ym, mal), n_mal),
-        "auroc_melanoma": (_auroc, (y_mel, p[:, MELANOMA]), n_diag),
-        "sensitivity_at_80_specificity": (lambda a, b: _binary(a, b, sensitivity_at_specificity), (ym, mal), n_mal),
-        "ece": (_ece, (y, p), n_diag),
-        **{f"f1/{name}": (_f1(k), (y, p), int((y == k).sum())) for k, name in enumerate(DIAGNOSES)},
-        "thickness_band_accuracy": (_band_accuracy, (pred_mm, lo, hi), int((~np.isnan(lo)).sum())),
-        f"thickness_auroc_{THICKNESS_SPLIT_MM:g}mm": (_auroc, (truth, score), int(truth.size)),
+        "balanced_accuracy": (balanced_accuracy, (y, p), n_diag),
+        "auroc_macro": (macro_auroc, (y, p), n_diag),
+        "auroc_malignant": (binary_auroc, (ym, mal), n_mal),
+        "auroc_melanoma": (partial(class_auroc, k=MELANOMA_INDEX), (y, p), n_diag),
+        f"sensitivity_at_{round(TARGET_SPECIFICITY * 100)}_specificity": (sensitivity_at_specificity, (ym, mal), n_mal),
+        "ece": (expected_calibration_error, (p, y), n_diag),
+        **{f"f1/{name}": (partial(class_f1, k=k), (y, p), int((y == k).sum())) for k, name in enumerate(DIAGNOSES)},
+        "thickness_band_accuracy": (thickness_band_accuracy, (pred_mm, lo, hi), int((~np.isnan(lo)).sum())),
+        f"thickness_auroc_{THICKNESS_SPLIT_MM:g}mm": (binary_auroc, (truth, score), int(truth.size)),
     }
     out = {}
     for name, (fn, arrays, n) in plan.items():
@@ -185,7 +110,7 @@ def subgroup_metrics(
     y = np.asarray(y_diag, dtype=int)
     p = np.asarray(probs, dtype=float)
     ym = np.asarray(y_malignant, dtype=float)
-    mal = p[:, MALIGNANT_COLUMNS].sum(axis=1)
+    mal = malignant_probability(p)
     ages = table["age_approx"].to_numpy(dtype=float, na_value=np.nan)
     age_band = np.full(len(table), "unknown", dtype=object)
     for name, a, b in AGE_BANDS:
@@ -204,8 +129,8 @@ def subgroup_metrics(
             row = {"attribute": attribute, "group": group, "n": n, "n_malignant": int((ym[mask] == 1).sum()),
                    "balanced_accuracy": math.nan, "auroc_malignant": math.nan}
             if n >= min_rows:
-                row["balanced_accuracy"] = _balanced_accuracy(y[mask], p[mask])
-                row["auroc_malignant"] = _auroc(ym[mask], mal[mask])
+                row["balanced_accuracy"] = balanced_accuracy(y[mask], p[mask])
+                row["auroc_malignant"] = binary_auroc(ym[mask], mal[mask])
             rows.append(row)
     return pd.DataFrame(rows)
 

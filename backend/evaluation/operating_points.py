@@ -26,6 +26,7 @@ import numpy as np
 
 from backend.errors import ConfigError
 from backend.inference.risk import TRAFFIC_LIGHTS, RiskConfig, traffic_light
+from backend.metrics.classification import sensitivity_specificity
 
 #: Default targets: "not green" catches >= 95% of malignant lesions; "red" holds >= 90% specificity.
 MIN_SENSITIVITY = 0.95
@@ -45,12 +46,6 @@ def _checked(risk: Any, malignant: Any) -> tuple[np.ndarray, np.ndarray]:
             f"malignant and {int((~malignant).sum())} benign"
         )
     return risk, malignant
-
-
-def _rates(risk: np.ndarray, malignant: np.ndarray, threshold: float) -> tuple[float, float]:
-    """Sensitivity and specificity of "risk >= threshold" as the positive call."""
-    positive = risk >= threshold
-    return float(positive[malignant].mean()), float((~positive[~malignant]).mean())
 
 
 def choose_operating_points(
@@ -91,8 +86,8 @@ def choose_operating_points(
     cfg = RiskConfig(weights=dict(base.weights), green_below=min(max(green_below, 0.0), 1.0),
                      yellow_below=min(max(yellow_below, 0.0), 1.0), chosen_on=source)
     cfg.validate()
-    sens_ng, spec_ng = _rates(risk, malignant, cfg.green_below)
-    sens_red, spec_red = _rates(risk, malignant, cfg.yellow_below)
+    sens_ng, spec_ng = sensitivity_specificity(malignant, risk, cfg.green_below)
+    sens_red, spec_red = sensitivity_specificity(malignant, risk, cfg.yellow_below)
     record = {
         "chosen_on": source,
         "n_malignant": int(malignant.sum()),
@@ -129,8 +124,8 @@ def light_summary(risk: Any, malignant: Any, cfg: RiskConfig) -> dict[str, Any]:
             "benign": int((sel & ~malignant).sum()),
             "share_malignant": float(malignant[sel].mean()) if n else None,
         }
-    sens_ng, spec_ng = _rates(risk, malignant, cfg.green_below)
-    sens_red, spec_red = _rates(risk, malignant, cfg.yellow_below)
+    sens_ng, spec_ng = sensitivity_specificity(malignant, risk, cfg.green_below)
+    sens_red, spec_red = sensitivity_specificity(malignant, risk, cfg.yellow_below)
     return {
         "n": len(risk),
         "lights": per_light,

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sklearn.metrics import roc_curve
 
-from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES
-from backend.metrics.scores import THICKNESS_SPLIT_MM
+from backend.data.schema import DIAGNOSES, THICKNESS_SPLIT_MM
+from backend.metrics.classification import binary_auroc, malignant_probability
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -100,8 +101,6 @@ def roc_curves_figure(
         y_true_malignant: 1/0 per row (NaN or -1 unknown); None omits the malignant panel.
         malignant_prob: Malignant score per row; None sums the malignant diagnoses' probabilities.
     """
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     probs = np.asarray(probs, dtype=float)
     y = np.asarray(y_true_diag, dtype=float).reshape(-1)
     known = ~np.isnan(y) & (y >= 0)
@@ -114,21 +113,20 @@ def roc_curves_figure(
         if positive.all() or not positive.any():
             continue  # ROC undefined without positives and negatives
         fpr, tpr, _ = roc_curve(positive, p_known[:, k])
-        ax.plot(fpr, tpr, lw=1.4, label=f"{name} (AUC {roc_auc_score(positive, p_known[:, k]):.3f})")
+        ax.plot(fpr, tpr, lw=1.4, label=f"{name} (AUC {binary_auroc(positive, p_known[:, k]):.3f})")
     _finish_roc_axes(ax, "Diagnosis (one vs rest)")
 
     if y_true_malignant is not None:
         y_mal = np.asarray(y_true_malignant, dtype=float).reshape(-1)
         if malignant_prob is None:
-            cols = [k for k, name in enumerate(class_names) if name in MALIGNANT_DIAGNOSES]
-            score = probs[:, cols].sum(axis=1)
+            score = malignant_probability(probs, class_names)
         else:
             score = np.asarray(malignant_prob, dtype=float).reshape(-1)
         ok = np.isin(y_mal, (0.0, 1.0))
         ax2 = fig.add_subplot(1, panels, 2)
         if ok.any() and 0 < y_mal[ok].sum() < ok.sum():
             fpr, tpr, _ = roc_curve(y_mal[ok], score[ok])
-            auc = roc_auc_score(y_mal[ok], score[ok])
+            auc = binary_auroc(y_mal[ok], score[ok])
             ax2.plot(fpr, tpr, lw=1.8, color="crimson", label=f"malignant (AUC {auc:.3f})")
         _finish_roc_axes(ax2, "Benign vs malignant")
     return fig

@@ -16,15 +16,14 @@ from torch import nn
 
 from backend.data.config import DataConfig
 from backend.data.metadata import MetadataEncoder
-from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES
+from backend.data.schema import DIAGNOSES, MALIGNANT_INDICES
 from backend.errors import ConfigError
 from backend.models.config import ModelConfig
 from backend.models.heads import FusionNeck, MetadataBranch, MultiTaskHeads
 from backend.models.registry import Backbone, accepts_kwarg, create_backbone
 
-#: Columns of the diagnosis logits whose probabilities sum to P(malignant) (MEL, BCC, SCC).
-MALIGNANT_INDICES: tuple[int, ...] = tuple(i for i, d in enumerate(DIAGNOSES) if d in MALIGNANT_DIAGNOSES)
-BENIGN_INDICES: tuple[int, ...] = tuple(i for i, d in enumerate(DIAGNOSES) if d not in MALIGNANT_DIAGNOSES)
+#: Columns of the diagnosis logits whose probabilities sum to P(benign) (all but MEL, BCC, SCC).
+BENIGN_INDICES: tuple[int, ...] = tuple(i for i in range(len(DIAGNOSES)) if i not in MALIGNANT_INDICES)
 
 
 def class_probs(logits: torch.Tensor) -> torch.Tensor:

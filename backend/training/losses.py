@@ -15,10 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES
+from backend.data.schema import MALIGNANT_INDICES
 
-#: Head indices of the malignant diagnoses (MEL, BCC, SCC).
-MALIGNANT_INDICES: tuple[int, ...] = tuple(i for i, d in enumerate(DIAGNOSES) if d in MALIGNANT_DIAGNOSES)
 THICKNESS_LOSS_KINDS = ("smooth_l1", "l2")
 
 

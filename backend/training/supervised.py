@@ -16,20 +16,17 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MeanAbsoluteError, MetricCollection
-from torchmetrics.classification import BinaryAUROC
+from torchmetrics import MetricCollection
 
 from backend.config import from_dict
-from backend.data.schema import DIAGNOSES
+from backend.data.schema import DIAGNOSES, MELANOMA_INDEX
+from backend.metrics.collection import build_auxiliary_metrics, build_classification_metrics
 from backend.metrics.plots import confusion_matrix_image
-from backend.metrics.scores import build_classification_metrics
 from backend.models.heads import ThicknessScaler
 from backend.models.lesion_net import malignant_log_prob
 from backend.training.config import ExperimentConfig
 from backend.training.losses import DiagnosisLoss, interval_thickness_loss, malignancy_loss
 from backend.training.schedules import warmup_cosine
-
-MEL_INDEX = DIAGNOSES.index("MEL")
 
 
 class LesionModule(L.LightningModule):
@@ -70,14 +67,8 @@ class LesionModule(L.LightningModule):
         metrics = build_classification_metrics(len(DIAGNOSES))
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-        self.val_extra = self._extra_metrics("val/")
-        self.test_extra = self._extra_metrics("test/")
-
-    @staticmethod
-    def _extra_metrics(prefix: str) -> MetricCollection:
-        return MetricCollection(
-            {"auroc_malignant": BinaryAUROC(), "thickness_mae_mm": MeanAbsoluteError()}, prefix=prefix
-        )
+        self.val_extra = build_auxiliary_metrics("val/")
+        self.test_extra = build_auxiliary_metrics("test/")
 
     def forward(self, images: torch.Tensor, meta: torch.Tensor | None = None):
         """Run the network; returns its :class:`LesionOutput`."""
@@ -93,7 +84,7 @@ class LesionModule(L.LightningModule):
         loss_diag = self.diagnosis_loss(logits, diagnosis) if bool((diagnosis >= 0).any()) else logits.sum() * 0.0
         loss_mal = malignancy_loss(logits, batch["label"])
 
-        is_mel = diagnosis == MEL_INDEX
+        is_mel = diagnosis == MELANOMA_INDEX
         lo = torch.where(is_mel, batch["thickness_lo"], torch.full_like(batch["thickness_lo"], math.nan))
         hi = torch.where(is_mel, batch["thickness_hi"], torch.full_like(batch["thickness_hi"], math.nan))
         loss_thick = interval_thickness_loss(
@@ -131,7 +122,7 @@ class LesionModule(L.LightningModule):
         if bool(known.any()):
             metrics.update(logits[known].softmax(dim=1), diagnosis[known])
         extra["auroc_malignant"].update(malignant_log_prob(logits).exp(), batch["label"])
-        exact = (batch["thickness_lo"] == batch["thickness_hi"]) & (diagnosis == MEL_INDEX)
+        exact = (batch["thickness_lo"] == batch["thickness_hi"]) & (diagnosis == MELANOMA_INDEX)
         if bool(exact.any()):
             pred_mm = self.thickness_scaler.denormalise(step["thickness"][exact].float())
             extra["thickness_mae_mm"].update(pred_mm, batch["thickness_lo"][exact])

@@ -36,7 +36,12 @@ from backend.data.formats import load_table
 from backend.data.splits import assign_splits, read_splits, write_splits
 from backend.errors import ConfigError
 from backend.evaluation.acquisition import DESCRIPTIONS, VARIANTS
-from backend.evaluation.card_sections import operating_points_markdown, start_weights_markdown, variants_markdown
+from backend.evaluation.card_sections import (
+    HEADLINE_NAMES,
+    operating_points_markdown,
+    start_weights_markdown,
+    variants_markdown,
+)
 from backend.evaluation.model_card import metrics_markdown, subgroup_metrics
 from backend.evaluation.operating_points import light_summary
 from backend.evaluation.split_eval import predict_rows, score_rows
@@ -209,7 +214,7 @@ def stage_export(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
 
 
 #: Card figures compared across variants and against the baseline.
-CARD_HEADLINE = ("auroc_malignant", "auroc_melanoma", "balanced_accuracy")
+CARD_HEADLINE = tuple(HEADLINE_NAMES)
 
 
 def stage_card(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:

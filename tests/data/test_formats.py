@@ -1,4 +1,4 @@
-"""Generic CSV format, the shared validation step and the format registry."""
+"""Generic CSV format, reading CSVs with line numbers and the shared validation step."""
 
 from __future__ import annotations
 
@@ -11,15 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from backend.data import formats
-from backend.data.formats import (
-    MissingImagesWarning,
-    detect_format,
-    list_formats,
-    load_table,
-    read_csv_rows,
-    register_format,
-)
+from backend.data.csv_rows import read_csv_rows
+from backend.data.formats import MissingImagesWarning, load_table
 from backend.data.schema import ANATOM_SITES, TABLE_COLUMNS
 from backend.errors import DataFormatError
 from tests.conftest import make_lesion_image
@@ -251,70 +244,6 @@ def test_read_csv_rows_lines_skip_blank_lines(tmp_path):
     path.write_text("a,a\n1,2\n")
     with pytest.raises(DataFormatError, match="column 'a' appears twice"):
         read_csv_rows(path)
-
-
-# ------------------------------------------------------------------------------------------ registry
-
-
-def test_builtin_formats_are_registered_and_detected(tmp_path):
-    assert {"generic", "isic2019", "ham10000"} <= set(list_formats())
-    generic = make_csv(tmp_path, "image,diagnosis\na1.png,NV\n")
-    isic = tmp_path / "gt.csv"
-    isic.write_text("image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK\na1,0,1,0,0,0,0,0,0,0\n")
-    ham = tmp_path / "ham.csv"
-    ham.write_text("lesion_id,image_id,dx,dx_type,age,sex,localization\nL,a1,nv,histo,5.0,male,back\n")
-    assert [detect_format(p) for p in (generic, isic, ham)] == ["generic", "isic2019", "ham10000"]
-
-
-def test_undetectable_file_lists_registered_formats(tmp_path):
-    path = tmp_path / "meta.csv"
-    path.write_text("image,age_approx\na1,30\n")
-    with pytest.raises(DataFormatError) as info:
-        load_table(path)
-    msg = str(info.value)
-    assert "meta.csv" in msg and "cannot tell the label format" in msg and "columns found: image, age_approx" in msg
-    assert all(name in msg for name in ("generic", "isic2019", "ham10000"))
-
-
-def test_ambiguous_detection_is_an_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(formats, "_REGISTRY", dict(formats._REGISTRY))
-    register_format("everything", lambda path: True, formats.load_generic)
-    csv = make_csv(tmp_path, "image,label\na1.png,0\n")
-    with pytest.raises(DataFormatError, match="ambiguous label format: generic, everything"):
-        load_table(csv)
-    assert load_table(csv, format="everything").attrs["format"] == "everything"
-
-
-def test_unknown_format_name_lists_registered(tmp_path):
-    csv = make_csv(tmp_path, "image,label\na1.png,0\n")
-    with pytest.raises(DataFormatError, match="unknown label format 'isic2077'; registered formats: generic"):
-        load_table(csv, format="isic2077")
-
-
-def test_new_format_registers_and_uses_shared_validation(tmp_path, monkeypatch):
-    monkeypatch.setattr(formats, "_REGISTRY", dict(formats._REGISTRY))
-
-    def detect(path: Path) -> bool:
-        return path.is_dir() and (path / "metadata.csv").is_file()
-
-    def load(path: Path, img_dir: Path, metadata_csv: Path | None) -> pd.DataFrame:
-        rows = read_csv_rows(path / "metadata.csv", required=("isic_id", "benign_malignant"))
-        raw = pd.DataFrame({"_line": rows["_line"], "image": rows["isic_id"],
-                            "label": rows["benign_malignant"].map({"benign": "0", "malignant": "1"}),
-                            "dataset": "archive"})
-        raw.attrs["sources"] = {"label": (path / "metadata.csv", "benign_malignant", "_line")}
-        return raw
-
-    register_format("folder", detect, load, description="a folder with metadata.csv")
-    with pytest.raises(ValueError, match="already registered"):
-        register_format("folder", detect, load)
-    (tmp_path / "metadata.csv").write_text("isic_id,benign_malignant\na1,benign\na2,malignant\n")
-    write_images(tmp_path / "images", ["a1.jpg", "a2.jpg"])
-    table = load_table(tmp_path)
-    assert table.attrs["format"] == "folder" and table["label"].tolist() == [0, 1]
-    (tmp_path / "metadata.csv").write_text("isic_id,benign_malignant\na1,benign\na2,unsure\n")
-    with pytest.raises(DataFormatError, match="metadata.csv, line 3, field 'benign_malignant'"):
-        load_table(tmp_path)
 
 
 def test_nonexistent_path(tmp_path):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from backend.data.formats import MissingImagesWarning, detect_format, load_table
-from backend.data.ham10000 import DX_CODES
+from backend.data.formats.ham10000 import DX_CODES
 from backend.errors import DataFormatError
 from tests.data.test_formats import write_images
 

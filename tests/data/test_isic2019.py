@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from backend.data.formats import MissingImagesWarning, detect_format, load_table
-from backend.data.isic2019 import METADATA_FILENAME
+from backend.data.formats.isic2019 import METADATA_FILENAME
 from backend.errors import DataFormatError
 from tests.data.test_formats import write_images
 

@@ -13,13 +13,8 @@ import pytest
 from PIL import Image
 
 from backend.data.formats import MissingImagesWarning, detect_format, list_formats, load_table
-from backend.data.isic_archive import (
-    DIAGNOSIS_MAP,
-    OTHER,
-    SkippedRowsWarning,
-    UnknownDiagnosisWarning,
-    load_isic_archive,
-)
+from backend.data.formats.isic_archive import SkippedRowsWarning, UnknownDiagnosisWarning, load_isic_archive
+from backend.data.formats.isic_terms import DIAGNOSIS_MAP, OTHER
 from backend.data.schema import ALL_DIAGNOSES, TABLE_COLUMNS
 from backend.errors import DataFormatError
 from scripts.import_isic import main as import_main

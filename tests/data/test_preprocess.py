@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from backend.data import preprocess
-from backend.data.images import load_image, read_image_size
+from backend.data.images import load_image
 from backend.data.preprocess import (
     REPORT_FILE,
     SETTINGS_FILE,
@@ -25,6 +25,12 @@ from backend.data.preprocess import (
 from backend.errors import ConfigError, DataFormatError
 from scripts.preprocess import main
 from tests.conftest import make_lesion_image
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file (the cache writes no EXIF orientation)."""
+    with Image.open(path) as im:
+        return im.size
 
 
 def read_report(out: Path) -> list[dict[str, str]]:
@@ -57,9 +63,9 @@ def test_folder_is_cached_resized_and_bad_files_reported(image_folder, tmp_path)
     out = tmp_path / "out"
     summary = run(image_folder, out)
     assert (summary.processed, summary.skipped, summary.failed) == (3, 0, 1)
-    assert read_image_size(out / "a.jpg") == (43, 32)  # shorter side 32, aspect kept
-    assert read_image_size(out / "sub" / "b.png") == (32, 43)
-    assert read_image_size(out / "c.bmp") == (32, 32)
+    assert image_size(out / "a.jpg") == (43, 32)  # shorter side 32, aspect kept
+    assert image_size(out / "sub" / "b.png") == (32, 43)
+    assert image_size(out / "c.bmp") == (32, 32)
     assert [Image.open(out / n).format for n in ("a.jpg", "sub/b.png", "c.bmp")] == ["JPEG", "PNG", "BMP"]
     original = load_image(image_folder / "sub" / "b.png")
     cached = load_image(out / "sub" / "b.png")
@@ -86,7 +92,7 @@ def test_rerun_skips_existing_files_without_rewriting(image_folder, tmp_path):
 def test_never_upscales(image_folder, tmp_path):
     out = tmp_path / "out"
     run(image_folder, out, settings=PreprocessSettings(size=100))
-    assert read_image_size(out / "a.jpg") == (64, 48)
+    assert image_size(out / "a.jpg") == (64, 48)
     np.testing.assert_array_equal(load_image(out / "c.bmp"), load_image(image_folder / "c.bmp"))
 
 
@@ -214,6 +220,6 @@ def test_real_images_load_and_preprocess(shared_data, tmp_path):
     summary = run(table, tmp_path / "out", img_dir=shared_data / "images", settings=PreprocessSettings(size=64))
     assert (summary.processed, summary.failed) == (3, 0)
     for row in rows:
-        width, height = read_image_size(tmp_path / "out" / row["image"])
+        width, height = image_size(tmp_path / "out" / row["image"])
         assert min(width, height) == 64
         assert width / height == pytest.approx(int(row["width"]) / int(row["height"]), rel=0.03)

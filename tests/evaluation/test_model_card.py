@@ -1,4 +1,4 @@
-"""Model-card metrics: bootstrap intervals, agreement with compute_metrics, subgroups, markdown."""
+"""Model-card metrics: against independent sklearn calls and compute_metrics, bootstrap intervals, subgroups."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score, roc_curve
 
+from backend.data.schema import DIAGNOSES, THICKNESS_BANDS
 from backend.evaluation.model_card import card_metrics, metrics_markdown, subgroup_metrics
 from backend.metrics.scores import compute_metrics
 
@@ -28,6 +30,45 @@ def split():
     lo[mel[1::2]], hi[mel[1::2]] = 0.76, 1.5  # band
     pred_mm = np.where(np.isnan(lo), 0.5, np.nan_to_num(lo) + rng.normal(0, 0.2, n)).clip(0)
     return y, probs, y_mal, pred_mm, lo, hi
+
+
+def test_card_figures_match_independent_sklearn_calls(split):
+    y, probs, y_mal, pred_mm, lo, hi = split
+    y = y.astype(float)
+    y[:12] = -1  # UNK rows: no diagnosis, malignancy still known
+    y_mal[12:20] = np.nan  # no benign/malignant label
+    card = card_metrics(y, probs, y_mal, pred_mm, lo, hi, n_boot=5)
+    known, pred = y >= 0, probs.argmax(1)
+    yk, pk = y[known].astype(int), pred[known]
+    mal_rows = ~np.isnan(y_mal)
+    malignant = probs[:, [0, 2, 7]].sum(1)
+    expected = {
+        "balanced_accuracy": balanced_accuracy_score(yk, pk),
+        "auroc_macro": roc_auc_score(yk, probs[known], multi_class="ovr", average="macro"),
+        "auroc_malignant": roc_auc_score(y_mal[mal_rows], malignant[mal_rows]),
+        "auroc_melanoma": roc_auc_score(yk == 0, probs[known, 0]),
+        **{f"f1/{name}": f1_score(yk == k, pk == k) for k, name in enumerate(DIAGNOSES)},
+    }
+    fpr, tpr, _ = roc_curve(y_mal[mal_rows], malignant[mal_rows])
+    expected["sensitivity_at_80_specificity"] = tpr[fpr <= 0.2 + 1e-12].max()
+    # Top-label ECE, 15 equal-width bins, written out independently.
+    conf, correct = probs[known].max(1), (pk == yk).astype(float)
+    bins = np.minimum((conf * 15).astype(int), 14)
+    expected["ece"] = sum(abs(correct[bins == b].mean() - conf[bins == b].mean()) * (bins == b).mean()
+                          for b in range(15) if (bins == b).any())
+    # Thin (hi <= 0.76) vs thick (lo >= 0.76): exact labels decide, the [0.76, 1.5] bands are thick.
+    decided = ~np.isnan(lo)
+    expected["thickness_auroc_0.76mm"] = roc_auc_score(lo[decided] >= 0.76, pred_mm[decided])
+    # Band accuracy: a band label needs the prediction inside it, an exact label the same reporting band.
+    band = [next(i for i, (_, a, b) in enumerate(THICKNESS_BANDS) if a <= max(x, 0) < b) for x in pred_mm]
+    label_band = [next((i for i, (_, a, b) in enumerate(THICKNESS_BANDS) if a <= x < b), -1) for x in lo]
+    hits = [band[i] == label_band[i] if lo[i] == hi[i] else lo[i] <= pred_mm[i] <= hi[i]
+            for i in np.flatnonzero(decided)]
+    expected["thickness_band_accuracy"] = np.mean(hits)
+    for name, value in expected.items():
+        assert card[name]["value"] == pytest.approx(value, abs=1e-12), name
+    assert card["balanced_accuracy"]["n"] == known.sum() and card["auroc_malignant"]["n"] == mal_rows.sum()
+    assert card["f1/MEL"]["n"] == (y == 0).sum()
 
 
 def test_points_agree_with_compute_metrics_and_intervals_cover_them(split):
@@ -56,17 +97,6 @@ def test_grouped_bootstrap_widens_intervals_for_correlated_rows(split):
     grouped = card_metrics(*rep, groups=patients, n_boot=150, only=("auroc_malignant",))["auroc_malignant"]
     assert set(card_metrics(*rep, n_boot=5, only=("ece",))) == {"ece"}
     assert (grouped["hi"] - grouped["lo"]) > 1.5 * (rows["hi"] - rows["lo"])
-
-
-def test_band_accuracy_counts_exact_labels_by_reporting_band():
-    from backend.evaluation.model_card import _band_accuracy
-
-    pred = np.array([0.5, 1.5, 0.9, 3.0])
-    lo = np.array([0.6, 1.9, 0.76, np.nan])
-    hi = np.array([0.6, 1.9, 1.5, np.nan])
-    # 0.5 and 0.6 share "<0.8 mm"; 1.5 and 1.9 share "1-2 mm"; 0.9 lies in the band [0.76, 1.5].
-    assert _band_accuracy(pred, lo, hi) == pytest.approx(1.0)
-    assert _band_accuracy(np.array([1.0, 0.5, 2.0]), lo[:3], hi[:3]) == pytest.approx(0.0)
 
 
 def test_subgroups_and_markdown(split):

@@ -1,14 +1,12 @@
-"""Metrics against sklearn on known inputs: the torchmetrics collection, compute_metrics, bootstrap CIs."""
+"""The evaluation report (compute_metrics) against sklearn, hand-computed values and the training collection."""
 
 from __future__ import annotations
 
 import math
-import pickle
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -20,101 +18,8 @@ from sklearn.metrics import (
 )
 
 from backend.data.schema import DIAGNOSES
-from backend.metrics.bootstrap import bootstrap_ci
-from backend.metrics.scores import (
-    build_classification_metrics,
-    compute_metrics,
-    metrics_to_frame,
-    sensitivity_at_specificity,
-    write_metrics_csv,
-)
-
-C = len(DIAGNOSES)
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def synthetic(rng: np.random.Generator, n: int = 240, classes: tuple[int, ...] = tuple(range(C))):
-    """Labels from ``classes`` and informative-but-noisy probabilities."""
-    y = rng.choice(classes, size=n)
-    logits = rng.normal(0, 1.0, (n, C))
-    logits[np.arange(n), y] += 1.5
-    return y, softmax(logits)
-
-
-def run_collection(y: np.ndarray, probs: np.ndarray, chunks: int = 3) -> dict[str, torch.Tensor]:
-    metrics = build_classification_metrics(C)
-    for yc, pc in zip(np.array_split(y, chunks), np.array_split(probs, chunks), strict=True):
-        metrics.update(torch.tensor(pc, dtype=torch.float32), torch.tensor(yc))
-    return metrics.compute()
-
-
-# --------------------------------------------------------------------------- torchmetrics collection
-
-
-def test_collection_matches_sklearn(rng):
-    y, probs = synthetic(rng)
-    pred = probs.argmax(1)
-    out = run_collection(y, probs)
-    assert out["accuracy"].item() == pytest.approx(accuracy_score(y, pred), abs=1e-6)
-    assert out["balanced_accuracy"].item() == pytest.approx(balanced_accuracy_score(y, pred), abs=1e-6)
-    assert out["f1_macro"].item() == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-6)
-    assert out["f1_weighted"].item() == pytest.approx(f1_score(y, pred, average="weighted"), abs=1e-6)
-    np.testing.assert_allclose(out["f1"].numpy(), f1_score(y, pred, average=None), atol=1e-6)
-    np.testing.assert_allclose(out["precision"].numpy(), precision_score(y, pred, average=None), atol=1e-6)
-    np.testing.assert_allclose(out["recall"].numpy(), recall_score(y, pred, average=None), atol=1e-6)
-    sk_auc = [roc_auc_score(y == k, probs[:, k]) for k in range(C)]
-    np.testing.assert_allclose(out["auroc"].numpy(), sk_auc, atol=1e-5)
-    assert out["auroc_macro"].item() == pytest.approx(roc_auc_score(y, probs, multi_class="ovr"), abs=1e-5)
-    np.testing.assert_array_equal(out["confusion_matrix"].numpy(), confusion_matrix(y, pred, labels=range(C)))
-
-
-def test_collection_absent_class_is_excluded_like_sklearn(rng):
-    # SCC (index 7) never occurs in the truth but is sometimes predicted.
-    y, probs = synthetic(rng, classes=tuple(range(C - 1)))
-    probs[:20, 7] = 5.0
-    probs = probs / probs.sum(1, keepdims=True)
-    pred = probs.argmax(1)
-    assert (pred == 7).sum() >= 20
-    with pytest.warns(UserWarning):  # sklearn warns about the predicted-but-absent class
-        expected_bacc = balanced_accuracy_score(y, pred)
-    out = run_collection(y, probs)
-    assert out["balanced_accuracy"].item() == pytest.approx(expected_bacc, abs=1e-6)
-    # torchmetrics' plain macro recall would have counted SCC as recall 0
-    assert out["balanced_accuracy"].item() > recall_score(y, pred, average="macro", labels=range(C), zero_division=0)
-    assert math.isnan(out["auroc"][7].item())
-    sk_auc = np.mean([roc_auc_score(y == k, probs[:, k]) for k in range(C - 1)])
-    assert out["auroc_macro"].item() == pytest.approx(sk_auc, abs=1e-5)
-    assert out["f1_macro"].item() == pytest.approx(f1_score(y, pred, average="macro", zero_division=0), abs=1e-6)
-
-
-def test_collection_ignores_minus_one_targets(rng):
-    y, probs = synthetic(rng, n=120)
-    y_masked = y.copy()
-    y_masked[::4] = -1
-    keep = y_masked >= 0
-    with_unknown = run_collection(y_masked, probs)
-    known_only = run_collection(y[keep], probs[keep])
-    for key in ("accuracy", "balanced_accuracy", "f1_macro", "auroc_macro"):
-        assert with_unknown[key].item() == pytest.approx(known_only[key].item(), abs=1e-6), key
-    assert with_unknown["confusion_matrix"].sum().item() == keep.sum()
-
-
-def test_collection_pickles_and_clones_with_prefix(rng):
-    """DDP spawn and ``MetricCollection.clone`` copy the metrics: the lazily built classes must pickle."""
-    y, probs = synthetic(rng, n=60)
-    metrics = build_classification_metrics(C).clone(prefix="val/")
-    metrics.update(torch.tensor(probs, dtype=torch.float32), torch.tensor(y))
-    restored = pickle.loads(pickle.dumps(metrics))
-    expected = balanced_accuracy_score(y, probs.argmax(1))
-    assert restored["val/balanced_accuracy"].compute().item() == pytest.approx(expected)
-    assert set(restored.keys()) >= {"val/auroc_macro", "val/f1", "val/confusion_matrix"}
-
-
-# --------------------------------------------------------------------------- compute_metrics
+from backend.metrics.scores import compute_metrics, metrics_to_frame, write_metrics_csv
+from tests.metrics.synthetic import C, run_collection, synthetic
 
 
 def test_compute_metrics_matches_sklearn(rng):
@@ -150,7 +55,8 @@ def test_compute_metrics_agrees_with_collection(rng):
 def test_absent_class_gives_nan_with_a_note(rng):
     y, probs = synthetic(rng, classes=(0, 1, 2, 3, 4, 5, 6))
     m = compute_metrics(y, probs)
-    assert math.isnan(m["auroc/SCC"]) and math.isnan(m["recall/SCC"])
+    assert math.isnan(m["auroc/SCC"]) and math.isnan(m["recall/SCC"]) and math.isnan(m["f1/SCC"])
+    assert m["notes"]["f1/SCC"] == "undefined: no SCC row in the truth"
     assert "SCC" in m["notes"]["auroc_macro"] and "SCC" in m["notes"]["balanced_accuracy"]
     expected = np.mean([roc_auc_score(y == k, probs[:, k]) for k in range(7)])
     assert m["auroc_macro"] == pytest.approx(expected)
@@ -182,11 +88,6 @@ def test_malignant_threshold_metrics_hand_computed():
     # specificity >= 80% among 4 benigns means no false positive: threshold above 0.7 -> only 0.9 caught
     assert m["sensitivity_at_spec80_malignant"] == pytest.approx(1 / 3)
     assert m["n_diagnosis"] == 0 and "n_diagnosis" in m["notes"]
-
-
-def test_sensitivity_at_specificity_perfect_and_undefined():
-    assert sensitivity_at_specificity(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
-    assert math.isnan(sensitivity_at_specificity(np.array([1, 1]), np.array([0.1, 0.2])))
 
 
 def test_thickness_metrics_hand_computed():
@@ -246,42 +147,3 @@ def test_metrics_frame_and_csv(rng, tmp_path):
     back = pd.read_csv(path, keep_default_na=False, na_values=[""])
     assert len(back) == len(frame)
     assert back.set_index("metric").loc["f1/MEL", "value"] == pytest.approx(m["f1/MEL"])
-
-
-# --------------------------------------------------------------------------- bootstrap
-
-
-def test_bootstrap_ci_contains_point_and_narrows_with_n():
-    rng = np.random.default_rng(1)
-    small = rng.normal(1.0, 1.0, 50)
-    large = rng.normal(1.0, 1.0, 2000)
-    p1, lo1, hi1 = bootstrap_ci(np.mean, small, n_boot=300)
-    p2, lo2, hi2 = bootstrap_ci(np.mean, large, n_boot=300)
-    assert lo1 <= p1 <= hi1 and lo2 <= p2 <= hi2
-    assert (hi2 - lo2) < 0.5 * (hi1 - lo1)
-    # percentile CI of a mean ~ +-1.96 sd/sqrt(n)
-    assert hi2 - lo2 == pytest.approx(2 * 1.96 / math.sqrt(2000), rel=0.25)
-    assert bootstrap_ci(np.mean, small, n_boot=300) == (p1, lo1, hi1)  # seeded
-
-
-def test_bootstrap_ci_auroc_is_nan_safe_and_groups_widen():
-    rng = np.random.default_rng(2)
-    y = np.array([1] + [0] * 29)  # one positive: many resamples have no positive -> skipped
-    score = rng.uniform(size=30)
-    point, lo, hi = bootstrap_ci(roc_auc_score, y, score, n_boot=200)
-    assert point == pytest.approx(roc_auc_score(y, score)) and lo <= hi
-    assert bootstrap_ci(roc_auc_score, np.zeros(5), score[:5], n_boot=20)[1:] == pytest.approx(
-        (math.nan, math.nan), nan_ok=True
-    )
-    # 20 patients x 10 near-identical images: patient-level resampling gives a much wider CI
-    patient_effect = np.repeat(rng.normal(0, 1, 20), 10)
-    values = patient_effect + rng.normal(0, 0.05, 200)
-    groups = np.repeat(np.arange(20), 10)
-    _, lo_r, hi_r = bootstrap_ci(np.mean, values, n_boot=300)
-    _, lo_g, hi_g = bootstrap_ci(np.mean, values, n_boot=300, groups=groups)
-    assert (hi_g - lo_g) > 2 * (hi_r - lo_r)
-
-
-def test_bootstrap_rejects_mismatched_lengths():
-    with pytest.raises(ValueError, match="differ in length"):
-        bootstrap_ci(lambda a, b: 0.0, np.zeros(3), np.zeros(4))

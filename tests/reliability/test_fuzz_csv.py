@@ -23,7 +23,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from backend.data.formats import MAX_AGE, list_formats, load_table
+from backend.data.formats import list_formats, load_table
+from backend.data.formats.validation import MAX_AGE
 from backend.data.schema import ALL_DIAGNOSES, TABLE_COLUMNS
 from backend.errors import DataFormatError, DermaLensError
 from tests.reliability.corpus import lesion

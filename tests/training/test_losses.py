@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from backend.data.schema import MALIGNANT_INDICES
 from backend.training.losses import (
-    MALIGNANT_INDICES,
     DiagnosisLoss,
     interval_thickness_loss,
     malignancy_loss,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from backend.data.formats import LINE, raise_for_rows, read_csv_rows, read_header, register_format
+from backend.data.csv_rows import LINE, raise_for_rows, read_csv_rows, read_header
+from backend.data.formats.registry import register_format
 from backend.errors import DataFormatError
 
 #: HAM10000 ``dx`` code -> ISIC 2019 diagnosis.
@@ -40,6 +41,7 @@ def detect(path: Path) -> bool:
     return bool(header) and set(REQUIRED_COLUMNS) <= set(header)
 
 
+@register_format("ham10000", detect=detect, description="HAM10000_metadata.csv: lesion_id,image_id,dx,...")
 def load(path: Path, img_dir: Path, metadata_csv: Path | None) -> pd.DataFrame:
     """Raw rows of a HAM10000 metadata file (its metadata is in the same file)."""
     if metadata_csv is not None:
@@ -71,6 +73,3 @@ def load(path: Path, img_dir: Path, metadata_csv: Path | None) -> pd.DataFrame:
         "anatom_site_general": (path, "localization", LINE),
     }
     return raw
-
-
-register_format("ham10000", detect, load, description="HAM10000_metadata.csv: lesion_id,image_id,dx,...")

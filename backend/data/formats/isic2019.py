@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from backend.data.formats import LINE, raise_for_rows, read_csv_rows, read_header, register_format
+from backend.data.csv_rows import LINE, raise_for_rows, read_csv_rows, read_header
+from backend.data.formats.registry import register_format
 from backend.data.schema import ALL_DIAGNOSES, DIAGNOSES
 from backend.errors import DataFormatError
 
@@ -82,6 +83,8 @@ def _metadata(path: Path, metadata_csv: Path | None) -> tuple[Path | None, pd.Da
     return metadata_csv, meta
 
 
+@register_format("isic2019", detect=detect,
+                 description="ISIC 2019 one-hot ground truth image,MEL..UNK (+ ISIC_2019_Training_Metadata.csv)")
 def load(path: Path, img_dir: Path, metadata_csv: Path | None) -> pd.DataFrame:
     """Raw rows of an ISIC 2019 ground truth joined with its metadata."""
     if metadata_csv is not None and not metadata_csv.is_file():
@@ -105,7 +108,3 @@ def load(path: Path, img_dir: Path, metadata_csv: Path | None) -> pd.DataFrame:
         sources.update({c: (meta_path, c, _META_LINE) for c in METADATA_COLUMNS})
     raw.attrs["sources"] = sources
     return raw
-
-
-register_format("isic2019", detect, load,
-                description="ISIC 2019 one-hot ground truth image,MEL..UNK (+ ISIC_2019_Training_Metadata.csv)")
