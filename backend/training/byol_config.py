@@ -28,7 +28,7 @@ class UnlabelledDataConfig:
     """Folders of unlabelled images and how they become pairs of views.
 
     Attributes:
-        dirs: Folders scanned recursively for images (``backend.data.images.SUPPORTED_EXTENSIONS``).
+        dirs: Folders scanned recursively for images (``backend.data.schema.IMAGE_EXTENSIONS``).
         img_size: Square side of both views, in pixels.
         batch_size: Images per batch (per device); each gives two views.
         num_workers: DataLoader worker processes.
