@@ -36,6 +36,11 @@ DIAGNOSES: tuple[str, ...] = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SC
 ALL_DIAGNOSES: tuple[str, ...] = (*DIAGNOSES, "UNK")
 #: Diagnoses whose label must be 1 (malignant).
 MALIGNANT_DIAGNOSES: frozenset[str] = frozenset({"MEL", "BCC", "SCC"})
+#: Columns of :data:`DIAGNOSES` (and of the diagnosis outputs) whose probabilities sum to P(malignant).
+MALIGNANT_INDICES: tuple[int, ...] = tuple(i for i, d in enumerate(DIAGNOSES) if d in MALIGNANT_DIAGNOSES)
+
+#: File name endings (lower case) of the image files DermaLens reads; the content decides the decoder.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 #: Normalised anatomical sites (ISIC ``anatom_site_general`` vocabulary; ``torso`` = trunk, no finer).
 ANATOM_SITES: tuple[str, ...] = (
