@@ -112,7 +112,7 @@ def _load_script(path):
 
 
 def test_byol_stage_pretrains_on_training_images_only(tmp_path, monkeypatch):
-    import backend.training.byol_run as byol_run
+    import backend.workflows.pipeline as pipeline_module  # the byol stage calls the name it imported
 
     seen = {}
 
@@ -120,7 +120,7 @@ def test_byol_stage_pretrains_on_training_images_only(tmp_path, monkeypatch):
         seen["exclude"] = byol.data.exclude_list
         return type("R", (), {"run_dir": tmp_path, "export": tmp_path / "backbone.safetensors", "global_step": 1})()
 
-    monkeypatch.setattr(byol_run, "pretrain", fake_pretrain)
+    monkeypatch.setattr(pipeline_module, "pretrain", fake_pretrain)
     cfg = tiny_pipeline(tmp_path, ["splits", "byol"], byol={"data": {"dirs": [str(tmp_path / "data" / "images")]}})
     run_pipeline(cfg)
     assert seen["exclude"] == str(tmp_path / "work" / "pretrain_exclude.txt")
@@ -164,7 +164,7 @@ def test_forced_retrain_starts_a_new_run_and_an_interrupted_one_resumes(tmp_path
 
 
 def test_forced_byol_rerun_starts_a_new_run_and_an_interrupted_one_resumes(tmp_path, monkeypatch):
-    import backend.training.byol_run as byol_run
+    import backend.workflows.pipeline as pipeline_module  # the byol stage calls the name it imported
 
     root, asked = tmp_path / "byol_logs" / "exp", []
 
@@ -176,7 +176,7 @@ def test_forced_byol_rerun_starts_a_new_run_and_an_interrupted_one_resumes(tmp_p
         (run / "ckpts" / "last.ckpt").write_bytes(b"finished")
         return type("R", (), {"run_dir": run, "export": run / "backbone.safetensors", "global_step": 1})()
 
-    monkeypatch.setattr(byol_run, "pretrain", fake_pretrain)
+    monkeypatch.setattr(pipeline_module, "pretrain", fake_pretrain)
     byol = {"data": {"dirs": [str(tmp_path / "data" / "images")]}, "log_dir": str(tmp_path / "byol_logs"),
             "experiment_name": "exp"}
     cfg = tiny_pipeline(tmp_path, ["byol"], byol=byol)

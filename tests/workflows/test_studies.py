@@ -43,12 +43,10 @@ def test_train_once_trains_each_recipe_once(data, tmp_path, monkeypatch):
     first = study_runs.train_once(study_runs.recipe(base), tmp_path, "a")
     assert first.best_ckpt.is_file() and first.run_dir.parent.name.startswith("a-")
 
-    import backend.training.run as run_module
-
     def no_training(*args, **kwargs):
         raise AssertionError("a recipe that was trained before must not be trained again")
 
-    monkeypatch.setattr(run_module, "fit", no_training)
+    monkeypatch.setattr(study_runs, "fit", no_training)
     # Same recipe, other study name: reused.
     again = study_runs.train_once(study_runs.recipe(base), tmp_path, "b")
     assert again.best_ckpt == first.best_ckpt
@@ -66,16 +64,16 @@ def test_ablation_table_scores_variants_on_validation_and_resumes(data, tmp_path
                          variants={"baseline": [], "no_metadata": ["data.use_metadata=false",
                                                                    "model.use_metadata=false"]},
                          descriptions={"no_metadata": "image only"}, tta=["baseline"], n_boot=20)
-    import backend.evaluation.split_eval as split_eval
+    import backend.workflows.ablation as ablation
 
     calls = []
-    predict_rows = split_eval.predict_rows
+    predict_rows = ablation.predict_rows
 
     def recording(predictor, rows, tta=False, progress=False):
         calls.append(tta)
         return predict_rows(predictor, rows, tta=tta, progress=progress)
 
-    monkeypatch.setattr(split_eval, "predict_rows", recording)
+    monkeypatch.setattr(ablation, "predict_rows", recording)
     results = run_ablation(cfg)
     assert list(results["variant"]) == ["baseline", "no_metadata", "baseline + TTA"]
     assert calls == [False, False, True]
@@ -88,9 +86,7 @@ def test_ablation_table_scores_variants_on_validation_and_resumes(data, tmp_path
     text = ablation_markdown(results)
     assert "| no_metadata | image only |" in text and "+0.000" in text.splitlines()[2]
     # A rerun finds every variant in results.csv and trains nothing.
-    import backend.workflows.study_runs as sr
-
-    monkeypatch.setattr(sr, "train_once", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    monkeypatch.setattr(ablation, "train_once", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
     assert run_ablation(cfg)["variant"].tolist() == results["variant"].tolist()
 
 
