@@ -115,11 +115,6 @@ class Prediction:
         """False when the quality gate flagged the image (the prediction is still given)."""
         return not self.flags
 
-    @property
-    def thickness_relevant(self) -> bool:
-        """Whether the thickness estimate applies (the top class is melanoma)."""
-        return self.top_class == "MEL"
-
     def to_row(self) -> dict[str, Any]:
         """One row of ``scripts/predict.py`` output (see :data:`OUTPUT_COLUMNS`), values unformatted."""
         row: dict[str, Any] = {"image": self.image}
