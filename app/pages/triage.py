@@ -1,9 +1,11 @@
 """Triage screen: upload dermoscopic images, see each one's risk, inspect one in the viewer, export.
 
-Everything per user lives in ``st.session_state`` (``app.state``): predictions are computed once
-per image, model and metadata; Grad-CAMs once per image and target, so the opacity slider and the
-display mode only re-blend cached heatmaps; similar confirmed cases once per image, model and
-reference library (the library itself is loaded once per process, ``app.resources``).
+Everything per user lives in ``st.session_state`` (``app.state``): each file is decoded once on
+upload (``app.components.prepare_upload``) and that one picture is shown, predicted, explained and
+searched with; predictions are computed once per image, model and metadata; Grad-CAMs once per
+image and target, so the opacity slider and the display mode only re-blend cached heatmaps; similar
+confirmed cases once per image, model and reference library (the library itself is loaded once per
+process, ``app.resources``).
 """
 
 from __future__ import annotations
