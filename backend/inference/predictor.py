@@ -283,7 +283,9 @@ class Predictor:
         engine = self.onnx_engine
         if engine is not None and not tta and engine.temperature == self.temperature:
             with self._lock:
-                return RawOutputs(*engine(x, meta))
+                return RawOutputs(*engine(x, meta))  # ONNX Runtime reads plain NCHW: no channels_last copy
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with self._lock, torch.inference_mode():
             m = None if meta is None else torch.from_numpy(np.asarray(meta, dtype=np.float32))
             probs, logits, thickness, features = self._forward_group(x, m, tta)
@@ -344,8 +346,7 @@ class Predictor:
         indices, names = [item.index for item in items], [item.name for item in items]
         if not items:
             return OutputBatch(batch.size, [], [], RawOutputs.empty(), [], batch.failures, inputs, used)
-        x = batch.x.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.x
-        raw = self.forward(x, batch.meta, tta)
+        raw = self.forward(batch.x, batch.meta, tta)
         records: list[Prediction] = []
         if predictions:
             distances = None
