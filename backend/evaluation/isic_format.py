@@ -15,18 +15,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from backend.data.schema import ALL_DIAGNOSES, DIAGNOSES
+from backend.data.schema import ALL_DIAGNOSES, DIAGNOSES, IMAGE_EXTENSIONS
 from backend.errors import DataFormatError
 
 #: Column order of an ISIC 2019 predictions / ground-truth CSV.
 ISIC_COLUMNS: tuple[str, ...] = ("image", *ALL_DIAGNOSES)
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 def image_id(name: str | Path) -> str:
     """ISIC image id of a file name or path: the stem (``/x/ISIC_0000000.jpg`` -> ``ISIC_0000000``)."""
     base = Path(str(name))
-    return base.stem if base.suffix.lower() in _IMAGE_SUFFIXES else base.name
+    return base.stem if base.suffix.lower() in IMAGE_EXTENSIONS else base.name
 
 
 def predictions_frame(image_ids: Sequence[str], probs: Any, unk_prob: Any = None) -> pd.DataFrame:
