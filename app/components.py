@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from backend.data.schema import IMAGE_EXTENSIONS
 from backend.evaluation.card_sections import light_meaning
 from backend.inference.explain import overlay
+from backend.inference.inputs import PreparedInput, prepare_input
 
 #: Full names of the diagnoses (codes as in ``backend.data.schema.DIAGNOSES``).
 CLASS_NAMES: dict[str, str] = {
@@ -34,6 +36,10 @@ LIGHTS: dict[str, tuple[str, str, str]] = {
     "yellow": ("#f9a825", "Medium risk", "Yellow light: intermediate risk"),
     "red": ("#c62828", "High risk", "Red light: high risk"),
 }
+#: File types the uploaders accept (the extensions DermaLens reads, without the dot).
+ACCEPTED_TYPES: tuple[str, ...] = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+#: Longest side an upload is kept at: what is shown, and what the model, Grad-CAM and retrieval read.
+DISPLAY_SIDE = 1024
 CAM_MODES: tuple[str, ...] = ("Overlay", "Side by side", "Heatmap only")
 PREDICTED = "__predicted__"
 EXTRA_TARGETS: dict[str, str] = {"thickness": "Breslow thickness output"}
@@ -69,6 +75,19 @@ def fit_image(image: np.ndarray, max_side: int) -> np.ndarray:
     picture = Image.fromarray(image)
     picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return np.asarray(picture)
+
+
+def prepare_upload(name: str, data: bytes, max_side: int = DISPLAY_SIDE) -> PreparedInput:
+    """Decode an uploaded file once, for display and for every model step (prediction, Grad-CAM, similar cases).
+
+    The picture is decoded at reduced size when large and scaled to at most ``max_side`` on its
+    longer side; the model's eval transform takes it from there, so the file is never decoded again.
+
+    Raises:
+        ImageLoadError: The file cannot be decoded (the message names it).
+    """
+    decoded = prepare_input((name, data), target_size=max_side)
+    return PreparedInput(name, fit_image(decoded.image, max_side), data)
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from app.components import CLASS_NAMES
-from backend.inference.predictor import OUTPUT_COLUMNS
+from backend.inference.records import OUTPUT_COLUMNS
 
-#: Extra CSV columns after ``backend.inference.OUTPUT_COLUMNS``.
+#: Extra CSV columns after ``backend.inference.records.OUTPUT_COLUMNS``.
 EXTRA_COLUMNS: tuple[str, ...] = ("age_approx", "sex", "anatom_site_general", "metadata_used", "model",
                                   "model_version")
 REPORT_FORMATS: dict[str, str] = {"png": "image/png", "pdf": "application/pdf"}

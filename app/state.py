@@ -2,9 +2,11 @@
 
 Patient images never leave the user's session: nothing here is a module global, a
 ``st.cache_data`` entry or a file. Each upload is one :class:`Upload` keyed by a hash of its name
-and content, holding the decoded picture, the patient metadata typed in for it, the prediction
-(computed once per model + metadata) and the Grad-CAM heatmaps (one per target), so moving the
-opacity slider or switching display mode never recomputes anything.
+and content, holding the picture decoded once (a ``PreparedInput``: the same pixels are shown,
+predicted, explained and searched with, and their network input is computed once per model), the
+patient metadata typed in for it, the prediction (computed once per model + metadata) and the
+Grad-CAM heatmaps (one per target), so moving the opacity slider or switching display mode never
+recomputes anything.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import streamlit as st
+
+from backend.inference.inputs import PreparedInput
 
 UPLOADS = "dl_uploads"  # {upload id: Upload}, in upload order
 SELECTED = "dl_selected"  # upload id shown in the main viewer, or None
@@ -43,9 +47,8 @@ class Upload:
 
     Attributes:
         id: :func:`upload_id` of the file.
-        name: The file name as uploaded.
-        data: The file's bytes (what the model decodes, exactly as ``scripts/predict.py`` would).
-        image: Decoded RGB uint8 picture for display (reduced size for large files).
+        prepared: The file decoded once (``app.components.prepare_upload``): its name, bytes and RGB
+            picture (reduced size for large files), which the predictor reads without decoding again.
         thumbnail: PNG bytes of the gallery thumbnail (made once).
         metadata: Patient metadata typed in for this image (values may be None).
         prediction: ``backend.inference.Prediction`` or None while not computed.
@@ -56,15 +59,28 @@ class Upload:
     """
 
     id: str
-    name: str
-    data: bytes
-    image: Any
+    prepared: PreparedInput
     thumbnail: bytes
     metadata: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(METADATA_FIELDS))
     prediction: Any = None
     prediction_key: tuple | None = None
     cams: dict[str, Any] = field(default_factory=dict)
     similar: dict[tuple, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The file name as uploaded."""
+        return self.prepared.name
+
+    @property
+    def data(self) -> bytes:
+        """The file's bytes."""
+        return self.prepared.getvalue()
+
+    @property
+    def image(self) -> Any:
+        """The decoded RGB uint8 picture (shown, predicted, explained)."""
+        return self.prepared.image
 
     def metadata_key(self) -> tuple:
         """Hashable form of :attr:`metadata` (part of the prediction cache key)."""

@@ -2,10 +2,14 @@
 
 Every timing includes decoding the JPEG file. Measured per image, at batch 1 and batch 32:
 
-* ``predict``: :meth:`Predictor.predict` on file paths (decode, quality gate, eval transform,
-  forward, calibration, risk, OOD distance when the model has statistics).
+* ``predict``: :meth:`Predictor.predict` on file paths, through its batched DataLoader path
+  (decode, quality gate, eval transform, forward, calibration, risk, OOD distance when the model
+  has statistics).
 * ``gradcam``: :meth:`Predictor.explain` / ``explain_batch`` (decode, transform, Grad-CAM of the
   predicted class mapped back to the image).
+* ``upload_b1``: what the dashboard does with one upload: ``(name, bytes)`` prepared once
+  (:meth:`Predictor.prepare`), then ``predict`` and ``explain`` on it (one decode, one transform);
+  the baseline column is its predict plus its Grad-CAM.
 * the **naive baseline**, built here: eager timm ResNet-50 (``pretrained=False``, contiguous
   memory, ``torch.no_grad``), PIL full-size decode + resize 256 + centre crop 224 per call, and
   default pytorch-grad-cam (``GradCAM(model, [layer4])`` created per call, full backward pass).
@@ -39,8 +43,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TARGETS_MS = {"predict_b1": 20.0, "gradcam_b1": 50.0}
-#: What the issue measured for the naive baseline on this machine kind (for reference).
-ISSUE_BASELINE_MS = {"predict_b1": 120.0, "gradcam_b1": 380.0}
 
 
 def make_jpeg(path: Path, width: int = 600, height: int = 450, seed: int = 0) -> Path:
@@ -134,11 +136,19 @@ def run(args: argparse.Namespace) -> dict:
     for path in batch:
         path.write_bytes(jpeg.read_bytes())
 
+    upload = (jpeg.name, jpeg.read_bytes())
+
+    def predict_and_explain_upload() -> object:
+        prepared = predictor.prepare(upload)
+        [result] = predictor.predict(prepared)
+        return predictor.explain(prepared, target=result.top_class)
+
     cases: dict[str, tuple[Callable[[], object], int, int]] = {
         "predict_b1": (lambda: predictor.predict([jpeg]), 1, args.repeats),
         "gradcam_b1": (lambda: predictor.explain(jpeg), 1, args.repeats),
         "predict_b32": (lambda: predictor.predict(batch), 32, args.repeats_b32),
         "gradcam_b32": (lambda: predictor.explain_batch(batch), 32, args.repeats_b32),
+        "upload_b1": (predict_and_explain_upload, 1, args.repeats),
     }
     base_cases: dict[str, tuple[Callable[[], object], int]] = {}
     if baseline is not None:
@@ -147,6 +157,7 @@ def run(args: argparse.Namespace) -> dict:
             "gradcam_b1": (lambda: baseline.gradcam([jpeg]), 1),
             "predict_b32": (lambda: baseline.predict(batch), 32),
             "gradcam_b32": (lambda: baseline.gradcam(batch), 32),
+            "upload_b1": (lambda: (baseline.predict([jpeg]), baseline.gradcam([jpeg])), 1),
         }
     for fn, _, _ in cases.values():  # warm-up: allocator, oneDNN kernel selection, lazy imports
         fn()
@@ -204,8 +215,7 @@ def eager_vs_onnx(predictor, jpeg: Path, onnx_file: Path, repeats: int) -> dict 
     except ImportError:
         print("forward_b1: onnxruntime is not installed; eager PyTorch only")
         return None
-    _, image = predictor.load(jpeg)
-    x = predictor.preprocess([image])
+    x = predictor.preprocess([predictor.prepare(jpeg).image])
     engine, predictor.onnx_engine = predictor.onnx_engine, None  # time the PyTorch path itself
     eager = lambda: predictor.forward(x)  # noqa: E731
     ort = lambda: run_onnx(session, x.numpy())  # noqa: E731

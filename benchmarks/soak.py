@@ -6,7 +6,7 @@ call). After a warm-up (allocator pools, oneDNN kernels, lazy imports), it measu
 
 * **baseline**: ``--n`` calls of ``predict`` alone: the growth a steady inference loop shows;
 * **soak**: ``--n`` rounds of ``predict`` + ``explain`` (Grad-CAM, cycling through every class
-  target and the thickness output, so each hook path runs).
+  target and every head target, ``backend.inference.explain.HEAD_TARGETS``, so each hook path runs).
 
 It prints the RSS (``psutil``) growth of each phase in MB after ``gc.collect()``, the RSS every
 100 rounds, ms per round, and the soak's growth against the issue's target (< 50 MB) and against
@@ -78,12 +78,13 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from backend.data.schema import DIAGNOSES
+    from backend.inference.explain import HEAD_TARGETS
     from backend.inference.predictor import Predictor
 
     torch.set_num_threads(args.threads)
     predictor = Predictor.from_checkpoint(args.checkpoint)
     uploads = synthetic_uploads(args.images)
-    targets = [*DIAGNOSES, "thickness", None]
+    targets = [*DIAGNOSES, *HEAD_TARGETS, None]
 
     def predict_only(i: int) -> None:
         predictor.predict([uploads[i % len(uploads)]])

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam_dir", help="also write a Grad-CAM overlay of the predicted class per image here")
     p.add_argument("--opacity", type=float, default=0.4, help="Grad-CAM overlay opacity (default 0.4)")
     p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--num_workers", type=int, default=0,
+                   help="DataLoader worker processes decoding and preprocessing images (default 0: none)")
     p.add_argument("--no_metadata", action="store_true", help="ignore the CSV's patient metadata")
     p.add_argument("--reference", help="reference library folder (scripts.build_reference): add the columns "
                                        "knn_malignant, knn_diagnosis and neighbours")
@@ -75,12 +77,12 @@ def collect_jobs(input_path: str | Path, img_dir: str | Path | None = None, use_
         ConfigError: ``input_path`` is neither a folder nor a file.
     """
     from backend.data.csv_rows import LINE, read_csv_rows
-    from backend.data.schema import IMAGE_EXTENSIONS as SUPPORTED_EXTENSIONS
+    from backend.data.schema import IMAGE_EXTENSIONS
     from backend.errors import ConfigError
 
     path = Path(input_path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         return [Job(p.name, p) for p in files], []
     if not path.is_file():
         raise ConfigError(f"--input {path}: no such folder or CSV file")
@@ -110,13 +112,13 @@ def _done_images(output: Path, columns: tuple[str, ...] | None = None) -> set[st
 
     Args:
         output: The predictions CSV.
-        columns: Its expected header (default :data:`~backend.inference.predictor.OUTPUT_COLUMNS`).
+        columns: Its expected header (default :data:`~backend.inference.records.OUTPUT_COLUMNS`).
 
     Raises:
         DataFormatError: The file exists with other columns (it is not ours to append to).
     """
     from backend.errors import DataFormatError
-    from backend.inference.predictor import OUTPUT_COLUMNS
+    from backend.inference.records import OUTPUT_COLUMNS
 
     columns = OUTPUT_COLUMNS if columns is None else columns
     if not output.is_file() or output.stat().st_size == 0:
@@ -139,14 +141,6 @@ def _done_images(output: Path, columns: tuple[str, ...] | None = None) -> set[st
         return {row[0] for row in reader if row}
 
 
-def _format(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6f}"
-    return str(value)
-
-
 def _cam_file(cam_dir: Path, name: str) -> Path:
     """``<safe stem>_<8 hex of the name's SHA-256>_cam.png``, directly in ``cam_dir``.
 
@@ -162,29 +156,36 @@ def _cam_file(cam_dir: Path, name: str) -> Path:
     return cam_dir / f"{safe_stem(name)}_{digest}_cam.png"
 
 
-def _neighbours(predictor: Any, library: Any, batch: list[tuple[str, Any]], jobs: list[Job], k: int) -> list[Any]:
-    """Similar cases of a decoded batch (``backend.retrieval``), each job's own image, lesion and patient left out."""
+def _neighbours(library: Any, batch: Any, jobs: list[Job], k: int) -> list[Any]:
+    """Similar cases of a predicted batch (``backend.retrieval``), each job's own image, lesion and patient left out.
+
+    The batch's own features are searched with (the plain forward pass's, as the library was built
+    with), and its kept inputs give the decoded pixels: nothing is decoded or run again.
+    """
     from backend.retrieval.build import pixels_sha256
     from backend.retrieval.query import excluded_rows, file_sha256, search
 
-    raw, _, _ = predictor.raw_outputs([image for _, image in batch])
-    exclude = [excluded_rows(library, job.lesion_id, job.patient_id, file_sha256(job.path), pixels_sha256(image))
-               for job, (_, image) in zip(jobs, batch, strict=True)]
-    return search(library, raw.features, k, exclude, [name for name, _ in batch], thumbnails=False)
+    exclude = [excluded_rows(library, job.lesion_id, job.patient_id, file_sha256(job.path), pixels_sha256(item.image))
+               for job, item in zip(jobs, batch.inputs, strict=True)]
+    return search(library, batch.raw.features, k, exclude, batch.names, thumbnails=False)
 
 
 def run(args: argparse.Namespace) -> int:
     """Predict every job not yet in the output; returns the exit code."""
     from tqdm.auto import tqdm
 
-    from backend.errors import ConfigError, DermaLensError, ImageLoadError
-    from backend.inference.predictor import OUTPUT_COLUMNS, Predictor, encode_png
+    from backend.errors import ConfigError, DermaLensError
+    from backend.inference.explain import encode_png
+    from backend.inference.predictor import Predictor
+    from backend.inference.records import OUTPUT_COLUMNS, csv_value
     from backend.model_store import DEFAULT_MODEL_DIR, describe_model_dir
 
     if not 0.0 <= args.opacity <= 1.0:
         raise ConfigError(f"--opacity must be in [0, 1], got {args.opacity}")
     if args.k < 1:
         raise ConfigError(f"--k must be >= 1, got {args.k}")
+    if args.num_workers < 0:
+        raise ConfigError(f"--num_workers must be >= 0, got {args.num_workers}")
     jobs, problems = collect_jobs(args.input, args.img_dir, use_metadata=not args.no_metadata)
     for message in problems:
         print(f"skipped: {message}", file=sys.stderr)
@@ -214,48 +215,42 @@ def run(args: argparse.Namespace) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     new_file = not output.is_file() or output.stat().st_size == 0
     written, skipped = 0, len(problems)
+    batches = predictor.iter_outputs([job.path for job in todo], [job.metadata for job in todo],
+                                     names=[job.name for job in todo], tta=args.tta,
+                                     keep_inputs=bool(cam_dir or library), num_workers=args.num_workers)
     with open(output, "a", newline="", encoding="utf-8") as fh, \
             tqdm(total=len(todo), desc="predict", unit="img", file=sys.stderr) as bar:
         writer = csv.writer(fh)
         if new_file:
             writer.writerow(columns)
-        for start in range(0, len(todo), args.batch_size):
-            batch, metas, kept = [], [], []
-            for job in todo[start : start + args.batch_size]:
-                try:
-                    _, image = predictor.load(job.path)
-                    if job.metadata is not None:
-                        predictor.encode_metadata([job.metadata], 1)
-                except (ImageLoadError, ConfigError) as err:
-                    where = f"{job.where}: " if job.where and not isinstance(err, ImageLoadError) else ""
-                    # Through the bar, so each message is a line of its own, not glued to the progress bar.
-                    bar.write(f"skipped: {where}{err}", file=sys.stderr)
-                    skipped += 1
-                    continue
-                batch.append((job.name, image))
-                metas.append(job.metadata)
-                kept.append(job)
-            bar.update(min(args.batch_size, len(todo) - start))
-            if not batch:
+        for batch in batches:
+            for failure in batch.failures:
+                job = todo[failure.index]
+                where = f"{job.where}: " if job.where and failure.path is None else ""
+                # Through the bar, so each message is a line of its own, not glued to the progress bar.
+                bar.write(f"skipped: {where}{failure.message}", file=sys.stderr)
+                skipped += 1
+            bar.update(batch.size)
+            if not batch.indices:
                 continue
-            meta_arg = metas if any(m is not None for m in metas) else None
-            preds = predictor.predict_decoded(batch, meta_arg, tta=args.tta)
-            similar = _neighbours(predictor, library, batch, kept, args.k) if library is not None else None
-            for i, pred in enumerate(preds):
+            kept = [todo[i] for i in batch.indices]
+            similar = _neighbours(library, batch, kept, args.k) if library is not None else None
+            for i, pred in enumerate(batch.predictions):
                 row = pred.to_row()
                 if similar is not None:
                     row.update(similar[i].to_row())
-                writer.writerow([_format(row[c]) for c in columns])
+                writer.writerow([csv_value(row[c]) for c in columns])
             fh.flush()
-            written += len(batch)
+            written += len(batch.indices)
             if cam_dir:
                 try:
-                    heatmaps = predictor.explain_batch(batch, None, meta_arg)
+                    heatmaps = predictor.explain_batch(batch.inputs, None, [job.metadata for job in kept])
                 except DermaLensError as err:
                     bar.write(f"Grad-CAM skipped for this batch: {err}", file=sys.stderr)
                     continue
-                for (name, image), heat in zip(batch, heatmaps, strict=True):
-                    _cam_file(cam_dir, name).write_bytes(encode_png(predictor.overlay(image, heat, args.opacity)))
+                for item, heat in zip(batch.inputs, heatmaps, strict=True):
+                    _cam_file(cam_dir, item.name).write_bytes(encode_png(predictor.overlay(item.image, heat,
+                                                                                           args.opacity)))
     print(f"{written} predicted, {len(jobs) - len(todo)} already in {output}, {skipped} skipped", file=sys.stderr)
     return 0
 

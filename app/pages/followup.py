@@ -17,25 +17,31 @@ import streamlit as st
 from app import components as ui
 from app import followup_view as view
 from app import resources, state
-from backend.data.images import decode_image_bytes
 from backend.errors import DermaLensError
 from backend.followup import compare_visits
 from backend.followup.render import blend, change_map_image, comparison_image, outside_view, swipe
+from backend.inference.inputs import PreparedInput
 
-ACCEPTED_TYPES: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "tif", "tiff")
-DISPLAY_SIDE = 1024  # longest side kept for the comparison; the model decodes the original bytes itself
 SOURCES: tuple[str, ...] = ("Upload a pair", "From the triage worklist")
 MAX_RESULTS = 4  # comparisons kept per session (a few pairs, not an archive)
 
 
 @dataclass(frozen=True)
 class VisitImage:
-    """One photo of the pair: its id, file name, file bytes (for the model) and decoded picture."""
+    """One photo of the pair: its id and the file decoded once (compared, and read by the model as it is)."""
 
     id: str
-    name: str
-    data: bytes
-    image: Any
+    prepared: PreparedInput
+
+    @property
+    def name(self) -> str:
+        """The file name as uploaded."""
+        return self.prepared.name
+
+    @property
+    def image(self) -> Any:
+        """The decoded RGB uint8 picture."""
+        return self.prepared.image
 
 
 # -- choosing the pair ------------------------------------------------------------------------------
@@ -49,10 +55,10 @@ def decode_upload(file: Any) -> VisitImage | str:
     """
     data = file.getvalue()
     try:
-        image = decode_image_bytes(data, file.name, target_size=DISPLAY_SIDE)
+        prepared = ui.prepare_upload(file.name, data)
     except DermaLensError as err:
         return str(err)
-    return VisitImage(state.upload_id(file.name, data), file.name, data, ui.fit_image(image, DISPLAY_SIDE))
+    return VisitImage(state.upload_id(file.name, data), prepared)
 
 
 def uploaded_pair() -> tuple[VisitImage, VisitImage] | None:
@@ -65,7 +71,7 @@ def uploaded_pair() -> tuple[VisitImage, VisitImage] | None:
     for column, (role, label) in zip(columns, (("before", "Baseline (earlier visit)"),
                                                ("after", "Follow-up (later visit)")), strict=True):
         with column:
-            file = st.file_uploader(label, type=list(ACCEPTED_TYPES), key=f"fu_{role}_{nonce}",
+            file = st.file_uploader(label, type=list(ui.ACCEPTED_TYPES), key=f"fu_{role}_{nonce}",
                                     help="Stays in this browser session only")
             files.append(file)
             if file is None:
@@ -102,7 +108,7 @@ def worklist_pair() -> tuple[VisitImage, VisitImage] | None:
     if first == second:
         st.warning("Choose two different images.")
         return None
-    return tuple(VisitImage(u.id, u.name, u.data, u.image) for u in (uploads[first], uploads[second]))  # type: ignore[return-value]
+    return tuple(VisitImage(u.id, u.prepared) for u in (uploads[first], uploads[second]))  # type: ignore[return-value]
 
 
 # -- comparing --------------------------------------------------------------------------------------
@@ -124,7 +130,7 @@ def comparison(before: VisitImage, after: VisitImage, model: resources.LoadResul
             try:
                 results[key] = compare_visits(
                     np.asarray(before.image), np.asarray(after.image), predictor, before_name=before.name,
-                    after_name=after.name, model_inputs=((before.name, before.data), (after.name, after.data)))
+                    after_name=after.name, model_inputs=(before.prepared, after.prepared))
             except DermaLensError as err:
                 results[key] = str(err)
             except Exception as err:  # a backend bug must not take the screen down

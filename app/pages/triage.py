@@ -1,9 +1,11 @@
 """Triage screen: upload dermoscopic images, see each one's risk, inspect one in the viewer, export.
 
-Everything per user lives in ``st.session_state`` (``app.state``): predictions are computed once
-per image, model and metadata; Grad-CAMs once per image and target, so the opacity slider and the
-display mode only re-blend cached heatmaps; similar confirmed cases once per image, model and
-reference library (the library itself is loaded once per process, ``app.resources``).
+Everything per user lives in ``st.session_state`` (``app.state``): each file is decoded once on
+upload (``app.components.prepare_upload``) and that one picture is shown, predicted, explained and
+searched with; predictions are computed once per image, model and metadata; Grad-CAMs once per
+image and target, so the opacity slider and the display mode only re-blend cached heatmaps; similar
+confirmed cases once per image, model and reference library (the library itself is loaded once per
+process, ``app.resources``).
 """
 
 from __future__ import annotations
@@ -15,15 +17,11 @@ import streamlit as st
 
 from app import components as ui
 from app import report, resources, state
-from backend.data.images import decode_image_bytes
 from backend.data.schema import ANATOM_SITES, DIAGNOSES, SEXES
 from backend.errors import DermaLensError
 from backend.io.names import safe_stem
 from backend.retrieval.library import LibraryModelMismatchError
 from backend.retrieval.query import similar_cases as find_similar_cases
-
-ACCEPTED_TYPES: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "tif", "tiff")
-DISPLAY_SIDE = 1024  # longest side kept for display; the model decodes the original bytes itself
 
 
 def upload_limit_mb() -> int:
@@ -67,7 +65,7 @@ def session_controls() -> None:
 
 
 def ingest(files: list[Any]) -> None:
-    """Decode new uploader files into session uploads; unreadable or oversize ones get a message."""
+    """Decode new uploader files, once each, into session uploads; unreadable or oversize ones get a message."""
     seen, errors = state.seen(), state.errors()
     limit = upload_limit_mb()
     for file in files:
@@ -79,14 +77,13 @@ def ingest(files: list[Any]) -> None:
             errors[file.file_id] = f"{file.name}: file is {len(data) / 1e6:.1f} MB, over the {limit} MB limit"
             continue
         try:
-            image = decode_image_bytes(data, file.name, target_size=DISPLAY_SIDE)
+            prepared = ui.prepare_upload(file.name, data)
         except DermaLensError as err:
             errors[file.file_id] = str(err)
             continue
-        image = ui.fit_image(image, DISPLAY_SIDE)
         uid = state.upload_id(file.name, data)
         seen[file.file_id] = uid
-        state.add_upload(state.Upload(uid, file.name, data, image, ui.thumbnail_png(image)))
+        state.add_upload(state.Upload(uid, prepared, ui.thumbnail_png(prepared.image)))
 
 
 def predict_pending(model: resources.LoadResult) -> None:
@@ -96,14 +93,14 @@ def predict_pending(model: resources.LoadResult) -> None:
         return
     with st.spinner(f"Analysing {len(pending)} image{'s' if len(pending) > 1 else ''}…"):
         try:
-            results = model.predictor.predict([(u.name, u.data) for u in pending],
+            results = model.predictor.predict([u.prepared for u in pending],
                                               metadata=[u.metadata_for_model() for u in pending])
         except Exception:  # retried one by one below, so that only the culprit is reported
             results = None
         for i, upload in enumerate(pending):
             try:
                 result = results[i] if results is not None else model.predictor.predict(
-                    [(upload.name, upload.data)], metadata=[upload.metadata_for_model()])[0]
+                    [upload.prepared], metadata=[upload.metadata_for_model()])[0]
             except Exception as err:  # one bad image never stops the others, nor the page
                 reason = str(err) if isinstance(err, DermaLensError) else f"{type(err).__name__}: {err}"
                 state.errors()[f"predict_{upload.id}"] = f"{upload.name}: could not be analysed: {reason}"
@@ -117,7 +114,7 @@ def heatmap(model: resources.LoadResult, upload: state.Upload, target: str) -> A
     if target not in upload.cams:
         with st.spinner(f"Computing Grad-CAM for {ui.target_label(target)}…"):
             try:
-                upload.cams[target] = model.predictor.explain((upload.name, upload.data), target=target,
+                upload.cams[target] = model.predictor.explain(upload.prepared, target=target,
                                                               metadata=upload.metadata_for_model() or None)
             except Exception as err:  # shown in place; the rest of the viewer still works
                 st.error(f"Grad-CAM of {upload.name} for {ui.target_label(target)} failed: {type(err).__name__}: {err}")
@@ -185,7 +182,7 @@ def similar_cases(upload: state.Upload, model: resources.LoadResult, reference: 
         with st.spinner("Searching similar confirmed cases…"):
             try:
                 upload.similar[key] = find_similar_cases(
-                    model.predictor, (upload.name, upload.data), reference.library, k=SIMILAR_K,
+                    model.predictor, upload.prepared, reference.library, k=SIMILAR_K,
                     model_path=resources.active_model_path())
             except LibraryModelMismatchError as err:
                 upload.similar[key] = str(err)
@@ -264,12 +261,12 @@ def _report_maker(upload: state.Upload, model: resources.LoadResult, cam: dict[s
     target = resolve_target(cam["target"], upload) if cam["enabled"] else upload.prediction.top_class
     cached = upload.cams.get(target)
     predictor, card = model.predictor, model.predictor.card
-    image, data, name, metadata = upload.image, upload.data, upload.name, dict(upload.metadata)
+    prepared, image, name, metadata = upload.prepared, upload.image, upload.name, dict(upload.metadata)
     prediction, opacity = upload.prediction, cam["opacity"] if cam["enabled"] else 0.4
 
     def make() -> bytes:
         heat = cached if cached is not None else predictor.explain(
-            (name, data), target=target, metadata={k: v for k, v in metadata.items() if v not in (None, "")} or None)
+            prepared, target=target, metadata={k: v for k, v in metadata.items() if v not in (None, "")} or None)
         return report.build_report(
             image, predictor.overlay(image, heat, opacity), prediction, fmt=fmt, image_name=name,
             model_name=str(card.get("name", "model")), model_version=str(card.get("version", "?")),
@@ -316,7 +313,7 @@ def main() -> None:
     st.markdown(ui.DISCLAIMER)
     limit = upload_limit_mb()
     files = st.file_uploader(  # before the model loads, so files can be dropped while it does
-        f"Dermoscopic images (JPEG, PNG, BMP, TIFF; up to {limit} MB each)", type=list(ACCEPTED_TYPES),
+        f"Dermoscopic images (JPEG, PNG, BMP, TIFF; up to {limit} MB each)", type=list(ui.ACCEPTED_TYPES),
         accept_multiple_files=True, key=state.uploader_key(), max_upload_size=limit,
         help="Drag and drop or browse; several files at once. They stay in this session only.") or []
     messages = st.container()  # under the uploader: one message per file that could not be used

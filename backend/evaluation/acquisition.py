@@ -52,8 +52,9 @@ DESCRIPTIONS: dict[str, str] = {
 class PerturbedImages(Sequence):
     """Lazily decoded, perturbed images of a list of paths (what ``Predictor.raw_outputs`` takes).
 
-    Decoding errors surface when an item is read, as ``backend.data.images.ImageLoadError`` naming
-    the file, so the predictor skips and reports the image like any unreadable one.
+    Items are decoded when read, i.e. in the predictor's DataLoader workers. Decoding errors
+    surface then, as ``ImageLoadError`` naming the file, so the predictor skips and reports the
+    image like any unreadable one.
     """
 
     def __init__(self, paths: Sequence[Any], perturb: Callable[[np.ndarray], np.ndarray]) -> None:

@@ -1,9 +1,10 @@
 """Evaluate a trained checkpoint on a labelled table: metrics, calibration, plots and prediction files.
 
-``evaluate(...)`` is what ``scripts/evaluate.py`` wraps. It runs the checkpoint's own eval
-preprocessing and metadata encoding (rebuilt from the checkpoint alone), optionally fits a
-temperature on the validation rows and reports expected calibration error before and after, and
-writes into ``output_dir``::
+``evaluate(...)`` is what ``scripts/evaluate.py`` wraps. It runs the model through the predictor's
+batched path (``Predictor.raw_outputs``: the checkpoint's own eval preprocessing and metadata
+encoding, DataLoader workers), leaves out rows whose image cannot be read (one warning with the
+count), optionally fits a temperature on the validation rows and reports expected calibration
+error before and after, and writes into ``output_dir``::
 
     metrics.csv              every scalar metric with a note on how it was computed
     predictions_isic.csv     image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK (ISIC submission format)
@@ -21,34 +22,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from backend.data.dataset import LesionDataset, encode_targets
+from backend.data.dataset import encode_targets
 from backend.data.formats import load_table
-from backend.data.metadata import MetadataEncoder
+from backend.data.schema import MALIGNANT_INDICES
 from backend.data.splits import read_splits
-from backend.data.transforms import build_eval_transform
 from backend.errors import ConfigError
 from backend.evaluation.isic_format import write_predictions_csv
-from backend.io.checkpoint import load_lesion_checkpoint
+from backend.evaluation.split_eval import row_metadata
+from backend.inference.predictor import Predictor
 from backend.metrics.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from backend.metrics.plots import confusion_matrix_figure, roc_curves_figure, save_png, thickness_figure
 from backend.metrics.scores import compute_metrics, write_metrics_csv
-from backend.models.heads import ThicknessScaler
-from backend.models.lesion_net import MALIGNANT_INDICES
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Predictions:
-    """Raw network outputs over a table, row-aligned with it.
-
-    Attributes:
-        logits: ``(N, 8)`` diagnosis logits.
-        thickness_mm: ``(N,)`` predicted Breslow thickness in mm.
-    """
-
-    logits: np.ndarray
-    thickness_mm: np.ndarray
 
 
 @dataclass
@@ -61,43 +47,38 @@ class EvaluationResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def predict_table(
-    loaded: Any, table: pd.DataFrame, batch_size: int = 32, num_workers: int = 0, use_metadata: bool = True
-) -> Predictions:
-    """Run a checkpoint's network over every row of a table with its own eval preprocessing.
+@dataclass
+class TablePredictions:
+    """Raw network outputs over the rows of a table whose images could be read.
+
+    Attributes:
+        rows: Those rows, re-indexed from 0.
+        logits: ``(N, 8)`` diagnosis logits, row-aligned with ``rows``.
+        thickness_mm: ``(N,)`` predicted Breslow thickness in mm.
+    """
+
+    rows: pd.DataFrame
+    logits: np.ndarray
+    thickness_mm: np.ndarray
+
+
+def predict_table(predictor: Predictor, table: pd.DataFrame, num_workers: int = 0, use_metadata: bool = True
+                  ) -> TablePredictions:
+    """Run the model over every row of a table through the predictor's batched path, skipping unreadable images.
 
     Args:
-        loaded: A :class:`backend.io.checkpoint.LoadedModel`.
+        predictor: The loaded model (its own eval preprocessing and metadata encoding).
         table: Rows in the lesion-table layout.
-        batch_size: Images per forward pass.
         num_workers: DataLoader workers decoding images.
         use_metadata: Feed the table's age/sex/site to fusion models (False: evaluate image only).
     """
-    import torch
-    from torch.utils.data import DataLoader
-
-
-    pre = loaded.preprocessing
-    meta = None
-    if use_metadata and loaded.metadata_encoder is not None:
-        meta = MetadataEncoder.from_dict(loaded.metadata_encoder).encode_table(table)
-    dataset = LesionDataset(table.reset_index(drop=True), build_eval_transform(pre), int(pre["img_size"]),
-                            metadata=meta, hair_removal=bool(pre["hair_removal"]))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    scaler = ThicknessScaler.from_dict(loaded.thickness_scaler)
-    logits, thickness, rows = [], [], []
-    net = loaded.net.eval()
-    with torch.inference_mode():
-        for batch in loader:
-            out = net(batch["image"], batch.get("meta"))
-            logits.append(out.diagnosis_logits.float())
-            thickness.append(scaler.denormalise(out.thickness.float()))
-            rows.append(batch["index"])
-    order = torch.cat(rows).numpy()
-    if len(order) != len(table) or len(set(order.tolist())) != len(table):
-        log.warning("%d of %d rows were replaced because their images could not be read",
-                    len(table) - len(set(order.tolist())), len(table))
-    return Predictions(torch.cat(logits).numpy(), torch.cat(thickness).numpy())
+    rows = table.reset_index(drop=True)
+    raw, kept, skipped = predictor.raw_outputs(rows["image"].tolist(), row_metadata(rows), num_workers=num_workers,
+                                               use_metadata=use_metadata)
+    if skipped:
+        log.warning("%d of %d rows left out because their images could not be read (first: %s)",
+                    len(skipped), len(rows), skipped[0])
+    return TablePredictions(rows.iloc[kept].reset_index(drop=True), raw.logits, raw.thickness_mm)
 
 
 def _split_rows(table: pd.DataFrame, splits_csv: str | Path | None, split: str | None) -> pd.DataFrame:
@@ -136,7 +117,7 @@ def evaluate(
     """Evaluate ``checkpoint`` on ``csv`` (optionally one split of it) and write the report files.
 
     Args:
-        checkpoint: A DermaLens Lightning checkpoint.
+        checkpoint: A DermaLens Lightning checkpoint (or bundle folder; its raw logits are evaluated).
         csv: Labelled table in any supported format.
         output_dir: Folder for the report files (created).
         img_dir: Image folder of ``csv``.
@@ -151,11 +132,11 @@ def evaluate(
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    loaded = load_lesion_checkpoint(checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint, engine="torch", batch_size=batch_size)
     table = load_table(csv, img_dir=img_dir, skip_missing=skip_missing)
     splits_csv = splits_csv or (default_splits_csv(checkpoint) if split or calibrate_split else None)
-    rows = _split_rows(table, splits_csv, split)
-    preds = predict_table(loaded, rows, batch_size, num_workers, use_metadata)
+    preds = predict_table(predictor, _split_rows(table, splits_csv, split), num_workers, use_metadata)
+    rows = preds.rows
     targets = encode_targets(rows)
 
     temperature = None
@@ -163,9 +144,8 @@ def evaluate(
     probs = probs_raw
     calib_notes: dict[str, float] = {}
     if calibrate_split and splits_csv is not None:
-        calib_rows = _split_rows(table, splits_csv, calibrate_split)
-        calib = predict_table(loaded, calib_rows, batch_size, num_workers, use_metadata)
-        calib_y = encode_targets(calib_rows)["diagnosis"]
+        calib = predict_table(predictor, _split_rows(table, splits_csv, calibrate_split), num_workers, use_metadata)
+        calib_y = encode_targets(calib.rows)["diagnosis"]
         if (calib_y >= 0).any():
             temperature = fit_temperature(calib.logits, calib_y)
             probs = apply_temperature(preds.logits, temperature)

@@ -42,8 +42,11 @@ def row_metadata(rows: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def predict_rows(predictor: Predictor, rows: pd.DataFrame, tta: bool = False, progress: bool = False,
-                 variant: str = "plain") -> RowPredictions:
+                 variant: str = "plain", num_workers: int = 0) -> RowPredictions:
     """Predict every row of a lesion table (image paths in ``image``), skipping unreadable images.
+
+    The rows go through the predictor's batched path (``Predictor.raw_outputs``); a perturbed
+    variant's images are decoded and perturbed lazily, in the DataLoader workers.
 
     Args:
         predictor: The loaded model.
@@ -52,13 +55,15 @@ def predict_rows(predictor: Predictor, rows: pd.DataFrame, tta: bool = False, pr
         progress: Show a progress bar.
         variant: A name of :data:`backend.evaluation.acquisition.VARIANTS`: the images as stored
             (``plain``), or squashed to a square, or framed by a black dermoscope border.
+        num_workers: DataLoader worker processes decoding the images.
     """
     if variant not in VARIANTS:
         raise ConfigError(f"unknown acquisition variant {variant!r}; valid: {list(VARIANTS)}")
     rows = rows.reset_index(drop=True)
     perturb = VARIANTS[variant]
     images = rows["image"].tolist() if perturb is None else PerturbedImages(rows["image"].tolist(), perturb)
-    raw, kept, skipped = predictor.raw_outputs(images, row_metadata(rows), progress=progress, tta=tta)
+    raw, kept, skipped = predictor.raw_outputs(images, row_metadata(rows), progress=progress, tta=tta,
+                                               num_workers=num_workers)
     return RowPredictions(rows.iloc[kept].reset_index(drop=True), raw, skipped)
 
 

@@ -21,13 +21,20 @@ heatmap is the same as with a full backward pass.
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
 import torch
 
+from backend.data.schema import DIAGNOSES
 from backend.errors import ConfigError
 from backend.models.lesion_net import SingleHeadWrapper
+
+#: Heads Grad-CAM can explain: the network's own (:attr:`SingleHeadWrapper.HEADS`), the diagnosis logits first.
+CAM_HEADS: tuple[str, ...] = SingleHeadWrapper.HEADS
+#: Grad-CAM targets that name a whole head (``thickness``, ``malignant``) rather than a diagnosis.
+HEAD_TARGETS: tuple[str, ...] = CAM_HEADS[1:]
 
 
 class ClassTarget:
@@ -71,8 +78,8 @@ class LesionCAM:
 
     def __init__(self, net: torch.nn.Module, head: str = "diagnosis", meta: torch.Tensor | None = None,
                  fast: bool = True) -> None:
-        if head not in ("diagnosis", "thickness", "malignant"):
-            raise ConfigError(f"Grad-CAM head must be 'diagnosis', 'thickness' or 'malignant', got {head!r}")
+        if head not in CAM_HEADS:
+            raise ConfigError(f"Grad-CAM head must be one of {list(CAM_HEADS)}, got {head!r}")
         self.net, self.head, self.meta, self.fast = net, head, meta, fast
         self.outputs: torch.Tensor | None = None
         self._cam: Any = None
@@ -137,6 +144,32 @@ class LesionCAM:
         self._grad_state = []
 
 
+def cam_targets(target: str | int | None, n: int) -> tuple[str, list[Any] | None]:
+    """The head to explain and one pytorch-grad-cam target per image for a target name.
+
+    Args:
+        target: A diagnosis name or index, a name of :data:`HEAD_TARGETS` (``thickness``: the
+            regression output; ``malignant``: log-odds of P(malignant)), or None (each image's
+            predicted class).
+        n: Images explained.
+
+    Raises:
+        ConfigError: An unknown name or an index out of range.
+    """
+    if target is None:
+        return CAM_HEADS[0], None
+    if isinstance(target, str) and target in HEAD_TARGETS:
+        return target, [ThicknessTarget() for _ in range(n)]
+    if isinstance(target, str):
+        if target not in DIAGNOSES:
+            raise ConfigError(f"unknown Grad-CAM target {target!r}; expected one of "
+                              f"{[*DIAGNOSES, *HEAD_TARGETS]} or None (predicted class)")
+        target = DIAGNOSES.index(target)
+    if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or not 0 <= target < len(DIAGNOSES):
+        raise ConfigError(f"Grad-CAM class index must be in 0..{len(DIAGNOSES) - 1}, got {target!r}")
+    return CAM_HEADS[0], [ClassTarget(int(target)) for _ in range(n)]
+
+
 def heatmap_to_image(cam: np.ndarray, image_shape: tuple[int, ...], img_size: int) -> np.ndarray:
     """Map a heatmap of the network input back onto the image it was computed from.
 
@@ -196,3 +229,12 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.
     colours = cv2.cvtColor(colours, cv2.COLOR_BGR2RGB)
     blended = (1.0 - opacity) * image.astype(np.float32) + opacity * colours.astype(np.float32)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of an RGB uint8 image (for overlays written to disk or served by the app)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()

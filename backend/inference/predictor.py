@@ -1,13 +1,22 @@
 """``Predictor``: images (+ optional patient metadata) in, everything a clinician sees out.
 
-The one inference API of DermaLens; the Streamlit app, ``scripts/predict.py``, ``scripts/export.py``
-and the benchmark all go through it::
+The one inference API of DermaLens; the Streamlit app, ``scripts/predict.py``, ``scripts/export.py``,
+``backend.evaluation`` and the benchmark all go through it::
 
     predictor = Predictor.from_checkpoint("assets/models/default")      # bundle folder or .ckpt
     [result] = predictor.predict(["lesion.jpg"], metadata=[{"age_approx": 55, "sex": "male"}])
     result.probabilities["MEL"], result.risk, result.traffic_light, result.flags
-    heatmap = predictor.explain("lesion.jpg", target="MEL")            # (H, W) in [0, 1]
-    picture = predictor.overlay(predictor.load("lesion.jpg")[1], heatmap, opacity=0.4)
+    prepared = predictor.prepare("lesion.jpg")                         # decoded once...
+    [result] = predictor.predict(prepared)                             # ...preprocessed once...
+    heatmap = predictor.explain(prepared, target="MEL")                # ...and reused: (H, W) in [0, 1]
+    picture = predictor.overlay(prepared.image, heatmap, opacity=0.4)
+    for batch in predictor.iter_outputs(paths, metadata, num_workers=2):   # many images, DataLoader workers
+        batch.predictions, batch.raw.features, batch.failures
+
+This module is the core: loading (bundle or checkpoint, ONNX Runtime or PyTorch), the forward pass
+with calibration and test-time augmentation, the batched path and Grad-CAM. Inputs and their
+decoding live in :mod:`backend.inference.inputs`, the DataLoader dataset in
+:mod:`backend.inference.batches`, the result records in :mod:`backend.inference.records`.
 
 Preprocessing is exactly training's eval transform, rebuilt from the description stored with the
 model (``backend.data.transforms.build_eval_transform``); images are decoded with the project's
@@ -20,125 +29,35 @@ and the thickness over the 8 flips/rotations in one batched pass (:mod:`backend.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
-from backend.data.hair import remove_hair
-from backend.data.images import decode_image_bytes, load_image
 from backend.data.metadata import MetadataEncoder
-from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES
-from backend.data.transforms import build_eval_transform, check_preprocessing
-from backend.errors import CheckpointError, ConfigError, ImageLoadError
+from backend.data.schema import DIAGNOSES
+from backend.data.transforms import check_preprocessing
+from backend.errors import CheckpointError, ConfigError
 from backend.inference import tta as tta_mod
-from backend.inference.explain import ClassTarget, LesionCAM, ThicknessTarget, heatmap_to_image, overlay
+from backend.inference.batches import InputBatch, InputDataset, OutputBatch, collate_inputs
+from backend.inference.explain import LesionCAM, cam_targets, heatmap_to_image, overlay
+from backend.inference.inputs import PreparedInput, Preprocessor, encode_metadata, is_single_input, prepare_input
 from backend.inference.onnx_engine import open_engine
-from backend.inference.quality import FeatureStats, QualityConfig, QualityFlag, image_flags
-from backend.inference.risk import RiskConfig, risk_index, thickness_band, traffic_light
+from backend.inference.quality import FeatureStats, QualityConfig
+from backend.inference.records import OUTPUT_COLUMNS, Prediction, RawOutputs
+from backend.inference.risk import RiskConfig
 from backend.io.bundle import load_bundle
 from backend.io.checkpoint import load_lesion_checkpoint
 from backend.models.heads import ThicknessScaler
 
-#: Metadata keys accepted per image, mapped to the lesion-table names.
-METADATA_KEYS: dict[str, str] = {
-    "age_approx": "age_approx", "age": "age_approx",
-    "sex": "sex",
-    "anatom_site_general": "anatom_site_general", "site": "anatom_site_general",
-    "anatom_site": "anatom_site_general",
-}
-#: Grad-CAM targets besides the class names.
-HEAD_TARGETS: tuple[str, ...] = ("thickness", "malignant")
-_MALIGNANT = [i for i, d in enumerate(DIAGNOSES) if d in MALIGNANT_DIAGNOSES]
-
-
-@dataclass
-class Prediction:
-    """Everything shown for one image.
-
-    Attributes:
-        image: The image's name (its path, the upload's file name, or ``image_<i>`` for arrays).
-        probabilities: Calibrated probability of each diagnosis, in :data:`DIAGNOSES` order.
-        malignant: P(MEL) + P(BCC) + P(SCC).
-        benign: ``1 - malignant``.
-        risk: Risk index in ``[0, 1]`` (``backend.inference.risk``).
-        traffic_light: ``green``, ``yellow`` or ``red``.
-        thickness_mm: Breslow thickness estimate in mm (meaningful only if the lesion is a melanoma).
-        thickness_band: Band of ``thickness_mm`` (``in situ``, ``<0.8 mm``, ... ``>4 mm``).
-        top_class: Most probable diagnosis.
-        top_probability: Its probability.
-        flags: Quality-gate flag codes (``blurred``, ``out_of_distribution``...); empty when none.
-        flag_reasons: Code -> human-readable reason.
-        metadata_used: Whether patient metadata was given and fed to the model.
-        tta: Whether test-time augmentation was used.
-        ood_distance: Feature distance from the training images (None without statistics).
-    """
-
-    image: str
-    probabilities: dict[str, float]
-    malignant: float
-    benign: float
-    risk: float
-    traffic_light: str
-    thickness_mm: float
-    thickness_band: str
-    top_class: str
-    top_probability: float
-    flags: list[str] = field(default_factory=list)
-    flag_reasons: dict[str, str] = field(default_factory=dict)
-    metadata_used: bool = False
-    tta: bool = False
-    ood_distance: float | None = None
-
-    @property
-    def reliable(self) -> bool:
-        """False when the quality gate flagged the image (the prediction is still given)."""
-        return not self.flags
-
-    @property
-    def thickness_relevant(self) -> bool:
-        """Whether the thickness estimate applies (the top class is melanoma)."""
-        return self.top_class == "MEL"
-
-    def to_row(self) -> dict[str, Any]:
-        """One row of ``scripts/predict.py`` output (see :data:`OUTPUT_COLUMNS`)."""
-        row: dict[str, Any] = {"image": self.image}
-        row.update({name: self.probabilities[name] for name in DIAGNOSES})
-        row["UNK"] = 0.0
-        row.update({
-            "malignant": self.malignant, "risk": self.risk, "traffic_light": self.traffic_light,
-            "thickness_mm": self.thickness_mm, "thickness_band": self.thickness_band, "flags": ";".join(self.flags),
-        })
-        return row
-
-
-#: Columns of a batch-prediction CSV, in order.
-OUTPUT_COLUMNS: tuple[str, ...] = (
-    "image", *DIAGNOSES, "UNK", "malignant", "risk", "traffic_light", "thickness_mm", "thickness_band", "flags",
-)
-
-
-class RawOutputs(NamedTuple):
-    """Network outputs of a batch after calibration (and TTA averaging).
-
-    Attributes:
-        probs: ``(B, 8)`` calibrated probabilities.
-        logits: ``(B, 8)`` raw diagnosis logits of the unaugmented images (before temperature).
-        thickness_mm: ``(B,)`` thickness estimate in mm.
-        features: ``(B, D)`` pooled backbone features of the unaugmented images.
-    """
-
-    probs: np.ndarray
-    logits: np.ndarray
-    thickness_mm: np.ndarray
-    features: np.ndarray
+#: Re-exported: the records and inputs callers import from here.
+__all__ = ["OUTPUT_COLUMNS", "Prediction", "Predictor", "PreparedInput", "RawOutputs"]
 
 
 def _is_token_model(net: torch.nn.Module) -> bool:
@@ -181,12 +100,11 @@ class Predictor:
         tta: bool = False,
         batch_size: int = 32,
     ) -> None:
-
         try:
             self.preprocessing = dict(check_preprocessing(dict(preprocessing)))
         except ConfigError as err:
             raise CheckpointError(f"stored preprocessing is invalid: {err}") from None
-        self.transform = build_eval_transform(self.preprocessing)
+        self.preprocessor = Preprocessor(self.preprocessing)
         self.img_size = int(self.preprocessing["img_size"])
         self.scaler = ThicknessScaler.from_dict(thickness_scaler or ThicknessScaler().to_dict())
         self.net = net.eval()
@@ -235,7 +153,6 @@ class Predictor:
         """
         path = Path(path)
         if path.is_dir():
-
             bundle = load_bundle(path)
             model, card = bundle.model, bundle.card
             stats = None
@@ -287,82 +204,46 @@ class Predictor:
         """Diagnosis names in output order."""
         return DIAGNOSES
 
-    # -- decoding and preprocessing --------------------------------------------------------
+    # -- inputs --------------------------------------------------------------------------------
 
-    def load(self, item: Any, index: int = 0) -> tuple[str, np.ndarray]:
-        """Decode one input into ``(name, HxWx3 uint8 RGB)`` exactly as :meth:`predict` does.
+    def prepare(self, item: Any, index: int = 0) -> PreparedInput:
+        """Decode one input once, as :meth:`predict` does, for :meth:`predict` and :meth:`explain` to share.
 
-        Accepts an RGB uint8 array, a file path, ``(name, bytes)``, ``(name, array)``, raw bytes or a
-        file-like upload with ``.name`` (e.g. Streamlit's ``UploadedFile``).
+        Accepts what :func:`~backend.inference.inputs.prepare_input` does: an RGB uint8 array, a file
+        path, ``(name, bytes)``, ``(name, array)``, raw bytes, a file-like upload with ``.name`` or a
+        :class:`PreparedInput` (returned as is). Large files are decoded at reduced size (short side
+        not below the network input side).
 
         Raises:
             ImageLoadError: The image cannot be decoded (message names it and the reason).
             ConfigError: An array that is not HxWx3 uint8, or an unsupported input type.
         """
-        if isinstance(item, np.ndarray):
-            name, image = f"image_{index}", item
-        elif isinstance(item, (str, os.PathLike)):
-            name, image = str(item), load_image(item, target_size=self.img_size)
-        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
-            name, payload = item
-            if isinstance(payload, np.ndarray):
-                image = payload
-            elif isinstance(payload, (bytes, bytearray, memoryview)):
-                image = decode_image_bytes(bytes(payload), name, target_size=self.img_size)
-            else:
-                raise ConfigError(f"{name}: expected bytes or an RGB array, got {type(payload).__name__}")
-        elif isinstance(item, (bytes, bytearray, memoryview)):
-            name = f"upload_{index}"
-            image = decode_image_bytes(bytes(item), name, target_size=self.img_size)
-        elif hasattr(item, "read"):
-            name = str(getattr(item, "name", f"upload_{index}"))
-            data = item.getvalue() if hasattr(item, "getvalue") else item.read()
-            image = decode_image_bytes(bytes(data), name, target_size=self.img_size)
-        else:
-            raise ConfigError(f"cannot predict on a {type(item).__name__}; pass an RGB uint8 array, a path or "
-                              "(name, bytes)")
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
-            raise ConfigError(f"{name}: expected an HxWx3 uint8 RGB image, got shape {image.shape} {image.dtype}")
-        return name, image
+        return prepare_input(item, index, self.img_size)
+
+    def load(self, item: Any, index: int = 0) -> tuple[str, np.ndarray]:
+        """``(name, HxWx3 uint8 RGB)`` of one input, decoded exactly as :meth:`predict` does (see :meth:`prepare`)."""
+        prepared = self.prepare(item, index)
+        return prepared.name, prepared.image
+
+    def _stack(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        batch = torch.stack(list(tensors))
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Decoded images -> network input ``(B, 3, S, S)`` float32.
-
-        Hair removal (only when the model was trained with it), then the eval transform.
-        """
-        if self.preprocessing["hair_removal"]:
-
-            images = [remove_hair(img) for img in images]
-        batch = torch.stack([self.transform(image=np.ascontiguousarray(img))["image"] for img in images])
-        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
+        """Decoded images -> network input ``(B, 3, S, S)`` float32 (hair removal if trained so, eval transform)."""
+        return self._stack([self.preprocessor(image) for image in images])
 
     def encode_metadata(self, metadata: Sequence[dict[str, Any] | None] | None, n: int
                         ) -> tuple[np.ndarray | None, np.ndarray]:
         """Encoded metadata ``(n, dim)`` (None for image-only models) and a per-row "given" mask.
 
-        A row without metadata (None, or every field blank) is encoded as "age, sex and site
-        unknown", exactly as training encodes such rows, so a fusion model sees the same input for
-        them at inference as it did in training and evaluation.
+        A row without metadata is encoded as "age, sex and site unknown", as training encodes such
+        rows (:func:`~backend.inference.inputs.encode_metadata`).
 
         Raises:
             ConfigError: Wrong number of rows, unknown keys or values outside the vocabulary.
         """
-        used = np.zeros(n, dtype=bool)
-        if metadata is not None and len(metadata) != n:
-            raise ConfigError(f"{len(metadata)} metadata rows for {n} images")
-        if self.encoder is None:
-            return None, used
-        rows = np.zeros((n, self.encoder.dim), dtype=np.float32)
-        for i, entry in enumerate(metadata if metadata is not None else [None] * n):
-            fields = {"age_approx": None, "sex": None, "anatom_site_general": None}
-            for key, value in (entry or {}).items():
-                if key not in METADATA_KEYS:
-                    raise ConfigError(f"unknown metadata key {key!r}; expected age_approx, sex, anatom_site_general")
-                fields[METADATA_KEYS[key]] = value
-            used[i] = any(not _missing(v) for v in fields.values())
-            rows[i] = self.encoder.encode(fields["age_approx"], fields["sex"], fields["anatom_site_general"])
-        return rows, used
+        return encode_metadata(self.encoder, metadata, n)
 
     # -- network ---------------------------------------------------------------------------
 
@@ -402,12 +283,85 @@ class Predictor:
         engine = self.onnx_engine
         if engine is not None and not tta and engine.temperature == self.temperature:
             with self._lock:
-                return RawOutputs(*engine(x, meta))
+                return RawOutputs(*engine(x, meta))  # ONNX Runtime reads plain NCHW: no channels_last copy
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with self._lock, torch.inference_mode():
             m = None if meta is None else torch.from_numpy(np.asarray(meta, dtype=np.float32))
             probs, logits, thickness, features = self._forward_group(x, m, tta)
             thickness_mm = self.scaler.denormalise(thickness)
         return RawOutputs(probs.numpy().astype(np.float64), logits.numpy(), thickness_mm.numpy(), features.numpy())
+
+    # -- the batched path -----------------------------------------------------------------------
+
+    def iter_outputs(self, images: Sequence[Any], metadata: Sequence[dict[str, Any] | None] | None = None, *,
+                     names: Sequence[str] | None = None, tta: bool | None = None, predictions: bool = True,
+                     keep_inputs: bool = False, use_metadata: bool = True, num_workers: int = 0,
+                     progress: bool = False) -> Iterator[OutputBatch]:
+        """Run many inputs batch by batch through a DataLoader: the one batched inference path.
+
+        Decoding, metadata encoding, quality flags and preprocessing run per image in the
+        DataLoader (in ``num_workers`` worker processes, or here when 0); the forward pass, TTA,
+        calibration, OOD distance and the records run here. Unusable inputs (unreadable images,
+        bad metadata rows) are reported in each batch's ``failures`` and skipped.
+
+        Args:
+            images: Anything :meth:`prepare` accepts, one per image; a lazy sequence is read by
+                index in the workers (e.g. ``backend.evaluation.acquisition.PerturbedImages``).
+            metadata: One patient-metadata dict (or None) per image, or None for none.
+            names: What to call each image in the records instead of the name it carries.
+            tta: Average over the 8 flips/rotations; default the predictor's ``tta``.
+            predictions: Also compute the quality flags and :class:`Prediction` records (False:
+                network outputs only, for evaluation, calibration and embedding).
+            keep_inputs: Return each usable input's :class:`PreparedInput` (to explain or hash
+                it afterwards without decoding or preprocessing it again).
+            use_metadata: Feed the metadata to a fusion model; False uses its learned "no
+                metadata" path for every image (evaluating the image branch alone).
+            num_workers: DataLoader worker processes (0: decode in this process).
+            progress: Show a progress bar.
+
+        Raises:
+            ConfigError: ``metadata`` or ``names`` of another length than ``images``.
+        """
+        if num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+        tta = self.tta if tta is None else bool(tta)
+        dataset = InputDataset(images, metadata, names, self.img_size, self.preprocessor,
+                               self.encoder if use_metadata else None, self.quality if predictions else None,
+                               keep_inputs)
+        loader: Any = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=num_workers,
+                                 collate_fn=collate_inputs)
+        if progress:
+            from tqdm.auto import tqdm
+
+            loader = tqdm(loader, desc="images", unit="batch")
+        for batch in loader:
+            yield self._outputs(batch, tta, predictions, keep_inputs)
+
+    def _outputs(self, batch: InputBatch, tta: bool, predictions: bool, keep_inputs: bool) -> OutputBatch:
+        """Forward pass and records of one collated batch."""
+        items = batch.items
+        inputs = [item.prepared for item in items] if keep_inputs else None
+        used = np.array([item.metadata_used for item in items], dtype=bool)
+        indices, names = [item.index for item in items], [item.name for item in items]
+        if not items:
+            return OutputBatch(batch.size, [], [], RawOutputs.empty(), [], batch.failures, inputs, used)
+        raw = self.forward(batch.x, batch.meta, tta)
+        records: list[Prediction] = []
+        if predictions:
+            distances = None
+            if self.feature_stats is not None and self.quality.ood_enabled:
+                distances = self.feature_stats.distance(raw.features)
+            for i, item in enumerate(items):
+                flags = list(item.flags or [])
+                dist = None if distances is None else float(distances[i])
+                if dist is not None:
+                    ood = self.feature_stats.flag(dist)
+                    if ood is not None:
+                        flags.append(ood)
+                records.append(Prediction.from_outputs(item.name, raw.probs[i], float(raw.thickness_mm[i]), flags,
+                                                       self.risk, bool(used[i]), tta, dist))
+        return OutputBatch(batch.size, indices, names, raw, records, batch.failures, inputs, used)
 
     # -- prediction -------------------------------------------------------------------------
 
@@ -416,8 +370,8 @@ class Predictor:
         """Predict every image; one :class:`Prediction` per input, in order.
 
         Args:
-            images: A list of RGB uint8 arrays, paths, ``(name, bytes)`` uploads (see :meth:`load`);
-                a single one is accepted too.
+            images: A list of anything :meth:`prepare` accepts (arrays, paths, ``(name, bytes)``
+                uploads, :class:`PreparedInput`); a single one is accepted too.
             metadata: One dict per image (``age_approx``, ``sex``, ``anatom_site_general``; missing
                 keys or None mean unknown), or None.
             tta: Average over the 8 flips/rotations; default the predictor's ``tta``.
@@ -426,108 +380,53 @@ class Predictor:
             ImageLoadError: An image cannot be decoded.
             ConfigError: Bad metadata or input types.
         """
-        if isinstance(images, (np.ndarray, str, os.PathLike, bytes)) or hasattr(images, "read") or (
-            isinstance(images, tuple) and len(images) == 2 and isinstance(images[0], str)
-            and isinstance(images[1], (bytes, bytearray, memoryview, np.ndarray))
-        ):
+        if is_single_input(images):
             images = [images]
             metadata = [metadata] if isinstance(metadata, dict) else metadata
         images = list(images)
-        if metadata is not None and len(metadata) != len(images):
-            raise ConfigError(f"{len(metadata)} metadata rows for {len(images)} images")
-        tta = self.tta if tta is None else bool(tta)
         results: list[Prediction] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            decoded = [self.load(item, start + i) for i, item in enumerate(chunk)]
-            meta_chunk = None if metadata is None else metadata[start : start + self.batch_size]
-            results.extend(self.predict_decoded(decoded, meta_chunk, tta))
+        for batch in self.iter_outputs(images, metadata, tta=tta):
+            if batch.failures:
+                raise batch.failures[0].error()
+            results.extend(batch.predictions)
         return results
 
     def predict_decoded(self, decoded: Sequence[tuple[str, np.ndarray]],
                         metadata: Sequence[dict[str, Any] | None] | None = None, tta: bool = False
                         ) -> list[Prediction]:
-        """Predict already decoded ``(name, image)`` pairs (one batch; see :meth:`load`)."""
-        if not decoded:
-            return []
-        names = [name for name, _ in decoded]
-        arrays = [image for _, image in decoded]
-        meta, used = self.encode_metadata(metadata, len(arrays))
-        raw = self.forward(self.preprocess(arrays), meta, tta)
-        distances = None
-        if self.feature_stats is not None and self.quality.ood_enabled:
-            distances = self.feature_stats.distance(raw.features)
-        results = []
-        for i, name in enumerate(names):
-            flags = image_flags(arrays[i], self.quality)
-            dist = None if distances is None else float(distances[i])
-            if dist is not None:
-                ood = self.feature_stats.flag(dist)
-                if ood is not None:
-                    flags.append(ood)
-            results.append(
-                self._result(name, raw.probs[i], float(raw.thickness_mm[i]), flags, bool(used[i]), tta, dist)
-            )
-        return results
+        """Predict already decoded ``(name, image)`` pairs (see :meth:`load`)."""
+        return self.predict(list(decoded), metadata, tta=tta)
 
-    def _result(self, name: str, probs: np.ndarray, thickness_mm: float, flags: list[QualityFlag], used: bool,
-                tta: bool, dist: float | None) -> Prediction:
-        probabilities = {c: float(p) for c, p in zip(DIAGNOSES, probs, strict=True)}
-        malignant = float(min(max(sum(float(probs[i]) for i in _MALIGNANT), 0.0), 1.0))
-        risk = float(risk_index(probs, self.risk))
-        top = int(np.argmax(probs))
-        return Prediction(
-            image=name, probabilities=probabilities, malignant=malignant, benign=1.0 - malignant, risk=risk,
-            traffic_light=traffic_light(risk, self.risk), thickness_mm=thickness_mm,
-            thickness_band=thickness_band(thickness_mm), top_class=DIAGNOSES[top], top_probability=float(probs[top]),
-            flags=[f.code for f in flags], flag_reasons={f.code: f.reason for f in flags}, metadata_used=used,
-            tta=tta, ood_distance=dist,
-        )
-
-    # -- calibration and OOD statistics -------------------------------------------------------
+    # -- calibration, OOD statistics and evaluation ------------------------------------------------
 
     def raw_outputs(self, images: Sequence[Any], metadata: Sequence[dict[str, Any] | None] | None = None,
-                    progress: bool = False, tta: bool = False) -> tuple[RawOutputs, list[int], list[str]]:
-        """Network outputs over many images, skipping unreadable ones (for calibration, OOD fitting, evaluation).
+                    progress: bool = False, tta: bool = False, num_workers: int = 0, use_metadata: bool = True
+                    ) -> tuple[RawOutputs, list[int], list[str]]:
+        """Network outputs over many images, skipping unusable ones (calibration, OOD fitting, evaluation, embedding).
 
         Args:
-            images: Paths, bytes or arrays.
+            images: Anything :meth:`prepare` accepts, one per image (a lazy sequence is read by index).
             metadata: One patient-metadata dict (or None) per image; None for no metadata at all.
             progress: Show a progress bar.
             tta: Average over the 8 flips/rotations (off for calibration and OOD fitting, which
                 describe the plain forward pass).
+            num_workers: DataLoader worker processes decoding the images.
+            use_metadata: Feed the metadata to a fusion model (see :meth:`iter_outputs`).
 
         Returns:
-            The outputs of the readable images, their indices in ``images``, and one message per
+            The outputs of the usable images, their indices in ``images``, and one message per
             skipped image.
         """
         parts: list[RawOutputs] = []
         kept: list[int] = []
         skipped: list[str] = []
-        starts = range(0, len(images), self.batch_size)
-        if progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc="images", unit="batch")
-        for start in starts:
-            decoded, meta_rows, rows = [], [], []
-            for i in range(start, min(start + self.batch_size, len(images))):
-                try:
-                    decoded.append(self.load(images[i], i))
-                except (ImageLoadError, ConfigError) as err:
-                    skipped.append(str(err))
-                    continue
-                rows.append(i)
-                meta_rows.append(None if metadata is None else metadata[i])
-            if not decoded:
-                continue
-            meta, _ = self.encode_metadata(None if metadata is None else meta_rows, len(decoded))
-            parts.append(self.forward(self.preprocess([img for _, img in decoded]), meta, tta=tta))
-            kept.extend(rows)
-        if not parts:
-            empty = np.zeros((0, len(DIAGNOSES)))
-            return RawOutputs(empty, empty, np.zeros(0), np.zeros((0, 0))), kept, skipped
-        return RawOutputs(*(np.concatenate(p, axis=0) for p in zip(*parts, strict=True))), kept, skipped
+        for batch in self.iter_outputs(images, metadata, tta=tta, predictions=False, use_metadata=use_metadata,
+                                       num_workers=num_workers, progress=progress):
+            skipped.extend(failure.message for failure in batch.failures)
+            if batch.indices:
+                parts.append(batch.raw)
+                kept.extend(batch.indices)
+        return RawOutputs.concatenate(parts), kept, skipped
 
     def fit_ood(self, images: Sequence[Any], percentile: float = 99.0) -> FeatureStats:
         """Fit and install out-of-distribution statistics on in-domain (training) images."""
@@ -537,42 +436,30 @@ class Predictor:
 
     # -- explanation --------------------------------------------------------------------------
 
-    def _cam_head_and_targets(self, target: str | int | None, n: int) -> tuple[str, list[Any] | None]:
-
-        if target is None:
-            return "diagnosis", None
-        if isinstance(target, str) and target in HEAD_TARGETS:
-            return target, [ThicknessTarget() for _ in range(n)]
-        if isinstance(target, str):
-            if target not in DIAGNOSES:
-                raise ConfigError(f"unknown Grad-CAM target {target!r}; expected one of "
-                                  f"{[*DIAGNOSES, *HEAD_TARGETS]} or None (predicted class)")
-            target = DIAGNOSES.index(target)
-        if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or not 0 <= target < len(DIAGNOSES):
-            raise ConfigError(f"Grad-CAM class index must be in 0..{len(DIAGNOSES) - 1}, got {target!r}")
-        return "diagnosis", [ClassTarget(int(target)) for _ in range(n)]
-
     def explain_batch(self, images: Sequence[Any], target: str | int | None = None,
                       metadata: Sequence[dict[str, Any] | None] | None = None) -> list[np.ndarray]:
         """Grad-CAM heatmaps, one ``(H, W)`` float32 array in ``[0, 1]`` per image at its decoded size.
 
+        A :class:`PreparedInput` is neither decoded nor preprocessed again (its network input from
+        an earlier :meth:`predict` is reused).
+
         Args:
             images: As for :meth:`predict` (arrays keep their size; paths and uploads are decoded
-                like :meth:`load`, i.e. at reduced size when large).
+                like :meth:`prepare`, i.e. at reduced size when large).
             target: A diagnosis name or index, ``"thickness"`` (the regression output),
-                ``"malignant"`` (log-odds of P(malignant)) or None (each image's predicted class).
+                ``"malignant"`` (log-odds of P(malignant)) or None (each image's predicted class);
+                see :func:`~backend.inference.explain.cam_targets`.
             metadata: As for :meth:`predict`.
         """
-        decoded = [self.load(item, i) for i, item in enumerate(images)]
-        if not decoded:
+        prepared = [self.prepare(item, i) for i, item in enumerate(images)]
+        if not prepared:
             return []
-        n = len(decoded)
-        head, targets = self._cam_head_and_targets(target, n)
-        meta, _ = self.encode_metadata(metadata, n)
-        x = self.preprocess([img for _, img in decoded])
+        head, targets = cam_targets(target, len(prepared))
+        meta, _ = self.encode_metadata(metadata, len(prepared))
+        x = self._stack([self.preprocessor.of(p) for p in prepared])
         with self._lock, LesionCAM(self.net, head=head, meta=None if meta is None else torch.from_numpy(meta)) as cam:
             cams = cam(x, targets)
-        return [heatmap_to_image(c, img.shape, self.img_size) for c, (_, img) in zip(cams, decoded, strict=True)]
+        return [heatmap_to_image(c, p.image.shape, self.img_size) for c, p in zip(cams, prepared, strict=True)]
 
     def explain(self, image: Any, target: str | int | None = None, metadata: dict[str, Any] | None = None
                 ) -> np.ndarray:
@@ -583,28 +470,3 @@ class Predictor:
     def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.ndarray:
         """Heatmap blended over the image (``backend.inference.explain.overlay``)."""
         return overlay(image, heatmap, opacity)
-
-
-def _missing(value: Any) -> bool:
-    """None, NaN, pandas NA or a blank/"unknown" string."""
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return value.strip().lower() in ("", "unknown", "nan", "na")
-    if isinstance(value, float):
-        return math.isnan(value)
-    try:
-        import pandas as pd
-
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of an RGB uint8 image (for overlays written to disk or served by the app)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()

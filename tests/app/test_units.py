@@ -13,6 +13,8 @@ from PIL import Image
 
 import backend.model_store as store
 from app import components, report, resources, state
+from backend.data.schema import IMAGE_EXTENSIONS
+from backend.inference.inputs import PreparedInput
 
 
 def _prediction(light: str = "red", **extra) -> SimpleNamespace:
@@ -31,8 +33,24 @@ def test_upload_id_is_content_and_name_hash():
     assert len(state.upload_id("a.png", b"")) == 16 and state.upload_id("a.png", b"").isalnum()
 
 
+def test_prepare_upload_decodes_once_to_the_display_size(monkeypatch):
+    import backend.data.images as images
+
+    calls = []
+    decode = images._decode
+    monkeypatch.setattr(images, "_decode", lambda *a, **kw: calls.append(a[1]) or decode(*a, **kw))
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((1500, 2600, 3), 120, np.uint8)).save(buffer, format="PNG")
+    prepared = components.prepare_upload("big.png", buffer.getvalue())
+    assert calls == ["big.png"]
+    assert prepared.name == "big.png" and prepared.data == buffer.getvalue()
+    assert max(prepared.image.shape[:2]) == components.DISPLAY_SIDE and prepared.image.dtype == np.uint8
+    assert [f".{t}" for t in components.ACCEPTED_TYPES] == list(IMAGE_EXTENSIONS)
+
+
 def test_upload_prediction_key_tracks_model_and_metadata():
-    upload = state.Upload("id", "a.png", b"", np.zeros((2, 2, 3), np.uint8), b"")
+    upload = state.Upload("id", PreparedInput("a.png", np.zeros((2, 2, 3), np.uint8), b""), b"")
+    assert upload.name == "a.png" and upload.data == b"" and upload.image.shape == (2, 2, 3)
     assert not upload.is_current("m1") and not upload.metadata_given()
     upload.prediction, upload.prediction_key = object(), ("m1", upload.metadata_key())
     assert upload.is_current("m1") and not upload.is_current("m2")

@@ -51,6 +51,47 @@ def test_identical_file_twice_is_one_card_and_predictions_run_once(app_env, monk
     assert calls == [1]  # reruns reuse the session's prediction
 
 
+def test_each_upload_is_decoded_once_for_display_prediction_and_grad_cam(app_env, monkeypatch):
+    import backend.data.images as images
+    from backend.inference.inputs import Preprocessor
+
+    decoded, preprocessed = [], []
+    decode, preprocess = images._decode, Preprocessor.__call__
+    monkeypatch.setattr(images, "_decode", lambda *a, **kw: decoded.append(a[1]) or decode(*a, **kw))
+    monkeypatch.setattr(Preprocessor, "__call__", lambda self, image: preprocessed.append(1) or preprocess(self, image))
+    at = new_app().run()
+    upload(at, ("one.png", image_bytes(15), MIME["PNG"]), ("two.jpg", image_bytes(16, "JPEG"), MIME["JPEG"]))
+    at.toggle(key="cam_on").set_value(True).run()
+    at.selectbox(key="cam_target").set_value("thickness").run()
+    at.button(key=f"select_{list(session_uploads(at))[1]}").click().run()
+    assert not at.exception
+    assert all(u.prediction is not None and u.cams for u in session_uploads(at).values())
+    assert sorted(decoded) == ["one.png", "two.jpg"]  # the uploader's bytes, decoded once each
+    assert len(preprocessed) == 2  # the network input of each, made once for the prediction and every Grad-CAM
+
+
+def test_similar_cases_read_the_upload_decoded_once(app_env, monkeypatch, tmp_path):
+    import backend.data.images as images
+    from backend.data.formats import load_table
+    from backend.inference.predictor import Predictor
+    from backend.retrieval.build import build_library
+
+    table = load_table(app_env.data_dir / "labels.csv", check_images=False).head(12)
+    build_library(table, tmp_path / "refs" / "clinic", Predictor.from_checkpoint(app_env.fusion),
+                  model_path=str(app_env.fusion), img_dir=app_env.data_dir / "images", progress=False)
+    monkeypatch.setenv("DERMALENS_REFERENCE_DIR", str(tmp_path / "refs"))
+    decoded = []
+    decode = images._decode
+    monkeypatch.setattr(images, "_decode", lambda *a, **kw: decoded.append(a[1]) or decode(*a, **kw))
+    at = new_app().run()
+    upload(at, ("query.png", image_bytes(17), MIME["PNG"]))
+    at.toggle(key="cam_on").set_value(True).run()
+    assert not at.exception
+    [item] = session_uploads(at).values()
+    assert item.prediction is not None and item.cams and len(next(iter(item.similar.values())).neighbours) == 10
+    assert decoded == ["query.png"]
+
+
 def test_oversize_file_is_refused_by_name(app_env):
     from streamlit import config
 
@@ -128,7 +169,7 @@ def test_prediction_failure_of_one_image_spares_the_others(app_env, monkeypatch)
     original = Predictor.predict
 
     def picky(self, images, *args, **kwargs):
-        if any(name == "cursed.png" for name, _ in images):
+        if any(item.name == "cursed.png" for item in images):
             raise RuntimeError("backend bug")
         return original(self, images, *args, **kwargs)
 

@@ -65,6 +65,29 @@ def test_calibration_is_fitted_on_val_and_reported(trained, tmp_path):
     assert plain.temperature is None and "ece_after_calibration" not in plain.metrics
 
 
+def test_unreadable_test_image_is_left_out_not_replaced(trained, tmp_path, caplog):
+    import shutil
+
+    csv, run = trained
+    data = tmp_path / "data"
+    shutil.copytree(csv.parent, data)
+    table = load_table(csv)
+    test_rows = table[read_splits(run.run_dir / "splits.csv", table) == "test"]
+    broken = test_rows["image_id"].iloc[0]
+    (data / "images" / f"{broken}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with caplog.at_level("WARNING"):
+        evaluate(run.best_ckpt, data / csv.name, tmp_path / "out", split="test", calibrate_split=None,
+                 splits_csv=run.run_dir / "splits.csv")
+    isic = pd.read_csv(tmp_path / "out" / "predictions_isic.csv")
+    assert sorted(isic["image"]) == sorted(set(test_rows["image_id"]) - {broken})
+    assert f"1 of {len(test_rows)} rows left out" in caplog.text and broken in caplog.text
+    # The other rows' predictions are those of a full run.
+    full = evaluate(run.best_ckpt, csv, tmp_path / "full", split="test", calibrate_split=None)
+    both = pd.read_csv(tmp_path / "full" / "predictions_isic.csv").merge(isic, on="image", suffixes=("", "_cut"))
+    assert len(both) == len(isic) and np.allclose(both["MEL"], both["MEL_cut"], atol=1e-6)
+    assert full.temperature is None
+
+
 def test_cli_prints_metrics_and_reports_errors(trained, tmp_path, capsys):
     csv, run = trained
     assert evaluate_main(["--checkpoint", str(run.best_ckpt), "--csv", str(csv), "--output_dir", str(tmp_path),

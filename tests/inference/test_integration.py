@@ -47,3 +47,15 @@ def test_predictor_on_three_real_images(real_images):
         assert heat.shape == image.shape[:2] and 0.0 <= heat.min() <= heat.max() <= 1.0
         assert predictor.overlay(image, heat, 0.4).shape == image.shape
     assert np.isfinite([r.malignant for r in results]).all()
+
+
+def test_real_uploads_decode_once_and_workers_agree(real_images):
+    predictor = tiny_predictor(tiny_net())
+    prepared = [predictor.prepare((p.name, p.read_bytes())) for p in real_images]
+    results = predictor.predict(prepared)
+    heat = predictor.explain(prepared[0], target=results[0].top_class)
+    assert heat.shape == prepared[0].image.shape[:2]
+    [batch] = list(predictor.iter_outputs(real_images, names=[p.name for p in real_images], num_workers=2))
+    assert batch.failures == [] and [r.image for r in batch.predictions] == [r.image for r in results]
+    np.testing.assert_allclose(batch.raw.probs, [[r.probabilities[c] for c in r.probabilities] for r in results],
+                               atol=1e-6)
