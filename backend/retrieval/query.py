@@ -252,7 +252,8 @@ def similar_cases(predictor: Any, image: Any, library: ReferenceLibrary | str | 
 
     Args:
         predictor: The ``Predictor`` the library was built with.
-        image: A query as ``Predictor.load`` accepts it (path, ``(name, bytes)``, bytes, array, upload).
+        image: A query as ``Predictor.prepare`` accepts it (path, ``(name, bytes)``, bytes, array, upload,
+            ``PreparedInput``).
         library: A loaded :class:`ReferenceLibrary` or its folder.
         k: Neighbours wanted.
         lesion_id: The query's lesion id: that lesion's rows are not returned.
@@ -267,7 +268,7 @@ def similar_cases(predictor: Any, image: Any, library: ReferenceLibrary | str | 
     """
     library = load_library(library)
     library.check_model(model_identity(predictor), model_path)
-    name, array = predictor.load(image)
-    raw, _, _ = predictor.raw_outputs([array])
-    exclude = excluded_rows(library, lesion_id, patient_id, file_sha256(image), pixels_sha256(array))
-    return search(library, raw.features, k, [exclude], [name])[0]
+    prepared = predictor.prepare(image)  # a prepared upload keeps its decode and network input
+    raw, _, _ = predictor.raw_outputs([prepared])
+    exclude = excluded_rows(library, lesion_id, patient_id, file_sha256(image), pixels_sha256(prepared.image))
+    return search(library, raw.features, k, [exclude], [prepared.name])[0]

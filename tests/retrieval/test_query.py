@@ -80,3 +80,20 @@ def test_library_of_another_model_is_refused_with_the_rebuild_command(twin_libra
     expected = (f"python -m scripts.build_reference --csv {twins} --img_dir {twins.parent / 'images'} "
                 f"--output {out} --checkpoint models/new_bundle --rebuild")
     assert expected in message
+
+
+def test_prepared_query_reuses_its_network_input_and_still_excludes_its_own_file(twin_library, predictor,
+                                                                               monkeypatch):
+    out, table = twin_library
+    path = Path(table["image"].iat[0])
+    prepared = predictor.prepare(("upload.png", path.read_bytes()))
+    predictor.predict([prepared])  # what the app does first
+    calls = []
+    real_call = type(predictor.preprocessor).__call__
+    monkeypatch.setattr(type(predictor.preprocessor), "__call__",
+                        lambda self, image: calls.append(1) or real_call(self, image))
+    result = similar_cases(predictor, prepared, out, k=16)
+    assert calls == []  # the upload's network input was prepared once, for prediction
+    assert result.n_excluded == 1 and table["image_id"].iat[0] not in [n.image_id for n in result.neighbours]
+    fresh = similar_cases(predictor, ("upload.png", path.read_bytes()), out, k=16)
+    assert len(calls) == 1 and [n.image_id for n in fresh.neighbours] == [n.image_id for n in result.neighbours]
