@@ -100,10 +100,15 @@ def _pop_path(data: dict[str, Any], path: str) -> Any:
     return node.pop(leaf)
 
 
-def _apply_deprecations(cls: type, data: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """``data`` (copied when touched) with the deprecated keys of ``cls`` moved or dropped, each with a warning."""
+def _apply_deprecations(cls: type, data: dict[str, Any], prefix: str, renames_only: bool = False) -> dict[str, Any]:
+    """``data`` (copied when touched) with the deprecated keys of ``cls`` moved or dropped, each with a warning.
+
+    With ``renames_only``, removed keys stay for the final :func:`from_dict` to drop, where it can
+    name a disagreement with the key that replaces them.
+    """
     rules: dict[str, DeprecatedKey] = getattr(cls, "DEPRECATED_KEYS", None) or {}
-    hits = [old for old in rules if _get_path(data, old) is not _MISSING]
+    hits = [old for old in rules if _get_path(data, old) is not _MISSING
+            and not (renames_only and not (rules[old].moved and rules[old].replacement))]
     if not hits:
         return data
     data = copy.deepcopy(data)
@@ -238,6 +243,32 @@ def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
     return _from_dict(cls, dict(data or {}))
 
 
+def upgrade_keys(cls: type, data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """One config layer with its renamed keys moved to their new names (each with a warning), not yet typed.
+
+    Apply it to each layer before merging (:func:`merge_layers`), so that an old key in a later layer
+    (``output_dir=...`` on the command line) still beats the new key of an earlier one (``log_dir``
+    in the base YAML), as it did before the rename. Removed keys are left for :func:`from_dict`.
+    ``data`` is never changed.
+    """
+    data = _apply_deprecations(cls, data, prefix, renames_only=True)
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for name, value in data.items():
+        inner, _ = _strip_optional(hints.get(name, Any))
+        if _is_dataclass_type(inner) and isinstance(value, dict):
+            out[name] = upgrade_keys(inner, value, prefix=f"{prefix}{name}.")
+    return out
+
+
+def merge_layers(layers: Iterable[dict[str, Any]], cls: type | None = None) -> dict[str, Any]:
+    """Deep-merge config layers, last wins; with ``cls``, each layer's deprecated keys are upgraded first."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = deep_merge(merged, upgrade_keys(cls, layer) if cls is not None else layer)
+    return merged
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Return the config as plain nested dicts/lists (YAML- and checkpoint-safe)."""
     def convert(value: Any) -> Any:
@@ -315,11 +346,8 @@ def load_config(
     Raises:
         ConfigError: Naming the file or the dotted key that is wrong.
     """
-    merged: dict[str, Any] = {}
-    for file in files:
-        merged = deep_merge(merged, read_yaml(file))
-    merged = deep_merge(merged, parse_overrides(list(overrides)))
-    return from_dict(cls, merged)
+    layers = [read_yaml(file) for file in files] + [parse_overrides(list(overrides))]
+    return from_dict(cls, merge_layers(layers, cls))
 
 
 def cli_layers(
@@ -327,27 +355,29 @@ def cli_layers(
     model_file: str | None = None,
     flags: dict[str, Any] | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    cls: type | None = None,
 ) -> dict[str, Any]:
     """The merged config tree of a training CLI, before typing.
 
     Layers, last wins: each ``--config`` YAML, the ``--model_cfg`` YAML as the ``model`` section,
     flag values given as ``{"dotted.key": value}`` (None = flag not given), then ``key=value``
-    overrides.
+    overrides. With ``cls`` (the config dataclass), old keys are upgraded layer by layer
+    (:func:`upgrade_keys`), so a later layer wins whichever spelling it uses.
     """
-    merged: dict[str, Any] = {}
-    for file in files:
-        merged = deep_merge(merged, read_yaml(file))
+    layers = [read_yaml(file) for file in files]
     if model_file:
-        merged = deep_merge(merged, {"model": read_yaml(model_file)})
+        layers.append({"model": read_yaml(model_file)})
+    flag_layer: dict[str, Any] = {}
     for key, value in (flags or {}).items():
         if value is None:
             continue
-        node = merged
+        node = flag_layer
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return deep_merge(merged, parse_overrides(list(overrides)))
+    layers += [flag_layer, parse_overrides(list(overrides))]
+    return merge_layers(layers, cls)
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:

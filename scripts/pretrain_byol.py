@@ -60,7 +60,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[Any, argparse.Namespace
     flags = flag_values(args, FLAG_TO_KEY)
     if args.resume:
         flags["resume"] = True
-    merged = cli_layers(args.config, args.model_cfg, flags, args.overrides)
+    merged = cli_layers(args.config, args.model_cfg, flags, args.overrides, cls=ByolConfig)
     return from_dict(ByolConfig, merged), args
 
 

@@ -51,7 +51,8 @@ def parse_config(argv: list[str] | None = None) -> tuple[Any, argparse.Namespace
     from backend.training.config import ExperimentConfig
 
     args = parse_args(build_parser(), argv)
-    merged = cli_layers(args.config, args.model_cfg, flag_values(args, FLAG_TO_KEY), args.overrides)
+    merged = cli_layers(args.config, args.model_cfg, flag_values(args, FLAG_TO_KEY), args.overrides,
+                        cls=ExperimentConfig)
     return from_dict(ExperimentConfig, merged), args
 
 

@@ -17,11 +17,12 @@ from typing import Any
 
 import pandas as pd
 
-from backend.config import deep_merge, from_dict, parse_overrides, read_yaml
+from backend.config import from_dict, merge_layers, parse_overrides, read_yaml
 from backend.errors import ConfigError
 from backend.evaluation.split_eval import predict_rows, score_rows
 from backend.files import atomic_write_text
 from backend.inference.predictor import Predictor
+from backend.training.config import ExperimentConfig
 from backend.workflows.study_runs import StudyConfig, recipe, split_rows, train_once
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class AblationConfig(StudyConfig):
 def load_ablation_config(path: str | Path, overrides: list[str] | None = None) -> AblationConfig:
     """Read an ablation YAML; ``overrides`` apply to the base recipe of every variant."""
     raw = read_yaml(path)
-    raw["base"] = deep_merge(raw.get("base") or {}, parse_overrides(overrides or []))
+    raw["base"] = merge_layers([raw.get("base") or {}, parse_overrides(overrides or [])], ExperimentConfig)
     return from_dict(AblationConfig, raw)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backend.config import deep_merge, from_dict, parse_overrides, read_yaml, to_dict
+from backend.config import from_dict, merge_layers, parse_overrides, read_yaml, to_dict
 from backend.data.formats import load_table
 from backend.data.splits import read_splits
 from backend.errors import ConfigError
@@ -67,7 +67,7 @@ class StudyConfig:
 
     def base_tree(self) -> dict[str, Any]:
         """The base recipe: ``base_file`` with ``base`` on top."""
-        return deep_merge(read_yaml(self.base_file) if self.base_file else {}, self.base)
+        return merge_layers([read_yaml(self.base_file) if self.base_file else {}, self.base], ExperimentConfig)
 
     def check_variants(self, section: str) -> None:
         """Every variant must parse into a valid recipe; errors name ``<section>.variants.<name>``."""
@@ -90,7 +90,7 @@ def recipe(base: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) ->
     Raises:
         ConfigError: An unknown key or a bad value, named.
     """
-    return from_dict(ExperimentConfig, deep_merge(base, parse_overrides(list(overrides))))
+    return from_dict(ExperimentConfig, merge_layers([base, parse_overrides(list(overrides))], ExperimentConfig))
 
 
 def recipe_key(exp: ExperimentConfig) -> str:

@@ -53,9 +53,8 @@ def _cfg(csv: Path, out: Path, use_metadata: bool):
     base = read_yaml(REPO_ROOT / "cfgs" / "debug" / "cpu_tiny.yaml")
     base["data"].update({"csv": str(csv), "img_dir": str(csv.parent / "images"), "img_size": 64, "batch_size": 8,
                          "use_metadata": use_metadata})
-    base["model"].update({"img_size": 64, "use_metadata": use_metadata})
-    base["trainer"].update({"epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1})
-    base["output_dir"] = str(out)
+    base["trainer"].update({"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1})
+    base["log_dir"] = str(out)
     base["experiment_name"] = "fusion" if use_metadata else "image_only"
     return from_dict(ExperimentConfig, base)
 

@@ -6,8 +6,10 @@ import pytest
 
 from backend.config import (
     DeprecatedKey,
+    cli_layers,
     from_dict,
     load_config,
+    merge_layers,
     parse_overrides,
     read_yaml,
     removed,
@@ -177,3 +179,25 @@ def test_every_shipped_config_file_uses_the_current_keys():
             for overrides in ablation.variants.values():
                 recipe(ablation.base_tree(), overrides)
         load_pipeline_config(cfgs / "default.yaml")
+
+
+def test_an_old_key_in_a_later_layer_beats_the_new_key_of_an_earlier_one(tmp_path):
+    """Renames are applied layer by layer, so overriding with the old spelling still overrides."""
+    base = {"log_dir": "from_yaml", "sec": {"max_epochs": 2}}
+    with pytest.warns(DeprecationWarning, match=r"'out' is deprecated: use 'log_dir'"):
+        merged = merge_layers([base, {"out": "from_cli", "sec": {"epochs": 5}}], Tree)
+    assert merged == {"log_dir": "from_cli", "sec": {"max_epochs": 5}}
+    assert base == {"log_dir": "from_yaml", "sec": {"max_epochs": 2}}
+    # Merged without the class, both spellings survive and the earlier new key would win.
+    with pytest.warns(DeprecationWarning, match="both are set"):
+        assert from_dict(Tree, merge_layers([base, {"out": "from_cli"}])).log_dir == "from_yaml"
+    # The training CLI's layers: a YAML with the new key, then the old spelling as an override.
+    yaml_file = tmp_path / "base.yaml"
+    yaml_file.write_text("log_dir: runs\ntrainer:\n  max_epochs: 2\n")
+    with pytest.warns(DeprecationWarning):
+        merged = cli_layers([str(yaml_file)], overrides=["output_dir=elsewhere", "trainer.epochs=7"],
+                            cls=ExperimentConfig)
+    cfg = from_dict(ExperimentConfig, merged)
+    assert cfg.log_dir == "elsewhere" and cfg.trainer.max_epochs == 7
+    with pytest.warns(DeprecationWarning, match="output_dir"):
+        assert recipe({"log_dir": "runs"}, ["output_dir=moved"]).log_dir == "moved"

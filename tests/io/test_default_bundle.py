@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -76,19 +78,34 @@ def test_bundle_predicts_through_onnx_runtime(predictor):
     assert predictor.onnx_engine is not None
 
 
-def test_the_bundled_card_with_old_model_keys_still_loads():
-    """The shipped card predates data.img_size as the one input size: its model.img_size/use_metadata/meta_dim
-    load with deprecation warnings (the card is never rewritten), and the network is what the data side says."""
-    card_path = DEFAULT_MODEL_DIR / "model_card.json"
-    before = card_path.read_bytes()
-    old = json.loads(before)["config"]["model"]
-    assert {"img_size", "use_metadata", "meta_dim"} <= set(old)  # the bundle as committed
-    with pytest.warns(DeprecationWarning) as seen:
+def test_the_bundled_card_uses_the_current_config_keys():
+    """No deprecation warning when the app loads the shipped model."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
         loaded = load_bundle(DEFAULT_MODEL_DIR)
+    assert "img_size" not in loaded.card["config"]["model"] and loaded.card["config"]["trainer"]["max_epochs"] >= 1
+
+
+def test_a_card_with_the_old_model_keys_still_loads(tmp_path):
+    """Bundles written before data.img_size became the one input size (v1.0 as first shipped) carry
+    model.img_size/use_metadata/meta_dim: they load with deprecation warnings, the network is what the data
+    side says, and loading never rewrites the card."""
+    bundle = tmp_path / "old_bundle"
+    shutil.copytree(DEFAULT_MODEL_DIR, bundle, ignore=shutil.ignore_patterns("*.onnx"))
+    card = json.loads((bundle / "model_card.json").read_text())
+    card["config"]["model"].update({"img_size": 224, "use_metadata": True, "meta_dim": 15})
+    card["config"]["trainer"]["epochs"] = card["config"]["trainer"].pop("max_epochs")
+    card["config"]["output_dir"] = card["config"].pop("log_dir")
+    card.pop("onnx", None)
+    (bundle / "model_card.json").write_text(json.dumps(card))
+    before = (bundle / "model_card.json").read_bytes()
+    with pytest.warns(DeprecationWarning) as seen:
+        loaded = load_bundle(bundle)
     messages = " | ".join(str(w.message) for w in seen)
-    for key in ("model.img_size", "model.use_metadata", "model.meta_dim"):
+    for key in ("model.img_size", "model.use_metadata", "model.meta_dim", "trainer.epochs", "output_dir"):
         assert f"config key '{key}' is deprecated" in messages
+    assert "its value 224 differs from 'data.img_size' (160), which is used" in messages
     net, card = loaded.model.net, loaded.card
     assert net.backbone.img_size == card["config"]["data"]["img_size"] == card["preprocessing"]["img_size"] == 160
     assert net.use_metadata and net.meta_dim == MetadataEncoder.from_dict(card["metadata_encoder"]).dim == 15
-    assert card_path.read_bytes() == before
+    assert (bundle / "model_card.json").read_bytes() == before
