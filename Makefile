@@ -46,6 +46,7 @@ e2e-deps:
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP_RUN)
 	$(PY) benchmarks/data_loading.py
