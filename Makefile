@@ -45,8 +45,8 @@ e2e-deps:
 
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP_RUN)
 	$(PY) benchmarks/data_loading.py
