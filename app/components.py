@@ -289,8 +289,8 @@ def render_not_assessable(pred: Any, key: str) -> bool:
         Whether the clinician asked to see the model's result anyway.
     """
     reasons = "\n".join(f"- {reason}" for reason in quality_reasons(pred))
-    st.error(f"**{NOT_ASSESSABLE_TITLE}.** The model's result is not shown because this image cannot be "
-             f"assessed:\n{reasons}", icon=":material/block:")
+    st.warning(f"**{NOT_ASSESSABLE_TITLE}.** The model's result is not shown because this image cannot be "
+               f"assessed:\n{reasons}", icon=":material/block:")
     return bool(st.toggle(SHOW_ANYWAY, key=key, help="The model still made a prediction; on an image like "
                                                       "this one it may be wrong, whatever its light."))
 

@@ -31,8 +31,8 @@ def test_flagged_upload_is_grey_and_its_result_shows_only_on_request(app_env):
     assert "Not assessable: The image is blank" in captions and "too dark or blank" in captions
 
     # The viewer's first message says so, before any prediction; the prediction is hidden.
-    errors = [str(e.value) for e in at.main.error]
-    assert any(e.startswith("**Not assessable: retake the image.**") and "too dark or blank" in e for e in errors)
+    errors = [str(e.value) for e in at.main.warning]
+    assert errors[0].startswith("**Not assessable: retake the image.**") and "too dark or blank" in errors[0]
     assert "Laplacian" not in "\n".join(errors)
     key = f"show_anyway_{item.id}"
     assert at.toggle(key=key).label == "Show the model's result anyway" and not at.toggle(key=key).value
@@ -44,7 +44,7 @@ def test_flagged_upload_is_grey_and_its_result_shows_only_on_request(app_env):
     assert f"### {pred.top_class} (" in texts(at.markdown)
     assert len(at.get("plotly_chart")) == 1
     assert f"dl-light-{pred.model_light}" in texts(at.markdown)  # the model's own light, on request
-    assert any("Not assessable" in str(e.value) for e in at.main.error)  # still said first
+    assert str(at.main.warning[0].value).startswith("**Not assessable")  # still said first
 
 
 def test_normal_upload_keeps_its_colour_and_no_toggle(app_env):
@@ -55,4 +55,4 @@ def test_normal_upload_keeps_its_colour_and_no_toggle(app_env):
     (item,) = session_uploads(at).values()
     assert item.prediction.flags == [] and item.prediction.traffic_light in ("green", "yellow", "red")
     assert not [t for t in at.toggle if str(t.key or "").startswith("show_anyway_")]
-    assert "Not assessable" not in texts(at.main.error)
+    assert "Not assessable" not in texts(at.main.warning)
