@@ -35,7 +35,10 @@ LIGHTS: dict[str, tuple[str, str, str]] = {
     "green": ("#2e7d32", "Low risk", "Green light: low risk"),
     "yellow": ("#f9a825", "Medium risk", "Yellow light: intermediate risk"),
     "red": ("#c62828", "High risk", "Red light: high risk"),
+    "grey": ("#757575", "Not assessable: retake", "Grey light: the image cannot be assessed, retake it"),
 }
+NOT_ASSESSABLE_TITLE = "Not assessable: retake the image"
+SHOW_ANYWAY = "Show the model's result anyway"
 #: File types the uploaders accept (the extensions DermaLens reads, without the dot).
 ACCEPTED_TYPES: tuple[str, ...] = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 #: Longest side an upload is kept at: what is shown, and what the model, Grad-CAM and retrieval read.
@@ -121,9 +124,25 @@ def light_html(light: str | None) -> str:
     )
 
 
+def assessable(pred: Any) -> bool:
+    """False when the prediction's light is grey: the quality gate found the image unusable."""
+    return getattr(pred, "traffic_light", None) != "grey"
+
+
+def quality_reasons(pred: Any) -> list[str]:
+    """The quality gate's reasons for ``pred``, in words, in flag order."""
+    return [pred.flag_reasons.get(code, code.replace("_", " ")) for code in pred.flags]
+
+
 def card_header_html(pred: Any) -> str:
-    """The card's first line: top diagnosis and its probability, the traffic light at the top-right."""
-    head = "&nbsp;" if pred is None else f"{html.escape(pred.top_class)} · {pred.top_probability:.0%}"
+    """The card's first line: top diagnosis and its probability, the traffic light at the top-right.
+
+    An image that is not assessable shows no diagnosis, only its grey light.
+    """
+    if pred is None or not assessable(pred):
+        head = "&nbsp;"
+    else:
+        head = f"{html.escape(pred.top_class)} · {pred.top_probability:.0%}"
     return (
         '<div class="dl-card-head" style="display:flex;justify-content:space-between;align-items:center;'
         f'gap:0.4rem;margin-bottom:0.2rem"><span style="font-weight:700">{head}</span>'
@@ -140,7 +159,12 @@ def render_card(upload: Any, pred: Any, is_selected: bool, on_select: Callable[[
     with st.container(border=True, key=f"card_{upload.id}"):
         st.markdown(card_header_html(pred), unsafe_allow_html=True)
         st.image(upload.thumbnail, width="stretch", alt=f"Thumbnail of {upload.name}")
-        detail = "not analysed yet" if pred is None else CLASS_NAMES.get(pred.top_class, pred.top_class)
+        if pred is None:
+            detail = "not analysed yet"
+        elif not assessable(pred):
+            detail = "Not assessable: " + " ".join(quality_reasons(pred))
+        else:
+            detail = CLASS_NAMES.get(pred.top_class, pred.top_class)
         st.caption(f"{upload.name}  \n{detail}")
         left, right = st.columns(2)
         left.button("Selected" if is_selected else "Select", key=f"select_{upload.id}",
@@ -221,7 +245,11 @@ def render_risk(pred: Any, risk_cfg: Any, card: dict[str, Any] | None = None) ->
     left, right = st.columns([1, 2], vertical_alignment="center")
     left.metric("Risk index", f"{pred.risk:.2f}", label_visibility="collapsed")
     right.markdown(light_html(pred.traffic_light), unsafe_allow_html=True)
-    meaning = light_meaning(card or {}, pred.traffic_light)
+    if not assessable(pred):
+        st.caption("The image is not assessable, so no light is given. Shown on request, the model's own light "
+                   "from this risk would be:")
+        st.markdown(light_html(pred.model_light), unsafe_allow_html=True)
+    meaning = light_meaning(card or {}, pred.model_light if not assessable(pred) else pred.traffic_light)
     if meaning:
         st.caption(meaning)
     with st.expander("How the risk index is computed"):
@@ -241,14 +269,30 @@ def render_thickness(pred: Any) -> None:
 
 
 def render_quality(pred: Any) -> None:
-    """Quality-gate flags with their reasons (the prediction is still given, but less reliable)."""
-    st.markdown("**Quality gate**")
+    """Quality-gate reasons in words (any of them makes the image not assessable)."""
+    st.markdown("**Image quality**")
     if not pred.flags:
         st.success("No quality issues detected.")
         return
-    for code in pred.flags:
-        reason = pred.flag_reasons.get(code, code)
-        st.warning(f"**{code.replace('_', ' ')}**: {reason}. Interpret this result with caution.")
+    for reason in quality_reasons(pred):
+        st.warning(reason)
+
+
+def render_not_assessable(pred: Any, key: str) -> bool:
+    """The viewer's first message for an image that cannot be assessed: why, and a control to see the result.
+
+    Args:
+        pred: The image's prediction (grey light).
+        key: Widget key of the "show anyway" toggle (one per image).
+
+    Returns:
+        Whether the clinician asked to see the model's result anyway.
+    """
+    reasons = "\n".join(f"- {reason}" for reason in quality_reasons(pred))
+    st.warning(f"**{NOT_ASSESSABLE_TITLE}.** The model's result is not shown because this image cannot be "
+               f"assessed:\n{reasons}", icon=":material/block:")
+    return bool(st.toggle(SHOW_ANYWAY, key=key, help="The model still made a prediction; on an image like "
+                                                      "this one it may be wrong, whatever its light."))
 
 
 # -- Grad-CAM -----------------------------------------------------------------------------------

@@ -1,9 +1,15 @@
 """Exports of the dashboard, built in memory: the results table (CSV) and a one-page report per image.
 
-The report (PNG or PDF) holds the image, its Grad-CAM overlay, the class probabilities, the risk
-index, the Breslow thickness estimate, the quality flags, the model's name and version and the
-time it was made. It is drawn from pixel arrays onto a new canvas with Pillow, so no EXIF or
-other metadata of the uploaded file (camera, GPS, dates) can reach it; nothing touches the disk.
+The CSV has one row per analysed image (:data:`EXPORT_COLUMNS`): its name, patient and lesion IDs
+when known, the most likely diagnosis (code and name), probabilities and risk to 3 decimals, the
+light (``grey`` when not assessable, with the model's own light beside it), the quality reasons
+in words and the clinician's decision and note (empty until reviewed).
+
+The report holds the image, its Grad-CAM overlay, the most likely diagnosis, the probability of
+malignancy, the risk light and what it means, the Breslow thickness estimate, the quality reasons,
+the model's name and version and the time it was made. The PDF has a real text layer
+(``app.report_pdf``); the PNG is drawn with Pillow. Both are made from pixel arrays, so no EXIF or
+other metadata of the uploaded file (camera, GPS, dates) can reach them; nothing touches the disk.
 """
 
 from __future__ import annotations
@@ -17,15 +23,20 @@ from typing import Any
 import numpy as np
 
 from app.components import CLASS_NAMES
-from backend.inference.records import OUTPUT_COLUMNS
+from app.report_pdf import pdf_report, printable, report_fields
+from backend.data.schema import DIAGNOSES
 
-#: Extra CSV columns after ``backend.inference.records.OUTPUT_COLUMNS``.
-EXTRA_COLUMNS: tuple[str, ...] = ("age_approx", "sex", "anatom_site_general", "metadata_used", "model",
-                                  "model_version")
+#: Columns of the dashboard's results table, in order (probabilities under the diagnosis codes).
+EXPORT_COLUMNS: tuple[str, ...] = (
+    "image", "patient_id", "lesion_id", "predicted_class", "predicted_diagnosis", *DIAGNOSES, "malignant", "risk",
+    "traffic_light", "model_light", "quality_flags", "thickness_mm", "thickness_band", "age_approx", "sex",
+    "anatom_site_general", "metadata_used", "decision", "note", "model", "model_version",
+)
+#: Decimals of probabilities and risk in the results table.
+CSV_DECIMALS = 3
 REPORT_FORMATS: dict[str, str] = {"png": "image/png", "pdf": "application/pdf"}
 _PAGE = (1240, 1754)  # A4 at 150 dpi
-_LIGHT_RGB = {"green": (46, 125, 50), "yellow": (249, 168, 37), "red": (198, 40, 40)}
-_LIGHT_WORDS = {"green": "green (low risk)", "yellow": "yellow (intermediate risk)", "red": "red (high risk)"}
+_LIGHT_RGB = {"green": (46, 125, 50), "yellow": (249, 168, 37), "red": (198, 40, 40), "grey": (117, 117, 117)}
 _FONT_FILES = ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 _BOLD_FILES = ("DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
 
@@ -37,8 +48,40 @@ def _safe_cell(value: Any) -> Any:
     return value
 
 
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def export_row(upload: Any, model_name: str, model_version: str) -> dict[str, Any]:
+    """One results-table row (:data:`EXPORT_COLUMNS`) of an analysed upload, numbers rounded.
+
+    Patient and lesion IDs, the clinician's decision and note are read when the upload has them
+    (``getattr``), else left empty.
+    """
+    pred = upload.prediction
+    meta = getattr(upload, "metadata", None) or {}
+    row: dict[str, Any] = {
+        "image": upload.name,
+        "patient_id": _text(getattr(upload, "patient_id", "") or meta.get("patient_id")),
+        "lesion_id": _text(getattr(upload, "lesion_id", "") or meta.get("lesion_id")),
+        "predicted_class": pred.top_class,
+        "predicted_diagnosis": CLASS_NAMES.get(pred.top_class, pred.top_class),
+    }
+    row.update({code: f"{float(pred.probabilities.get(code, 0.0)):.{CSV_DECIMALS}f}" for code in DIAGNOSES})
+    row.update({
+        "malignant": f"{pred.malignant:.{CSV_DECIMALS}f}", "risk": f"{pred.risk:.{CSV_DECIMALS}f}",
+        "traffic_light": pred.traffic_light, "model_light": getattr(pred, "model_light", "") or pred.traffic_light,
+        "quality_flags": " ".join(pred.flag_reasons.get(c, c.replace("_", " ")) for c in pred.flags),
+        "thickness_mm": f"{pred.thickness_mm:.2f}", "thickness_band": pred.thickness_band,
+    })
+    row.update({k: _text(meta.get(k)) for k in ("age_approx", "sex", "anatom_site_general")})
+    row.update({"metadata_used": pred.metadata_used, "decision": _text(getattr(upload, "decision", "")),
+                "note": _text(getattr(upload, "note", "")), "model": model_name, "model_version": model_version})
+    return row
+
+
 def results_csv(uploads: Iterable[Any], model_name: str, model_version: str) -> bytes:
-    """The session's predictions as CSV: ``scripts/predict.py``'s columns, then metadata and model.
+    """The session's predictions as CSV (:data:`EXPORT_COLUMNS`), one row per analysed image.
 
     Args:
         uploads: ``app.state.Upload`` objects; those without a prediction are left out.
@@ -46,30 +89,14 @@ def results_csv(uploads: Iterable[Any], model_name: str, model_version: str) -> 
         model_version: Its version.
     """
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=[*OUTPUT_COLUMNS, *EXTRA_COLUMNS], lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=list(EXPORT_COLUMNS), lineterminator="\n")
     writer.writeheader()
     for upload in uploads:
         if upload.prediction is None:
             continue
-        row = upload.prediction.to_row()
-        row["image"] = upload.name
-        row.update({k: ("" if upload.metadata.get(k) is None else upload.metadata[k]) for k in EXTRA_COLUMNS[:3]})
-        row.update({"metadata_used": upload.prediction.metadata_used, "model": model_name,
-                    "model_version": model_version})
+        row = export_row(upload, model_name, model_version)
         writer.writerow({k: _safe_cell(v) for k, v in row.items()})
     return out.getvalue().encode("utf-8")
-
-
-def _printable(text: str, limit: int = 100) -> str:
-    """A user-supplied string made safe to draw on the report.
-
-    Control and format characters (CR, LF, NUL, the right-to-left override that disguises an
-    extension...) become ``?`` and the text is cut to ``limit`` characters with an ellipsis: Pillow's
-    text layout fails on a name holding a line break (``raqm_layout() failed``), and an overlong
-    name would run off the page.
-    """
-    clean = "".join(ch if ch.isprintable() else "?" for ch in str(text))
-    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
 
 def _font(size: int, bold: bool = False) -> Any:
@@ -122,6 +149,7 @@ def render_report(
     metadata: dict[str, Any] | None = None,
     risk_weights: dict[str, float] | None = None,
     created: datetime | None = None,
+    light_meaning: str = "",
 ) -> Any:
     """Draw the one-page report as a Pillow RGB image (see :func:`build_report`)."""
     from PIL import Image, ImageDraw
@@ -135,8 +163,8 @@ def render_report(
     y = 60
     draw.text((margin, y), "DermaLens lesion report", font=title, fill=(20, 20, 20))
     y += 70
-    for line in (f"Image: {_printable(image_name)}",
-                 f"Model: {_printable(model_name)} (version {_printable(model_version, 40)})",
+    for line in (f"Image: {printable(image_name)}",
+                 f"Model: {printable(model_name)} (version {printable(model_version, 40)})",
                  f"Generated: {created.astimezone(timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}"):
         draw.text((margin, y), line, font=body, fill=(40, 40, 40))
         y += 34
@@ -158,52 +186,35 @@ def render_report(
     y += 530
 
     pred = prediction
-    draw.text((margin, y), "Class probabilities", font=head, fill=(20, 20, 20))
+    if pred.traffic_light == "grey":
+        draw.text((margin, y), "Not assessable: retake the image.", font=head, fill=(90, 90, 90))
+        y += 44
+    fields = report_fields(pred, metadata, light_meaning)
+    for name, value in fields:
+        if name == "Risk light":
+            colour = _LIGHT_RGB.get(pred.traffic_light, (150, 150, 150))
+            draw.ellipse((margin, y + 4, margin + 24, y + 28), fill=colour, outline=(60, 60, 60))
+        lines = _wrap(draw, f"{name}: {value}", body, width - 40)
+        for line in lines:
+            draw.text((margin + 40, y), line, font=body, fill=(30, 30, 30))
+            y += 32
+        y += 6
+    weights = risk_weights or {}
+    if weights:
+        formula = "Risk index = " + " + ".join(f"{w:g} × P({n})" for n, w in weights.items()) + ", clipped to [0, 1]"
+        draw.text((margin + 40, y), formula, font=small, fill=(80, 80, 80))
+        y += 36
+    draw.text((margin, y), "Probability of each diagnosis", font=head, fill=(20, 20, 20))
     y += 44
     bar_left, bar_width = margin + 420, width - 420 - 110
     for code, p in sorted(pred.probabilities.items(), key=lambda kv: -kv[1]):
-        draw.text((margin, y), f"{code}  {CLASS_NAMES.get(code, '')}", font=body, fill=(30, 30, 30))
+        if y > _PAGE[1] - 50:
+            break
+        draw.text((margin, y), f"{CLASS_NAMES.get(code, code)} ({code})", font=body, fill=(30, 30, 30))
         draw.rectangle((bar_left, y + 4, bar_left + bar_width, y + 26), fill=(236, 236, 236))
         draw.rectangle((bar_left, y + 4, bar_left + round(bar_width * p), y + 26), fill=(70, 110, 180))
         draw.text((bar_left + bar_width + 12, y), f"{p:.1%}", font=body, fill=(30, 30, 30))
         y += 36
-    draw.text((margin, y + 4), f"Benign {pred.benign:.1%}   ·   Malignant (MEL + BCC + SCC) {pred.malignant:.1%}",
-              font=body, fill=(30, 30, 30))
-    y += 56
-
-    draw.text((margin, y), "Risk index", font=head, fill=(20, 20, 20))
-    y += 44
-    colour = _LIGHT_RGB.get(pred.traffic_light, (150, 150, 150))
-    draw.ellipse((margin, y + 2, margin + 26, y + 28), fill=colour, outline=(60, 60, 60))
-    draw.text((margin + 40, y), f"{pred.risk:.3f}: {_LIGHT_WORDS.get(pred.traffic_light, pred.traffic_light)}",
-              font=body, fill=(30, 30, 30))
-    y += 36
-    weights = risk_weights or {}
-    if weights:
-        formula = "risk = " + " + ".join(f"{w:g} × P({n})" for n, w in weights.items()) + ", clipped to [0, 1]"
-        draw.text((margin, y), formula, font=small, fill=(80, 80, 80))
-        y += 30
-    y += 16
-
-    draw.text((margin, y), "Breslow thickness (if melanoma)", font=head, fill=(20, 20, 20))
-    y += 44
-    draw.text((margin, y), f"{pred.thickness_mm:.2f} mm, band {pred.thickness_band or 'unknown'}", font=body,
-              fill=(30, 30, 30))
-    y += 34
-    draw.text((margin, y), "Applies only if the lesion is a melanoma; never a substitute for histopathology.",
-              font=small, fill=(80, 80, 80))
-    y += 46
-
-    draw.text((margin, y), "Quality gate and inputs", font=head, fill=(20, 20, 20))
-    y += 44
-    flags = "; ".join(f"{c}: {pred.flag_reasons.get(c, c)}" for c in pred.flags) or "no issues detected"
-    given = {k: v for k, v in (metadata or {}).items() if v not in (None, "")}
-    meta_text = ", ".join(f"{k} {v}" for k, v in given.items()) or "none given"
-    used = "used by the model" if pred.metadata_used else "not used by the model"
-    for line in (*_wrap(draw, f"Quality flags: {flags}", body, width),
-                 *_wrap(draw, f"Patient metadata: {meta_text} ({used})", body, width)):
-        draw.text((margin, y), line, font=body, fill=(30, 30, 30))
-        y += 34
     return page
 
 
@@ -217,18 +228,16 @@ def build_report(image: np.ndarray, overlay: np.ndarray | None, prediction: Any,
         prediction: ``backend.inference.Prediction`` of the image.
         fmt: ``png`` or ``pdf``.
         **kwargs: ``image_name``, ``model_name``, ``model_version`` (required), ``cam_target``,
-            ``metadata``, ``risk_weights``, ``created`` (see :func:`render_report`).
+            ``metadata``, ``risk_weights``, ``created``, ``light_meaning`` (what the light meant on the
+            model's test split, added to the plain meaning; see :func:`render_report`).
 
     Raises:
         ValueError: On an unknown format.
     """
     if fmt not in REPORT_FORMATS:
         raise ValueError(f"report format must be one of {sorted(REPORT_FORMATS)}, got {fmt!r}")
-    page = render_report(image, overlay, prediction, **kwargs)
+    if fmt == "pdf":
+        return pdf_report(image, overlay, prediction, **kwargs)
     buffer = io.BytesIO()
-    if fmt == "png":
-        page.save(buffer, format="PNG")
-    else:
-        page.save(buffer, format="PDF", resolution=150.0, quality=92, title="DermaLens lesion report",
-                  creator="DermaLens", producer="DermaLens")
+    render_report(image, overlay, prediction, **kwargs).save(buffer, format="PNG")
     return buffer.getvalue()

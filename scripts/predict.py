@@ -4,9 +4,11 @@
 column and optional ``age_approx``, ``sex``, ``anatom_site_general`` (relative paths resolve
 against ``--img_dir``, default the CSV's folder). One output row per image::
 
-    image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK,malignant,risk,traffic_light,thickness_mm,thickness_band,flags
+    image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK,malignant,risk,traffic_light,model_light,thickness_mm,thickness_band,flags
 
 (``UNK`` is 0: the model has no UNK output; ``flags`` lists quality-gate codes separated by ``;``).
+``traffic_light`` is ``grey`` (not assessable: retake the image) for any flagged image;
+``model_light`` is the model's own light from the risk alone.
 With ``--reference LIBRARY`` (built by ``scripts.build_reference`` with the same model) three
 columns follow: ``knn_malignant`` (share of the ``--k`` most similar confirmed cases that are
 malignant), ``knn_diagnosis`` (their most common diagnosis) and ``neighbours`` (their image names,

@@ -19,6 +19,7 @@ from app import components as ui
 from app import report, resources, state
 from backend.data.schema import ANATOM_SITES, DIAGNOSES, SEXES
 from backend.errors import DermaLensError
+from backend.evaluation.card_sections import light_meaning
 from backend.io.names import safe_stem
 from backend.retrieval.library import LibraryModelMismatchError
 from backend.retrieval.query import similar_cases as find_similar_cases
@@ -225,10 +226,13 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
     """
     pred = current_prediction(upload, model)
     st.subheader(f"Viewer: {upload.name}")
+    shown = pred  # what the viewer reveals: nothing of a not-assessable image unless asked for
+    if pred is not None and not ui.assessable(pred) and not ui.render_not_assessable(pred, f"show_anyway_{upload.id}"):
+        shown = None
     left, right = st.columns([1, 1], gap="large")
     with left:
-        target = resolve_target(cam["target"], upload) if pred is not None else None
-        heat = heatmap(model, upload, target) if cam["enabled"] and pred is not None else None
+        target = resolve_target(cam["target"], upload) if shown is not None else None
+        heat = heatmap(model, upload, target) if cam["enabled"] and shown is not None else None
         if heat is not None:
             ui.render_cam(upload.image, heat, cam["mode"], cam["opacity"], f"Grad-CAM: {ui.target_label(target)}")
         else:
@@ -239,6 +243,8 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
     with right:
         if pred is None:
             st.info("No prediction yet: load a model to analyse this image.")
+        elif shown is None:
+            st.info(f"{ui.NOT_ASSESSABLE_TITLE}. Use \"{ui.SHOW_ANYWAY}\" above to see the prediction.")
         else:
             st.markdown(f"### {ui.class_label(pred.top_class)} · {pred.top_probability:.0%}")
             st.markdown(ui.light_html(pred.traffic_light), unsafe_allow_html=True)
@@ -246,7 +252,8 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
             ui.render_risk(pred, model.predictor.risk, model.predictor.card)
             ui.render_thickness(pred)
             ui.render_quality(pred)
-    similar_cases_panel(upload, model if pred is not None else None, reference)
+    if shown is not None or pred is None:
+        similar_cases_panel(upload, model if shown is not None else None, reference)
 
 
 # -- export ---------------------------------------------------------------------------------------
@@ -263,6 +270,7 @@ def _report_maker(upload: state.Upload, model: resources.LoadResult, cam: dict[s
     predictor, card = model.predictor, model.predictor.card
     prepared, image, name, metadata = upload.prepared, upload.image, upload.name, dict(upload.metadata)
     prediction, opacity = upload.prediction, cam["opacity"] if cam["enabled"] else 0.4
+    meaning = "" if prediction.traffic_light == "grey" else light_meaning(card or {}, prediction.traffic_light)
 
     def make() -> bytes:
         heat = cached if cached is not None else predictor.explain(
@@ -271,7 +279,7 @@ def _report_maker(upload: state.Upload, model: resources.LoadResult, cam: dict[s
             image, predictor.overlay(image, heat, opacity), prediction, fmt=fmt, image_name=name,
             model_name=str(card.get("name", "model")), model_version=str(card.get("version", "?")),
             cam_target=ui.target_label(target), metadata=metadata, risk_weights=dict(predictor.risk.weights),
-            created=datetime.now(timezone.utc))
+            created=datetime.now(timezone.utc), light_meaning=meaning)
 
     return make
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import warnings
 from collections.abc import Iterator
@@ -145,6 +146,14 @@ def _open_file(path: PathArg) -> Iterator[BinaryIO]:
         yield fh
 
 
+def _too_large(pixels: int | None, size: str = "") -> str:
+    """Why an oversized image is refused, in a clinician's words (an image this big could exhaust memory)."""
+    limit = f"the limit is {MAX_PIXELS / 1e6:g} megapixels"
+    if pixels is None:
+        return f"This image is too large to open safely ({limit})"
+    return f"This image is too large to open safely ({pixels / 1e6:.0f} megapixels{size}; {limit})"
+
+
 @contextmanager
 def _open_image(fp: BinaryIO, name: object) -> Iterator[Image.Image]:
     """Identify ``fp`` with Pillow, refuse oversized images, and translate every decoding error.
@@ -159,16 +168,13 @@ def _open_image(fp: BinaryIO, name: object) -> Iterator[Image.Image]:
             with Image.open(fp, formats=_FORMATS) as im:
                 width, height = im.size
                 if width * height > MAX_PIXELS:
-                    raise ImageLoadError(
-                        name,
-                        f"decompression bomb / too large ({width} x {height} = {width * height} pixels "
-                        f"> MAX_PIXELS = {MAX_PIXELS})",
-                    )
+                    raise ImageLoadError(name, _too_large(width * height, f" ({width} x {height} px)"))
                 yield im
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageLoadError(name, f"decompression bomb / too large ({err})") from None
+        found = re.search(r"\((\d+) pixels\)", str(err))  # Pillow's message: "Image size (N pixels) exceeds..."
+        raise ImageLoadError(name, _too_large(int(found.group(1)) if found else None)) from None
     except UnidentifiedImageError:
         kind = _signature(fp)
         if kind is not None:  # Pillow gives up on a broken header exactly as on a non-image: tell them apart

@@ -76,7 +76,10 @@ class QualityConfig:
 
 @dataclass(frozen=True)
 class QualityFlag:
-    """One reason an image may not be usable: a stable ``code`` and a sentence for people."""
+    """One reason an image may not be usable: a stable ``code`` and a sentence in a clinician's words.
+
+    The sentence says what is wrong and what to do, without measurement jargon.
+    """
 
     code: str
     reason: str
@@ -120,30 +123,32 @@ def image_flags(image: np.ndarray, cfg: QualityConfig | None = None) -> list[Qua
     h, w = image.shape[:2]
     flags: list[QualityFlag] = []
     if min(h, w) < cfg.min_side:
-        flags.append(QualityFlag("tiny", f"image is {w}x{h} px; at least {cfg.min_side} px on the short side "
-                                         "are needed to see lesion structures"))
+        flags.append(QualityFlag("tiny", f"The image is too small ({w} x {h} px); at least {cfg.min_side} px on "
+                                         "the short side is needed to see the lesion: retake it closer or send "
+                                         "the original file."))
     image = np.ascontiguousarray(image)
     gray = _resize_short(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cfg.blur_side)
     mean, std = float(gray.mean()), float(gray.std())
     if std < cfg.blank_std:
-        flags.append(QualityFlag("blank", f"almost no contrast (grey-level std {std:.1f} < {cfg.blank_std:g})"))
+        flags.append(QualityFlag("blank", "The image is blank or almost uniform: no lesion can be seen. "
+                                          "Retake it."))
     if mean < cfg.dark_mean:
-        flags.append(QualityFlag("too_dark", f"mean brightness {mean:.0f}/255 < {cfg.dark_mean:g}"))
+        flags.append(QualityFlag("too_dark", "The image is too dark or blank to assess: retake it with more "
+                                             "light."))
     elif mean > cfg.bright_mean:
-        flags.append(QualityFlag("too_bright", f"mean brightness {mean:.0f}/255 > {cfg.bright_mean:g}"))
+        flags.append(QualityFlag("too_bright", "The image is too bright (overexposed) to assess: retake it with "
+                                               "less light."))
     if std < cfg.blank_std:
         return flags  # focus and colour mean nothing on a uniform image
     sharpness = float(cv2.Laplacian(gray, cv2.CV_32F).var())
     if sharpness < cfg.blur_var:
-        flags.append(QualityFlag("blurred", f"little fine detail (Laplacian variance {sharpness:.1f} "
-                                            f"< {cfg.blur_var:g})"))
+        flags.append(QualityFlag("blurred", "The image is too blurred to assess: retake it in focus."))
     thumb = _resize_short(image, 96)
     corrected = _cold_fraction(shades_of_gray(thumb), cfg.cold_sat)
     raw = _cold_fraction(thumb, cfg.raw_cold_sat)
     if corrected > cfg.cold_frac or raw > cfg.raw_cold_frac:
-        frac = max(corrected, raw)
-        flags.append(QualityFlag("not_skin", f"{frac:.0%} of the image is saturated green/blue/purple, "
-                                             "unlike skin or a skin lesion"))
+        flags.append(QualityFlag("not_skin", "This does not look like a dermoscopic image of skin: check that "
+                                             "the right picture was chosen."))
     return flags
 
 
@@ -224,9 +229,9 @@ class FeatureStats:
     def flag(self, distance: float) -> QualityFlag | None:
         """The ``out_of_distribution`` flag for a distance above the threshold, else None."""
         if not np.isfinite(distance) or distance > self.threshold:
-            return QualityFlag("out_of_distribution", f"feature distance {distance:.1f} from the training images "
-                                                      f"exceeds their {self.percentile:g}th percentile "
-                                                      f"({self.threshold:.1f})")
+            return QualityFlag("out_of_distribution", "The image is unlike the images the model was trained on, "
+                                                      "so its result cannot be trusted: retake it as a "
+                                                      "dermoscopic close-up of the lesion.")
         return None
 
     def summary(self) -> dict[str, Any]:

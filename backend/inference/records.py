@@ -16,11 +16,12 @@ import numpy as np
 
 from backend.data.schema import DIAGNOSES, MALIGNANT_INDICES
 from backend.inference.quality import QualityFlag
-from backend.inference.risk import RiskConfig, risk_index, thickness_band, traffic_light
+from backend.inference.risk import NOT_ASSESSABLE, RiskConfig, assessed_light, risk_index, thickness_band, traffic_light
 
 #: Columns of a batch-prediction CSV, in order.
 OUTPUT_COLUMNS: tuple[str, ...] = (
-    "image", *DIAGNOSES, "UNK", "malignant", "risk", "traffic_light", "thickness_mm", "thickness_band", "flags",
+    "image", *DIAGNOSES, "UNK", "malignant", "risk", "traffic_light", "model_light", "thickness_mm", "thickness_band",
+    "flags",
 )
 #: Decimals of the floats in a batch-prediction CSV.
 CSV_DECIMALS = 6
@@ -65,7 +66,8 @@ class Prediction:
         malignant: P(MEL) + P(BCC) + P(SCC).
         benign: ``1 - malignant``.
         risk: Risk index in ``[0, 1]`` (``backend.inference.risk``).
-        traffic_light: ``green``, ``yellow`` or ``red``.
+        traffic_light: The light shown: ``green``, ``yellow`` or ``red``, or ``grey`` (not assessable)
+            when the quality gate flagged the image (``backend.inference.risk.assessed_light``).
         thickness_mm: Breslow thickness estimate in mm (meaningful only if the lesion is a melanoma).
         thickness_band: Band of ``thickness_mm`` (``in situ``, ``<0.8 mm``, ... ``>4 mm``).
         top_class: Most probable diagnosis.
@@ -75,6 +77,8 @@ class Prediction:
         metadata_used: Whether patient metadata was given and fed to the model.
         tta: Whether test-time augmentation was used.
         ood_distance: Feature distance from the training images (None without statistics).
+        model_light: The model's own light from the risk alone (``green``, ``yellow`` or ``red``),
+            kept for "show the model's result anyway"; equals ``traffic_light`` unless that is grey.
     """
 
     image: str
@@ -92,6 +96,11 @@ class Prediction:
     metadata_used: bool = False
     tta: bool = False
     ood_distance: float | None = None
+    model_light: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.model_light:
+            self.model_light = self.traffic_light
 
     @classmethod
     def from_outputs(cls, name: str, probs: np.ndarray, thickness_mm: float, flags: list[QualityFlag],
@@ -104,7 +113,8 @@ class Prediction:
         top = int(np.argmax(probs))
         return cls(
             image=name, probabilities=probabilities, malignant=malignant, benign=1.0 - malignant, risk=risk,
-            traffic_light=traffic_light(risk, risk_cfg), thickness_mm=thickness_mm,
+            traffic_light=assessed_light(risk, flags, risk_cfg), model_light=traffic_light(risk, risk_cfg),
+            thickness_mm=thickness_mm,
             thickness_band=thickness_band(thickness_mm), top_class=DIAGNOSES[top], top_probability=float(probs[top]),
             flags=[f.code for f in flags], flag_reasons={f.code: f.reason for f in flags},
             metadata_used=metadata_used, tta=tta, ood_distance=ood_distance,
@@ -115,6 +125,11 @@ class Prediction:
         """False when the quality gate flagged the image (the prediction is still given)."""
         return not self.flags
 
+    @property
+    def assessable(self) -> bool:
+        """False when the light is grey: the image cannot be assessed and should be retaken."""
+        return self.traffic_light != NOT_ASSESSABLE
+
     def to_row(self) -> dict[str, Any]:
         """One row of ``scripts/predict.py`` output (see :data:`OUTPUT_COLUMNS`), values unformatted."""
         row: dict[str, Any] = {"image": self.image}
@@ -122,6 +137,7 @@ class Prediction:
         row["UNK"] = 0.0
         row.update({
             "malignant": self.malignant, "risk": self.risk, "traffic_light": self.traffic_light,
+            "model_light": self.model_light,
             "thickness_mm": self.thickness_mm, "thickness_band": self.thickness_band, "flags": ";".join(self.flags),
         })
         return row

@@ -9,7 +9,10 @@ thresholds chosen for that model on its validation split (``backend.evaluation.o
 which the predictor uses in place of the file's.
 
 Traffic light: ``green`` below ``green_below``, ``yellow`` below ``yellow_below``, ``red`` from
-``yellow_below`` on. The thickness band maps a Breslow estimate in mm onto
+``yellow_below`` on. An image the quality gate flagged (blurred, too dark or blank, not skin, too
+small, out of distribution...) is not assessable: :func:`assessed_light` gives it ``grey`` whatever
+its risk, and the model's own light is kept beside it for a clinician who asks to see it anyway.
+The thickness band maps a Breslow estimate in mm onto
 :data:`backend.data.schema.THICKNESS_BANDS` (lower bound inclusive, upper bound exclusive).
 No torch import here: the app and the CLIs use these functions directly.
 """
@@ -17,7 +20,7 @@ No torch import here: the app and the CLIs use these functions directly.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,10 @@ from backend.errors import ConfigError
 #: The risk configuration used when none is given.
 DEFAULT_RISK_YAML = Path(__file__).resolve().parents[2] / "cfgs" / "inference" / "risk.yaml"
 TRAFFIC_LIGHTS: tuple[str, ...] = ("green", "yellow", "red")
+#: The light of an image the quality gate flagged: not assessable, whatever the model says.
+NOT_ASSESSABLE = "grey"
+#: Every light a prediction can carry.
+LIGHTS: tuple[str, ...] = (*TRAFFIC_LIGHTS, NOT_ASSESSABLE)
 
 
 def _default_weights() -> dict[str, float]:
@@ -142,6 +149,25 @@ def traffic_light(risk: float, cfg: RiskConfig | None = None) -> str:
     if risk < cfg.yellow_below:
         return "yellow"
     return "red"
+
+
+def assessed_light(risk: float, flags: Iterable[Any], cfg: RiskConfig | None = None) -> str:
+    """The light shown for an image: ``grey`` (not assessable) when flagged, else its traffic light.
+
+    Any quality flag (blurred, too dark or blank, not skin, too small, out of distribution...) gives
+    ``grey``: the model's light is no evidence on a picture it cannot read. An unflagged image gets
+    :func:`traffic_light` of its risk.
+
+    Args:
+        risk: Risk index in ``[0, 1]``.
+        flags: The image's quality flags (codes or ``QualityFlag`` objects); empty when none.
+        cfg: Thresholds.
+
+    Raises:
+        ValueError: When ``risk`` is NaN.
+    """
+    light = traffic_light(risk, cfg)
+    return NOT_ASSESSABLE if list(flags) else light
 
 
 def thickness_band(mm: float) -> str:

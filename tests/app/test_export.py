@@ -42,7 +42,7 @@ def disk_writes(monkeypatch) -> list:
 
 
 def test_csv_and_reports_exif_free_nothing_on_disk(app_env, media, disk_writes):
-    from backend.inference.predictor import OUTPUT_COLUMNS
+    from app.report import EXPORT_COLUMNS
 
     at = new_app().run()
     jpeg = image_bytes(41, "JPEG", size=96, exif=True)
@@ -54,12 +54,12 @@ def test_csv_and_reports_exif_free_nothing_on_disk(app_env, media, disk_writes):
                       "export_pdf": "Report of selected image (PDF)"}
 
     rows = list(csv.DictReader(io.StringIO(download(at, media, "export_csv").decode("utf-8"))))
-    assert list(rows[0]) == [*OUTPUT_COLUMNS, "age_approx", "sex", "anatom_site_general", "metadata_used", "model",
-                             "model_version"]
+    assert list(rows[0]) == list(EXPORT_COLUMNS)
     assert [r["image"] for r in rows] == ["'=HYPERLINK(evil).jpg", "plain.png"]  # no spreadsheet formula
     uploads = list(session_uploads(at).values())
     for row, upload_ in zip(rows, uploads, strict=True):
-        assert float(row["MEL"]) == pytest.approx(upload_.prediction.probabilities["MEL"], abs=1e-9)
+        assert row["MEL"] == f"{upload_.prediction.probabilities['MEL']:.3f}"
+        assert row["predicted_class"] == upload_.prediction.top_class and row["decision"] == row["note"] == ""
         assert row["traffic_light"] == upload_.prediction.traffic_light and row["model"] == "Tiny fusion"
         assert row["model_version"] == "test-1"
 

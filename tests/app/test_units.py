@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -107,7 +108,7 @@ def test_model_dir_status(tmp_path):
 
 
 @pytest.mark.parametrize(("light", "words"), [("green", "Low risk"), ("yellow", "Medium risk"), ("red", "High risk"),
-                                               (None, "Not analysed")])
+                                               ("grey", "Not assessable: retake"), (None, "Not analysed")])
 def test_traffic_light_has_words_and_colour(light, words):
     markup = components.light_html(light)
     assert words in markup and "border-radius:50%" in markup
@@ -118,6 +119,8 @@ def test_card_header_puts_light_at_the_right():
     markup = components.card_header_html(_prediction("yellow"))
     assert "justify-content:space-between" in markup
     assert markup.index("MEL · 40%") < markup.index("dl-light-yellow")
+    grey = components.card_header_html(_prediction("grey", model_light="red", flags=["blurred"]))
+    assert "Not assessable: retake" in grey and "MEL" not in grey and "High risk" not in grey
 
 
 def test_risk_explanation_shows_formula_and_numbers():
@@ -154,14 +157,65 @@ def test_report_formats_and_errors():
         report.build_report(image, None, _prediction(), fmt="jpeg", **kwargs)
 
 
-def test_results_csv_skips_unanalysed_uploads():
-    from backend.data.schema import DIAGNOSES
+def _pdf_text(data: bytes) -> str:
+    from pypdf import PdfReader
 
-    row = {"image": "x", **dict.fromkeys(DIAGNOSES, 0.125), "UNK": 0.0, "malignant": 0.375, "risk": 0.5,
-           "traffic_light": "yellow", "thickness_mm": 0.5, "thickness_band": "<0.8 mm", "flags": ""}
+    reader = PdfReader(io.BytesIO(data))
+    return "\n".join(page.extract_text() for page in reader.pages)
+
+
+def test_pdf_report_has_a_text_layer_with_human_field_names():
+    from pypdf import PdfReader
+
+    image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    data = report.build_report(image, 255 - image, _prediction("red"), fmt="pdf", image_name="lesion_7.jpg",
+                               model_name="Tiny", model_version="3", cam_target="MEL",
+                               metadata={"age_approx": 55, "sex": "female"}, risk_weights={"MEL": 1.5},
+                               light_meaning="Red: on this model's test split, 40% of red lesions were malignant.")
+    text = " ".join(_pdf_text(data).split())
+    for name in ("Most likely diagnosis", "Probability of malignancy", "Risk light", "What the light means",
+                 "Estimated Breslow thickness", "Image quality", "Patient metadata"):
+        assert name in text, name
+    assert "melanoma (MEL), probability 40.0%" in text and "lesion_7.jpg" in text
+    assert "Red: high risk" in text and "40% of red lesions were malignant" in text and "52.0%" in text
+    reader = PdfReader(io.BytesIO(data))
+    assert len(reader.pages) == 1 and len(reader.pages[0].images) == 2  # the image and its Grad-CAM
+    assert set(reader.metadata) <= {"/Title", "/Creator", "/Producer", "/CreationDate"}
+
+
+def test_pdf_report_of_a_not_assessable_image_says_so():
+    image = np.full((64, 64, 3), 20, np.uint8)
+    pred = _prediction("grey", model_light="red", flags=["too_dark"],
+                       flag_reasons={"too_dark": "The image is too dark or blank to assess: retake it."})
+    text = " ".join(_pdf_text(report.build_report(image, None, pred, fmt="pdf", image_name="x.jpg",
+                                                  model_name="M", model_version="1")).split())
+    assert text.index("Not assessable: retake the image") < text.index("Most likely diagnosis")
+    assert "Grey: not assessable" in text and "Red: high risk" in text  # the model's light, named as such
+    assert "The image is too dark or blank to assess" in text
+
+
+def test_results_csv_columns_rounding_and_review_fields():
     done = SimpleNamespace(name="+a.png", metadata={"age_approx": 30, "sex": None, "anatom_site_general": None},
-                           prediction=SimpleNamespace(to_row=lambda: dict(row), metadata_used=True))
+                           prediction=_prediction("grey", model_light="red", risk=0.123456789, malignant=0.52,
+                                                  probabilities={"MEL": 0.123456789, "NV": 0.876543211},
+                                                  flags=["blurred"],
+                                                  flag_reasons={"blurred": "The image is too blurred to assess."}),
+                           decision="excise", note="seen by Dr A", lesion_id="L1")
     waiting = SimpleNamespace(name="b.png", metadata={}, prediction=None)
     lines = report.results_csv([done, waiting], "M", "1").decode().splitlines()
-    assert len(lines) == 2 and lines[1].startswith("'+a.png,0.125")
-    assert lines[1].endswith(",30,,,True,M,1")
+    assert len(lines) == 2
+    header = lines[0].split(",")
+    assert header[:5] == ["image", "patient_id", "lesion_id", "predicted_class", "predicted_diagnosis"]
+    assert {"traffic_light", "model_light", "quality_flags", "decision", "note", "malignant", "risk"} <= set(header)
+    row = dict(zip(header, next(csv.reader(lines[1:])), strict=True))
+    assert row["image"] == "'+a.png" and row["patient_id"] == "" and row["lesion_id"] == "L1"
+    assert (row["predicted_class"], row["predicted_diagnosis"]) == ("MEL", "melanoma")
+    assert row["MEL"] == "0.123" and row["NV"] == "0.877" and row["DF"] == "0.000" and row["risk"] == "0.123"
+    assert row["malignant"] == "0.520" and row["thickness_mm"] == "1.30"
+    assert (row["traffic_light"], row["model_light"]) == ("grey", "red")
+    assert row["quality_flags"] == "The image is too blurred to assess."
+    assert (row["decision"], row["note"], row["age_approx"], row["model"]) == ("excise", "seen by Dr A", "30", "M")
+    plain = SimpleNamespace(name="c.png", metadata={}, prediction=_prediction("green"))
+    row = dict(zip(header, next(csv.reader(report.results_csv([plain], "M", "1").decode().splitlines()[1:])),
+                   strict=True))
+    assert row["decision"] == "" and row["note"] == "" and row["traffic_light"] == row["model_light"] == "green"

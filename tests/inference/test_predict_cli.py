@@ -16,7 +16,7 @@ from tests.conftest import REPO_ROOT
 from tests.inference.tiny import lesions, train_tiny_checkpoint
 
 EXPECTED_COLUMNS = ["image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK", "malignant", "risk",
-                    "traffic_light", "thickness_mm", "thickness_band", "flags"]
+                    "traffic_light", "model_light", "thickness_mm", "thickness_band", "flags"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_folder_with_a_corrupt_file_then_rerun(ckpt, folder, tmp_path, capsys):
     for row in rows:
         probs = [float(v) for v in row[1:9]]
         assert sum(probs) == pytest.approx(1.0, abs=1e-4) and float(row[9]) == 0.0
-        assert row[12] in ("green", "yellow", "red") and float(row[13]) >= 0 and row[14]
+        assert row[12] in ("green", "yellow", "red") and row[13] == row[12] and float(row[14]) >= 0 and row[15]
     # Rerun: nothing new is predicted; a new image is.
     assert main(["--input", str(folder), "--output", str(out), "--checkpoint", str(ckpt)]) == 0
     assert "0 predicted, 3 already" in capsys.readouterr().err

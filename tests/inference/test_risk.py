@@ -9,7 +9,15 @@ import pytest
 
 from backend.data.schema import DIAGNOSES
 from backend.errors import ConfigError
-from backend.inference.risk import DEFAULT_RISK_YAML, RiskConfig, risk_index, thickness_band, traffic_light
+from backend.inference.quality import QualityFlag
+from backend.inference.risk import (
+    DEFAULT_RISK_YAML,
+    RiskConfig,
+    assessed_light,
+    risk_index,
+    thickness_band,
+    traffic_light,
+)
 
 
 def probs(**values: float) -> dict[str, float]:
@@ -88,3 +96,19 @@ def test_thickness_bands_at_boundaries(mm, band):
 
 def test_thickness_band_of_nan_is_empty():
     assert thickness_band(float("nan")) == ""
+
+
+@pytest.mark.parametrize("risk", [0.0, 0.1, 0.3, 0.9, 1.0])
+@pytest.mark.parametrize("flags", [["blurred"], ["tiny", "blank"], ["too_dark"], ["not_skin"],
+                                   ["out_of_distribution"], [QualityFlag("blurred", "The image is too blurred")]])
+def test_any_quality_flag_gives_grey_never_a_colour(risk, flags):
+    assert assessed_light(risk, flags) == "grey"
+    assert assessed_light(risk, iter(flags), RiskConfig(green_below=0.5, yellow_below=0.8)) == "grey"
+
+
+def test_unflagged_image_keeps_the_model_light():
+    p = probs(MEL=0.1, BCC=0.1)  # risk = 0.15 + 0.13 + 0.8 / 6 -> yellow with the defaults
+    assert assessed_light(risk_index(p), []) == traffic_light(risk_index(p)) == "yellow"
+    assert assessed_light(0.0, ()) == "green" and assessed_light(0.95, []) == "red"
+    with pytest.raises(ValueError, match="NaN"):
+        assessed_light(math.nan, ["blurred"])

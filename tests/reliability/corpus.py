@@ -129,7 +129,7 @@ def image_cases() -> list[ImageCase]:
     rotated, rotated_check = _exif_rotated()
     bad = "truncated or corrupt image data"
     not_image = "not an image file (unrecognised format"
-    bomb = "decompression bomb / too large"
+    bomb = "This image is too large to open safely"
     return [
         ImageCase("zero-byte", "zero_byte.jpg", b"", "file is empty (0 bytes)"),
         ImageCase("truncated-jpeg", "truncated.jpg", jpeg[: len(jpeg) // 2], bad),

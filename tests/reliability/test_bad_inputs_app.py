@@ -61,6 +61,8 @@ def test_upload_per_file_outcome(app_after_upload, case: ImageCase):
         assert not errors, errors
         upload_ = uploads[case.filename]
         assert upload_.prediction is not None and upload_.prediction.image == case.filename
+        pred = upload_.prediction  # a flagged image is not assessable: grey, never a confident colour
+        assert pred.traffic_light == ("grey" if pred.flags else pred.model_light)
         assert upload_.image.ndim == 3 and upload_.image.shape[2] == 3 and upload_.image.dtype.name == "uint8"
         height, width = case.shape
         assert (upload_.image.shape[0] > upload_.image.shape[1]) == (height > width)  # EXIF rotation kept upright

@@ -79,7 +79,9 @@ def test_predict_per_file_outcome(predict_run, case: ImageCase):
         row = predict_run["rows"][case.filename]
         probs = [float(row[c]) for c in ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")]
         assert sum(probs) == pytest.approx(1.0, abs=1e-4)
-        assert row["traffic_light"] in ("green", "yellow", "red")
+        # A flagged image is not assessable: grey, never a confident colour; the model's own light is kept.
+        assert row["traffic_light"] == ("grey" if row["flags"] else row["model_light"])
+        assert row["model_light"] in ("green", "yellow", "red")
     else:
         assert case.filename not in predict_run["rows"]
         assert len(skipped) == 1 and case.reason in skipped[0], skipped

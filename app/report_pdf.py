@@ -1,0 +1,202 @@
+"""The per-image PDF report with a real text layer: searchable, selectable text under human field names.
+
+The page is laid out with fpdf2 (text as PDF text in an embedded, subset DejaVu font, so a reader
+can search and copy it; Helvetica with Latin-1 text where the font file is missing). The lesion
+image and its Grad-CAM overlay are embedded as new JPEG pictures made from pixel arrays, so no
+EXIF or other metadata of the uploaded file (camera, GPS, dates) reaches the PDF. Built in memory.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.components import CLASS_NAMES
+
+#: Words of each light for people (the colour is never the only cue).
+LIGHT_WORDS: dict[str, str] = {
+    "green": "Green: low risk",
+    "yellow": "Yellow: intermediate risk",
+    "red": "Red: high risk",
+    "grey": "Grey: not assessable, retake the image",
+}
+#: What each light means, in a clinician's words (a model card may add its test-split figures).
+LIGHT_MEANINGS: dict[str, str] = {
+    "green": "The risk index is below the model's lower threshold.",
+    "yellow": "The risk index lies between the model's two thresholds: review the lesion clinically.",
+    "red": "The risk index is above the model's upper threshold: prioritise the review of this lesion.",
+    "grey": "The image quality is too poor for the model's result to be trusted: retake the image and "
+            "analyse it again.",
+}
+_FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"),)
+_PICTURE_SIDE = 900  # pixels of an embedded picture's longer side (sharp at 90 mm, a small file)
+
+
+def _font_files() -> tuple[Path, Path] | None:
+    for folder in _FONT_DIRS:
+        regular, bold = folder / "DejaVuSans.ttf", folder / "DejaVuSans-Bold.ttf"
+        if regular.is_file() and bold.is_file():
+            return regular, bold
+    return None
+
+
+def printable(text: Any, limit: int = 100) -> str:
+    """A user-supplied string made safe to draw on the report.
+
+    Control and format characters (CR, LF, NUL, the right-to-left override that disguises an
+    extension...) become ``?`` and the text is cut to ``limit`` characters with an ellipsis: Pillow's
+    text layout fails on a name holding a line break (``raqm_layout() failed``), and an overlong
+    name would run off the page.
+    """
+    clean = "".join(ch if ch.isprintable() else "?" for ch in str(text))
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+
+
+def light_fields(prediction: Any, meaning: str = "") -> tuple[str, str]:
+    """``(Risk light, What the light means)`` of a prediction, in words.
+
+    A grey (not assessable) prediction names the model's own light too, as shown on request.
+    """
+    light = prediction.traffic_light
+    words = LIGHT_WORDS.get(light, light)
+    model_light = getattr(prediction, "model_light", light) or light
+    if light == "grey" and model_light != light:
+        words += f" (the model's own light, shown on request: {LIGHT_WORDS.get(model_light, model_light)})"
+    explained = " ".join(part for part in (LIGHT_MEANINGS.get(light, ""), meaning) if part)
+    return words, explained
+
+
+def report_fields(prediction: Any, metadata: dict[str, Any] | None = None, light_meaning: str = "") -> list[
+        tuple[str, str]]:
+    """The report's ``(field name, value)`` lines, in reading order."""
+    pred = prediction
+    light, meaning = light_fields(pred, light_meaning)
+    top = pred.top_class
+    reasons = [pred.flag_reasons.get(code, code.replace("_", " ")) for code in pred.flags]
+    given = {k: v for k, v in (metadata or {}).items() if v not in (None, "")}
+    names = {"age_approx": "age", "sex": "sex", "anatom_site_general": "site"}
+    meta = ", ".join(f"{names.get(k, k)} {printable(v, 40)}" for k, v in given.items()) or "none given"
+    used = "used by the model" if pred.metadata_used else "not used by the model"
+    return [
+        ("Most likely diagnosis", f"{CLASS_NAMES.get(top, top)} ({top}), probability {pred.top_probability:.1%}"),
+        ("Probability of malignancy", f"{pred.malignant:.1%} (melanoma + basal cell carcinoma + squamous cell "
+                                      f"carcinoma); benign {pred.benign:.1%}"),
+        ("Risk index", f"{pred.risk:.3f} (0 to 1)"),
+        ("Risk light", light),
+        ("What the light means", meaning),
+        ("Estimated Breslow thickness", f"{pred.thickness_mm:.2f} mm (band {pred.thickness_band or 'unknown'}); "
+                                        "applies only if the lesion is a melanoma, never a substitute for "
+                                        "histopathology"),
+        ("Image quality", " ".join(reasons) if reasons else "No issues detected."),
+        ("Patient metadata", f"{meta} ({used})"),
+    ]
+
+
+class _Writer:
+    """Thin helpers over an ``FPDF`` document: fonts, field lines, pictures."""
+
+    def __init__(self) -> None:
+        from fpdf import FPDF
+
+        self.pdf = FPDF(format="A4", unit="mm")
+        self.pdf.set_auto_page_break(True, margin=15)
+        self.pdf.set_margins(18, 15, 18)
+        fonts = _font_files()
+        self.unicode = fonts is not None
+        if fonts is not None:
+            self.pdf.add_font("DejaVu", "", str(fonts[0]))
+            self.pdf.add_font("DejaVu", "B", str(fonts[1]))
+            self.family = "DejaVu"
+        else:
+            self.family = "Helvetica"
+
+    def text(self, value: str) -> str:
+        if self.unicode:
+            return value
+        return value.replace("…", "...").replace("×", "x").encode("latin-1", "replace").decode("latin-1")
+
+    def line(self, value: str, size: float = 10, bold: bool = False, colour: tuple[int, int, int] = (30, 30, 30),
+             height: float = 5.5) -> None:
+        pdf = self.pdf
+        pdf.set_font(self.family, "B" if bold else "", size)
+        pdf.set_text_color(*colour)
+        pdf.multi_cell(0, height, self.text(value), new_x="LMARGIN", new_y="NEXT")
+
+    def field(self, name: str, value: str) -> None:
+        pdf = self.pdf
+        pdf.set_font(self.family, "B", 10)
+        pdf.set_text_color(30, 30, 30)
+        pdf.cell(58, 5, self.text(name))
+        pdf.set_font(self.family, "", 10)
+        pdf.multi_cell(0, 5, self.text(value), new_x="LMARGIN", new_y="NEXT")
+        pdf.ln(0.8)
+
+    def picture(self, image: np.ndarray, x: float, y: float, width: float, height: float) -> None:
+        """Embed an RGB array as a new JPEG (pixels only), fitted into the box and centred."""
+        from PIL import Image
+
+        picture = Image.fromarray(np.ascontiguousarray(np.asarray(image, dtype=np.uint8)))
+        picture.thumbnail((_PICTURE_SIDE, _PICTURE_SIDE), Image.Resampling.LANCZOS)
+        scale = min(width / picture.width, height / picture.height)
+        w, h = picture.width * scale, picture.height * scale
+        self.pdf.image(picture, x + (width - w) / 2, y + (height - h) / 2, w, h)
+
+
+def pdf_report(image: np.ndarray, overlay: np.ndarray | None, prediction: Any, *, image_name: str,
+               model_name: str, model_version: str, cam_target: str = "", metadata: dict[str, Any] | None = None,
+               risk_weights: dict[str, float] | None = None, created: datetime | None = None,
+               light_meaning: str = "") -> bytes:
+    """The one-page report as PDF bytes with a text layer (arguments as ``app.report.build_report``)."""
+    created = created or datetime.now(timezone.utc)
+    out = _Writer()
+    pdf = out.pdf
+    pdf.set_title("DermaLens lesion report")
+    pdf.set_creator("DermaLens")
+    pdf.set_producer("DermaLens")
+    pdf.set_creation_date(created)
+    pdf.set_image_filter("DCTDecode")
+    pdf.add_page()
+    out.line("DermaLens lesion report", size=20, bold=True, height=10)
+    out.field("Image", printable(image_name))
+    out.field("Model", f"{printable(model_name)} (version {printable(model_version, 40)})")
+    out.field("Report created", created.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    out.line("Decision support, not a diagnosis: to be interpreted by a qualified clinician.", size=9,
+             colour=(150, 30, 30))
+    pdf.ln(2)
+    if prediction.traffic_light == "grey":
+        out.line("Not assessable: retake the image.", size=13, bold=True, colour=(90, 90, 90), height=7)
+        out.line("The result below is the model's, shown for the record only: the image cannot be assessed.",
+                 size=10)
+        pdf.ln(2)
+
+    top, box_w, box_h, gap = pdf.get_y(), (pdf.epw - 8) / 2, 60.0, 8
+    out.picture(image, pdf.l_margin, top, box_w, box_h)
+    if overlay is not None:
+        out.picture(overlay, pdf.l_margin + box_w + gap, top, box_w, box_h)
+    pdf.set_xy(pdf.l_margin, top + box_h + 1)
+    pdf.set_font(out.family, "", 8)
+    pdf.set_text_color(90, 90, 90)
+    pdf.cell(box_w + gap, 4, "Lesion image")
+    pdf.cell(box_w, 4, out.text(f"Grad-CAM overlay: {cam_target}" if overlay is not None
+                                else "Grad-CAM not available"), new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(4)
+
+    for name, value in report_fields(prediction, metadata, light_meaning):
+        out.field(name, value)
+    weights = risk_weights or {}
+    if weights:
+        formula = " + ".join(f"{w:g} × P({n})" for n, w in weights.items())
+        out.line(f"Risk index = {formula}, clipped to 0 to 1.", size=8, colour=(90, 90, 90))
+    pdf.ln(2)
+    out.line("Probability of each diagnosis", size=12, bold=True, height=7)
+    ranked = sorted(prediction.probabilities.items(), key=lambda kv: -kv[1])
+    pdf.set_font(out.family, "", 9.5)
+    pdf.set_text_color(30, 30, 30)
+    half = pdf.epw / 2
+    for i, (code, p) in enumerate(ranked):  # two columns, most probable first
+        pdf.cell(half - 20, 5, out.text(f"{CLASS_NAMES.get(code, code)} ({code})"))
+        pdf.cell(20, 5, f"{p:.1%}", new_x="LMARGIN" if i % 2 else "RIGHT", new_y="NEXT" if i % 2 else "TOP")
+    return bytes(pdf.output())

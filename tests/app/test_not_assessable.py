@@ -1,0 +1,58 @@
+"""A flagged upload is not assessable: grey card, the viewer says so first, the result only on request."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from tests.app.conftest import MIME, new_app, session_uploads, texts, upload
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_flagged_upload_is_grey_and_its_result_shows_only_on_request(app_env):
+    at = new_app().run()
+    upload(at, ("black.png", png(np.zeros((96, 96, 3), np.uint8)), MIME["PNG"]))
+    assert not at.exception
+    (item,) = session_uploads(at).values()
+    pred = item.prediction
+    assert pred.flags and pred.traffic_light == "grey" and pred.model_light in ("green", "yellow", "red")
+
+    heads = [str(m.value) for m in at.markdown if 'class="dl-card-head"' in str(m.value)]
+    assert len(heads) == 1 and "dl-light-grey" in heads[0] and "Not assessable: retake" in heads[0]
+    assert "risk" not in heads[0].lower().replace("not assessable", "")
+    captions = texts(at.caption)
+    assert "Not assessable: The image is blank" in captions and "too dark or blank" in captions
+
+    # The viewer's first message says so, before any prediction; the prediction is hidden.
+    errors = [str(e.value) for e in at.main.warning]
+    assert errors[0].startswith("**Not assessable: retake the image.**") and "too dark or blank" in errors[0]
+    assert "Laplacian" not in "\n".join(errors)
+    key = f"show_anyway_{item.id}"
+    assert at.toggle(key=key).label == "Show the model's result anyway" and not at.toggle(key=key).value
+    assert pred.top_class not in texts(at.markdown).replace("dl-card-head", "")
+    assert len(at.get("plotly_chart")) == 0
+
+    at.toggle(key=key).set_value(True).run()
+    assert not at.exception
+    assert f"### {pred.top_class} (" in texts(at.markdown)
+    assert len(at.get("plotly_chart")) == 1
+    assert f"dl-light-{pred.model_light}" in texts(at.markdown)  # the model's own light, on request
+    assert str(at.main.warning[0].value).startswith("**Not assessable")  # still said first
+
+
+def test_normal_upload_keeps_its_colour_and_no_toggle(app_env):
+    from tests.app.conftest import image_bytes
+
+    at = new_app().run()
+    upload(at, ("lesion.png", image_bytes(7, size=96), MIME["PNG"]))
+    (item,) = session_uploads(at).values()
+    assert item.prediction.flags == [] and item.prediction.traffic_light in ("green", "yellow", "red")
+    assert not [t for t in at.toggle if str(t.key or "").startswith("show_anyway_")]
+    assert "Not assessable" not in texts(at.main.warning)
