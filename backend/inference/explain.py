@@ -197,19 +197,88 @@ def heatmap_to_image(cam: np.ndarray, image_shape: tuple[int, ...], img_size: in
     return np.clip(out, 0.0, 1.0)
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.ndarray:
-    """Blend a heatmap (JET colours) over an RGB image: ``(1 - opacity) * image + opacity * colours``.
+#: Heat below this is fully transparent in :func:`overlay`: the skin stays visible, with no tint.
+CAM_TRANSPARENT_BELOW = 0.2
+#: Colour stops of the attention map (heat -> RGB): yellow, orange, red. No blue, so low values
+#: never tint the lesion, and the map reads the same in the legend strip.
+CAM_COLOUR_STOPS: tuple[tuple[float, tuple[int, int, int]], ...] = (
+    (0.0, (255, 235, 59)), (0.5, (255, 145, 0)), (1.0, (213, 0, 0)),
+)
+#: Grey the area outside the model's view is blended towards, and how strongly.
+UNSEEN_GREY, UNSEEN_STRENGTH = 128, 0.7
+
+
+def seen_box(image_shape: tuple[int, ...], preprocessing: dict[str, Any] | int) -> tuple[int, int, int, int]:
+    """The part of an image the network sees through the eval transform, as ``(top, bottom, left, right)``.
+
+    The eval transform (``backend.data.transforms.build_eval_transform``) resizes the short side to
+    ``img_size`` and centre-crops a square; this maps that crop back to the original pixels (the
+    same geometry as :func:`heatmap_to_image`).
+
+    Args:
+        image_shape: ``(H, W[, 3])`` of the original image.
+        preprocessing: The model's preprocessing description (its ``img_size``) or the size itself.
+    """
+    size = int(preprocessing["img_size"] if isinstance(preprocessing, dict) else preprocessing)
+    h, w = int(image_shape[0]), int(image_shape[1])
+    scale = size / min(h, w)
+    rh, rw = max(size, round(h * scale)), max(size, round(w * scale))
+    y0, x0 = (rh - size) // 2, (rw - size) // 2
+    top, left = round(y0 / scale), round(x0 / scale)
+    bottom, right = min(h, round((y0 + size) / scale)), min(w, round((x0 + size) / scale))
+    return top, bottom, left, right
+
+
+def seen_mask(image_shape: tuple[int, ...], preprocessing: dict[str, Any] | int) -> np.ndarray:
+    """``(H, W)`` bool mask, True where the network sees the image (inside its centre crop; see :func:`seen_box`)."""
+    top, bottom, left, right = seen_box(image_shape, preprocessing)
+    mask = np.zeros((int(image_shape[0]), int(image_shape[1])), dtype=bool)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+def cam_colours(heat: np.ndarray) -> np.ndarray:
+    """RGB float colours of heat values in ``[0, 1]`` (:data:`CAM_COLOUR_STOPS`), shape ``heat.shape + (3,)``."""
+    xs = [x for x, _ in CAM_COLOUR_STOPS]
+    heat = np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)
+    return np.stack([np.interp(heat, xs, [c[i] for _, c in CAM_COLOUR_STOPS]) for i in range(3)], axis=-1)
+
+
+def cam_alpha(heat: np.ndarray, threshold: float = CAM_TRANSPARENT_BELOW) -> np.ndarray:
+    """Opacity of each heat value: 0 up to ``threshold``, then growing linearly to 1 at heat 1."""
+    heat = np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)
+    return np.clip((heat - threshold) / max(1.0 - threshold, 1e-6), 0.0, 1.0)
+
+
+def legend_strip(width: int = 256, height: int = 14, background: int = 235) -> np.ndarray:
+    """The colour legend of :func:`overlay`: heat 0 (left) to 1 (right), as it blends over a light grey.
+
+    Returns:
+        ``(height, width, 3)`` uint8 RGB.
+    """
+    ramp = np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (height, 1))
+    return overlay(np.full((height, width, 3), background, np.uint8), ramp, 1.0)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4, seen: np.ndarray | None = None) -> np.ndarray:
+    """Paint a heatmap over an RGB image, transparent where the heat is low, and grey what the model did not see.
+
+    Each pixel is blended towards its colour (:func:`cam_colours`) by ``opacity * cam_alpha(heat)``:
+    below :data:`CAM_TRANSPARENT_BELOW` the image is unchanged, so the skin stays visible and is
+    never tinted. Where ``seen`` is False (outside the model's centre crop, :func:`seen_mask`) the
+    image is washed towards grey, so nobody reads the border as "no attention".
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
         heatmap: ``(h, w)`` values in ``[0, 1]``; resized to the image when sizes differ.
-        opacity: 0 returns the image unchanged, 1 only the heatmap colours.
+        opacity: Strongest blend (at heat 1): 0 returns the image unchanged (apart from the grey border).
+        seen: Optional ``(H, W)`` bool mask of what the model saw.
 
     Returns:
         ``(H, W, 3)`` uint8 RGB.
 
     Raises:
-        ConfigError: On an opacity outside ``[0, 1]`` or a malformed image/heatmap.
+        ConfigError: On an opacity outside ``[0, 1]`` or a malformed image/heatmap/mask.
     """
     import cv2
 
@@ -221,14 +290,18 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.
     heat = np.asarray(heatmap, dtype=np.float32)
     if heat.ndim != 2:
         raise ConfigError(f"heatmap must be 2-D, got shape {heat.shape}")
-    if opacity == 0:
-        return image.copy()
-    if heat.shape != image.shape[:2]:
-        heat = cv2.resize(heat, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-    colours = cv2.applyColorMap(np.uint8(np.clip(heat, 0.0, 1.0) * 255), cv2.COLORMAP_JET)
-    colours = cv2.cvtColor(colours, cv2.COLOR_BGR2RGB)
-    blended = (1.0 - opacity) * image.astype(np.float32) + opacity * colours.astype(np.float32)
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    if seen is not None and np.shape(seen) != image.shape[:2]:
+        raise ConfigError(f"seen mask must have the image's shape {image.shape[:2]}, got {np.shape(seen)}")
+    out = image.astype(np.float32)
+    if opacity > 0:
+        if heat.shape != image.shape[:2]:
+            heat = cv2.resize(heat, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+        alpha = (float(opacity) * cam_alpha(heat))[..., None]
+        out = (1.0 - alpha) * out + alpha * cam_colours(heat)
+    if seen is not None:
+        unseen = ~np.asarray(seen, dtype=bool)
+        out[unseen] = (1.0 - UNSEEN_STRENGTH) * out[unseen] + UNSEEN_STRENGTH * UNSEEN_GREY
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -184,3 +184,42 @@ def thickness_band(mm: float) -> str:
         if lo <= mm < hi:
             return name
     return THICKNESS_BANDS[-1][0]
+
+
+def melanoma_likely(probs: Mapping[str, float], top_k: int = 2, min_prob: float = 0.2) -> bool:
+    """Whether melanoma is a likely class: among the ``top_k`` most probable, or ``P(MEL) >= min_prob``.
+
+    The thickness estimate only applies to a melanoma; the app shows it muted (collapsed) otherwise.
+    """
+    p_mel = float(probs.get("MEL", 0.0))
+    ranked = sorted(probs, key=lambda name: float(probs[name]), reverse=True)
+    return p_mel >= min_prob or "MEL" in ranked[:top_k]
+
+
+def risk_drivers(probs: Mapping[str, float], cfg: RiskConfig | None = None, top: int = 2) -> list[tuple[str, float]]:
+    """The diagnoses that contribute most to the risk index, ``(name, probability)``, largest share first.
+
+    Contribution is ``weight * P(d)``; diagnoses contributing nothing are left out.
+    """
+    cfg = cfg or RiskConfig()
+    parts = [(w * float(probs.get(name, 0.0)), name) for name, w in cfg.weights.items()]
+    ranked = sorted((p for p in parts if p[0] > 0), reverse=True)[:top]
+    return [(name, float(probs.get(name, 0.0))) for _, name in ranked]
+
+
+def light_reason(probs: Mapping[str, float], risk: float, cfg: RiskConfig | None = None) -> str:
+    """Why an image got its light, in one sentence with the thresholds and the classes driving the score.
+
+    Example: ``Yellow: risk score 0.28, between 0.04 and 0.35, mostly from P(BCC) 18% and P(MEL) 9%.``
+    """
+    cfg = cfg or RiskConfig()
+    light = traffic_light(risk, cfg)
+    if light == "green":
+        where = f"below {cfg.green_below:.2g}"
+    elif light == "yellow":
+        where = f"between {cfg.green_below:.2g} and {cfg.yellow_below:.2g}"
+    else:
+        where = f"at or above {cfg.yellow_below:.2g}"
+    drivers = risk_drivers(probs, cfg)
+    source = (", mostly from " + " and ".join(f"P({name}) {p:.0%}" for name, p in drivers)) if drivers else ""
+    return f"{light.capitalize()}: risk score {float(risk):.2f}, {where}{source}."

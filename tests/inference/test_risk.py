@@ -112,3 +112,26 @@ def test_unflagged_image_keeps_the_model_light():
     assert assessed_light(0.0, ()) == "green" and assessed_light(0.95, []) == "red"
     with pytest.raises(ValueError, match="NaN"):
         assessed_light(math.nan, ["blurred"])
+
+
+def test_melanoma_likely_rule():
+    from backend.inference.risk import melanoma_likely
+
+    assert melanoma_likely(probs(MEL=0.25, NV=0.7))  # P(MEL) >= 0.2
+    assert melanoma_likely(probs(NV=0.85, MEL=0.1))  # second most probable
+    assert not melanoma_likely(probs(NV=0.85, BCC=0.1, MEL=0.01))
+    assert not melanoma_likely({"NV": 0.6, "BKL": 0.25, "MEL": 0.15})
+
+
+def test_risk_drivers_and_light_reason():
+    from backend.inference.risk import light_reason, risk_drivers
+
+    cfg = RiskConfig(green_below=0.04, yellow_below=0.45)
+    p = {**probs(BCC=0.18, MEL=0.09, SCC=0.0)}
+    assert [name for name, _ in risk_drivers(p, cfg)] == ["BCC", "MEL"]  # 1.3*0.18 > 1.5*0.09 > 0
+    risk = risk_index(p, cfg)
+    assert light_reason(p, risk, cfg) == (f"Yellow: risk score {risk:.2f}, between 0.04 and 0.45, "
+                                          "mostly from P(BCC) 18% and P(MEL) 9%.")
+    assert light_reason({"NV": 1.0}, 0.0, cfg) == "Green: risk score 0.00, below 0.04."
+    red = light_reason({"MEL": 0.5}, 0.75, cfg)
+    assert red.startswith("Red: risk score 0.75, at or above 0.45, mostly from P(MEL) 50%")
