@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from backend.data.schema import IMAGE_EXTENSIONS
-from backend.evaluation.card_sections import light_meaning
-from backend.inference.explain import overlay
+from backend.data.schema import IMAGE_EXTENSIONS, MALIGNANT_DIAGNOSES
+from backend.evaluation.card_sections import band_accuracy_sentence, light_meaning
+from backend.inference.explain import legend_strip, overlay, seen_mask
 from backend.inference.inputs import PreparedInput, prepare_input
+from backend.inference.risk import light_reason, melanoma_likely
 
 #: Full names of the diagnoses (codes as in ``backend.data.schema.DIAGNOSES``).
 CLASS_NAMES: dict[str, str] = {
@@ -45,6 +46,10 @@ ACCEPTED_TYPES: tuple[str, ...] = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSI
 DISPLAY_SIDE = 1024
 CAM_MODES: tuple[str, ...] = ("Overlay", "Side by side", "Heatmap only")
 PREDICTED = "__predicted__"
+#: Bar colours: benign classes neutral, malignant ones one muted warm colour (never alarm red).
+BENIGN_COLOUR, MALIGNANT_COLOUR = "#9e9e9e", "#c98a5e"
+UNSEEN_CAPTION = "The model did not see the greyed border (outside its centre crop)."
+LEGEND_CAPTION = "Attention: low → high (below ~20% the image is left untinted)"
 EXTRA_TARGETS: dict[str, str] = {"thickness": "Breslow thickness output"}
 DISCLAIMER = (
     "**Decision support, not a diagnosis.** DermaLens estimates what a dermoscopic image may show; "
@@ -188,13 +193,13 @@ def render_gallery(items: list[tuple[Any, Any]], selected_id: str | None, on_sel
 
 
 def malignancy_figure(pred: Any) -> Any:
-    """Plotly horizontal bars: P(benign) and P(malignant)."""
+    """Plotly horizontal bars: P(benign) in a neutral grey and P(malignant) in a muted warm colour."""
     import plotly.graph_objects as go
 
     labels = ["Benign", "Malignant"]
     values = [pred.benign, pred.malignant]
     fig = go.Figure(go.Bar(
-        x=values, y=labels, orientation="h", marker_color=["#2e7d32", "#c62828"],
+        x=values, y=labels, orientation="h", marker_color=[BENIGN_COLOUR, MALIGNANT_COLOUR],
         text=[f"{v:.1%}" for v in values], textposition="auto", hovertemplate="%{y}: %{x:.1%}<extra></extra>",
     ))
     fig.update_layout(height=170, margin={"l": 10, "r": 30, "t": 10, "b": 10}, showlegend=False,
@@ -205,27 +210,46 @@ def malignancy_figure(pred: Any) -> Any:
 
 
 def class_table(pred: Any) -> Any:
-    """All class probabilities as a DataFrame, most probable first."""
+    """All class probabilities as a DataFrame, most probable first, with each class's group."""
     import pandas as pd
 
-    rows = [{"class": code, "diagnosis": CLASS_NAMES.get(code, code), "probability": p}
+    rows = [{"class": code, "diagnosis": CLASS_NAMES.get(code, code), "probability": p,
+             "group": "malignant" if code in MALIGNANT_DIAGNOSES else "benign"}
             for code, p in pred.probabilities.items()]
     return pd.DataFrame(rows).sort_values("probability", ascending=False, ignore_index=True)
 
 
+def class_figure(pred: Any) -> Any:
+    """Plotly bars of every class, most probable on top: benign grey, malignant one muted warm colour."""
+    import plotly.graph_objects as go
+
+    table = class_table(pred)
+    labels = [f"{c} ({'malignant' if g == 'malignant' else 'benign'})" for c, g in zip(table["class"], table["group"],
+                                                                                    strict=True)]
+    colours = [MALIGNANT_COLOUR if g == "malignant" else BENIGN_COLOUR for g in table["group"]]
+    fig = go.Figure(go.Bar(
+        x=list(table["probability"]), y=labels, orientation="h", marker_color=colours,
+        text=[f"{v:.1%}" for v in table["probability"]], textposition="auto",
+        customdata=list(table["diagnosis"]), hovertemplate="%{customdata}: %{x:.1%}<extra></extra>",
+    ))
+    fig.update_layout(height=60 + 26 * len(table), margin={"l": 10, "r": 30, "t": 10, "b": 10}, showlegend=False,
+                      xaxis={"range": [0, 1], "tickformat": ".0%", "fixedrange": True},
+                      yaxis={"autorange": "reversed", "fixedrange": True})
+    return fig
+
+
 def render_probabilities(pred: Any) -> None:
-    """Benign vs malignant bars, then every class in an expander."""
+    """Detail: benign vs malignant bars, then every class (benign grey, malignant warm) in an expander."""
     st.markdown("**Benign vs malignant**")
     st.plotly_chart(malignancy_figure(pred), config={"displayModeBar": False}, key="malignancy_bars")
-    with st.expander("All class probabilities"):
-        st.dataframe(class_table(pred), hide_index=True, width="stretch",
-                     column_config={"probability": st.column_config.ProgressColumn(
-                         "probability", format="percent", min_value=0.0, max_value=1.0)})
+    with st.expander(f"All class probabilities (most likely: {class_label(pred.top_class)}, "
+                     f"{pred.top_probability:.0%})"):
+        st.plotly_chart(class_figure(pred), config={"displayModeBar": False}, key="class_bars")
 
 
 def risk_explanation(pred: Any, weights: dict[str, float], green_below: float, yellow_below: float,
                      chosen_on: str | None = None) -> str:
-    """How this image's risk index was computed, in words and with its numbers."""
+    """How this image's risk score was computed, in words and with its numbers."""
     source = ("The thresholds were chosen for this model on its validation split so that yellow or red "
               "catches at least 95% of malignant lesions and red leaves at least 90% of benign lesions out."
               if chosen_on else "The thresholds are the clinic's fixed policy (`cfgs/inference/risk.yaml`).")
@@ -239,33 +263,52 @@ def risk_explanation(pred: Any, weights: dict[str, float], green_below: float, y
     )
 
 
+def risk_headline(pred: Any, risk_cfg: Any) -> str:
+    """The one headline number: ``Risk score 0.42 (red from 0.35)``."""
+    return f"Risk score {pred.risk:.2f} (red from {risk_cfg.yellow_below:.2g})"
+
+
 def render_risk(pred: Any, risk_cfg: Any, card: dict[str, Any] | None = None) -> None:
-    """Risk index with its traffic light, what that light meant on the test split, and how it is computed."""
-    st.markdown("**Risk index**")
-    left, right = st.columns([1, 2], vertical_alignment="center")
-    left.metric("Risk index", f"{pred.risk:.2f}", label_visibility="collapsed")
-    right.markdown(light_html(pred.traffic_light), unsafe_allow_html=True)
+    """The headline: the light, ONE risk number, why this light, what it meant on the test split, how it is computed.
+
+    The top-class % and P(malignant) stay in the detail bars (:func:`render_probabilities`).
+    """
+    left, right = st.columns([1, 1], vertical_alignment="center")
+    left.markdown(light_html(pred.traffic_light), unsafe_allow_html=True)
+    right.markdown(f"**{risk_headline(pred, risk_cfg)}**")
+    light = pred.traffic_light
     if not assessable(pred):
+        light = pred.model_light
         st.caption("The image is not assessable, so no light is given. Shown on request, the model's own light "
                    "from this risk would be:")
         st.markdown(light_html(pred.model_light), unsafe_allow_html=True)
-    meaning = light_meaning(card or {}, pred.model_light if not assessable(pred) else pred.traffic_light)
+    st.caption(light_reason(pred.probabilities, pred.risk, risk_cfg))
+    meaning = light_meaning(card or {}, light)
     if meaning:
         st.caption(meaning)
-    with st.expander("How the risk index is computed"):
+    with st.expander("How the risk score is computed"):
         st.markdown(risk_explanation(pred, dict(risk_cfg.weights), risk_cfg.green_below, risk_cfg.yellow_below,
                                      getattr(risk_cfg, "chosen_on", None)))
 
 
-def render_thickness(pred: Any) -> None:
-    """Predicted Breslow thickness with its band and when it applies."""
-    st.markdown("**Breslow thickness (if melanoma)**")
+def render_thickness(pred: Any, card: dict[str, Any] | None = None) -> None:
+    """Estimated Breslow band (a range, never two decimals) with the card's band accuracy.
+
+    Shown openly only when melanoma is a likely class (:func:`backend.inference.risk.melanoma_likely`);
+    otherwise muted in a collapsed expander.
+    """
     band = pred.thickness_band or "unknown"
-    st.markdown(f"{pred.thickness_mm:.2f} mm · band **{band}**")
+    accuracy = band_accuracy_sentence(card or {})
     p_mel = pred.probabilities.get("MEL", 0.0)
-    note = ("Applies only if the lesion is a melanoma" + (" (the most probable class here)."
-            if pred.top_class == "MEL" else f"; melanoma is not the most probable class here (P(MEL) = {p_mel:.0%})."))
-    st.caption(note + " Never a substitute for histopathology.")
+    note = (f"Applies only if the lesion is a melanoma (P(MEL) = {p_mel:.0%}). "
+            + (accuracy + " " if accuracy else "") + "Never a substitute for histopathology.")
+    if melanoma_likely(pred.probabilities):
+        st.markdown("**Breslow thickness (if melanoma)**")
+        st.markdown(f"Estimated band **{band}**")
+        st.caption(note)
+        return
+    with st.expander(f"Breslow thickness (if melanoma): melanoma unlikely here, P(MEL) = {p_mel:.0%}"):
+        st.caption(f"Estimated band {band}. {note}")
 
 
 def render_quality(pred: Any) -> None:
@@ -298,22 +341,31 @@ def render_not_assessable(pred: Any, key: str) -> bool:
 # -- Grad-CAM -----------------------------------------------------------------------------------
 
 
-def render_cam(image: np.ndarray, heatmap: np.ndarray, mode: str, opacity: float, caption: str) -> None:
-    """Show a Grad-CAM heatmap as an overlay, side by side with the image, or alone.
+def render_cam(image: np.ndarray, heatmap: np.ndarray, mode: str, opacity: float, caption: str,
+               preprocessing: dict[str, Any] | None = None) -> None:
+    """Show a Grad-CAM heatmap as an overlay, beside the image, or alone, with its legend and what the model saw.
 
-    Only the blend is computed here (milliseconds); the heatmap comes from the session's cache.
+    Low heat is transparent (no tint over the skin); with ``preprocessing`` (the model's eval
+    transform) the border outside the centre crop the model saw is greyed and said so. "Side by
+    side" stacks the image above its overlay, each at the viewer's full width (two columns inside the
+    viewer would make each picture too small to read). Only the blend is computed here (milliseconds).
     """
+    seen = seen_mask(image.shape, preprocessing) if preprocessing is not None else None
     if mode == "Heatmap only":
-        st.image(overlay(image, heatmap, 1.0), caption=caption, width="stretch", alt="Grad-CAM heatmap",
+        background = np.full_like(image, 40)
+        st.image(overlay(background, heatmap, 1.0, seen), caption=caption, width="stretch", alt="Grad-CAM heatmap",
                  output_format="JPEG")
     elif mode == "Side by side":
-        left, right = st.columns(2)
-        left.image(image, caption="Image", width="stretch", alt="Original image", output_format="JPEG")
-        right.image(overlay(image, heatmap, float(opacity)), caption=caption, width="stretch",
-                    alt="Grad-CAM overlay", output_format="JPEG")
+        st.image(image, caption="Image", width="stretch", alt="Original image", output_format="JPEG")
+        st.image(overlay(image, heatmap, float(opacity), seen), caption=caption, width="stretch",
+                 alt="Grad-CAM overlay", output_format="JPEG")
     else:
-        st.image(overlay(image, heatmap, float(opacity)), caption=caption, width="stretch", alt="Grad-CAM overlay",
-                 output_format="JPEG")
+        st.image(overlay(image, heatmap, float(opacity), seen), caption=caption, width="stretch",
+                 alt="Grad-CAM overlay", output_format="JPEG")
+    st.image(legend_strip(320, 14), width=320, alt="Colour scale: low to high attention")
+    st.caption(LEGEND_CAPTION)
+    if seen is not None and not seen.all():
+        st.caption(UNSEEN_CAPTION)
     if float(np.max(heatmap)) <= 0.0:
         st.caption("Grad-CAM found no region that raises this output: the heatmap is empty.")
 

@@ -234,7 +234,8 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
         target = resolve_target(cam["target"], upload) if shown is not None else None
         heat = heatmap(model, upload, target) if cam["enabled"] and shown is not None else None
         if heat is not None:
-            ui.render_cam(upload.image, heat, cam["mode"], cam["opacity"], f"Grad-CAM: {ui.target_label(target)}")
+            ui.render_cam(upload.image, heat, cam["mode"], cam["opacity"], f"Grad-CAM: {ui.target_label(target)}",
+                          model.predictor.preprocessing)
         else:
             st.image(upload.image, caption=upload.name, width="stretch", alt="Selected image")
             if cam["enabled"] and pred is None:
@@ -246,11 +247,10 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
         elif shown is None:
             st.info(f"{ui.NOT_ASSESSABLE_TITLE}. Use \"{ui.SHOW_ANYWAY}\" above to see the prediction.")
         else:
-            st.markdown(f"### {ui.class_label(pred.top_class)} · {pred.top_probability:.0%}")
-            st.markdown(ui.light_html(pred.traffic_light), unsafe_allow_html=True)
-            ui.render_probabilities(pred)
+            st.markdown(f"### Most likely: {ui.class_label(pred.top_class)}")
             ui.render_risk(pred, model.predictor.risk, model.predictor.card)
-            ui.render_thickness(pred)
+            ui.render_probabilities(pred)
+            ui.render_thickness(pred, model.predictor.card)
             ui.render_quality(pred)
     if shown is not None or pred is None:
         similar_cases_panel(upload, model if shown is not None else None, reference)

@@ -135,3 +135,26 @@ def light_meaning(card: dict[str, Any], light: str) -> str:
                 if red.get("specificity") is not None else f"Red: {share} of red lesions were malignant.")
     return (f"Yellow: between the two thresholds; on this model's test split {share} of yellow lesions were "
             "malignant. Review it clinically.")
+
+
+def band_accuracy_sentence(card: dict[str, Any]) -> str:
+    """How often the thickness band was right on the test split, in words; empty when the card has no figure.
+
+    Reads ``test_metrics.thickness_band_accuracy`` (a number or ``{"value", "lo", "hi", "n"}``).
+    """
+    entry = (card.get("test_metrics") or {}).get("thickness_band_accuracy")
+    value = entry.get("value") if isinstance(entry, dict) else entry
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return ""
+    if value != value:  # NaN: no melanoma with a known thickness in the test split
+        return ""
+    text = f"The model's band was correct in {value:.0%} of test melanomas with a known thickness"
+    if isinstance(entry, dict) and entry.get("lo") is not None and entry.get("hi") is not None:
+        lo, hi = float(entry["lo"]), float(entry["hi"])
+        if lo == lo and hi == hi:
+            text += f" (95% interval {lo:.0%}-{hi:.0%})"
+    if isinstance(entry, dict) and entry.get("n"):
+        text += f", n = {int(entry['n'])}"
+    return text + "."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from backend.inference.explain import CAM_TRANSPARENT_BELOW
 from tests.app.conftest import MIME, image_bytes, new_app, session_uploads, upload
 
 
@@ -47,10 +48,18 @@ def test_toggle_mode_opacity_target_use_cached_heatmaps(app_env, explain_calls):
     heat = session_uploads(at)[first.id].cams[top]
     assert heat.ndim == 2 and 0.0 <= float(heat.min()) <= float(heat.max()) <= 1.0
     overlay_url = _images(at)[0][1]
+    captions = [c.value for c in at.main.caption]
+    assert any(c.startswith("Attention: low → high") for c in captions)  # the colour legend
+    assert any("did not see the greyed border" in c for c in captions) == (first.image.shape[0]
+                                                                           != first.image.shape[1])
 
     at.slider(key="cam_opacity").set_value(0.9).run()
     assert not at.exception and explain_calls == [top]  # slider: re-blend only
-    assert _images(at)[0][1] != overlay_url
+    # Heat below the transparency threshold paints nothing, so opacity only shows where heat is high
+    # (a tiny model's map may be empty, which the viewer says in words).
+    assert (_images(at)[0][1] != overlay_url) == bool(heat.max() > CAM_TRANSPARENT_BELOW)
+    if heat.max() <= 0.0:
+        assert any("the heatmap is empty" in c.value for c in at.main.caption)
 
     at.radio(key="cam_mode").set_value("Side by side").run()
     assert len(_images(at)) == 2
@@ -96,4 +105,4 @@ def test_grad_cam_failure_is_shown_in_place(app_env, monkeypatch):
     at.toggle(key="cam_on").set_value(True).run()
     assert not at.exception
     assert "Grad-CAM of a.png" in at.main.error[0].value and "cannot explain" in at.main.error[0].value
-    assert _captions(at) == ["a.png"] and len(at.get("plotly_chart")) == 1  # the rest of the viewer stays
+    assert _captions(at) == ["a.png"] and len(at.get("plotly_chart")) == 2  # the rest of the viewer stays

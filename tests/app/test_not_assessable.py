@@ -41,8 +41,8 @@ def test_flagged_upload_is_grey_and_its_result_shows_only_on_request(app_env):
 
     at.toggle(key=key).set_value(True).run()
     assert not at.exception
-    assert f"### {pred.top_class} (" in texts(at.markdown)
-    assert len(at.get("plotly_chart")) == 1
+    assert f"### Most likely: {pred.top_class} (" in texts(at.markdown)
+    assert len(at.get("plotly_chart")) == 2
     assert f"dl-light-{pred.model_light}" in texts(at.markdown)  # the model's own light, on request
     assert str(at.main.warning[0].value).startswith("**Not assessable")  # still said first
 

@@ -29,9 +29,8 @@ def test_upload_many_formats_bad_file_in_place(app_env):
         assert f"{pred.top_class} · {pred.top_probability:.0%}" in head
         assert f"dl-light-{pred.traffic_light}" in head and "risk" in head
     assert "Gallery (4 images)" in texts(at.subheader)
-    # The benign vs malignant bars and the class table of the selected image.
-    assert len(at.get("plotly_chart")) == 1
-    assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 8
+    # The benign vs malignant bars and the bars of every class of the selected image.
+    assert [c.key for c in at.get("plotly_chart")] == ["malignancy_bars", "class_bars"]
 
 
 def test_identical_file_twice_is_one_card_and_predictions_run_once(app_env, monkeypatch):
@@ -121,8 +120,11 @@ def test_select_card_shows_it_in_viewer(app_env):
     assert at.button(key=f"select_{second}").label == "Selected"
     assert at.button(key=f"select_{first}").label == "Select"
     pred = session_uploads(at)[second].prediction
-    assert f"{pred.thickness_mm:.2f} mm" in texts(at.markdown)
+    assert f"{pred.thickness_mm:.2f} mm" not in texts(at.markdown)  # a band, never two decimals
+    shown = (texts(at.markdown) + texts(at.caption)).replace("**", "")
+    assert f"Estimated band {pred.thickness_band}" in shown
     assert "Applies only if the lesion is a melanoma" in texts(at.caption)
+    assert "**Risk score " in texts(at.markdown)
 
 
 def test_remove_card_and_clear_session(app_env):
