@@ -219,3 +219,28 @@ def test_results_csv_columns_rounding_and_review_fields():
     row = dict(zip(header, next(csv.reader(report.results_csv([plain], "M", "1").decode().splitlines()[1:])),
                    strict=True))
     assert row["decision"] == "" and row["note"] == "" and row["traffic_light"] == row["model_light"] == "green"
+
+
+def test_bars_benign_neutral_malignant_one_muted_warm_colour():
+    fig = components.malignancy_figure(_prediction())
+    assert list(fig.data[0].marker.color) == [components.BENIGN_COLOUR, components.MALIGNANT_COLOUR]
+    bars = components.class_figure(_prediction())
+    colours = dict(zip((label.split()[0] for label in bars.data[0].y), bars.data[0].marker.color, strict=True))
+    assert {colours[c] for c in ("MEL", "BCC", "SCC")} == {components.MALIGNANT_COLOUR}
+    assert {colours[c] for c in ("NV", "BKL", "AK", "DF", "VASC")} == {components.BENIGN_COLOUR}
+    assert "#c62828" not in (*colours.values(), *fig.data[0].marker.color)  # no alarm red on any bar
+
+
+def test_risk_headline_is_one_number_with_its_red_threshold():
+    cfg = SimpleNamespace(weights={"MEL": 1.5}, green_below=0.04, yellow_below=0.35)
+    assert components.risk_headline(_prediction(risk=0.42), cfg) == "Risk score 0.42 (red from 0.35)"
+
+
+def test_band_accuracy_sentence_from_the_card():
+    from backend.evaluation.card_sections import band_accuracy_sentence
+
+    card = {"test_metrics": {"thickness_band_accuracy": {"value": 0.62, "lo": 0.5, "hi": 0.71, "n": 40}}}
+    assert band_accuracy_sentence(card) == ("The model's band was correct in 62% of test melanomas with a known "
+                                            "thickness (95% interval 50%-71%), n = 40.")
+    assert band_accuracy_sentence({"test_metrics": {"thickness_band_accuracy": float("nan")}}) == ""
+    assert band_accuracy_sentence({}) == ""
