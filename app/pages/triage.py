@@ -410,6 +410,15 @@ def patient_id_inputs(uploads: list[state.Upload]) -> None:
                   args=("patient_images", "patient_id_value"))
 
 
+#: On screens wide enough for side-by-side columns (Streamlit stacks them at 640 px and below), the
+#: gallery's column is drawn left of the viewer's; the page (and screen reader) order stays viewer first.
+MASTER_DETAIL_CSS = """<style>
+@media (min-width: 641px) {
+  [data-testid="stColumn"]:has(.st-key-dl_gallery_pane) { order: -1; }
+}
+</style>"""
+
+
 def gallery(uploads: list[state.Upload], model: resources.LoadResult | None) -> list[tuple[Any, Any]]:
     """Summary line, sort and filter, and the cards; returns the (upload, prediction) pairs shown, in order."""
     items = [(u, current_prediction(u, model)) for u in uploads]
@@ -467,10 +476,11 @@ def main() -> None:
     if not uploads:
         st.info("Upload one or more dermoscopic images to start.")
         return
-    # Master-detail: the viewer column comes first, so it is on top when Streamlit stacks the columns
-    # on a narrow screen, and beside the gallery on a wide one; selecting a card shows it at once.
+    # Master-detail: the viewer column comes first in the page, so it is on top when Streamlit stacks
+    # the columns on a narrow screen; on a wide one MASTER_DETAIL_CSS shows the gallery on its left.
+    st.html(MASTER_DETAIL_CSS)
     detail, master = st.columns([3, 2], gap="medium")
-    with master:
+    with master, st.container(key="dl_gallery_pane"):
         shown = gallery(uploads, ready)
     selected = state.selected()
     if selected is not None:

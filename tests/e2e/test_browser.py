@@ -57,6 +57,13 @@ def test_upload_gallery_bars_and_grad_cam_in_chromium(browser_ready, shared_data
             viewer_title = page.get_by_text(f"Viewer: {images[0].name}")
             expect(viewer_title).to_be_visible()
             assert viewer_title.bounding_box()["y"] < 1100  # master-detail: the viewer is in view, beside the gallery
+            assert cards.first.bounding_box()["x"] < viewer_title.bounding_box()["x"]  # gallery left on a wide screen
+            page.set_viewport_size({"width": 600, "height": 1100})  # narrow: columns stack, the viewer on top
+            expect(viewer_title).to_be_visible()
+            page.wait_for_function("(() => { const c = document.querySelector(\"" + driver.CARD + "\"); "
+                                   "return c && c.getBoundingClientRect().width > 400; })()")
+            assert viewer_title.bounding_box()["y"] < cards.first.bounding_box()["y"]
+            page.set_viewport_size({"width": 1600, "height": 1100})
 
             # The right arrow key clicks "Next image"; a card's named button selects it back.
             page.get_by_role("heading", name="DermaLens").first.click()
