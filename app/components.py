@@ -157,9 +157,11 @@ def card_header_html(pred: Any) -> str:
 
 def render_card(upload: Any, pred: Any, is_selected: bool, on_select: Callable[[str], None],
                 on_remove: Callable[[str], None]) -> None:
-    """One gallery card: top diagnosis and traffic light, thumbnail, file name, Select / Remove buttons.
+    """One gallery card: top diagnosis and traffic light, thumbnail, file name, review tag, buttons.
 
-    ``pred`` is the upload's prediction by the loaded model, or None (not analysed).
+    ``pred`` is the upload's prediction by the loaded model, or None (not analysed). The buttons are
+    named for their image ("Select x.jpg", "Remove x.jpg") so screen readers and tests can tell them
+    apart; the thumbnail's card is selected with the first.
     """
     with st.container(border=True, key=f"card_{upload.id}"):
         st.markdown(card_header_html(pred), unsafe_allow_html=True)
@@ -170,18 +172,21 @@ def render_card(upload: Any, pred: Any, is_selected: bool, on_select: Callable[[
             detail = "Not assessable: " + " ".join(quality_reasons(pred))
         else:
             detail = CLASS_NAMES.get(pred.top_class, pred.top_class)
-        st.caption(f"{upload.name}  \n{detail}")
-        left, right = st.columns(2)
-        left.button("Selected" if is_selected else "Select", key=f"select_{upload.id}",
-                    type="primary" if is_selected else "secondary", on_click=on_select, args=(upload.id,),
-                    width="stretch")
-        right.button("Remove", key=f"remove_{upload.id}", on_click=on_remove, args=(upload.id,), width="stretch",
-                     help="Remove this image and its results from the session")
+        decision = getattr(upload, "decision", "")
+        tag = f"  \n**Reviewed: {decision}**" if decision else ""
+        st.caption(f"{upload.name}  \n{detail}{tag}")
+        st.button(f"Showing {upload.name}" if is_selected else f"Select {upload.name}", key=f"select_{upload.id}",
+                  type="primary" if is_selected else "secondary", on_click=on_select, args=(upload.id,),
+                  width="stretch", icon=":material/visibility:",
+                  help="Shown in the viewer" if is_selected else "Show this image in the viewer")
+        st.button(f"Remove {upload.name}", key=f"remove_{upload.id}", on_click=on_remove, args=(upload.id,),
+                  width="stretch", icon=":material/close:",
+                  help="Remove this image and its results from the session and the uploader")
 
 
 def render_gallery(items: list[tuple[Any, Any]], selected_id: str | None, on_select: Callable[[str], None],
-                   on_remove: Callable[[str], None], per_row: int = 4) -> None:
-    """``(upload, prediction or None)`` pairs as a grid of cards."""
+                   on_remove: Callable[[str], None], per_row: int = 2) -> None:
+    """``(upload, prediction or None)`` pairs as a grid of cards, in the given order."""
     for start in range(0, len(items), per_row):
         columns = st.columns(per_row)
         for column, (upload, pred) in zip(columns, items[start : start + per_row], strict=False):

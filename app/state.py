@@ -31,6 +31,12 @@ REFERENCE_PATH = "dl_reference_path"  # the reference library chosen in the side
 #: Metadata keys an upload may carry (the names ``Predictor.predict`` takes).
 METADATA_FIELDS: tuple[str, ...] = ("age_approx", "sex", "anatom_site_general")
 
+#: Review decisions a clinician can record per image; the first means "not reviewed yet" (stored as "").
+DECISIONS: tuple[str, ...] = ("Not reviewed", "Excise", "Biopsy", "Follow up", "Benign, no action")
+
+#: Prefixes of per-image widget keys, dropped with their image (and all of them on "Clear session").
+PER_IMAGE_KEYS: tuple[str, ...] = ("meta_", "decision_", "note_", "show_anyway_")
+
 
 def upload_id(name: str, data: bytes) -> str:
     """A stable id of an upload: SHA-256 of its name and content (16 hex digits, safe in widget keys)."""
@@ -56,6 +62,10 @@ class Upload:
         cams: Grad-CAM heatmaps by target name, for ``prediction_key``'s model and metadata.
         similar: Similar confirmed cases (``backend.retrieval.SimilarCases``) by (model key,
             library key, k), or the message of a failed search.
+        decision: The clinician's review decision (one of :data:`DECISIONS` but the first; empty
+            while not reviewed), exported with the results.
+        note: The clinician's free-text note on this image.
+        patient_id: Patient ID typed in for this image (exported; empty when not given).
     """
 
     id: str
@@ -66,6 +76,9 @@ class Upload:
     prediction_key: tuple | None = None
     cams: dict[str, Any] = field(default_factory=dict)
     similar: dict[tuple, Any] = field(default_factory=dict)
+    decision: str = ""
+    note: str = ""
+    patient_id: str = ""
 
     @property
     def name(self) -> str:
@@ -153,11 +166,66 @@ def add_upload(upload: Upload) -> None:
 
 
 def remove_upload(uid: str) -> None:
-    """Drop one upload and everything computed for it."""
+    """Drop one upload and everything computed for it, from the gallery and the file uploader alike.
+
+    The uploader keeps its own file list, so it gets a new key (an empty widget); the other images
+    stay, since processed uploads live in :func:`uploads`, and the removed file is not re-ingested.
+    """
     items = uploads()
+    order = list(items)
     items.pop(uid, None)
     if st.session_state[SELECTED] == uid:
-        st.session_state[SELECTED] = next(iter(items), None)
+        index = order.index(uid) if uid in order else 0
+        rest = [u for u in order if u != uid]
+        st.session_state[SELECTED] = rest[min(index, len(rest) - 1)] if rest else None
+    st.session_state[UPLOADER_NONCE] += 1
+    _drop_widget_keys(uid)
+
+
+def _drop_widget_keys(uid: str | None = None) -> None:
+    """Forget per-image widget values (of image ``uid``, or of every image when None)."""
+    for key in list(st.session_state.keys()):
+        if isinstance(key, str) and key.startswith(PER_IMAGE_KEYS) and (uid is None or key.endswith(f"_{uid}")):
+            del st.session_state[key]
+
+
+def step_selection(order: list[str], step: int) -> None:
+    """Select the image ``step`` places after the selected one in ``order`` (the gallery's order).
+
+    Stops at either end; when the selected image is not in ``order`` (filtered out), the first
+    (``step`` > 0) or last image of ``order`` is selected.
+    """
+    if not order:
+        return
+    current = selected_id()
+    if current not in order:
+        select(order[0] if step > 0 else order[-1])
+        return
+    select(order[max(0, min(len(order) - 1, order.index(current) + step))])
+
+
+def unsaved_decisions() -> int:
+    """How many images carry a review decision or note (lost by "Clear session")."""
+    return sum(1 for u in uploads().values() if u.decision or u.note.strip())
+
+
+def set_review(uid: str, decision: str | None = None, note: str | None = None) -> None:
+    """Record the review ``decision`` (a :data:`DECISIONS` entry) and/or ``note`` of upload ``uid``."""
+    upload = uploads().get(uid)
+    if upload is None:
+        return
+    if decision is not None:
+        upload.decision = "" if decision == DECISIONS[0] else decision
+    if note is not None:
+        upload.note = note
+
+
+def set_patient_id(uids: list[str], patient_id: str) -> None:
+    """Give every upload in ``uids`` the same patient ID (entered once for a group of images)."""
+    for uid in uids:
+        upload = uploads().get(uid)
+        if upload is not None:
+            upload.patient_id = patient_id.strip()
 
 
 def selected_id() -> str | None:
@@ -174,7 +242,7 @@ def selected() -> Upload | None:
 
 
 def select(uid: str) -> None:
-    """Show upload ``uid`` in the main viewer (a card's "Select" button)."""
+    """Show upload ``uid`` in the main viewer (a card's "Select <name>" button)."""
     init()
     st.session_state[SELECTED] = uid
 
@@ -222,6 +290,4 @@ def clear_session() -> None:
     st.session_state[SEEN] = {}
     st.session_state[UPLOADER_NONCE] += 1
     clear_followup()
-    for key in list(st.session_state.keys()):
-        if isinstance(key, str) and key.startswith("meta_"):
-            del st.session_state[key]
+    _drop_widget_keys()

@@ -16,7 +16,7 @@ from typing import Any
 import streamlit as st
 
 from app import components as ui
-from app import report, resources, state
+from app import report, resources, state, worklist
 from backend.data.schema import ANATOM_SITES, DIAGNOSES, SEXES
 from backend.errors import DermaLensError
 from backend.evaluation.card_sections import light_meaning
@@ -57,9 +57,31 @@ def session_controls() -> None:
         st.header("Session")
         st.caption("Images stay in this browser session's memory only: other sessions never see them and "
                    "nothing is written to disk unless you export.")
-        st.button("Clear session", key="clear_session", on_click=state.clear_session,
-                  icon=":material/delete_sweep:",
+        st.button("Clear session", key="clear_session", on_click=_ask_clear, icon=":material/delete_sweep:",
                   help="Forget every uploaded image and result of this session")
+        if st.session_state.get(CONFIRM_CLEAR):
+            count = state.unsaved_decisions()
+            st.warning(f"{count} image{'s have' if count != 1 else ' has'} a review decision or note that "
+                       "has not been exported. Clearing the session discards them.")
+            yes, no = st.columns(2)
+            yes.button("Discard and clear", key="clear_confirm", type="primary", on_click=_confirm_clear)
+            no.button("Cancel", key="clear_cancel", on_click=st.session_state.pop, args=(CONFIRM_CLEAR, None))
+
+
+CONFIRM_CLEAR = "dl_confirm_clear"  # set while "Clear session" waits for confirmation
+
+
+def _ask_clear() -> None:
+    """Clear at once, or ask first when review decisions or notes would be lost."""
+    if state.unsaved_decisions():
+        st.session_state[CONFIRM_CLEAR] = True
+    else:
+        _confirm_clear()
+
+
+def _confirm_clear() -> None:
+    st.session_state.pop(CONFIRM_CLEAR, None)
+    state.clear_session()
 
 
 # -- uploads and predictions --------------------------------------------------------------------
@@ -218,14 +240,72 @@ def similar_cases_panel(upload: state.Upload, model: resources.LoadResult | None
     ui.render_similar_cases(result)
 
 
+#: A tiny script in a one-pixel iframe (``st.iframe``, which replaces ``components.v1.html``): the
+#: ArrowLeft / ArrowRight keys click the viewer's "Previous image" / "Next image" buttons, unless focus
+#: is in a field, list or slider (where the arrows already mean something).
+ARROW_KEYS_JS = """<script>
+const doc = window.parent.document;
+if (!doc.dlArrowKeys) {
+  doc.dlArrowKeys = true;
+  doc.addEventListener("keydown", (event) => {
+    const t = event.target || {};
+    const tag = (t.tagName || "").toLowerCase();
+    const role = t.getAttribute ? t.getAttribute("role") || "" : "";
+    if (event.altKey || event.ctrlKey || event.metaKey || t.isContentEditable
+        || ["input", "textarea", "select"].includes(tag)
+        || ["slider", "tab", "listbox", "combobox", "option", "radio", "spinbutton"].includes(role)) return;
+    const name = {ArrowLeft: "Previous image", ArrowRight: "Next image"}[event.key];
+    if (!name) return;
+    const button = Array.from(doc.querySelectorAll("button")).find(
+      (b) => !b.disabled && b.innerText.trim().endsWith(name));
+    if (button) { event.preventDefault(); button.click(); }
+  });
+}
+</script>"""
+
+
+def navigation(upload: state.Upload, order: list[str]) -> None:
+    """Previous / next image (in gallery order) buttons, and the arrow keys that click them."""
+    index = order.index(upload.id) if upload.id in order else -1
+    position = f"Image {index + 1} of {len(order)}" if index >= 0 else "Not in the filtered gallery"
+    prev, where, nxt = st.columns([1, 1, 1], vertical_alignment="center")
+    prev.button("Previous image", key="viewer_prev", icon=":material/arrow_back:", width="stretch",
+                disabled=not order or index == 0, on_click=state.step_selection, args=(order, -1),
+                help="Previous image in the gallery (left arrow key)")
+    where.caption(position)
+    nxt.button("Next image", key="viewer_next", icon=":material/arrow_forward:", width="stretch",
+               disabled=not order or index == len(order) - 1, on_click=state.step_selection, args=(order, 1),
+               help="Next image in the gallery (right arrow key)")
+    st.iframe(ARROW_KEYS_JS, height=1, tab_index=-1)  # same-origin: it may listen on the app's page
+
+
+def _set_review(uid: str, what: str, key: str) -> None:
+    state.set_review(uid, **{what: st.session_state.get(key)})
+
+
+def review_inputs(upload: state.Upload) -> None:
+    """The clinician's decision and note for this image (kept on the upload, exported with the results)."""
+    decision, note = st.columns([1, 2])
+    current = upload.decision or state.DECISIONS[0]
+    decision.selectbox(f"Decision for {upload.name}", state.DECISIONS, index=state.DECISIONS.index(current),
+                       key=f"decision_{upload.id}", on_change=_set_review,
+                       args=(upload.id, "decision", f"decision_{upload.id}"))
+    note.text_input(f"Note on {upload.name}", value=upload.note, key=f"note_{upload.id}",
+                    on_change=_set_review, args=(upload.id, "note", f"note_{upload.id}"),
+                    placeholder="Free text, exported with the results")
+
+
 def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[str, Any],
-           reference: resources.ReferenceLoad | None = None) -> None:
+           reference: resources.ReferenceLoad | None = None, order: list[str] | None = None) -> None:
     """The selected image (or its Grad-CAM), every result of its prediction and its similar confirmed cases.
 
-    ``model`` is a loaded model or None; ``reference`` the session's reference library or None.
+    ``model`` is a loaded model or None; ``reference`` the session's reference library or None;
+    ``order`` the gallery's upload ids as shown (previous / next follow it).
     """
     pred = current_prediction(upload, model)
     st.subheader(f"Viewer: {upload.name}")
+    navigation(upload, order if order is not None else list(state.uploads()))
+    review_inputs(upload)
     shown = pred  # what the viewer reveals: nothing of a not-assessable image unless asked for
     if pred is not None and not ui.assessable(pred) and not ui.render_not_assessable(pred, f"show_anyway_{upload.id}"):
         shown = None
@@ -311,6 +391,54 @@ def export_section(model: resources.LoadResult, cam: dict[str, Any]) -> None:
                         on_click="ignore", icon=":material/picture_as_pdf:")
 
 
+# -- gallery / worklist -------------------------------------------------------------------------------
+
+
+def _apply_patient_id(key_ids: str, key_value: str) -> None:
+    state.set_patient_id(list(st.session_state.get(key_ids) or []), str(st.session_state.get(key_value) or ""))
+    st.session_state[key_ids] = []
+
+
+def patient_id_inputs(uploads: list[state.Upload]) -> None:
+    """One patient ID typed once for a group of chosen images (exported with their results)."""
+    names = {u.id: u.name for u in uploads}
+    with st.expander("Patient ID for several images"):
+        st.multiselect("Images of this patient", list(names), format_func=lambda uid: names.get(uid, uid),
+                       key="patient_images")
+        st.text_input("Patient ID", key="patient_id_value")
+        st.button("Apply patient ID", key="patient_apply", on_click=_apply_patient_id,
+                  args=("patient_images", "patient_id_value"))
+
+
+#: On screens wide enough for side-by-side columns (Streamlit stacks them at 640 px and below), the
+#: gallery's column is drawn left of the viewer's; the page (and screen reader) order stays viewer first.
+MASTER_DETAIL_CSS = """<style>
+@media (min-width: 641px) {
+  [data-testid="stColumn"]:has(.st-key-dl_gallery_pane) { order: -1; }
+}
+</style>"""
+
+
+def gallery(uploads: list[state.Upload], model: resources.LoadResult | None) -> list[tuple[Any, Any]]:
+    """Summary line, sort and filter, and the cards; returns the (upload, prediction) pairs shown, in order."""
+    items = [(u, current_prediction(u, model)) for u in uploads]
+    st.caption(worklist.summary(items))
+    order, lights = st.columns(2)
+    how = order.selectbox("Sort by", worklist.SORTS, key="gallery_sort")
+    chosen = lights.multiselect("Show lights", worklist.LIGHT_CHOICES, key="gallery_lights",
+                                format_func=lambda c: worklist.LIGHT_WORDS[c].capitalize(), placeholder="All")
+    flagged = st.checkbox("Only images with quality flags", key="gallery_flagged")
+    shown = worklist.sort_items(worklist.filter_items(items, chosen, flagged), how)
+    total = len(uploads)
+    count = f"{total}" if len(shown) == total else f"{len(shown)} of {total}"
+    st.subheader(f"Gallery ({count} image{'s' if total > 1 else ''})")
+    ui.render_gallery(shown, state.selected_id(), state.select, state.remove_upload)
+    if len(shown) < total:
+        st.caption("Some images are hidden by the filter.")
+    patient_id_inputs(uploads)
+    return shown
+
+
 # -- page -----------------------------------------------------------------------------------------
 
 
@@ -348,13 +476,16 @@ def main() -> None:
     if not uploads:
         st.info("Upload one or more dermoscopic images to start.")
         return
-    st.subheader(f"Gallery ({len(uploads)} image{'s' if len(uploads) > 1 else ''})")
-    ui.render_gallery([(u, current_prediction(u, ready)) for u in uploads], state.selected_id(), state.select,
-                      state.remove_upload)
+    # Master-detail: the viewer column comes first in the page, so it is on top when Streamlit stacks
+    # the columns on a narrow screen; on a wide one MASTER_DETAIL_CSS shows the gallery on its left.
+    st.html(MASTER_DETAIL_CSS)
+    detail, master = st.columns([3, 2], gap="medium")
+    with master, st.container(key="dl_gallery_pane"):
+        shown = gallery(uploads, ready)
     selected = state.selected()
     if selected is not None:
-        st.divider()
-        viewer(selected, ready, cam, reference)
+        with detail:
+            viewer(selected, ready, cam, reference, [u.id for u, _ in shown])
     if ready is not None:
         st.divider()
         export_section(ready, cam)

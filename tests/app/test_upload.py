@@ -112,13 +112,15 @@ def test_select_card_shows_it_in_viewer(app_env):
     upload(at, ("first.png", image_bytes(7), MIME["PNG"]), ("second.png", image_bytes(8), MIME["PNG"]))
     assert "Viewer: first.png" in texts(at.subheader)
     first, second = session_uploads(at)
-    assert at.button(key=f"select_{first}").label == "Selected"
+    assert at.button(key=f"select_{first}").label == "Showing first.png"
+    assert at.button(key=f"select_{second}").label == "Select second.png"
+    assert at.button(key=f"remove_{second}").label == "Remove second.png"
     at.button(key=f"select_{second}").click().run()
     assert not at.exception
     assert "Viewer: second.png" in texts(at.subheader) and "Viewer: first.png" not in texts(at.subheader)
     assert at.session_state["dl_selected"] == second
-    assert at.button(key=f"select_{second}").label == "Selected"
-    assert at.button(key=f"select_{first}").label == "Select"
+    assert at.button(key=f"select_{second}").label == "Showing second.png"
+    assert at.button(key=f"select_{first}").label == "Select first.png"
     pred = session_uploads(at)[second].prediction
     assert f"{pred.thickness_mm:.2f} mm" not in texts(at.markdown)  # a band, never two decimals
     shown = (texts(at.markdown) + texts(at.caption)).replace("**", "")
@@ -131,14 +133,19 @@ def test_remove_card_and_clear_session(app_env):
     at = new_app().run()
     upload(at, ("a.png", image_bytes(9), MIME["PNG"]), ("b.png", image_bytes(10), MIME["PNG"]))
     a_id, b_id = session_uploads(at)
+    assert at.get("file_uploader")[0].key == "uploader_0"
     at.button(key=f"remove_{a_id}").click().run()
     assert not at.exception and list(session_uploads(at)) == [b_id]
     assert "Viewer: b.png" in texts(at.subheader)
+    # One remove action: the uploader is emptied too (a new key), and a.png is not re-ingested.
+    assert at.get("file_uploader")[0].key == "uploader_1"
+    at.run()
+    assert list(session_uploads(at)) == [b_id] and len(card_buttons(at)) == 1
     at.button(key="clear_session").click().run()
     assert not at.exception
     assert session_uploads(at) == {} and not card_buttons(at)
     assert "Upload one or more dermoscopic images" in texts(at.info)
-    assert at.get("file_uploader")[0].key == "uploader_1"  # a fresh, empty uploader
+    assert at.get("file_uploader")[0].key == "uploader_2"  # a fresh, empty uploader
     at.run()
     assert session_uploads(at) == {}
 

@@ -1,7 +1,8 @@
 """End to end in a real browser: ``streamlit run`` + headless Debian chromium driven by Playwright.
 
 Uploads two real dermoscopic images from ``../shared/data/images`` and checks that the gallery
-shows two cards with traffic lights, the plotly bars render, the Grad-CAM overlay renders after
+shows two cards with traffic lights, the viewer is in view beside them and the arrow key moves it to
+the next image, the plotly bars render, the Grad-CAM overlay renders after
 switching it on, and the PNG report downloads without EXIF. Skipped, with the reason, where the
 real data, Playwright or chromium is missing (``make e2e-deps`` installs chromium as root).
 """
@@ -53,7 +54,24 @@ def test_upload_gallery_bars_and_grad_cam_in_chromium(browser_ready, shared_data
                 expect(light).to_contain_text("risk")
                 assert light.get_attribute("aria-label").split()[0] in ("Green", "Yellow", "Red")
             expect(page.locator("[data-testid=stPlotlyChart] g.trace.bars path")).to_have_count(2, timeout=wait)
+            viewer_title = page.get_by_text(f"Viewer: {images[0].name}")
+            expect(viewer_title).to_be_visible()
+            assert viewer_title.bounding_box()["y"] < 1100  # master-detail: the viewer is in view, beside the gallery
+            assert cards.first.bounding_box()["x"] < viewer_title.bounding_box()["x"]  # gallery left on a wide screen
+            page.set_viewport_size({"width": 600, "height": 1100})  # narrow: columns stack, the viewer on top
+            expect(viewer_title).to_be_visible()
+            page.wait_for_function("(() => { const c = document.querySelector(\"" + driver.CARD + "\"); "
+                                   "return c && c.getBoundingClientRect().width > 400; })()")
+            assert viewer_title.bounding_box()["y"] < cards.first.bounding_box()["y"]
+            page.set_viewport_size({"width": 1600, "height": 1100})
+
+            # The right arrow key clicks "Next image"; a card's named button selects it back.
+            page.get_by_role("heading", name="DermaLens").first.click()
+            page.keyboard.press("ArrowRight")
+            expect(page.get_by_text(f"Viewer: {images[1].name}")).to_be_visible()
+            page.get_by_role("button", name=f"Select {images[0].name}").click()
             expect(page.get_by_text(f"Viewer: {images[0].name}")).to_be_visible()
+            driver.wait_idle(page)
 
             driver.show_grad_cam(page)
             assert page.locator(driver.OVERLAY).evaluate("i => i.naturalWidth") > 0

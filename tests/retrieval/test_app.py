@@ -64,7 +64,7 @@ def test_without_a_library_the_panel_says_how_to_build_one(env, tmp_path):
     info = texts(at.info)
     assert "python -m scripts.build_reference --csv labels.csv --img_dir images/ --output" in info
     assert "DERMALENS_REFERENCE_DIR" in info
-    assert [img.proto.imgs[0].caption for img in at.main.get("image")][-1] == "query.png"  # the viewer still works
+    assert "query.png" in [img.proto.imgs[0].caption for img in at.main.get("image")]  # the viewer still works
     env.setenv("DERMALENS_REFERENCE_DIR", str(tmp_path / "empty"))
     at = new_app().run()
     upload(at, ("query.png", image_bytes(2), MIME["PNG"]))

@@ -1,0 +1,130 @@
+"""Master-detail triage: named card buttons, previous / next, one remove action, sort and filter, review."""
+
+from __future__ import annotations
+
+import csv
+import io
+from types import SimpleNamespace
+
+from app import worklist
+from tests.app.conftest import MIME, card_buttons, image_bytes, new_app, session_uploads, texts, upload
+from tests.conftest import download_file
+
+
+def three(at):
+    """Upload c.png, a.png, b.png (in that order) and return their ids in upload order."""
+    upload(at, ("c.png", image_bytes(21), MIME["PNG"]), ("a.png", image_bytes(22), MIME["PNG"]),
+           ("b.png", image_bytes(23), MIME["PNG"]))
+    return list(session_uploads(at))
+
+
+def card_names(at) -> list[str]:
+    """Names of the gallery's images, in card order (from the "Select x" / "Showing x" labels)."""
+    return [b.label.split(" ", 1)[1] for b in card_buttons(at)]
+
+
+def test_named_select_shows_image_and_previous_next_follow_gallery_order(app_env):
+    at = new_app().run()
+    c, a, b = three(at)
+    assert at.button(key=f"select_{a}").label == "Select a.png" and at.button(key=f"remove_{a}").label == "Remove a.png"
+    at.button(key=f"select_{a}").click().run()
+    assert not at.exception and "Viewer: a.png" in texts(at.subheader) and at.session_state["dl_selected"] == a
+    assert at.button(key="viewer_prev").label == "Previous image" and at.button(key="viewer_next").label == "Next image"
+    at.button(key="viewer_next").click().run()
+    assert at.session_state["dl_selected"] == b and "Viewer: b.png" in texts(at.subheader)
+    assert at.button(key="viewer_next").disabled  # the last image
+    at.button(key="viewer_prev").click().run()
+    at.button(key="viewer_prev").click().run()
+    assert at.session_state["dl_selected"] == c and at.button(key="viewer_prev").disabled
+    # Sorted by name, next follows the shown order: a -> b -> c.
+    at.selectbox(key="gallery_sort").set_value("Name").run()
+    assert card_names(at) == ["a.png", "b.png", "c.png"]
+    at.button(key=f"select_{a}").click().run()
+    at.button(key="viewer_next").click().run()
+    assert at.session_state["dl_selected"] == b
+
+
+def test_remove_drops_image_from_gallery_and_uploader(app_env):
+    at = new_app().run()
+    c, a, b = three(at)
+    at.button(key=f"select_{a}").click().run()
+    key = at.get("file_uploader")[0].key
+    at.button(key=f"remove_{a}").click().run()
+    assert not at.exception and list(session_uploads(at)) == [c, b]
+    assert at.get("file_uploader")[0].key != key  # a new, empty uploader: no stale chip of a.png
+    assert at.session_state["dl_selected"] == b  # the next image takes the removed one's place
+    at.run()
+    assert card_names(at) == ["c.png", "b.png"]
+
+
+def test_sort_and_filter_change_the_gallery(app_env):
+    at = new_app().run()
+    ids = three(at)
+    preds = {u.name: u.prediction for u in session_uploads(at).values()}
+    assert card_names(at) == ["c.png", "a.png", "b.png"]
+    at.selectbox(key="gallery_sort").set_value("Risk (highest first)").run()
+    assert card_names(at) == sorted(preds, key=lambda n: (-preds[n].risk, ["c.png", "a.png", "b.png"].index(n)))
+    summary = worklist.summary([(None, p) for p in preds.values()])
+    assert summary in texts(at.caption) and summary.startswith("3 images: ")
+    light = preds["a.png"].traffic_light
+    at.multiselect(key="gallery_lights").set_value([light]).run()
+    assert not at.exception
+    assert sorted(card_names(at)) == sorted(n for n, p in preds.items() if p.traffic_light == light)
+    at.multiselect(key="gallery_lights").set_value([]).run()
+    at.checkbox(key="gallery_flagged").check().run()
+    assert sorted(card_names(at)) == sorted(n for n, p in preds.items() if p.flags)
+    assert len(ids) == 3
+
+
+def test_decision_and_note_persist_show_on_card_and_export(app_env, media):
+    at = new_app().run()
+    _, a, b = three(at)
+    at.button(key=f"select_{a}").click().run()
+    at.selectbox(key=f"decision_{a}").set_value("Excise").run()
+    at.text_input(key=f"note_{a}").input("irregular border").run()
+    assert not at.exception
+    item = session_uploads(at)[a]
+    assert (item.decision, item.note) == ("Excise", "irregular border")
+    assert "Reviewed: Excise" in texts(at.caption)
+    at.button(key="viewer_next").click().run()
+    at.button(key="viewer_prev").click().run()  # back on a.png: the widgets show what was stored
+    assert at.selectbox(key=f"decision_{a}").value == "Excise"
+    assert at.text_input(key=f"note_{a}").value == "irregular border"
+    at.multiselect(key="patient_images").set_value([a, b]).run()
+    at.text_input(key="patient_id_value").input("P-17").run()
+    at.button(key="patient_apply").click().run()
+    rows = {r["image"]: r for r in csv.DictReader(io.StringIO(
+        download_file(at, media, "export_csv").content.decode("utf-8")))}
+    assert (rows["a.png"]["decision"], rows["a.png"]["note"], rows["a.png"]["patient_id"]) == (
+        "Excise", "irregular border", "P-17")
+    assert (rows["b.png"]["decision"], rows["b.png"]["patient_id"]) == ("", "P-17")
+    assert rows["c.png"]["patient_id"] == ""
+
+
+def test_clear_session_asks_before_discarding_decisions(app_env):
+    at = new_app().run()
+    c = three(at)[0]
+    at.selectbox(key=f"decision_{c}").set_value("Biopsy").run()
+    at.button(key="clear_session").click().run()
+    assert len(session_uploads(at)) == 3 and "1 image has a review decision" in texts(at.sidebar.warning)
+    at.button(key="clear_cancel").click().run()
+    assert len(session_uploads(at)) == 3 and not at.sidebar.warning
+    at.button(key="clear_session").click().run()
+    at.button(key="clear_confirm").click().run()
+    assert not at.exception and session_uploads(at) == {} and not card_buttons(at)
+
+
+def test_worklist_sort_filter_summary_units():
+    def item(name, light, risk, flags=()):
+        return (SimpleNamespace(name=name), None if light is None else
+                SimpleNamespace(traffic_light=light, risk=risk, flags=list(flags)))
+
+    items = [item("b", "green", 0.1), item("A", "red", 0.9), item("c", "grey", 0.5, ["blurred"]), item("d", None, 0)]
+    names = lambda its: [it[0].name for it in its]  # noqa: E731
+    assert names(worklist.sort_items(items, "Name")) == ["A", "b", "c", "d"]
+    assert names(worklist.sort_items(items, "Risk (highest first)")) == ["A", "c", "b", "d"]
+    assert names(worklist.sort_items(items, "Traffic light")) == ["A", "b", "c", "d"]
+    assert names(worklist.sort_items(items, "Upload order")) == ["b", "A", "c", "d"]
+    assert names(worklist.filter_items(items, ["grey", "none"])) == ["c", "d"]
+    assert names(worklist.filter_items(items, None, flagged_only=True)) == ["c"]
+    assert worklist.summary(items) == "4 images: 1 high risk · 1 low risk · 1 not assessable · 1 not analysed"
