@@ -13,6 +13,7 @@ import io
 
 import pytest
 
+from backend.data.schema import DIAGNOSES
 from tests.e2e import driver
 
 pytestmark = pytest.mark.slow
@@ -53,7 +54,9 @@ def test_upload_gallery_bars_and_grad_cam_in_chromium(browser_ready, shared_data
                 expect(light).to_have_count(1)
                 expect(light).to_contain_text("risk")
                 assert light.get_attribute("aria-label").split()[0] in ("Green", "Yellow", "Red")
-            expect(page.locator("[data-testid=stPlotlyChart] g.trace.bars path")).to_have_count(2, timeout=wait)
+            # Benign/malignant bars (2) and the all-classes bars (one per diagnosis) of the viewer.
+            expect(page.locator("[data-testid=stPlotlyChart] g.trace.bars path")).to_have_count(
+                2 + len(DIAGNOSES), timeout=wait)
             viewer_title = page.get_by_text(f"Viewer: {images[0].name}")
             expect(viewer_title).to_be_visible()
             assert viewer_title.bounding_box()["y"] < 1100  # master-detail: the viewer is in view, beside the gallery
