@@ -199,11 +199,14 @@ def melanoma_likely(probs: Mapping[str, float], top_k: int = 2, min_prob: float 
 def risk_drivers(probs: Mapping[str, float], cfg: RiskConfig | None = None, top: int = 2) -> list[tuple[str, float]]:
     """The diagnoses that contribute most to the risk index, ``(name, probability)``, largest share first.
 
-    Contribution is ``weight * P(d)``; diagnoses contributing nothing are left out.
+    Contribution is ``weight * P(d)``; a diagnosis is named only when its probability shows as at least
+    1% and it contributes at least a tenth of the largest contribution (no "P(SCC) 0%" beside 99% MEL).
     """
     cfg = cfg or RiskConfig()
     parts = [(w * float(probs.get(name, 0.0)), name) for name, w in cfg.weights.items()]
-    ranked = sorted((p for p in parts if p[0] > 0), reverse=True)[:top]
+    largest = max((p[0] for p in parts), default=0.0)
+    kept = [p for p in parts if p[0] > 0 and p[0] >= 0.1 * largest and float(probs.get(p[1], 0.0)) >= 0.005]
+    ranked = sorted(kept, reverse=True)[:top]
     return [(name, float(probs.get(name, 0.0))) for _, name in ranked]
 
 

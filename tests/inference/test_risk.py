@@ -135,3 +135,16 @@ def test_risk_drivers_and_light_reason():
     assert light_reason({"NV": 1.0}, 0.0, cfg) == "Green: risk score 0.00, below 0.04."
     red = light_reason({"MEL": 0.5}, 0.75, cfg)
     assert red.startswith("Red: risk score 0.75, at or above 0.45, mostly from P(MEL) 50%")
+
+
+def test_risk_drivers_leave_out_classes_that_barely_contribute():
+    from backend.inference.risk import light_reason, risk_drivers
+
+    cfg = RiskConfig(green_below=0.04, yellow_below=0.35)
+    p = probs(MEL=0.99, SCC=0.004)  # shows as "P(SCC) 0%": not a reason worth naming
+    assert [name for name, _ in risk_drivers(p, cfg)] == ["MEL"]
+    assert light_reason(p, 1.0, cfg) == "Red: risk score 1.00, at or above 0.35, mostly from P(MEL) 99%."
+    small = probs(MEL=0.60, BCC=0.03)  # 1.3*0.03 = 0.039 < a tenth of 1.5*0.60
+    assert [name for name, _ in risk_drivers(small, cfg)] == ["MEL"]
+    both = probs(MEL=0.20, BCC=0.10)
+    assert [name for name, _ in risk_drivers(both, cfg)] == ["MEL", "BCC"]
