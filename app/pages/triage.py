@@ -244,10 +244,12 @@ def similar_cases_panel(upload: state.Upload, model: resources.LoadResult | None
 #: ArrowLeft / ArrowRight keys click the viewer's "Previous image" / "Next image" buttons, unless focus
 #: is in a field, list or slider (where the arrows already mean something).
 ARROW_KEYS_JS = """<script>
-const doc = window.parent.document;
-if (!doc.dlArrowKeys) {
-  doc.dlArrowKeys = true;
-  doc.addEventListener("keydown", (event) => {
+const win = window.parent;
+if (!win.dlArrowKeys) {
+  win.dlArrowKeys = true;
+  // Built in the page's own realm (win.Function) so the listener outlives this iframe, which
+  // Streamlit replaces whenever the viewer is drawn anew.
+  win.document.addEventListener("keydown", new win.Function("event", `
     const t = event.target || {};
     const tag = (t.tagName || "").toLowerCase();
     const role = t.getAttribute ? t.getAttribute("role") || "" : "";
@@ -256,12 +258,33 @@ if (!doc.dlArrowKeys) {
         || ["slider", "tab", "listbox", "combobox", "option", "radio", "spinbutton"].includes(role)) return;
     const name = {ArrowLeft: "Previous image", ArrowRight: "Next image"}[event.key];
     if (!name) return;
-    const button = Array.from(doc.querySelectorAll("button")).find(
+    const button = Array.from(document.querySelectorAll("button")).find(
       (b) => !b.disabled && b.innerText.trim().endsWith(name));
     if (button) { event.preventDefault(); button.click(); }
-  });
+  `));
 }
 </script>"""
+
+
+#: Asks the browser to confirm leaving or reloading the page while the session holds images: they live
+#: only in this session's memory, so a reload would discard the worklist, decisions and notes.
+#: ``__COUNT__`` is the number of images; the listener is installed once and reads the latest count.
+UNLOAD_GUARD_JS = """<script>
+const win = window.parent;
+win.dlWorklistImages = __COUNT__;
+if (!win.dlUnloadGuard) {
+  win.dlUnloadGuard = true;
+  // Built in the page's own realm (win.Function): Streamlit replaces this iframe when the count
+  // changes, and a listener created here would die with it.
+  win.addEventListener("beforeunload", new win.Function("event",
+    "if (window.dlWorklistImages > 0) { event.preventDefault(); event.returnValue = ''; }"));
+}
+</script>"""
+
+
+def unload_guard_js(n_images: int) -> str:
+    """The page-leave guard script for a session holding ``n_images`` images (0 disarms it)."""
+    return UNLOAD_GUARD_JS.replace("__COUNT__", str(int(n_images)))
 
 
 def navigation(upload: state.Upload, order: list[str]) -> None:
@@ -473,6 +496,7 @@ def main() -> None:
                 st.error(message)
 
     uploads = list(state.uploads().values())
+    st.iframe(unload_guard_js(len(uploads)), height=1, tab_index=-1)  # same-origin: guards the app's page
     if not uploads:
         st.info("Upload one or more dermoscopic images to start.")
         return

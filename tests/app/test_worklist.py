@@ -128,3 +128,12 @@ def test_worklist_sort_filter_summary_units():
     assert names(worklist.filter_items(items, ["grey", "none"])) == ["c", "d"]
     assert names(worklist.filter_items(items, None, flagged_only=True)) == ["c"]
     assert worklist.summary(items) == "4 images: 1 high risk · 1 low risk · 1 not assessable · 1 not analysed"
+
+
+def test_unload_guard_carries_the_image_count_and_is_disarmed_at_zero():
+    from app.pages.triage import unload_guard_js
+
+    armed, disarmed = unload_guard_js(3), unload_guard_js(0)
+    assert "win.dlWorklistImages = 3;" in armed and "win.dlWorklistImages = 0;" in disarmed
+    assert "beforeunload" in armed and "window.dlWorklistImages > 0" in armed
+    assert "__COUNT__" not in armed
