@@ -86,3 +86,45 @@ def lodo_rows(card: dict[str, Any]) -> list[dict[str, Any]]:
             row[label] = "n/a" if value is None else f"{value:.3f} ({_interval(entry)})"
         rows.append(row)
     return rows
+
+
+#: Plain names for the card's settings (other keys: underscores to spaces, first letter capitalised).
+SETTING_NAMES: dict[str, str] = {
+    "temperature": "Calibration temperature (1 = unchanged)",
+    "ece_before": "Calibration error (ECE) before",
+    "ece_after": "Calibration error (ECE) after",
+    "fitted_on": "Fitted on",
+    "img_size": "Network input (px, square)",
+    "resize": "Resized to (px)",
+    "mean": "Normalisation mean (R, G, B)",
+    "std": "Normalisation spread (R, G, B)",
+    "colour_constancy": "Colour constancy",
+    "hair_removal": "Hair removal",
+    "threshold": "Out-of-distribution threshold",
+    "percentile": "Threshold percentile of the training images",
+    "n": "Images",
+}
+
+
+def _setting_value(value: Any) -> str:
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_setting_value(v) for v in value)
+    return str(value)
+
+
+def setting_rows(value: dict[str, Any], prefix: str = "") -> list[dict[str, str]]:
+    """A card section (nested mapping) as ``Setting``/``Value`` rows in words, nested keys joined with " › "."""
+    rows: list[dict[str, str]] = []
+    for key, item in value.items():
+        name = prefix + SETTING_NAMES.get(str(key), str(key).replace("_", " ").capitalize())
+        if isinstance(item, dict):
+            rows += setting_rows(item, prefix=f"{name} › ")
+        else:
+            rows.append({"Setting": name, "Value": _setting_value(item)})
+    return rows

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -21,7 +21,7 @@ def _section(title: str, value: Any) -> None:
     elif isinstance(value, list):
         st.markdown("\n".join(f"- {item}" for item in value))
     else:
-        st.json(json.loads(json.dumps(value, default=str)), expanded=False)
+        st.dataframe(card_view.setting_rows(value), hide_index=True)
 
 
 def _test_figures(card: dict[str, Any]) -> None:
@@ -62,7 +62,9 @@ def main() -> None:
     predictor = model.predictor
     card = predictor.card
     st.markdown("  \n".join(ui.model_summary_lines(card, predictor.uses_metadata)))
-    st.caption(f"Loaded from {resources.active_model_path()}")
+    source = resources.active_model_path()
+    if source:  # the folder or file name only: server paths are not for the clinic's screens
+        st.caption(f"Model file: {Path(source).name}")
     if card.get("status"):
         st.warning(card["status"])
     _section("Intended use", card.get("intended_use"))

@@ -103,3 +103,26 @@ def test_model_page_says_what_each_light_means(app_env, tmp_path, monkeypatch):
     page = texts(at.markdown)
     assert "green below 0.05, red from 0.4" in page and "| red | 20.0% | 13 / 7 | 65.0% |" in page
     assert "achieved 95.3% on validation" in page
+
+
+def test_settings_read_as_words_not_json():
+    rows = card_view.setting_rows({"temperature": 0.4831, "fitted_on": None, "preprocessing": {
+        "img_size": 160, "mean": [0.5, 0.5, 0.5], "hair_removal": False}})
+    assert rows == [
+        {"Setting": "Calibration temperature (1 = unchanged)", "Value": "0.483"},
+        {"Setting": "Fitted on", "Value": "—"},
+        {"Setting": "Preprocessing › Network input (px, square)", "Value": "160"},
+        {"Setting": "Preprocessing › Normalisation mean (R, G, B)", "Value": "0.5, 0.5, 0.5"},
+        {"Setting": "Preprocessing › Hair removal", "Value": "no"},
+    ]
+
+
+def test_model_page_shows_no_raw_json_and_no_server_path(app_env):
+    at = new_app().run()
+    at.switch_page("pages/model.py").run()
+    assert not at.exception
+    assert len(at.json) == 0
+    settings = [df.value for df in at.dataframe if "Setting" in df.value]
+    assert any("Calibration temperature (1 = unchanged)" in set(t["Setting"]) for t in settings)
+    shown = "\n".join([texts(at.markdown), texts(at.caption)])
+    assert str(app_env.fusion.parent) not in shown and "Model file: " in shown
