@@ -242,7 +242,8 @@ def similar_cases_panel(upload: state.Upload, model: resources.LoadResult | None
 
 #: A tiny script in a one-pixel iframe (``st.iframe``, which replaces ``components.v1.html``): the
 #: ArrowLeft / ArrowRight keys click the viewer's "Previous image" / "Next image" buttons, unless focus
-#: is in a field, list or slider (where the arrows already mean something).
+#: is in a field, list or slider (where the arrows already mean something), and a click anywhere on a
+#: gallery card opens it in the viewer.
 ARROW_KEYS_JS = """<script>
 const win = window.parent;
 if (!win.dlArrowKeys) {
@@ -261,6 +262,15 @@ if (!win.dlArrowKeys) {
     const button = Array.from(document.querySelectorAll("button")).find(
       (b) => !b.disabled && b.innerText.trim().endsWith(name));
     if (button) { event.preventDefault(); button.click(); }
+  `));
+  // A click anywhere on a gallery card (not on one of its controls) clicks its "Select <name>" button.
+  win.document.addEventListener("click", new win.Function("event", `
+    const target = event.target;
+    const card = target && target.closest ? target.closest("div[class*='st-key-card_']") : null;
+    if (!card || target.closest("button, a, input, textarea, select, [role=button], [role=combobox]")) return;
+    const select = Array.from(card.querySelectorAll("button")).find(
+      (b) => !b.disabled && b.innerText.includes("Select "));  // the icon's ligature comes first
+    if (select) select.click();
   `));
 }
 </script>"""

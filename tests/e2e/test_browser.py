@@ -75,6 +75,12 @@ def test_upload_gallery_bars_and_grad_cam_in_chromium(browser_ready, shared_data
             page.get_by_role("button", name=f"Select {images[0].name}").click()
             expect(page.get_by_text(f"Viewer: {images[0].name}")).to_be_visible()
             driver.wait_idle(page)
+            # A click on the card itself (its thumbnail, not a button) opens it too.
+            cards.nth(1).locator("img").first.click()
+            expect(page.get_by_text(f"Viewer: {images[1].name}")).to_be_visible()
+            cards.nth(0).locator("img").first.click()
+            expect(page.get_by_text(f"Viewer: {images[0].name}")).to_be_visible()
+            driver.wait_idle(page)
 
             driver.show_grad_cam(page)
             assert page.locator(driver.OVERLAY).evaluate("i => i.naturalWidth") > 0
