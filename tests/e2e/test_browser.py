@@ -94,3 +94,58 @@ def test_upload_gallery_bars_and_grad_cam_in_chromium(browser_ready, shared_data
         except Exception:
             page.screenshot(path=str(tmp_path / "failure.png"))  # stays in pytest's tmp dir, never the repo
             raise
+
+
+def test_worklist_of_ten_images_filter_review_export_and_phone_width(browser_ready, shared_data, e2e_models,
+                                                                       tmp_path):
+    """10 real images: filter by a light, mark one reviewed, export the CSV; at 390 px the viewer comes first."""
+    import pandas as pd
+    from playwright.sync_api import expect
+
+    images = sorted((shared_data / "images").glob("ISIC_*.jpg"))[:10]
+    assert len(images) == 10, f"need ten real images in {shared_data / 'images'}"
+    wait = 60_000
+    expect.set_options(timeout=wait)
+    with driver.streamlit_server(e2e_models.env(), tmp_path / "streamlit.log") as url, \
+            driver.browser_page(390, 844) as page:
+        try:
+            driver.open_app(page, url)
+            driver.upload(page, images)
+            cards = page.locator(driver.CARD)
+            expect(cards).to_have_count(10)
+            expect(cards.nth(9).locator(".dl-light")).to_have_count(1)  # every image analysed
+            driver.wait_idle(page)
+            # Phone width: the viewer is above the gallery, so it is reached without scrolling past it.
+            viewer_title = page.get_by_text(f"Viewer: {images[0].name}")
+            expect(viewer_title).to_be_visible()
+            assert viewer_title.bounding_box()["y"] < cards.first.bounding_box()["y"]
+            assert viewer_title.bounding_box()["y"] < 1500
+
+            page.set_viewport_size({"width": 1600, "height": 1100})
+            # Filter to the light of the first card (red with a real model; whatever the tiny model gave).
+            first_light = cards.first.locator(".dl-light").get_attribute("aria-label").split()[0].lower()
+            words = {"red": "High risk", "yellow": "Medium risk", "green": "Low risk", "grey": "Not assessable"}
+            lights = [cards.nth(i).locator(".dl-light").get_attribute("aria-label").split()[0].lower()
+                      for i in range(10)]
+            page.locator(".st-key-gallery_lights").click()
+            page.get_by_role("option", name=words[first_light]).click()
+            page.keyboard.press("Escape")
+            expect(cards).to_have_count(lights.count(first_light))
+            for i in range(cards.count()):
+                assert cards.nth(i).locator(".dl-light").get_attribute("aria-label").lower().startswith(first_light)
+
+            # Mark the image in the viewer reviewed: its card says so, and the CSV carries the decision.
+            page.locator("[class*='st-key-decision_']").first.click()
+            page.get_by_role("option", name="Excise").click()
+            expect(page.get_by_text("Reviewed: Excise")).to_be_visible()
+            driver.wait_idle(page)
+            with page.expect_download(timeout=wait) as download:
+                page.get_by_role("button", name="Results table (CSV)").click()
+            table = pd.read_csv(download.value.path())
+            assert len(table) == 10
+            row = table[table["image"] == images[0].name]
+            assert list(row["decision"]) == ["Excise"]
+            assert set(table["decision"].fillna("")) == {"Excise", ""}
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"))  # stays in pytest's tmp dir, never the repo
+            raise
