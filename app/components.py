@@ -352,8 +352,8 @@ def render_cam(image: np.ndarray, heatmap: np.ndarray, mode: str, opacity: float
 
     Low heat is transparent (no tint over the skin); with ``preprocessing`` (the model's eval
     transform) the border outside the centre crop the model saw is greyed and said so. "Side by
-    side" stacks the image above its overlay, each at the viewer's full width (two columns inside the
-    viewer would make each picture too small to read). Only the blend is computed here (milliseconds).
+    side" puts the image and its overlay in two columns: the viewer draws it across its whole width,
+    so each picture keeps half the viewer. Only the blend is computed here (milliseconds).
     """
     seen = seen_mask(image.shape, preprocessing) if preprocessing is not None else None
     if mode == "Heatmap only":
@@ -361,9 +361,10 @@ def render_cam(image: np.ndarray, heatmap: np.ndarray, mode: str, opacity: float
         st.image(overlay(background, heatmap, 1.0, seen), caption=caption, width="stretch", alt="Grad-CAM heatmap",
                  output_format="JPEG")
     elif mode == "Side by side":
-        st.image(image, caption="Image", width="stretch", alt="Original image", output_format="JPEG")
-        st.image(overlay(image, heatmap, float(opacity), seen), caption=caption, width="stretch",
-                 alt="Grad-CAM overlay", output_format="JPEG")
+        plain, marked = st.columns(2, gap="small")
+        plain.image(image, caption="Image", width="stretch", alt="Original image", output_format="JPEG")
+        marked.image(overlay(image, heatmap, float(opacity), seen), caption=caption, width="stretch",
+                     alt="Grad-CAM overlay", output_format="JPEG")
     else:
         st.image(overlay(image, heatmap, float(opacity), seen), caption=caption, width="stretch",
                  alt="Grad-CAM overlay", output_format="JPEG")

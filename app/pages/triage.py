@@ -342,14 +342,18 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
     shown = pred  # what the viewer reveals: nothing of a not-assessable image unless asked for
     if pred is not None and not ui.assessable(pred) and not ui.render_not_assessable(pred, f"show_anyway_{upload.id}"):
         shown = None
+    target = resolve_target(cam["target"], upload) if shown is not None else None
+    heat = heatmap(model, upload, target) if cam["enabled"] and shown is not None else None
+    side_by_side = heat is not None and cam["mode"] == "Side by side"
+    if side_by_side:  # across the whole viewer, so each picture stays readable
+        ui.render_cam(upload.image, heat, cam["mode"], cam["opacity"], f"Grad-CAM: {ui.target_label(target)}",
+                      model.predictor.preprocessing)
     left, right = st.columns([1, 1], gap="large")
     with left:
-        target = resolve_target(cam["target"], upload) if shown is not None else None
-        heat = heatmap(model, upload, target) if cam["enabled"] and shown is not None else None
-        if heat is not None:
+        if heat is not None and not side_by_side:
             ui.render_cam(upload.image, heat, cam["mode"], cam["opacity"], f"Grad-CAM: {ui.target_label(target)}",
                           model.predictor.preprocessing)
-        else:
+        elif heat is None:
             st.image(upload.image, caption=upload.name, width="stretch", alt="Selected image")
             if cam["enabled"] and pred is None:
                 st.caption("Grad-CAM needs a loaded model and a prediction.")
