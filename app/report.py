@@ -25,6 +25,7 @@ import numpy as np
 from app.components import CLASS_NAMES
 from app.report_pdf import pdf_report, printable, report_fields
 from backend.data.schema import DIAGNOSES
+from backend.inference.explain import overlay, seen_mask
 
 #: Columns of the dashboard's results table, in order (probabilities under the diagnosis codes).
 EXPORT_COLUMNS: tuple[str, ...] = (
@@ -216,6 +217,13 @@ def render_report(
         draw.text((bar_left + bar_width + 12, y), f"{p:.1%}", font=body, fill=(30, 30, 30))
         y += 36
     return page
+
+
+def report_overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float,
+                   preprocessing: dict[str, Any] | None) -> np.ndarray:
+    """The report's Grad-CAM picture: as on screen, with the border the model did not see greyed."""
+    seen = seen_mask(image.shape, preprocessing) if preprocessing else None
+    return overlay(image, heatmap, float(opacity), seen)
 
 
 def build_report(image: np.ndarray, overlay: np.ndarray | None, prediction: Any, *, fmt: str = "png",

@@ -387,13 +387,14 @@ def _report_maker(upload: state.Upload, model: resources.LoadResult, cam: dict[s
     predictor, card = model.predictor, model.predictor.card
     prepared, image, name, metadata = upload.prepared, upload.image, upload.name, dict(upload.metadata)
     prediction, opacity = upload.prediction, cam["opacity"] if cam["enabled"] else 0.4
+    preprocessing = dict(predictor.preprocessing)
     meaning = "" if prediction.traffic_light == "grey" else light_meaning(card or {}, prediction.traffic_light)
 
     def make() -> bytes:
         heat = cached if cached is not None else predictor.explain(
             prepared, target=target, metadata={k: v for k, v in metadata.items() if v not in (None, "")} or None)
         return report.build_report(
-            image, predictor.overlay(image, heat, opacity), prediction, fmt=fmt, image_name=name,
+            image, report.report_overlay(image, heat, opacity, preprocessing), prediction, fmt=fmt, image_name=name,
             model_name=str(card.get("name", "model")), model_version=str(card.get("version", "?")),
             cam_target=ui.target_label(target), metadata=metadata, risk_weights=dict(predictor.risk.weights),
             created=datetime.now(timezone.utc), light_meaning=meaning)

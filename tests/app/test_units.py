@@ -244,3 +244,17 @@ def test_band_accuracy_sentence_from_the_card():
                                             "thickness (95% interval 50%-71%), n = 40.")
     assert band_accuracy_sentence({"test_metrics": {"thickness_band_accuracy": float("nan")}}) == ""
     assert band_accuracy_sentence({}) == ""
+
+
+def test_report_overlay_greys_the_border_the_model_did_not_see():
+    rng = np.random.default_rng(5)
+    image = rng.integers(60, 200, size=(60, 80, 3), dtype=np.uint8)  # 4:3: the centre crop is 60 x 60
+    image[..., 0] = 220  # a strongly red picture, so greying is visible as lost saturation
+    cold = np.zeros((8, 8), dtype=np.float32)  # no attention anywhere: the overlay leaves what was seen alone
+    shown = report.report_overlay(image, cold, 0.4, {"img_size": 32})
+    np.testing.assert_array_equal(shown[:, 12:68], image[:, 12:68])  # inside the crop (about 10-70): unchanged
+    border = np.concatenate([shown[:, :8], shown[:, 72:]], axis=1).astype(int)
+    original = np.concatenate([image[:, :8], image[:, 72:]], axis=1).astype(int)
+    spread = lambda px: (px.max(axis=-1) - px.min(axis=-1)).mean()  # noqa: E731
+    assert spread(border) < 0.8 * spread(original)  # the unseen margins are washed towards grey
+    np.testing.assert_array_equal(report.report_overlay(image, cold, 0.4, None), image)  # no preprocessing known
