@@ -22,6 +22,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from scripts.cli import run_reporting_errors
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's flags."""
@@ -68,14 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (0 even when some images were skipped)."""
-    args = build_parser().parse_args(argv)
-    from backend.errors import DermaLensError
-
-    try:
-        return run(args)
-    except DermaLensError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

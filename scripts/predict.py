@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scripts.cli import run_reporting_errors
+
 METADATA_COLUMNS: tuple[str, ...] = ("age_approx", "sex", "anatom_site_general")
 #: Columns of a CSV input that keep an image's own lesion/patient out of its ``--reference`` neighbours.
 GROUP_COLUMNS: tuple[str, ...] = ("lesion_id", "patient_id")
@@ -259,14 +261,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (0 even when some images were skipped)."""
-    args = build_parser().parse_args(argv)
-    from backend.errors import DermaLensError
-
-    try:
-        return run(args)
-    except DermaLensError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

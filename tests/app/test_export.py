@@ -8,6 +8,8 @@ import io
 import pytest
 from PIL import Image
 
+from app.report import EXPORT_COLUMNS
+from backend.inference.predictor import Predictor
 from tests.app.conftest import MIME, image_bytes, new_app, session_uploads, upload
 from tests.conftest import download_file
 
@@ -42,7 +44,6 @@ def disk_writes(monkeypatch) -> list:
 
 
 def test_csv_and_reports_exif_free_nothing_on_disk(app_env, media, disk_writes):
-    from app.report import EXPORT_COLUMNS
 
     at = new_app().run()
     jpeg = image_bytes(41, "JPEG", size=96, exif=True)
@@ -82,7 +83,6 @@ def test_csv_and_reports_exif_free_nothing_on_disk(app_env, media, disk_writes):
 
 
 def test_report_uses_cached_grad_cam_of_chosen_target(app_env, media, monkeypatch):
-    from backend.inference.predictor import Predictor
 
     at = new_app().run()
     upload(at, ("a.png", image_bytes(43, size=96), MIME["PNG"]))

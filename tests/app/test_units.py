@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import backend.data.images as images
 import backend.model_store as store
 from app import components, report, resources, state
 from backend.data.schema import IMAGE_EXTENSIONS
+from backend.evaluation.card_sections import band_accuracy_sentence
 from backend.inference.inputs import PreparedInput
 
 
@@ -35,7 +37,6 @@ def test_upload_id_is_content_and_name_hash():
 
 
 def test_prepare_upload_decodes_once_to_the_display_size(monkeypatch):
-    import backend.data.images as images
 
     calls = []
     decode = images._decode
@@ -237,7 +238,6 @@ def test_risk_headline_is_one_number_with_its_red_threshold():
 
 
 def test_band_accuracy_sentence_from_the_card():
-    from backend.evaluation.card_sections import band_accuracy_sentence
 
     card = {"test_metrics": {"thickness_band_accuracy": {"value": 0.62, "lo": 0.5, "hi": 0.71, "n": 40}}}
     assert band_accuracy_sentence(card) == ("The model's band was correct in 62% of test melanomas with a known "

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+import backend.data.images as images
+from backend.data.formats import load_table
+from backend.inference.inputs import Preprocessor
+from backend.inference.predictor import Predictor
+from backend.retrieval.build import build_library
 from tests.app.conftest import MIME, card_buttons, image_bytes, new_app, session_uploads, texts, upload
 
 
@@ -34,7 +39,6 @@ def test_upload_many_formats_bad_file_in_place(app_env):
 
 
 def test_identical_file_twice_is_one_card_and_predictions_run_once(app_env, monkeypatch):
-    from backend.inference.predictor import Predictor
 
     calls = []
     original = Predictor.predict
@@ -51,8 +55,6 @@ def test_identical_file_twice_is_one_card_and_predictions_run_once(app_env, monk
 
 
 def test_each_upload_is_decoded_once_for_display_prediction_and_grad_cam(app_env, monkeypatch):
-    import backend.data.images as images
-    from backend.inference.inputs import Preprocessor
 
     decoded, preprocessed = [], []
     decode, preprocess = images._decode, Preprocessor.__call__
@@ -70,10 +72,6 @@ def test_each_upload_is_decoded_once_for_display_prediction_and_grad_cam(app_env
 
 
 def test_similar_cases_read_the_upload_decoded_once(app_env, monkeypatch, tmp_path):
-    import backend.data.images as images
-    from backend.data.formats import load_table
-    from backend.inference.predictor import Predictor
-    from backend.retrieval.build import build_library
 
     table = load_table(app_env.data_dir / "labels.csv", check_images=False).head(12)
     build_library(table, tmp_path / "refs" / "clinic", Predictor.from_checkpoint(app_env.fusion),
@@ -173,7 +171,6 @@ def test_only_bad_files_never_crash(app_env, name):
 
 
 def test_prediction_failure_of_one_image_spares_the_others(app_env, monkeypatch):
-    from backend.inference.predictor import Predictor
 
     original = Predictor.predict
 

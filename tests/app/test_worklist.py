@@ -7,6 +7,7 @@ import io
 from types import SimpleNamespace
 
 from app import worklist
+from app.pages.triage import unload_guard_js
 from tests.app.conftest import MIME, card_buttons, image_bytes, new_app, session_uploads, texts, upload
 from tests.conftest import download_file
 
@@ -131,7 +132,6 @@ def test_worklist_sort_filter_summary_units():
 
 
 def test_unload_guard_carries_the_image_count_and_is_disarmed_at_zero():
-    from app.pages.triage import unload_guard_js
 
     armed, disarmed = unload_guard_js(3), unload_guard_js(0)
     assert "win.dlWorklistImages = 3;" in armed and "win.dlWorklistImages = 0;" in disarmed

@@ -13,6 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from backend.config import from_dict, read_yaml
+from backend.training.config import ExperimentConfig
+from backend.training.run import fit
+from backend.workflows.export import export_bundle
 from tests.conftest import REPO_ROOT, write_synthetic_dataset
 
 FUSION = "tiny-fusion"
@@ -47,8 +51,6 @@ class TinyModels:
 
 
 def _cfg(csv: Path, out: Path, use_metadata: bool):
-    from backend.config import from_dict, read_yaml
-    from backend.training.config import ExperimentConfig
 
     base = read_yaml(REPO_ROOT / "cfgs" / "debug" / "cpu_tiny.yaml")
     base["data"].update({"csv": str(csv), "img_dir": str(csv.parent / "images"), "img_size": 64, "batch_size": 8,
@@ -61,8 +63,6 @@ def _cfg(csv: Path, out: Path, use_metadata: bool):
 
 def build_tiny_models(root: Path) -> TinyModels:
     """Train and export the two tiny models under ``root`` (about 20-40 s on 2 busy CPU cores)."""
-    from backend.training.run import fit
-    from backend.workflows.export import export_bundle
 
     data_dir = root / "data"
     csv = write_synthetic_dataset(data_dir, n=48, size=40)

@@ -10,7 +10,12 @@ import sys
 import pytest
 from PIL import Image
 
-from backend.inference.predictor import OUTPUT_COLUMNS
+import backend.model_store
+from backend.data.formats import load_table
+from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES
+from backend.inference.predictor import OUTPUT_COLUMNS, Predictor
+from backend.retrieval.build import build_library
+from backend.retrieval.library import ReferenceLibrary
 from scripts.predict import main
 from tests.conftest import REPO_ROOT
 from tests.inference.tiny import lesions, train_tiny_checkpoint
@@ -118,7 +123,6 @@ def test_bad_inputs_exit_2(ckpt, tmp_path, capsys, monkeypatch):
     other.write_text("a,b\n1,2\n")
     assert main(["--input", str(tmp_path), "--output", str(other), "--checkpoint", str(ckpt)]) == 2
     assert "not a predictions file" in capsys.readouterr().err
-    import backend.model_store
 
     monkeypatch.setattr(backend.model_store, "DEFAULT_MODEL_DIR", tmp_path / "no_model")
     assert main(["--input", str(tmp_path), "--output", str(tmp_path / "q.csv")]) == 2
@@ -143,10 +147,6 @@ RETRIEVAL_COLUMNS = ["knn_malignant", "knn_diagnosis", "neighbours"]
 
 def _reference(ckpt, folder, root, predictor=None):
     """A library of the folder's 3 cases plus 9 more lesions (every diagnosis), built with ``ckpt``'s model."""
-    from backend.data.formats import load_table
-    from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES
-    from backend.inference.predictor import Predictor
-    from backend.retrieval.build import build_library
 
     lines = ["image,diagnosis,label,lesion_id,patient_id"]
     for i, img in enumerate(lesions(9, size=72, seed=5)):
@@ -168,7 +168,6 @@ def _reference(ckpt, folder, root, predictor=None):
 def test_reference_adds_neighbour_columns_without_the_image_itself(ckpt, folder, tmp_path, capsys):
     import pandas as pd
 
-    from backend.retrieval.library import ReferenceLibrary
 
     library = _reference(ckpt, folder, tmp_path)
     out = tmp_path / "preds.csv"

@@ -14,6 +14,9 @@ from backend.inference.risk import (
     DEFAULT_RISK_YAML,
     RiskConfig,
     assessed_light,
+    light_reason,
+    melanoma_likely,
+    risk_drivers,
     risk_index,
     thickness_band,
     traffic_light,
@@ -115,7 +118,6 @@ def test_unflagged_image_keeps_the_model_light():
 
 
 def test_melanoma_likely_rule():
-    from backend.inference.risk import melanoma_likely
 
     assert melanoma_likely(probs(MEL=0.25, NV=0.7))  # P(MEL) >= 0.2
     assert melanoma_likely(probs(NV=0.85, MEL=0.1))  # second most probable
@@ -124,7 +126,6 @@ def test_melanoma_likely_rule():
 
 
 def test_risk_drivers_and_light_reason():
-    from backend.inference.risk import light_reason, risk_drivers
 
     cfg = RiskConfig(green_below=0.04, yellow_below=0.45)
     p = {**probs(BCC=0.18, MEL=0.09, SCC=0.0)}
@@ -138,7 +139,6 @@ def test_risk_drivers_and_light_reason():
 
 
 def test_risk_drivers_leave_out_classes_that_barely_contribute():
-    from backend.inference.risk import light_reason, risk_drivers
 
     cfg = RiskConfig(green_below=0.04, yellow_below=0.35)
     p = probs(MEL=0.99, SCC=0.004)  # shows as "P(SCC) 0%": not a reason worth naming

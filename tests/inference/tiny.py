@@ -7,6 +7,15 @@ from typing import Any
 
 import numpy as np
 
+from backend.config import from_dict, read_yaml
+from backend.data.config import DataConfig
+from backend.data.metadata import MetadataEncoder
+from backend.data.transforms import preprocessing_dict
+from backend.inference.predictor import Predictor
+from backend.models.config import ModelConfig
+from backend.models.lesion_net import build_model
+from backend.training.config import ExperimentConfig
+from backend.training.run import fit
 from tests.conftest import REPO_ROOT, make_lesion_image, write_synthetic_dataset
 
 IMG = 64  # network input side of the tiny models: the CNN's last stage is then 2x2
@@ -19,9 +28,6 @@ def train_tiny_checkpoint(root: Path, n: int = 48, size: int = IMG, **model: Any
     Returns:
         ``(best.ckpt, labels.csv)``; the run's ``splits.csv`` sits two folders above the checkpoint.
     """
-    from backend.config import from_dict, read_yaml
-    from backend.training.config import ExperimentConfig
-    from backend.training.run import fit
 
     csv = write_synthetic_dataset(root / "data", n=n, size=size)
     base = read_yaml(REPO_ROOT / "cfgs" / "debug" / "cpu_tiny.yaml")
@@ -47,9 +53,6 @@ def tiny_net(backbone: str = "dermaresnet_se_tiny", use_metadata: bool = True, s
     """An untrained LesionNet; the thickness head gets random weights so its Grad-CAM is not all zero."""
     import torch
 
-    from backend.data.metadata import MetadataEncoder
-    from backend.models.config import ModelConfig
-    from backend.models.lesion_net import build_model
 
     torch.manual_seed(seed)
     backbone_kwargs = kwargs.pop("backbone_kwargs", None) or (VIT_KWARGS if backbone.startswith("vit") else {})
@@ -61,10 +64,6 @@ def tiny_net(backbone: str = "dermaresnet_se_tiny", use_metadata: bool = True, s
 
 def tiny_predictor(net: Any = None, **kwargs: Any):
     """A Predictor around ``net`` (default :func:`tiny_net`) with the default eval preprocessing at :data:`IMG` px."""
-    from backend.data.config import DataConfig
-    from backend.data.metadata import MetadataEncoder
-    from backend.data.transforms import preprocessing_dict
-    from backend.inference.predictor import Predictor
 
     net = net if net is not None else tiny_net()
     encoder = MetadataEncoder().to_dict() if net.use_metadata else None

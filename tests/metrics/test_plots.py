@@ -83,7 +83,6 @@ def test_figure_to_array_shape_matches_figure_size():
 
 
 def test_thickness_figure_with_only_exact_or_no_labels():
-    from backend.metrics.plots import thickness_figure
 
     only_exact = thickness_figure([0.5, 1.0], [0.4, 1.2], [0.4, 1.2])
     assert len(only_exact.axes[0].collections) >= 1

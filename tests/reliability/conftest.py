@@ -11,6 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from backend.config import from_dict, to_dict
+from backend.data.schema import DIAGNOSES
+from backend.data.transforms import preprocessing_dict
+from backend.io.bundle import save_bundle
+from backend.io.checkpoint import LoadedModel
+from backend.models.lesion_net import build_experiment_model
+from backend.training.config import ExperimentConfig
+
 BUNDLE_NAME = "untrained-tiny"
 IMG = 64
 
@@ -19,13 +27,6 @@ def build_untrained_bundle(models_dir: Path) -> Path:
     """Write an untrained image-only ``dermaresnet_se_tiny`` bundle into ``models_dir``; returns its folder."""
     import torch
 
-    from backend.config import from_dict, to_dict
-    from backend.data.schema import DIAGNOSES
-    from backend.data.transforms import preprocessing_dict
-    from backend.io.bundle import save_bundle
-    from backend.io.checkpoint import LoadedModel
-    from backend.models.lesion_net import build_experiment_model
-    from backend.training.config import ExperimentConfig
 
     cfg = from_dict(ExperimentConfig, {
         "data": {"img_size": IMG, "use_metadata": False},

@@ -21,6 +21,7 @@ import pytest
 from backend.files import safe_torch_load
 from backend.io.bundle import PENDING_CARD_FILE, load_bundle, read_card
 from backend.io.checkpoint import load_lesion_checkpoint
+from backend.workflows.export import export_bundle
 from scripts.train import main as train_main
 from tests.reliability.fault_tools import (
     start_child,
@@ -165,7 +166,6 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_result(dataset, tmp_pat
 
 def test_bundle_export_killed_at_any_point_leaves_a_whole_bundle(tmp_path):
     """Re-export over a bundle killed mid-weights, mid-card, between the swaps: old or new bundle, never half."""
-    from backend.workflows.export import export_bundle
 
     old_ckpt = write_untrained_checkpoint(tmp_path / "old.ckpt", seed=0)
     new_ckpt = write_untrained_checkpoint(tmp_path / "new.ckpt", seed=1)

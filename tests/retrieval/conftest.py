@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.data.formats import load_table
 from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES
+from backend.retrieval.build import build_library
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -88,8 +90,6 @@ def twins(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def twin_library(twins, predictor, tmp_path_factory):
     """The twin dataset built into a library with :func:`predictor`; ``(library folder, table)``."""
-    from backend.data.formats import load_table
-    from backend.retrieval.build import build_library
 
     table = load_table(twins, check_images=False)
     out = tmp_path_factory.mktemp("lib") / "twins"

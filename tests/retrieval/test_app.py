@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from backend.data.formats import load_table
+from backend.inference.predictor import Predictor
+from backend.retrieval.build import build_library
 from backend.retrieval.query import SimilarCases
 from tests.app.conftest import MIME, image_bytes, new_app, session_uploads, texts, upload
 
 
 def _library(bundles, model, out):
-    from backend.data.formats import load_table
-    from backend.inference.predictor import Predictor
-    from backend.retrieval.build import build_library
 
     table = load_table(bundles.data_dir / "labels.csv", check_images=False)
     build_library(table, out, Predictor.from_checkpoint(model), model_path=str(model),

@@ -6,8 +6,10 @@ import json
 
 import pytest
 
+import backend.workflows.pipeline as pipeline_module
 from backend.config import from_dict, read_yaml
 from backend.errors import ConfigError
+from backend.inference.predictor import Predictor
 from backend.workflows.pipeline import STAGES, PipelineConfig, load_pipeline_config, run_pipeline
 from scripts.default_model import main as pipeline_main
 from tests.conftest import REPO_ROOT, write_synthetic_dataset
@@ -36,7 +38,6 @@ def test_default_config_is_valid():
 
 
 def test_stages_run_record_and_skip(tmp_path):
-    from backend.inference.predictor import Predictor
 
     cfg = tiny_pipeline(tmp_path, ["train", "export", "card"])
     records = run_pipeline(cfg)
@@ -77,7 +78,6 @@ def test_unknown_stage_and_missing_train_are_clear_errors(tmp_path, capsys):
 def test_split_stage_fixes_the_split_for_training_and_keeps_held_out_images_from_byol(tmp_path):
     import pandas as pd
 
-    from backend.inference.predictor import Predictor
 
     cfg = tiny_pipeline(tmp_path, ["splits", "train", "export", "card"], tta=True)
     records = run_pipeline(cfg)
@@ -111,7 +111,6 @@ def _load_script(path):
 
 
 def test_byol_stage_pretrains_on_training_images_only(tmp_path, monkeypatch):
-    import backend.workflows.pipeline as pipeline_module  # the byol stage calls the name it imported
 
     seen = {}
 
@@ -163,7 +162,6 @@ def test_forced_retrain_starts_a_new_run_and_an_interrupted_one_resumes(tmp_path
 
 
 def test_forced_byol_rerun_starts_a_new_run_and_an_interrupted_one_resumes(tmp_path, monkeypatch):
-    import backend.workflows.pipeline as pipeline_module  # the byol stage calls the name it imported
 
     root, asked = tmp_path / "byol_logs" / "exp", []
 

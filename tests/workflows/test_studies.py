@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+import backend.workflows.ablation as ablation
 from backend.config import read_yaml
 from backend.data.formats import load_table
 from backend.data.splits import assign_splits, write_splits
@@ -62,7 +63,6 @@ def test_ablation_table_scores_variants_on_validation_and_resumes(data, tmp_path
     cfg = AblationConfig(base=tiny_base(csv, splits_csv), output_dir=str(tmp_path),
                          variants={"baseline": [], "no_metadata": ["data.use_metadata=false"]},
                          descriptions={"no_metadata": "image only"}, tta=["baseline"], n_boot=20)
-    import backend.workflows.ablation as ablation
 
     calls = []
     predict_rows = ablation.predict_rows
