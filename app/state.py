@@ -220,12 +220,30 @@ def set_review(uid: str, decision: str | None = None, note: str | None = None) -
         upload.note = note
 
 
-def set_patient_id(uids: list[str], patient_id: str) -> None:
-    """Give every upload in ``uids`` the same patient ID (entered once for a group of images)."""
+def apply_to_group(uids: list[str], patient_id: str = "", metadata: dict[str, Any] | None = None) -> int:
+    """Give every upload in ``uids`` one patient ID and metadata, entered once for a group of images.
+
+    Only what was given is applied: an empty ``patient_id`` or a metadata value of None keeps each
+    image's own value. Changed metadata makes the images' predictions stale (re-run on the next pass),
+    and their per-image metadata widgets are reset so the viewer shows the new values.
+
+    Returns:
+        How many uploads were changed.
+    """
+    given = {k: v for k, v in (metadata or {}).items() if k in METADATA_FIELDS and v not in (None, "")}
+    patient_id = patient_id.strip()
+    changed = 0
     for uid in uids:
         upload = uploads().get(uid)
-        if upload is not None:
-            upload.patient_id = patient_id.strip()
+        if upload is None or not (patient_id or given):
+            continue
+        if patient_id:
+            upload.patient_id = patient_id
+        upload.metadata.update(given)
+        for name in METADATA_FIELDS:
+            st.session_state.pop(f"meta_{name}_{uid}", None)
+        changed += 1
+    return changed
 
 
 def selected_id() -> str | None:

@@ -248,30 +248,33 @@ ARROW_KEYS_JS = """<script>
 const win = window.parent;
 if (!win.dlArrowKeys) {
   win.dlArrowKeys = true;
-  // Built in the page's own realm (win.Function) so the listener outlives this iframe, which
-  // Streamlit replaces whenever the viewer is drawn anew.
-  win.document.addEventListener("keydown", new win.Function("event", `
-    const t = event.target || {};
-    const tag = (t.tagName || "").toLowerCase();
-    const role = t.getAttribute ? t.getAttribute("role") || "" : "";
-    if (event.altKey || event.ctrlKey || event.metaKey || t.isContentEditable
-        || ["input", "textarea", "select"].includes(tag)
-        || ["slider", "tab", "listbox", "combobox", "option", "radio", "spinbutton"].includes(role)) return;
-    const name = {ArrowLeft: "Previous image", ArrowRight: "Next image"}[event.key];
-    if (!name) return;
-    const button = Array.from(document.querySelectorAll("button")).find(
-      (b) => !b.disabled && b.innerText.trim().endsWith(name));
-    if (button) { event.preventDefault(); button.click(); }
-  `));
-  // A click anywhere on a gallery card (not on one of its controls) clicks its "Select <name>" button.
-  win.document.addEventListener("click", new win.Function("event", `
-    const target = event.target;
-    const card = target && target.closest ? target.closest("div[class*='st-key-card_']") : null;
-    if (!card || target.closest("button, a, input, textarea, select, [role=button], [role=combobox]")) return;
-    const select = Array.from(card.querySelectorAll("button")).find(
-      (b) => !b.disabled && b.innerText.includes("Select "));  // the icon's ligature comes first
-    if (select) select.click();
-  `));
+  // Registered by a function of the page's own realm (win.Function), not by this iframe's script:
+  // Chrome stops calling a listener once the document that registered it is gone, and Streamlit
+  // replaces this iframe whenever the viewer is drawn anew.
+  new win.Function(`
+    document.addEventListener("keydown", (event) => {
+      const t = event.target || {};
+      const tag = (t.tagName || "").toLowerCase();
+      const role = t.getAttribute ? t.getAttribute("role") || "" : "";
+      if (event.altKey || event.ctrlKey || event.metaKey || t.isContentEditable
+          || ["input", "textarea", "select"].includes(tag)
+          || ["slider", "tab", "listbox", "combobox", "option", "radio", "spinbutton"].includes(role)) return;
+      const name = {ArrowLeft: "Previous image", ArrowRight: "Next image"}[event.key];
+      if (!name) return;
+      const button = Array.from(document.querySelectorAll("button")).find(
+        (b) => !b.disabled && b.innerText.trim().endsWith(name));
+      if (button) { event.preventDefault(); button.click(); }
+    });
+    // A click anywhere on a gallery card (not on one of its controls) clicks its "Select <name>" button.
+    document.addEventListener("click", (event) => {
+      const target = event.target;
+      const card = target && target.closest ? target.closest("div[class*='st-key-card_']") : null;
+      if (!card || target.closest("button, a, input, textarea, select, [role=button], [role=combobox]")) return;
+      const select = Array.from(card.querySelectorAll("button")).find(
+        (b) => !b.disabled && b.innerText.includes("Select "));  // the icon's ligature comes first
+      if (select) select.click();
+    });
+  `)();
 }
 </script>"""
 
@@ -284,10 +287,14 @@ const win = window.parent;
 win.dlWorklistImages = __COUNT__;
 if (!win.dlUnloadGuard) {
   win.dlUnloadGuard = true;
-  // Built in the page's own realm (win.Function): Streamlit replaces this iframe when the count
-  // changes, and a listener created here would die with it.
-  win.addEventListener("beforeunload", new win.Function("event",
-    "if (window.dlWorklistImages > 0) { event.preventDefault(); event.returnValue = ''; }"));
+  // Registered by a function of the page's own realm (win.Function), not by this iframe's script:
+  // Streamlit replaces this iframe when the count changes, and Chrome stops calling a listener once
+  // the document that registered it is gone (the guard then silently never fired).
+  new win.Function(`
+    window.addEventListener("beforeunload", (event) => {
+      if (window.dlWorklistImages > 0) { event.preventDefault(); event.returnValue = ""; }
+    });
+  `)();
 }
 </script>"""
 
@@ -432,20 +439,40 @@ def export_section(model: resources.LoadResult, cam: dict[str, Any]) -> None:
 # -- gallery / worklist -------------------------------------------------------------------------------
 
 
-def _apply_patient_id(key_ids: str, key_value: str) -> None:
-    state.set_patient_id(list(st.session_state.get(key_ids) or []), str(st.session_state.get(key_value) or ""))
-    st.session_state[key_ids] = []
+#: Widget keys of the group panel (patient ID and metadata typed once for several images).
+GROUP_KEYS = {"images": "patient_images", "patient_id": "patient_id_value", "age_approx": "group_age",
+              "sex": "group_sex", "anatom_site_general": "group_site"}
 
 
-def patient_id_inputs(uploads: list[state.Upload]) -> None:
-    """One patient ID typed once for a group of chosen images (exported with their results)."""
+def _apply_group() -> None:
+    uids = list(st.session_state.get(GROUP_KEYS["images"]) or [])
+    metadata = {field: st.session_state.get(GROUP_KEYS[field]) for field in state.METADATA_FIELDS}
+    changed = state.apply_to_group(uids, str(st.session_state.get(GROUP_KEYS["patient_id"]) or ""), metadata)
+    st.session_state["group_applied"] = changed
+    st.session_state[GROUP_KEYS["images"]] = []
+
+
+def patient_group_inputs(uploads: list[state.Upload]) -> None:
+    """Patient ID, age, sex and site typed once for a group of chosen images (used and exported with each)."""
     names = {u.id: u.name for u in uploads}
-    with st.expander("Patient ID for several images"):
+    with st.expander("Patient ID and metadata for several images"):
         st.multiselect("Images of this patient", list(names), format_func=lambda uid: names.get(uid, uid),
-                       key="patient_images")
-        st.text_input("Patient ID", key="patient_id_value")
-        st.button("Apply patient ID", key="patient_apply", on_click=_apply_patient_id,
-                  args=("patient_images", "patient_id_value"))
+                       key=GROUP_KEYS["images"], placeholder="Choose images")
+        st.text_input("Patient ID", key=GROUP_KEYS["patient_id"])
+        age, sex, site = st.columns(3)
+        age.number_input("Age (years)", min_value=0, max_value=120, step=1, value=None, placeholder="keep",
+                         key=GROUP_KEYS["age_approx"])
+        sex.selectbox("Sex", [None, *SEXES], format_func=lambda v: "keep each image's" if v is None else v,
+                      key=GROUP_KEYS["sex"])
+        site.selectbox("Anatomical site", [None, *ANATOM_SITES], key=GROUP_KEYS["anatom_site_general"],
+                       format_func=lambda v: "keep each image's" if v is None else v)
+        st.caption("Fields left empty keep each image's own value. Changed age, sex or site re-runs the "
+                   "prediction of those images.")
+        st.button("Apply to chosen images", key="patient_apply", on_click=_apply_group)
+        applied = st.session_state.pop("group_applied", None)
+        if applied is not None:
+            st.caption(f"Applied to {applied} image{'s' if applied != 1 else ''}." if applied
+                       else "Nothing applied: choose images and enter a patient ID or a value.")
 
 
 #: On screens wide enough for side-by-side columns (Streamlit stacks them at 640 px and below), the
@@ -473,7 +500,7 @@ def gallery(uploads: list[state.Upload], model: resources.LoadResult | None) -> 
     ui.render_gallery(shown, state.selected_id(), state.select, state.remove_upload)
     if len(shown) < total:
         st.caption("Some images are hidden by the filter.")
-    patient_id_inputs(uploads)
+    patient_group_inputs(uploads)
     return shown
 
 

@@ -102,6 +102,51 @@ def test_decision_and_note_persist_show_on_card_and_export(app_env, media):
     assert rows["c.png"]["patient_id"] == ""
 
 
+def test_patient_id_and_metadata_entered_once_for_a_group(app_env, media):
+    at = new_app().run()
+    c, a, b = three(at)
+    before = {uid: u.prediction for uid, u in session_uploads(at).items()}
+    at.button(key=f"select_{a}").click().run()
+    assert at.number_input(key=f"meta_age_approx_{a}").value is None
+    at.multiselect(key="patient_images").set_value([a, b]).run()
+    at.text_input(key="patient_id_value").input("P-17").run()
+    at.number_input(key="group_age").set_value(63).run()
+    at.selectbox(key="group_sex").set_value("male").run()
+    at.selectbox(key="group_site").set_value("posterior torso").run()
+    at.button(key="patient_apply").click().run()
+    assert not at.exception and "Applied to 2 images." in texts(at.caption)
+    assert at.multiselect(key="patient_images").value == []
+    items = session_uploads(at)
+    for uid in (a, b):
+        assert items[uid].patient_id == "P-17"
+        assert items[uid].metadata == {"age_approx": 63, "sex": "male", "anatom_site_general": "posterior torso"}
+        # The fusion model re-predicted with the group's metadata.
+        assert items[uid].prediction is not before[uid] and items[uid].prediction.metadata_used
+    assert items[c].patient_id == "" and not items[c].metadata_given() and items[c].prediction is before[c]
+    # The viewer's own fields show the group's values and stay editable per image.
+    assert at.number_input(key=f"meta_age_approx_{a}").value == 63
+    assert at.selectbox(key=f"meta_sex_{a}").value == "male"
+    # A second group entry with only the sex keeps the age, site and patient ID already given.
+    at.multiselect(key="patient_images").set_value([b]).run()
+    at.text_input(key="patient_id_value").input("").run()
+    at.number_input(key="group_age").set_value(None).run()
+    at.selectbox(key="group_site").set_value(None).run()
+    at.selectbox(key="group_sex").set_value("female").run()
+    at.button(key="patient_apply").click().run()
+    items = session_uploads(at)
+    assert items[b].metadata == {"age_approx": 63, "sex": "female", "anatom_site_general": "posterior torso"}
+    assert items[b].patient_id == "P-17" and items[a].metadata["sex"] == "male"
+    rows = {r["image"]: r for r in csv.DictReader(io.StringIO(
+        download_file(at, media, "export_csv").content.decode("utf-8")))}
+    assert [(rows[n]["patient_id"], rows[n]["age_approx"], rows[n]["sex"]) for n in ("a.png", "b.png", "c.png")] == [
+        ("P-17", "63", "male"), ("P-17", "63", "female"), ("", "", "")]
+    # Nothing chosen: nothing changes, and the panel says why.
+    at.text_input(key="patient_id_value").input("P-99").run()
+    at.button(key="patient_apply").click().run()
+    assert "Nothing applied: choose images and enter a patient ID or a value." in texts(at.caption)
+    assert all(u.patient_id != "P-99" for u in session_uploads(at).values())
+
+
 def test_clear_session_asks_before_discarding_decisions(app_env):
     at = new_app().run()
     c = three(at)[0]

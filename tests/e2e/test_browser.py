@@ -1,15 +1,19 @@
 """End to end in a real browser: ``streamlit run`` + headless Debian chromium driven by Playwright.
 
-Uploads two real dermoscopic images from ``../shared/data/images`` and checks that the gallery
-shows two cards with traffic lights, the viewer is in view beside them and the arrow key moves it to
-the next image, the plotly bars render, the Grad-CAM overlay renders after
-switching it on, and the PNG report downloads without EXIF. Skipped, with the reason, where the
-real data, Playwright or chromium is missing (``make e2e-deps`` installs chromium as root).
+Two real dermoscopic images from ``../shared/data/images`` on a tiny model: the gallery shows two
+cards with traffic lights, the viewer is in view beside them and the arrow key moves it to the next
+image, the plotly bars render, the Grad-CAM overlay renders after switching it on, and the PNG
+report downloads without EXIF. Ten real images on the bundled default model: the triage walk-through
+(phone width, click a card, arrow keys, filter to red, review, export, reload guard). Skipped, with
+the reason, where the real data, Playwright or chromium is missing (``make e2e-deps`` installs
+chromium as root).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import re
 
 import pytest
 
@@ -96,24 +100,50 @@ def test_upload_gallery_bars_and_grad_cam_in_chromium(browser_ready, shared_data
             raise
 
 
-def test_worklist_of_ten_images_filter_review_export_and_phone_width(browser_ready, shared_data, e2e_models,
-                                                                       tmp_path):
-    """10 real images: filter by a light, mark one reviewed, export the CSV; at 390 px the viewer comes first."""
+def ten_real_images(shared_data) -> list:
+    """The first five melanomas and first five naevi (by file name) of the ISIC images in ``../shared/data``."""
     import pandas as pd
+
+    table = pd.read_csv(shared_data / "labels.csv", usecols=["image", "diagnosis"])
+    table = table[table["image"].str.startswith("ISIC_")].sort_values("image")
+    names = [*table[table["diagnosis"] == "MEL"]["image"][:5], *table[table["diagnosis"] == "NV"]["image"][:5]]
+    images = [shared_data / "images" / name for name in names]
+    assert len(images) == 10 and all(p.is_file() for p in images), f"need ten real images in {shared_data / 'images'}"
+    return images
+
+
+def card_name(card) -> str:
+    """The file name of a gallery card (from its "Select x" / "Showing x" button)."""
+    label = card.locator("[class*='st-key-select_'] button").first.inner_text()
+    found = re.search(r"(?:Select|Showing) (\S+)", label)
+    assert found, f"no image name on the card's button: {label!r}"
+    return found.group(1)
+
+
+def test_worklist_of_ten_images_on_the_bundled_model(browser_ready, shared_data, tmp_path):
+    """The issue's walk-through on the bundled default model and 10 real images.
+
+    At 390 px the viewer comes before the gallery; on a wide screen a click on a card opens it, the
+    arrow keys move through the gallery, the light filter keeps only red cards, one image is marked
+    reviewed and the CSV carries the decision; a reload asks first (the worklist lives in memory only).
+    """
+    import pandas as pd
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect
 
-    images = sorted((shared_data / "images").glob("ISIC_*.jpg"))[:10]
-    assert len(images) == 10, f"need ten real images in {shared_data / 'images'}"
+    images = ten_real_images(shared_data)
+    bundled = driver.REPO_ROOT / "assets" / "models"
+    env = {"DERMALENS_MODELS_DIR": str(bundled), "DERMALENS_MODEL": str(bundled / "default")}
     wait = 60_000
     expect.set_options(timeout=wait)
-    with driver.streamlit_server(e2e_models.env(), tmp_path / "streamlit.log") as url, \
-            driver.browser_page(390, 844) as page:
+    with driver.streamlit_server(env, tmp_path / "streamlit.log") as url, driver.browser_page(390, 844) as page:
         try:
             driver.open_app(page, url)
             driver.upload(page, images)
             cards = page.locator(driver.CARD)
             expect(cards).to_have_count(10)
-            expect(cards.nth(9).locator(".dl-light")).to_have_count(1)  # every image analysed
+            for i in range(10):  # every image analysed
+                expect(cards.nth(i).locator(".dl-light")).to_have_count(1)
             driver.wait_idle(page)
             # Phone width: the viewer is above the gallery, so it is reached without scrolling past it.
             viewer_title = page.get_by_text(f"Viewer: {images[0].name}")
@@ -122,19 +152,36 @@ def test_worklist_of_ten_images_filter_review_export_and_phone_width(browser_rea
             assert viewer_title.bounding_box()["y"] < 1500
 
             page.set_viewport_size({"width": 1600, "height": 1100})
-            # Filter to the light of the first card (red with a real model; whatever the tiny model gave).
-            first_light = cards.first.locator(".dl-light").get_attribute("aria-label").split()[0].lower()
-            words = {"red": "High risk", "yellow": "Medium risk", "green": "Low risk", "grey": "Not assessable"}
-            lights = [cards.nth(i).locator(".dl-light").get_attribute("aria-label").split()[0].lower()
-                      for i in range(10)]
-            page.locator(".st-key-gallery_lights").click()
-            page.get_by_role("option", name=words[first_light]).click()
-            page.keyboard.press("Escape")
-            expect(cards).to_have_count(lights.count(first_light))
-            for i in range(cards.count()):
-                assert cards.nth(i).locator(".dl-light").get_attribute("aria-label").lower().startswith(first_light)
+            names = [card_name(cards.nth(i)) for i in range(10)]
+            assert sorted(names) == sorted(p.name for p in images)
+            # A click on the card itself (its thumbnail) opens it in the viewer; the arrow keys move on.
+            cards.nth(2).locator("img").first.click()
+            expect(page.get_by_text(f"Viewer: {names[2]}")).to_be_visible()
+            driver.wait_idle(page)
+            page.get_by_role("heading", name="DermaLens").first.click()
+            page.keyboard.press("ArrowRight")
+            expect(page.get_by_text(f"Viewer: {names[3]}")).to_be_visible()
+            driver.wait_idle(page)
+            page.keyboard.press("ArrowLeft")
+            expect(page.get_by_text(f"Viewer: {names[2]}")).to_be_visible()
+            driver.wait_idle(page)
 
-            # Mark the image in the viewer reviewed: its card says so, and the CSV carries the decision.
+            # Filter to red: only the red cards stay.
+            lights = {card_name(cards.nth(i)): cards.nth(i).locator(".dl-light").get_attribute("aria-label").split()[0]
+                      for i in range(10)}
+            red = sorted(n for n, light in lights.items() if light == "Red")
+            assert red, f"the bundled model lit none of these melanomas and naevi red: {lights}"
+            page.locator(".st-key-gallery_lights").click()
+            page.get_by_role("option", name="High risk").click()
+            page.keyboard.press("Escape")
+            expect(cards).to_have_count(len(red))
+            assert sorted(card_name(cards.nth(i)) for i in range(len(red))) == red
+
+            # Open the first red card, mark it reviewed: its card says so, and the CSV carries the decision.
+            reviewed = card_name(cards.first)
+            cards.first.locator("img").first.click()
+            expect(page.get_by_text(f"Viewer: {reviewed}")).to_be_visible()
+            driver.wait_idle(page)
             page.locator("[class*='st-key-decision_']").first.click()
             page.get_by_role("option", name="Excise").click()
             expect(page.get_by_text("Reviewed: Excise")).to_be_visible()
@@ -143,9 +190,19 @@ def test_worklist_of_ten_images_filter_review_export_and_phone_width(browser_rea
                 page.get_by_role("button", name="Results table (CSV)").click()
             table = pd.read_csv(download.value.path())
             assert len(table) == 10
-            row = table[table["image"] == images[0].name]
-            assert list(row["decision"]) == ["Excise"]
+            assert list(table.loc[table["image"] == reviewed, "decision"]) == ["Excise"]
             assert set(table["decision"].fillna("")) == {"Excise", ""}
+            exported = dict(zip(table["image"], table["traffic_light"], strict=True))
+            assert exported == {n: lights[n].lower() for n in names}
+
+            # A reload would discard the in-memory worklist: the browser asks first; staying keeps it all.
+            asked: list[str] = []
+            page.on("dialog", lambda dialog: (asked.append(dialog.type), dialog.dismiss()))
+            with contextlib.suppress(PlaywrightTimeout):  # the dismissed dialog cancels the reload
+                page.reload(timeout=5_000)
+            assert asked == ["beforeunload"]
+            expect(cards).to_have_count(len(red))
+            expect(page.get_by_text("Reviewed: Excise")).to_be_visible()
         except Exception:
             page.screenshot(path=str(tmp_path / "failure.png"))  # stays in pytest's tmp dir, never the repo
             raise
