@@ -140,14 +140,15 @@ def quality_reasons(pred: Any) -> list[str]:
 
 
 def card_header_html(pred: Any) -> str:
-    """The card's first line: top diagnosis and its probability, the traffic light at the top-right.
+    """The card's first line: the most likely diagnosis (its code), the traffic light at the top-right.
 
-    An image that is not assessable shows no diagnosis, only its grey light.
+    No percentage: the one "how worried" number is the viewer's risk score, so the card does not show a
+    second one. An image that is not assessable shows no diagnosis, only its grey light.
     """
     if pred is None or not assessable(pred):
         head = "&nbsp;"
     else:
-        head = f"{html.escape(pred.top_class)} · {pred.top_probability:.0%}"
+        head = html.escape(pred.top_class)
     return (
         '<div class="dl-card-head" style="display:flex;justify-content:space-between;align-items:center;'
         f'gap:0.4rem;margin-bottom:0.2rem"><span style="font-weight:700">{head}</span>'
@@ -319,28 +320,31 @@ def render_thickness(pred: Any, card: dict[str, Any] | None = None) -> None:
 def render_quality(pred: Any) -> None:
     """Quality-gate reasons in words (any of them makes the image not assessable)."""
     st.markdown("**Image quality**")
-    if not pred.flags:
-        st.success("No quality issues detected.")
+    if not pred.flags:  # neutral words, not a green box: green is the low-risk light
+        st.caption("No quality issues detected.")
         return
-    for reason in quality_reasons(pred):
-        st.warning(reason)
+    st.markdown("\n".join(f"- {reason}" for reason in quality_reasons(pred)))
 
 
-def render_not_assessable(pred: Any, key: str) -> bool:
+def render_not_assessable(pred: Any, key: str, name: str = "") -> bool:
     """The viewer's first message for an image that cannot be assessed: why, and a control to see the result.
 
     Args:
         pred: The image's prediction (grey light).
         key: Widget key of the "show anyway" toggle (one per image).
+        name: The image's file name (names the toggle for screen readers and tests).
 
     Returns:
         Whether the clinician asked to see the model's result anyway.
     """
     reasons = "\n".join(f"- {reason}" for reason in quality_reasons(pred))
-    st.warning(f"**{NOT_ASSESSABLE_TITLE}.** The model's result is not shown because this image cannot be "
-               f"assessed:\n{reasons}", icon=":material/block:")
-    return bool(st.toggle(SHOW_ANYWAY, key=key, help="The model still made a prediction; on an image like "
-                                                      "this one it may be wrong, whatever its light."))
+    with st.container(border=True, key=f"dl_not_assessable_{key}"):  # the grey light, not an amber (yellow) box
+        st.markdown(light_html("grey"), unsafe_allow_html=True)
+        st.markdown(f"**{NOT_ASSESSABLE_TITLE}.** The model's result is not shown because this image cannot be "
+                    f"assessed:\n{reasons}")
+        label = f"{SHOW_ANYWAY} ({name})" if name else SHOW_ANYWAY
+        return bool(st.toggle(label, key=key, help="The model still made a prediction; on an image like this "
+                                                   "one it may be wrong, whatever its light."))
 
 
 # -- Grad-CAM -----------------------------------------------------------------------------------

@@ -265,14 +265,21 @@ if (!win.dlArrowKeys) {
         (b) => !b.disabled && b.innerText.trim().endsWith(name));
       if (button) { event.preventDefault(); button.click(); }
     });
-    // A click anywhere on a gallery card (not on one of its controls) clicks its "Select <name>" button.
+    // A click anywhere on a gallery card (not on one of its other controls) clicks its "Select <name>"
+    // button; on a narrow screen, where the viewer sits above the gallery, the page scrolls up to it.
     document.addEventListener("click", (event) => {
       const target = event.target;
       const card = target && target.closest ? target.closest("div[class*='st-key-card_']") : null;
-      if (!card || target.closest("button, a, input, textarea, select, [role=button], [role=combobox]")) return;
-      const select = Array.from(card.querySelectorAll("button")).find(
-        (b) => !b.disabled && b.innerText.includes("Select "));  // the icon's ligature comes first
-      if (select) select.click();
+      if (!card) return;
+      const onSelect = target.closest("[class*='st-key-select_']");
+      if (!onSelect && target.closest("button, a, input, textarea, select, [role=button], [role=combobox]")) return;
+      if (!onSelect) {
+        const select = Array.from(card.querySelectorAll("[class*='st-key-select_'] button")).find((b) => !b.disabled);
+        if (!select) return;
+        select.click();
+      }
+      const viewer = document.querySelector(".st-key-dl_viewer_pane");
+      if (viewer && window.innerWidth <= 640) viewer.scrollIntoView({block: "start"});
     });
   `)();
 }
@@ -345,10 +352,11 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
     pred = current_prediction(upload, model)
     st.subheader(f"Viewer: {upload.name}")
     navigation(upload, order if order is not None else list(state.uploads()))
-    review_inputs(upload)
     shown = pred  # what the viewer reveals: nothing of a not-assessable image unless asked for
-    if pred is not None and not ui.assessable(pred) and not ui.render_not_assessable(pred, f"show_anyway_{upload.id}"):
+    if pred is not None and not ui.assessable(pred) and not ui.render_not_assessable(
+            pred, f"show_anyway_{upload.id}", upload.name):
         shown = None
+    review_inputs(upload)
     target = resolve_target(cam["target"], upload) if shown is not None else None
     heat = heatmap(model, upload, target) if cam["enabled"] and shown is not None else None
     side_by_side = heat is not None and cam["mode"] == "Side by side"
@@ -369,7 +377,8 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
         if pred is None:
             st.info("No prediction yet: load a model to analyse this image.")
         elif shown is None:
-            st.info(f"{ui.NOT_ASSESSABLE_TITLE}. Use \"{ui.SHOW_ANYWAY}\" above to see the prediction.")
+            st.info(f"{ui.NOT_ASSESSABLE_TITLE}. Use \"{ui.SHOW_ANYWAY}\" above to see the prediction.",
+                    icon=":material/block:")
         else:
             st.markdown(f"### Most likely: {ui.class_label(pred.top_class)}")
             ui.render_risk(pred, model.predictor.risk, model.predictor.card)
@@ -477,9 +486,16 @@ def patient_group_inputs(uploads: list[state.Upload]) -> None:
 
 #: On screens wide enough for side-by-side columns (Streamlit stacks them at 640 px and below), the
 #: gallery's column is drawn left of the viewer's; the page (and screen reader) order stays viewer first.
+#: The viewer's column sticks below the app header and scrolls on its own, so it stays in view while
+#: the clinician scrolls down a long gallery and clicks a card there.
 MASTER_DETAIL_CSS = """<style>
 @media (min-width: 641px) {
   [data-testid="stColumn"]:has(.st-key-dl_gallery_pane) { order: -1; }
+  .st-key-dl_gallery_pane { padding-bottom: 40vh; }  /* room for the sticky viewer beside the last cards */
+  [data-testid="stColumn"]:has(.st-key-dl_viewer_pane) {
+    position: sticky; top: 3.75rem; align-self: flex-start;
+    max-height: calc(100vh - 4.5rem); overflow-y: auto; overscroll-behavior: contain;
+  }
 }
 </style>"""
 
@@ -550,7 +566,7 @@ def main() -> None:
         shown = gallery(uploads, ready)
     selected = state.selected()
     if selected is not None:
-        with detail:
+        with detail, st.container(key="dl_viewer_pane"):
             viewer(selected, ready, cam, reference, [u.id for u, _ in shown])
     if ready is not None:
         st.divider()

@@ -126,15 +126,18 @@ def light_meaning(card: dict[str, Any], light: str) -> str:
         return ""
     share = _pct(row.get("share_malignant"))
     ng, red = test.get("not_green") or {}, test.get("red") or {}
+    caught = (f"yellow or red caught {_pct(ng.get('sensitivity'))} of the malignant lesions (sensitivity) while "
+              f"{_pct(ng.get('specificity'))} of benign lesions were green (specificity)")
     if light == "green":
-        return (f"Green: on this model's test split, {share} of green lesions were malignant; yellow or red "
-                f"caught {_pct(ng.get('sensitivity'))} of the malignant lesions.")
+        return f"Green: on this model's test split, {share} of green lesions were malignant; {caught}."
     if light == "red":
         return (f"Red: on this model's test split, {share} of red lesions were malignant; red was given to "
                 f"{_pct(red.get('sensitivity'))} of malignant and {_pct(1 - red['specificity'])} of benign lesions."
                 if red.get("specificity") is not None else f"Red: {share} of red lesions were malignant.")
+    shares = {name: _pct(((test.get("lights") or {}).get(name) or {}).get("share_malignant"))
+              for name in ("green", "red")}
     return (f"Yellow: between the two thresholds; on this model's test split {share} of yellow lesions were "
-            "malignant. Review it clinically.")
+            f"malignant (green {shares['green']}, red {shares['red']}); {caught}. Review it clinically.")
 
 
 def band_accuracy_sentence(card: dict[str, Any]) -> str:

@@ -26,12 +26,12 @@ def test_upload_many_formats_bad_file_in_place(app_env):
     assert sorted(u.name for u in uploads.values()) == ["lesion.bmp", "lesion.jpeg", "lesion.png", "lesion.tif"]
     assert all(u.prediction is not None and u.prediction.image == u.name for u in uploads.values())
     assert len(card_buttons(at)) == 4
-    # Each card: top class + probability and a traffic light with words, at the card's top-right.
+    # Each card: top class (no percentage) and a traffic light with words, at the card's top-right.
     heads = [m.value for m in at.markdown if 'class="dl-card-head"' in str(m.value)]
     assert len(heads) == 4
     for upload_, head in zip(uploads.values(), heads, strict=True):
         pred = upload_.prediction
-        assert f"{pred.top_class} · {pred.top_probability:.0%}" in head
+        assert f">{pred.top_class}</span>" in head and "·" not in head  # no percentage: one number, the risk score
         assert f"dl-light-{pred.traffic_light}" in head and "risk" in head
     assert "Gallery (4 images)" in texts(at.subheader)
     # The benign vs malignant bars and the bars of every class of the selected image.

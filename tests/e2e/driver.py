@@ -106,7 +106,8 @@ def open_app(page: Any, url: str, timeout_ms: float = 120_000) -> None:
     """Load the dashboard and wait until the uploader is there and the model is loaded."""
     page.goto(url, wait_until="domcontentloaded", timeout=timeout_ms)
     page.wait_for_selector(UPLOAD_INPUT, state="attached", timeout=timeout_ms)
-    page.get_by_text("Full model card").wait_for(timeout=timeout_ms)
+    # In the sidebar, which starts collapsed on phones: attached, not necessarily visible.
+    page.get_by_text("Full model card").wait_for(state="attached", timeout=timeout_ms)
 
 
 def upload(page: Any, files: Sequence[str | Path], timeout_ms: float = 120_000) -> None:

@@ -145,11 +145,20 @@ def test_worklist_of_ten_images_on_the_bundled_model(browser_ready, shared_data,
             for i in range(10):  # every image analysed
                 expect(cards.nth(i).locator(".dl-light")).to_have_count(1)
             driver.wait_idle(page)
-            # Phone width: the viewer is above the gallery, so it is reached without scrolling past it.
+            # Phone width: the sidebar starts collapsed (it would cover the image) and the viewer is above
+            # the gallery, so it is reached without scrolling past it.
+            expect(page.get_by_test_id("stSidebar")).to_have_attribute("data-collapsed", "true")
             viewer_title = page.get_by_text(f"Viewer: {images[0].name}")
             expect(viewer_title).to_be_visible()
             assert viewer_title.bounding_box()["y"] < cards.first.bounding_box()["y"]
             assert viewer_title.bounding_box()["y"] < 1500
+
+            # A click on a card far down the gallery brings the viewer (above it) back on screen.
+            cards.nth(8).evaluate("card => card.scrollIntoView({block: 'end'})")
+            cards.nth(8).locator("img").first.click()
+            phone_title = page.get_by_text(f"Viewer: {card_name(cards.nth(8))}")
+            expect(phone_title).to_be_in_viewport()
+            driver.wait_idle(page)
 
             page.set_viewport_size({"width": 1600, "height": 1100})
             names = [card_name(cards.nth(i)) for i in range(10)]
@@ -165,14 +174,28 @@ def test_worklist_of_ten_images_on_the_bundled_model(browser_ready, shared_data,
             page.keyboard.press("ArrowLeft")
             expect(page.get_by_text(f"Viewer: {names[2]}")).to_be_visible()
             driver.wait_idle(page)
+            # The viewer stays in view: scrolled down to the last card and clicked, it is on screen there.
+            cards.nth(9).evaluate("card => card.scrollIntoView({block: 'end'})")
+            cards.nth(9).locator("img").first.click()
+            last_title = page.get_by_text(f"Viewer: {names[9]}")
+            expect(last_title).to_be_visible()
+            driver.wait_idle(page)
+            box = last_title.bounding_box()
+            assert 0 <= box["y"] < 1100, f"the viewer scrolled out of view: title at y = {box['y']}"
+            assert cards.nth(9).bounding_box()["y"] < 1100  # and the clicked card is still on screen too
+            cards.nth(2).locator("img").first.click()
+            expect(page.get_by_text(f"Viewer: {names[2]}")).to_be_visible()
+            driver.wait_idle(page)
 
             # Filter to red: only the red cards stay.
             lights = {card_name(cards.nth(i)): cards.nth(i).locator(".dl-light").get_attribute("aria-label").split()[0]
                       for i in range(10)}
             red = sorted(n for n, light in lights.items() if light == "Red")
             assert red, f"the bundled model lit none of these melanomas and naevi red: {lights}"
-            page.locator(".st-key-gallery_lights").click()
-            page.get_by_role("option", name="High risk").click()
+            page.locator(".st-key-gallery_lights input").click()
+            page.keyboard.type("High risk")  # the list filters to the one option; Enter picks it
+            expect(page.get_by_role("option", name="High risk")).to_be_visible()
+            page.keyboard.press("Enter")
             page.keyboard.press("Escape")
             expect(cards).to_have_count(len(red))
             assert sorted(card_name(cards.nth(i)) for i in range(len(red))) == red

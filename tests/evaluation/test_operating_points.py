@@ -89,6 +89,13 @@ def test_each_light_is_explained_in_words_from_the_test_split():
     red_share = label[risk >= cfg.yellow_below].mean()
     assert f"{100 * red_share:.1f}% of red lesions were malignant" in light_meaning(card, "red")
     assert "caught" in light_meaning(card, "green") and "yellow" in light_meaning(card, "yellow").lower()
+    test = card["operating_points"]["test"]
+    sens, spec = (f"{100 * test['not_green'][k]:.1f}%" for k in ("sensitivity", "specificity"))
+    for light in ("green", "yellow"):  # each names the sensitivity and specificity of "not green"
+        assert f"{sens} of the malignant lesions (sensitivity)" in light_meaning(card, light)
+        assert f"{spec} of benign lesions were green (specificity)" in light_meaning(card, light)
+    yellow_share = test["lights"]["yellow"]["share_malignant"]
+    assert f"{100 * yellow_share:.1f}% of yellow lesions were malignant" in light_meaning(card, "yellow")
     assert light_meaning({}, "red") == ""  # an older bundle without operating points says nothing rather than guess
     text = "\n".join(operating_points_markdown(card))
     assert "| red |" in text and "chosen on the validation split" in text
