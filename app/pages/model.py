@@ -10,6 +10,7 @@ import streamlit as st
 from app import card_view, resources, state
 from app import components as ui
 from backend.evaluation.card_sections import operating_points_markdown
+from backend.inference.quality import FLAG_CODES
 
 
 def _section(title: str, value: Any) -> None:
@@ -22,6 +23,35 @@ def _section(title: str, value: Any) -> None:
         st.markdown("\n".join(f"- {item}" for item in value))
     else:
         st.dataframe(card_view.setting_rows(value), hide_index=True)
+
+
+def _settings_section(title: str, value: Any, sentence: str) -> None:
+    """A card section as one plain sentence, with its settings (no paths, no tensor names) folded below."""
+    if not isinstance(value, dict) or not value:
+        return
+    st.subheader(title)
+    if sentence:
+        st.markdown(sentence)
+    rows = card_view.setting_rows(value)
+    if rows:
+        with st.expander("Settings"):
+            st.dataframe(rows, hide_index=True)
+
+
+def _validation_metrics(metrics: dict[str, Any]) -> None:
+    """The validation split's figures with readable names, scores to 3 decimals; per-class figures apart."""
+    rows = card_view.validation_rows(metrics)
+    per_class = card_view.validation_class_rows(metrics, ui.class_label)
+    if not rows and not per_class:
+        return
+    st.subheader("Validation metrics")
+    st.caption("On the validation split, which chose the training checkpoint, the calibration and the "
+               "traffic-light thresholds: the test-split figures are the unbiased ones.")
+    if rows:
+        st.dataframe(rows, hide_index=True)
+    if per_class:
+        st.markdown("**Per class** (validation split)")
+        st.dataframe(per_class, hide_index=True)
 
 
 def _test_figures(card: dict[str, Any]) -> None:
@@ -70,21 +100,20 @@ def main() -> None:
     _section("Intended use", card.get("intended_use"))
     _section("Limitations", card.get("limitations"))
     _test_figures(card)
-    metrics = card.get("validation_metrics") or {}
-    if metrics:
-        st.subheader("Validation metrics")
-        st.dataframe([{"metric": k, "value": v} for k, v in metrics.items()], hide_index=True)
+    _validation_metrics(card.get("validation_metrics") or {})
     st.subheader("Risk index and traffic light")
     weights = dict(predictor.risk.weights)
     st.markdown("risk = " + " + ".join(f"{w:g} × P({n})" for n, w in weights.items())
                 + f", clipped to [0, 1]; green below {predictor.risk.green_below:.3g}, "
                 f"red from {predictor.risk.yellow_below:.3g}, yellow in between.")
-    meaning = operating_points_markdown(card)
+    meaning = operating_points_markdown(card_view.without_paths(card))
     if meaning:
         st.markdown("\n".join(meaning[2:]))  # without the section heading: the subheader above names it
-    _section("Calibration", card.get("calibration"))
-    _section("Preprocessing", card.get("preprocessing"))
-    _section("Out-of-distribution statistics", card.get("ood"))
+    calibration, pre, ood = (card.get(k) or {} for k in ("calibration", "preprocessing", "ood"))
+    _settings_section("Calibration", calibration, card_view.calibration_sentence(calibration))
+    _settings_section("Preprocessing", pre, card_view.preprocessing_sentence(pre))
+    _settings_section("Out-of-distribution check", ood,
+                      card_view.ood_sentence(ood, FLAG_CODES["out_of_distribution"]) if ood else "")
     _section("Classes", [ui.class_label(c) for c in predictor.classes])
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
+from pathlib import Path
 
 from app import card_view
 from backend.io.bundle import read_card, write_card
@@ -126,3 +128,90 @@ def test_model_page_shows_no_raw_json_and_no_server_path(app_env):
     assert any("Calibration temperature (1 = unchanged)" in set(t["Setting"]) for t in settings)
     shown = "\n".join([texts(at.markdown), texts(at.caption)])
     assert str(app_env.fusion.parent) not in shown and "Model file: " in shown
+
+
+BUNDLED = Path(__file__).resolve().parents[2] / "assets" / "models" / "default"
+#: What the issue forbids on a clinic's screen: server paths, tensor names, estimator jargon, raw metric keys.
+RAW = ("runs/", ".csv", "Ledoit", "Tensors", "tensors", "ood_stats", "val/", "{", "}")
+LONG_FLOAT = re.compile(r"\d\.\d{4,}")
+
+
+def _cells(at) -> list[str]:
+    return [str(cell) for df in at.dataframe for column in df.value.columns
+            for cell in [column, *df.value[column].tolist()]]
+
+
+def test_model_page_reads_the_bundled_card_in_words(tmp_path, monkeypatch):
+    bundle = tmp_path / "models" / "default"
+    shutil.copytree(BUNDLED, bundle)
+    card = read_card(bundle)
+    card["validation_metrics"]["val/brier_score"] = 0.123456789  # an unknown key gets a readable name
+    write_card(bundle, card)
+    monkeypatch.setenv("DERMALENS_MODELS_DIR", str(bundle.parent))
+    monkeypatch.setenv("DERMALENS_MODEL", str(bundle))
+    at = new_app().run()
+    at.switch_page("pages/model.py").run()
+    assert not at.exception
+    cells = _cells(at)
+    # The risk section gives its thresholds to 4 decimals on purpose (a cut-off, not a score): only it may.
+    prose = [str(e.value) for e in [*at.markdown, *at.caption, *at.warning, *at.subheader]
+             if "risk index" not in str(e.value) and "risk =" not in str(e.value)]
+    shown = "\n".join([*cells, *prose])
+    for raw in RAW:
+        assert raw not in shown, raw
+    assert not LONG_FLOAT.findall(shown)
+    assert len(at.json) == 0
+    chosen = "\n".join(str(e.value) for e in at.markdown if "risk index" in str(e.value))
+    assert "chosen on the validation split (2158 images)" in chosen and "runs/" not in chosen
+
+    metrics = {r: v for t in (df.value for df in at.dataframe) if list(t.columns) == ["metric", "value"]
+               for r, v in zip(t["metric"], t["value"], strict=True)}
+    assert metrics["Malignant vs benign AUROC"] == "0.896" and metrics["8-class balanced accuracy"] == "0.658"
+    assert metrics["8-class accuracy"] == "0.736" and metrics["Images"] == "2158"
+    assert metrics["Brier score"] == "0.123"
+    per_class = next(t for t in (df.value for df in at.dataframe) if "recall (sensitivity)" in t)
+    assert per_class.iloc[0]["class"].startswith("MEL") and per_class.iloc[0]["recall (sensitivity)"] == "0.470"
+
+    headers = [h.value for h in at.subheader]
+    assert {"Validation metrics", "Calibration", "Preprocessing", "Out-of-distribution check"} <= set(headers)
+    text = texts(at.markdown)
+    assert ("Probabilities calibrated by temperature scaling (T = 0.483) on the validation split (1974 images "
+            "with a diagnosis); expected calibration error 0.339 → 0.186") in text
+    assert "160 px" in text and "Shades of Gray" in text and "input scaled to [-1, 1]" in text
+    assert "99th percentile of 5000 training images" in text and "unlike the images the model was trained on" in text
+    settings = {r: v for t in (df.value for df in at.dataframe) if "Setting" in t
+                for r, v in zip(t["Setting"], t["Value"], strict=True)}
+    assert settings["Fitted on"] in ("the validation split (1974 images with a diagnosis)",
+                                     "the training split (5000 images)")
+    assert settings["Out-of-distribution threshold"] == "74.109"
+    # what stays: status, intended use, limitations, test figures, the risk index
+    assert "Decision support for trying the tool" in texts(at.warning)
+    assert {"Intended use", "Limitations", "Test-split figures", "Risk index and traffic light"} <= set(headers)
+
+
+def test_card_sections_in_words():
+    assert card_view.plain_source("val split of runs/a/splits.csv (12 images)") == "the validation split (12 images)"
+    assert card_view.plain_source("train split of C:\\data\\splits.csv") == "the training split"
+    assert card_view.plain_source("see /srv/x/labels.csv now") == "see now"
+    assert card_view.validation_rows({"val/auroc_malignant": 0.7355623100303952, "val/f1/MEL": 0.5,
+                                      "val/n_images": 40.0, "val/auroc_melanoma": math.nan}) == [
+        {"metric": "Malignant vs benign AUROC", "value": "0.736"},
+        {"metric": "Melanoma vs rest AUROC", "value": "n/a"},
+        {"metric": "Images", "value": "40"},
+    ]
+    assert card_view.validation_class_rows({"f1/MEL": 0.5, "support/MEL": 3.0}) == [
+        {"class": "MEL", "images": "3", "precision": "n/a", "recall (sensitivity)": "n/a", "F1": "0.500",
+         "AUROC (vs rest)": "n/a"}]
+    assert card_view.calibration_sentence({"method": "none (raw checkpoint)", "temperature": 1.0}) == (
+        "Probabilities are the network's raw outputs, not calibrated.")
+    assert card_view.calibration_sentence({"method": "temperature scaling", "fitted_on": None, "temperature": 1.0}) == (
+        "Probabilities calibrated by temperature scaling (T = 1, i.e. unchanged).")
+    assert card_view.preprocessing_sentence({"img_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.2, 0.2, 0.2],
+                                             "color_constancy": False, "hair_removal": True}) == (
+        "Images resized to 224 px (shorter side) and centre-cropped to a square, no colour constancy, hair removed "
+        "digitally, input normalised (mean 0.485, 0.456, 0.406, spread 0.2, 0.2, 0.2).")
+    assert "95th percentile of the training images" in card_view.ood_sentence({"percentile": 95})
+    rows = card_view.setting_rows({"method": "Mahalanobis distance, Ledoit-Wolf shrunk covariance",
+                                   "tensors": ["ood_stats.mean"], "threshold": 74.10929723443951})
+    assert rows == [{"Setting": "Method", "Value": "Mahalanobis distance of the model's image features"},
+                    {"Setting": "Out-of-distribution threshold", "Value": "74.109"}]
