@@ -4,9 +4,12 @@
 column and optional ``age_approx``, ``sex``, ``anatom_site_general`` (relative paths resolve
 against ``--img_dir``, default the CSV's folder). One output row per image::
 
-    image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK,malignant,risk,traffic_light,model_light,thickness_mm,thickness_band,flags
+    image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK,malignant,risk,traffic_light,model_light,thickness_mm,thickness_band,
+    flags,quality_reasons
 
-(``UNK`` is 0: the model has no UNK output; ``flags`` lists quality-gate codes separated by ``;``).
+(one line in the file; ``UNK`` is 0: the model has no UNK output; ``flags`` lists quality-gate codes
+separated by ``;``, e.g. ``too_dark;blurred``, and ``quality_reasons`` the same flags' reasons in plain
+words, in the same order, separated by ``"; "``; both are empty for an image the gate did not flag).
 ``traffic_light`` is ``grey`` (not assessable: retake the image) for any flagged image;
 ``model_light`` is the model's own light from the risk alone.
 With ``--reference LIBRARY`` (built by ``scripts.build_reference`` with the same model) three

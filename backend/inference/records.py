@@ -3,8 +3,9 @@
 :class:`RawOutputs` is what a forward pass gives (calibrated probabilities, logits, thickness,
 features); :class:`Prediction` is one image's result with its risk, traffic light, thickness band
 and quality flags, built by :meth:`Prediction.from_outputs`. :data:`OUTPUT_COLUMNS` and
-:meth:`Prediction.to_row` define a batch-prediction CSV row (``scripts/predict.py``, the app's
-export), and :func:`csv_value` how a value is written there (floats to 6 decimals).
+:meth:`Prediction.to_row` define a batch-prediction CSV row (``scripts/predict.py``; the app's
+export has its own columns, ``app/report.py``), and :func:`csv_value` how a value is written there
+(floats to 6 decimals).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from backend.inference.risk import NOT_ASSESSABLE, RiskConfig, assessed_light, r
 #: Columns of a batch-prediction CSV, in order.
 OUTPUT_COLUMNS: tuple[str, ...] = (
     "image", *DIAGNOSES, "UNK", "malignant", "risk", "traffic_light", "model_light", "thickness_mm", "thickness_band",
-    "flags",
+    "flags", "quality_reasons",
 )
 #: Decimals of the floats in a batch-prediction CSV.
 CSV_DECIMALS = 6
@@ -130,8 +131,21 @@ class Prediction:
         """False when the light is grey: the image cannot be assessed and should be retaken."""
         return self.traffic_light != NOT_ASSESSABLE
 
+    @property
+    def quality_reasons(self) -> list[str]:
+        """The plain-word reason of each quality flag, in flag order (empty when none).
+
+        A flag without a recorded reason falls back to its code with spaces (``too_dark`` -> ``too dark``).
+        """
+        return [self.flag_reasons.get(code) or code.replace("_", " ") for code in self.flags]
+
     def to_row(self) -> dict[str, Any]:
-        """One row of ``scripts/predict.py`` output (see :data:`OUTPUT_COLUMNS`), values unformatted."""
+        """One row of ``scripts/predict.py`` output (see :data:`OUTPUT_COLUMNS`), values unformatted.
+
+        ``flags`` holds the machine-readable codes joined by ``;`` (``too_dark;blurred``);
+        ``quality_reasons`` the same flags' plain-word reasons (:attr:`quality_reasons`) joined by ``"; "``,
+        so a reader of the CSV sees why an image is grey.
+        """
         row: dict[str, Any] = {"image": self.image}
         row.update({name: self.probabilities[name] for name in DIAGNOSES})
         row["UNK"] = 0.0
@@ -139,6 +153,7 @@ class Prediction:
             "malignant": self.malignant, "risk": self.risk, "traffic_light": self.traffic_light,
             "model_light": self.model_light,
             "thickness_mm": self.thickness_mm, "thickness_band": self.thickness_band, "flags": ";".join(self.flags),
+            "quality_reasons": "; ".join(self.quality_reasons),
         })
         return row
 

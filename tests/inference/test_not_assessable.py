@@ -13,6 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.data.schema import DIAGNOSES
+from backend.inference.quality import QualityFlag
+from backend.inference.records import OUTPUT_COLUMNS, Prediction
+from backend.inference.risk import RiskConfig
 from scripts.predict import main
 from tests.inference.tiny import lesions, tiny_predictor, train_tiny_checkpoint
 
@@ -52,6 +56,20 @@ def test_tiny_square_reason_names_its_size(predictor):
     assert "The image is too dark or blank" in black.flag_reasons["too_dark"]
 
 
+def test_row_has_plain_reasons_after_the_codes():
+    flags = [QualityFlag("too_dark", "The image is too dark or blank to assess: retake it with more light."),
+             QualityFlag("blurred", "The image is too blurred to assess: retake it in focus.")]
+    probs = np.full(len(DIAGNOSES), 1 / len(DIAGNOSES))
+    row = Prediction.from_outputs("x.png", probs, 0.5, flags, RiskConfig()).to_row()
+    assert list(row) == list(OUTPUT_COLUMNS)
+    assert OUTPUT_COLUMNS.index("quality_reasons") == OUTPUT_COLUMNS.index("flags") + 1
+    assert row["traffic_light"] == "grey" and row["flags"] == "too_dark;blurred"
+    assert row["quality_reasons"] == ("The image is too dark or blank to assess: retake it with more light.; "
+                                      "The image is too blurred to assess: retake it in focus.")
+    clean = Prediction.from_outputs("y.png", probs, 0.5, [], RiskConfig()).to_row()
+    assert clean["flags"] == "" and clean["quality_reasons"] == ""
+
+
 def test_normal_image_keeps_its_colour(predictor):
     for result in predictor.predict(lesions(3, size=96, seed=5)):
         assert result.flags == [] and result.assessable
@@ -74,6 +92,13 @@ def test_predict_cli_writes_grey_for_unassessable_rows(tmp_path, capsys):
     for name in bad_images():
         assert rows[name]["flags"] and rows[name]["traffic_light"] == "grey", rows[name]
         assert rows[name]["model_light"] in COLOURS
-    assert rows["normal.png"]["flags"] == ""
+        # Why it is grey, in words a clinician reads; the codes stay in ``flags``.
+        reasons = rows[name]["quality_reasons"]
+        assert reasons.startswith("The image is") and "retake" in reasons.lower(), rows[name]
+        assert "_" not in reasons and reasons != rows[name]["flags"], rows[name]  # no code like too_dark
+    assert "too small" in rows["tiny_square.png"]["quality_reasons"]
+    assert "too dark or blank" in rows["black_frame.png"]["quality_reasons"]
+    assert "blurred" in rows["blurred.png"]["quality_reasons"]
+    assert rows["normal.png"]["flags"] == "" and rows["normal.png"]["quality_reasons"] == ""
     assert rows["normal.png"]["traffic_light"] in COLOURS
     assert rows["normal.png"]["traffic_light"] == rows["normal.png"]["model_light"]

@@ -21,7 +21,7 @@ from tests.conftest import REPO_ROOT
 from tests.inference.tiny import lesions, train_tiny_checkpoint
 
 EXPECTED_COLUMNS = ["image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK", "malignant", "risk",
-                    "traffic_light", "model_light", "thickness_mm", "thickness_band", "flags"]
+                    "traffic_light", "model_light", "thickness_mm", "thickness_band", "flags", "quality_reasons"]
 
 
 @pytest.fixture(scope="module")
