@@ -145,10 +145,7 @@ def card_header_html(pred: Any) -> str:
     No percentage: the one "how worried" number is the viewer's risk score, so the card does not show a
     second one. An image that is not assessable shows no diagnosis, only its grey light.
     """
-    if pred is None or not assessable(pred):
-        head = "&nbsp;"
-    else:
-        head = html.escape(pred.top_class)
+    head = "&nbsp;" if pred is None or not assessable(pred) else html.escape(pred.top_class)
     return (
         '<div class="dl-card-head" style="display:flex;justify-content:space-between;align-items:center;'
         f'gap:0.4rem;margin-bottom:0.2rem"><span style="font-weight:700">{head}</span>'
