@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `streamlit run app/main.py` from a clone without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-st.set_page_config(page_title="DermaLens", page_icon="🔬", layout="wide", initial_sidebar_state="auto")  # collapsed on phones
+# "auto": the sidebar starts open on wide screens and collapsed on phones, where it would cover the image.
+st.set_page_config(page_title="DermaLens", page_icon="🔬", layout="wide", initial_sidebar_state="auto")
 PAGES = Path(__file__).resolve().parent / "pages"
 st.navigation([
     st.Page(PAGES / "triage.py", title="Triage", icon=":material/biotech:", default=True),
