@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from app.components import CLASS_NAMES
-from app.report_pdf import pdf_report, printable, report_fields
+from app.report_pdf import pdf_report, printable, report_fields, result_hidden
 from backend.data.schema import DIAGNOSES
 from backend.inference.explain import overlay, seen_mask
 
@@ -151,6 +151,9 @@ def render_report(
     risk_weights: dict[str, float] | None = None,
     created: datetime | None = None,
     light_meaning: str = "",
+    patient_id: str = "",
+    lesion_id: str = "",
+    show_model_result: bool = False,
 ) -> Any:
     """Draw the one-page report as a Pillow RGB image (see :func:`build_report`)."""
     from PIL import Image, ImageDraw
@@ -176,6 +179,9 @@ def render_report(
         y += 26
     y += 14
 
+    hidden = result_hidden(prediction, show_model_result)
+    if hidden:
+        overlay = None  # a Grad-CAM is part of the result the report leaves out
     half = (width - 30) // 2
     _paste_fitted(page, image, (margin, y, half, 480))
     draw.text((margin, y + 488), "Image", font=small, fill=(60, 60, 60))
@@ -183,14 +189,16 @@ def render_report(
         _paste_fitted(page, overlay, (margin + half + 30, y, half, 480))
         draw.text((margin + half + 30, y + 488), f"Grad-CAM overlay: {cam_target}", font=small, fill=(60, 60, 60))
     else:
-        draw.text((margin + half + 30, y + 220), "Grad-CAM not available", font=body, fill=(120, 120, 120))
+        draw.text((margin + half + 30, y + 220), "Grad-CAM not reported" if hidden else "Grad-CAM not available",
+                  font=body, fill=(120, 120, 120))
     y += 530
 
     pred = prediction
     if pred.traffic_light == "grey":
         draw.text((margin, y), "Not assessable: retake the image.", font=head, fill=(90, 90, 90))
         y += 44
-    fields = report_fields(pred, metadata, light_meaning)
+    fields = report_fields(pred, metadata, light_meaning, patient_id=patient_id, lesion_id=lesion_id,
+                           show_model_result=show_model_result)
     for name, value in fields:
         if name == "Risk light":
             colour = _LIGHT_RGB.get(pred.traffic_light, (150, 150, 150))
@@ -200,6 +208,8 @@ def render_report(
             draw.text((margin + 40, y), line, font=body, fill=(30, 30, 30))
             y += 32
         y += 6
+    if hidden:
+        return page
     weights = risk_weights or {}
     if weights:
         formula = "Risk index = " + " + ".join(f"{w:g} × P({n})" for n, w in weights.items()) + ", clipped to [0, 1]"
@@ -237,7 +247,9 @@ def build_report(image: np.ndarray, overlay: np.ndarray | None, prediction: Any,
         fmt: ``png`` or ``pdf``.
         **kwargs: ``image_name``, ``model_name``, ``model_version`` (required), ``cam_target``,
             ``metadata``, ``risk_weights``, ``created``, ``light_meaning`` (what the light meant on the
-            model's test split, added to the plain meaning; see :func:`render_report`).
+            model's test split, added to the plain meaning; see :func:`render_report`), ``patient_id``,
+            ``lesion_id`` and ``show_model_result`` (a not-assessable image's result is left out of the
+            report unless True, as on screen).
 
     Raises:
         ValueError: On an unknown format.

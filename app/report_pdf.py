@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from app.components import CLASS_NAMES
+from backend.inference.risk import melanoma_likely
 
 #: Words of each light for people (the colour is never the only cue).
 LIGHT_WORDS: dict[str, str] = {
@@ -55,42 +56,70 @@ def printable(text: Any, limit: int = 100) -> str:
     return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
 
-def light_fields(prediction: Any, meaning: str = "") -> tuple[str, str]:
+def light_fields(prediction: Any, meaning: str = "", show_model_result: bool = False) -> tuple[str, str]:
     """``(Risk light, What the light means)`` of a prediction, in words.
 
-    A grey (not assessable) prediction names the model's own light too, as shown on request.
+    A grey (not assessable) prediction names the model's own light only when the clinician asked to
+    see the model's result anyway (``show_model_result``).
     """
     light = prediction.traffic_light
     words = LIGHT_WORDS.get(light, light)
     model_light = getattr(prediction, "model_light", light) or light
-    if light == "grey" and model_light != light:
+    if light == "grey" and show_model_result and model_light != light:
         words += f" (the model's own light, shown on request: {LIGHT_WORDS.get(model_light, model_light)})"
     explained = " ".join(part for part in (LIGHT_MEANINGS.get(light, ""), meaning) if part)
     return words, explained
 
 
-def report_fields(prediction: Any, metadata: dict[str, Any] | None = None, light_meaning: str = "") -> list[
+def result_hidden(prediction: Any, show_model_result: bool) -> bool:
+    """Whether a report leaves the model's result out: a not-assessable image the clinician did not unhide."""
+    return prediction.traffic_light == "grey" and not show_model_result
+
+
+def thickness_field(prediction: Any) -> str:
+    """The Breslow estimate as a band (never two decimals), muted when melanoma is not a likely class."""
+    band = prediction.thickness_band or "unknown"
+    p_mel = prediction.probabilities.get("MEL", 0.0)
+    caveat = "applies only if the lesion is a melanoma; never a substitute for histopathology"
+    if melanoma_likely(prediction.probabilities):
+        return f"band {band} ({caveat})"
+    return f"melanoma unlikely here (probability {p_mel:.0%}); if it were one, band {band} ({caveat})"
+
+
+def report_fields(prediction: Any, metadata: dict[str, Any] | None = None, light_meaning: str = "", *,
+                  patient_id: str = "", lesion_id: str = "", show_model_result: bool = False) -> list[
         tuple[str, str]]:
-    """The report's ``(field name, value)`` lines, in reading order."""
+    """The report's ``(field name, value)`` lines, in reading order.
+
+    A not-assessable image's diagnosis, probabilities, risk and thickness are left out unless the
+    clinician asked to see the model's result anyway (``show_model_result``), as on screen.
+    """
     pred = prediction
-    light, meaning = light_fields(pred, light_meaning)
+    light, meaning = light_fields(pred, light_meaning, show_model_result)
     top = pred.top_class
     reasons = [pred.flag_reasons.get(code, code.replace("_", " ")) for code in pred.flags]
     given = {k: v for k, v in (metadata or {}).items() if v not in (None, "")}
     names = {"age_approx": "age", "sex": "sex", "anatom_site_general": "site"}
     meta = ", ".join(f"{names.get(k, k)} {printable(v, 40)}" for k, v in given.items()) or "none given"
     used = "used by the model" if pred.metadata_used else "not used by the model"
+    ids = [("Patient ID", printable(patient_id, 60) or "not given"), ("Lesion ID", printable(lesion_id, 60) or
+                                                                     "not given")]
+    quality = ("Image quality", " ".join(reasons) if reasons else "No issues detected.")
+    if result_hidden(pred, show_model_result):
+        return [*ids, ("Risk light", light), ("What the light means", meaning), quality,
+                ("Model's result", "Not reported: the image cannot be assessed. Retake it; on screen, \"Show the "
+                                   "model's result anyway\" adds the result to a new report."),
+                ("Patient metadata", f"{meta} ({used})")]
     return [
+        *ids,
         ("Most likely diagnosis", f"{CLASS_NAMES.get(top, top)} ({top}), probability {pred.top_probability:.1%}"),
         ("Probability of malignancy", f"{pred.malignant:.1%} (melanoma + basal cell carcinoma + squamous cell "
                                       f"carcinoma); benign {pred.benign:.1%}"),
         ("Risk index", f"{pred.risk:.3f} (0 to 1)"),
         ("Risk light", light),
         ("What the light means", meaning),
-        ("Estimated Breslow thickness", f"{pred.thickness_mm:.2f} mm (band {pred.thickness_band or 'unknown'}); "
-                                        "applies only if the lesion is a melanoma, never a substitute for "
-                                        "histopathology"),
-        ("Image quality", " ".join(reasons) if reasons else "No issues detected."),
+        ("Estimated Breslow thickness", thickness_field(pred)),
+        quality,
         ("Patient metadata", f"{meta} ({used})"),
     ]
 
@@ -148,8 +177,12 @@ class _Writer:
 def pdf_report(image: np.ndarray, overlay: np.ndarray | None, prediction: Any, *, image_name: str,
                model_name: str, model_version: str, cam_target: str = "", metadata: dict[str, Any] | None = None,
                risk_weights: dict[str, float] | None = None, created: datetime | None = None,
-               light_meaning: str = "") -> bytes:
+               light_meaning: str = "", patient_id: str = "", lesion_id: str = "",
+               show_model_result: bool = False) -> bytes:
     """The one-page report as PDF bytes with a text layer (arguments as ``app.report.build_report``)."""
+    hidden = result_hidden(prediction, show_model_result)
+    if hidden:
+        overlay = None  # a Grad-CAM is part of the result the report leaves out
     created = created or datetime.now(timezone.utc)
     out = _Writer()
     pdf = out.pdf
@@ -168,8 +201,9 @@ def pdf_report(image: np.ndarray, overlay: np.ndarray | None, prediction: Any, *
     pdf.ln(2)
     if prediction.traffic_light == "grey":
         out.line("Not assessable: retake the image.", size=13, bold=True, colour=(90, 90, 90), height=7)
-        out.line("The result below is the model's, shown for the record only: the image cannot be assessed.",
-                 size=10)
+        if not hidden:
+            out.line("The result below is the model's, shown on request for the record only: the image cannot be "
+                     "assessed.", size=10)
         pdf.ln(2)
 
     top, box_w, box_h, gap = pdf.get_y(), (pdf.epw - 8) / 2, 60.0, 8
@@ -181,11 +215,15 @@ def pdf_report(image: np.ndarray, overlay: np.ndarray | None, prediction: Any, *
     pdf.set_text_color(90, 90, 90)
     pdf.cell(box_w + gap, 4, "Lesion image")
     pdf.cell(box_w, 4, out.text(f"Grad-CAM overlay: {cam_target}" if overlay is not None
-                                else "Grad-CAM not available"), new_x="LMARGIN", new_y="NEXT")
+                                else "Grad-CAM not reported" if hidden else "Grad-CAM not available"),
+             new_x="LMARGIN", new_y="NEXT")
     pdf.ln(4)
 
-    for name, value in report_fields(prediction, metadata, light_meaning):
+    for name, value in report_fields(prediction, metadata, light_meaning, patient_id=patient_id,
+                                     lesion_id=lesion_id, show_model_result=show_model_result):
         out.field(name, value)
+    if hidden:
+        return bytes(pdf.output())
     weights = risk_weights or {}
     if weights:
         formula = " + ".join(f"{w:g} × P({n})" for n, w in weights.items())

@@ -35,7 +35,7 @@ METADATA_FIELDS: tuple[str, ...] = ("age_approx", "sex", "anatom_site_general")
 DECISIONS: tuple[str, ...] = ("Not reviewed", "Excise", "Biopsy", "Follow up", "Benign, no action")
 
 #: Prefixes of per-image widget keys, dropped with their image (and all of them on "Clear session").
-PER_IMAGE_KEYS: tuple[str, ...] = ("meta_", "decision_", "note_", "show_anyway_")
+PER_IMAGE_KEYS: tuple[str, ...] = ("meta_", "decision_", "note_", "show_anyway_", "pid_", "lid_")
 
 
 def upload_id(name: str, data: bytes) -> str:
@@ -66,6 +66,7 @@ class Upload:
             while not reviewed), exported with the results.
         note: The clinician's free-text note on this image.
         patient_id: Patient ID typed in for this image (exported; empty when not given).
+        lesion_id: Lesion ID typed in for this image (exported; empty when not given).
     """
 
     id: str
@@ -79,6 +80,7 @@ class Upload:
     decision: str = ""
     note: str = ""
     patient_id: str = ""
+    lesion_id: str = ""
 
     @property
     def name(self) -> str:
@@ -209,8 +211,9 @@ def unsaved_decisions() -> int:
     return sum(1 for u in uploads().values() if u.decision or u.note.strip())
 
 
-def set_review(uid: str, decision: str | None = None, note: str | None = None) -> None:
-    """Record the review ``decision`` (a :data:`DECISIONS` entry) and/or ``note`` of upload ``uid``."""
+def set_review(uid: str, decision: str | None = None, note: str | None = None, patient_id: str | None = None,
+               lesion_id: str | None = None) -> None:
+    """Record the review ``decision`` (a :data:`DECISIONS` entry), ``note``, patient or lesion ID of upload ``uid``."""
     upload = uploads().get(uid)
     if upload is None:
         return
@@ -218,6 +221,10 @@ def set_review(uid: str, decision: str | None = None, note: str | None = None) -
         upload.decision = "" if decision == DECISIONS[0] else decision
     if note is not None:
         upload.note = note
+    if patient_id is not None:
+        upload.patient_id = patient_id.strip()
+    if lesion_id is not None:
+        upload.lesion_id = lesion_id.strip()
 
 
 def apply_to_group(uids: list[str], patient_id: str = "", metadata: dict[str, Any] | None = None) -> int:
@@ -239,6 +246,7 @@ def apply_to_group(uids: list[str], patient_id: str = "", metadata: dict[str, An
             continue
         if patient_id:
             upload.patient_id = patient_id
+            st.session_state.pop(f"pid_{uid}", None)  # the viewer's own field shows the new ID
         upload.metadata.update(given)
         for name in METADATA_FIELDS:
             st.session_state.pop(f"meta_{name}_{uid}", None)

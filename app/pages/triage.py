@@ -331,7 +331,7 @@ def _set_review(uid: str, what: str, key: str) -> None:
 
 
 def review_inputs(upload: state.Upload) -> None:
-    """The clinician's decision and note for this image (kept on the upload, exported with the results)."""
+    """The clinician's decision, note, patient and lesion ID for this image (kept on the upload, exported)."""
     decision, note = st.columns([1, 2])
     current = upload.decision or state.DECISIONS[0]
     decision.selectbox(f"Decision for {upload.name}", state.DECISIONS, index=state.DECISIONS.index(current),
@@ -340,6 +340,13 @@ def review_inputs(upload: state.Upload) -> None:
     note.text_input(f"Note on {upload.name}", value=upload.note, key=f"note_{upload.id}",
                     on_change=_set_review, args=(upload.id, "note", f"note_{upload.id}"),
                     placeholder="Free text, exported with the results")
+    patient, lesion = st.columns(2)
+    patient.text_input(f"Patient ID of {upload.name}", value=upload.patient_id, key=f"pid_{upload.id}",
+                       on_change=_set_review, args=(upload.id, "patient_id", f"pid_{upload.id}"),
+                       placeholder="Optional, exported and printed on the report")
+    lesion.text_input(f"Lesion ID of {upload.name}", value=upload.lesion_id, key=f"lid_{upload.id}",
+                      on_change=_set_review, args=(upload.id, "lesion_id", f"lid_{upload.id}"),
+                      placeholder="Optional, e.g. the lesion's number on the body map")
 
 
 def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[str, Any],
@@ -405,6 +412,8 @@ def _report_maker(upload: state.Upload, model: resources.LoadResult, cam: dict[s
     prediction, opacity = upload.prediction, cam["opacity"] if cam["enabled"] else 0.4
     preprocessing = dict(predictor.preprocessing)
     meaning = "" if prediction.traffic_light == "grey" else light_meaning(card or {}, prediction.traffic_light)
+    ids = {"patient_id": upload.patient_id, "lesion_id": upload.lesion_id,
+           "show_model_result": bool(st.session_state.get(f"show_anyway_{upload.id}"))}
 
     def make() -> bytes:
         heat = cached if cached is not None else predictor.explain(
@@ -413,7 +422,7 @@ def _report_maker(upload: state.Upload, model: resources.LoadResult, cam: dict[s
             image, report.report_overlay(image, heat, opacity, preprocessing), prediction, fmt=fmt, image_name=name,
             model_name=str(card.get("name", "model")), model_version=str(card.get("version", "?")),
             cam_target=ui.target_label(target), metadata=metadata, risk_weights=dict(predictor.risk.weights),
-            created=datetime.now(timezone.utc), light_meaning=meaning)
+            created=datetime.now(timezone.utc), light_meaning=meaning, **ids)
 
     return make
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 import backend.data.images as images
 import backend.model_store as store
-from app import components, report, resources, state
+from app import components, report, report_pdf, resources, state
 from backend.data.schema import IMAGE_EXTENSIONS
 from backend.evaluation.card_sections import band_accuracy_sentence
 from backend.inference.inputs import PreparedInput
@@ -179,20 +179,55 @@ def test_pdf_report_has_a_text_layer_with_human_field_names():
         assert name in text, name
     assert "melanoma (MEL), probability 40.0%" in text and "lesion_7.jpg" in text
     assert "Red: high risk" in text and "40% of red lesions were malignant" in text and "52.0%" in text
+    assert "Patient ID not given" in text and "Lesion ID not given" in text
+    assert "Estimated Breslow thickness band 1-2 mm (applies only if" in text and "1.30" not in text
     reader = PdfReader(io.BytesIO(data))
     assert len(reader.pages) == 1 and len(reader.pages[0].images) == 2  # the image and its Grad-CAM
     assert set(reader.metadata) <= {"/Title", "/Creator", "/Producer", "/CreationDate"}
 
 
 def test_pdf_report_of_a_not_assessable_image_says_so():
+    from pypdf import PdfReader
+
     image = np.full((64, 64, 3), 20, np.uint8)
     pred = _prediction("grey", model_light="red", flags=["too_dark"],
                        flag_reasons={"too_dark": "The image is too dark or blank to assess: retake it."})
-    text = " ".join(_pdf_text(report.build_report(image, None, pred, fmt="pdf", image_name="x.jpg",
-                                                  model_name="M", model_version="1")).split())
+    kwargs = dict(fmt="pdf", image_name="x.jpg", model_name="M", model_version="1", patient_id="P-17",
+                  lesion_id="back 3")
+    # As on screen, the model's result is left out unless the clinician asked to see it anyway.
+    data = report.build_report(image, 255 - image, pred, **kwargs)
+    text = " ".join(_pdf_text(data).split())
+    assert "Not assessable: retake the image" in text and "Grey: not assessable" in text
+    assert "The image is too dark or blank to assess" in text and "Model's result Not reported" in text
+    assert "Patient ID P-17" in text and "Lesion ID back 3" in text
+    for hidden in ("Most likely diagnosis", "Red: high risk", "Risk index", "Breslow", "40.0%"):
+        assert hidden not in text, hidden
+    assert len(PdfReader(io.BytesIO(data)).pages[0].images) == 1  # the image, not its Grad-CAM
+    text = " ".join(_pdf_text(report.build_report(image, None, pred, show_model_result=True, **kwargs)).split())
     assert text.index("Not assessable: retake the image") < text.index("Most likely diagnosis")
     assert "Grey: not assessable" in text and "Red: high risk" in text  # the model's light, named as such
     assert "The image is too dark or blank to assess" in text
+
+
+def test_png_report_of_a_not_assessable_image_leaves_the_result_out_unless_shown():
+    image = np.full((64, 64, 3), 20, np.uint8)
+    pred = _prediction("grey", model_light="red", flags=["too_dark"], flag_reasons={"too_dark": "Too dark."})
+    fields = dict(report_pdf.report_fields(pred, patient_id="P-1"))
+    assert "Most likely diagnosis" not in fields and fields["Patient ID"] == "P-1" and "Red" not in fields["Risk light"]
+    shown = dict(report_pdf.report_fields(pred, show_model_result=True))
+    assert shown["Most likely diagnosis"].startswith("melanoma") and "Red: high risk" in shown["Risk light"]
+    hidden_png = report.render_report(image, 255 - image, pred, image_name="x", model_name="M", model_version="1")
+    shown_png = report.render_report(image, 255 - image, pred, image_name="x", model_name="M", model_version="1",
+                                     show_model_result=True)
+    assert hidden_png.size == shown_png.size and hidden_png.tobytes() != shown_png.tobytes()
+
+
+def test_report_thickness_is_a_band_muted_when_melanoma_is_unlikely():
+    likely = dict(report_pdf.report_fields(_prediction("red")))["Estimated Breslow thickness"]
+    assert likely.startswith("band 1-2 mm") and "1.30" not in likely
+    nevus = _prediction("green", probabilities={"NV": 0.9, "BKL": 0.05, "MEL": 0.05}, top_class="NV")
+    muted = dict(report_pdf.report_fields(nevus))["Estimated Breslow thickness"]
+    assert muted.startswith("melanoma unlikely here (probability 5%)") and "band 1-2 mm" in muted
 
 
 def test_results_csv_columns_rounding_and_review_fields():

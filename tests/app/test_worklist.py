@@ -91,13 +91,18 @@ def test_decision_and_note_persist_show_on_card_and_export(app_env, media):
     at.button(key="viewer_prev").click().run()  # back on a.png: the widgets show what was stored
     assert at.selectbox(key=f"decision_{a}").value == "Excise"
     assert at.text_input(key=f"note_{a}").value == "irregular border"
+    assert at.text_input(key=f"lid_{a}").label == "Lesion ID of a.png"
+    at.text_input(key=f"lid_{a}").input("back 3").run()
+    at.text_input(key=f"pid_{a}").input("P-1").run()
+    assert (session_uploads(at)[a].lesion_id, session_uploads(at)[a].patient_id) == ("back 3", "P-1")
     at.multiselect(key="patient_images").set_value([a, b]).run()
     at.text_input(key="patient_id_value").input("P-17").run()
     at.button(key="patient_apply").click().run()
     rows = {r["image"]: r for r in csv.DictReader(io.StringIO(
         download_file(at, media, "export_csv").content.decode("utf-8")))}
     assert (rows["a.png"]["decision"], rows["a.png"]["note"], rows["a.png"]["patient_id"]) == (
-        "Excise", "irregular border", "P-17")
+        "Excise", "irregular border", "P-17")  # the group's ID replaced the one typed for the image
+    assert at.text_input(key=f"pid_{a}").value == "P-17" and rows["a.png"]["lesion_id"] == "back 3"
     assert (rows["b.png"]["decision"], rows["b.png"]["patient_id"]) == ("", "P-17")
     assert rows["c.png"]["patient_id"] == ""
 
