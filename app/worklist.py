@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 #: Sort orders offered above the gallery.
-SORTS: tuple[str, ...] = ("Upload order", "Risk (highest first)", "Traffic light", "Name")
+SORTS: tuple[str, ...] = ("Upload order", "Risk (highest first)", "Traffic light", "Quality flags first", "Name")
 
 #: Light filter choices: the lights, the grey "not assessable" one and "not analysed" (no prediction).
 NOT_ANALYSED = "none"
@@ -33,6 +33,8 @@ def sort_items(items: list[Item], how: str) -> list[Item]:
         return sorted(items, key=lambda it: 1.0 if it[1] is None else -float(it[1].risk))  # unanalysed last
     if how == "Traffic light":
         return sorted(items, key=lambda it: _LIGHT_RANK.get(light_of(it[1]), len(_LIGHT_RANK)))
+    if how == "Quality flags first":  # the images to retake first, most flags first
+        return sorted(items, key=lambda it: -len(getattr(it[1], "flags", None) or []))
     if how == "Name":
         return sorted(items, key=lambda it: it[0].name.lower())
     return list(items)

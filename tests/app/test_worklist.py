@@ -176,6 +176,9 @@ def test_worklist_sort_filter_summary_units():
     assert names(worklist.sort_items(items, "Risk (highest first)")) == ["A", "c", "b", "d"]
     assert names(worklist.sort_items(items, "Traffic light")) == ["A", "b", "c", "d"]
     assert names(worklist.sort_items(items, "Upload order")) == ["b", "A", "c", "d"]
+    items.append(item("e", "grey", 0.2, ["blurred", "too_dark"]))
+    assert names(worklist.sort_items(items, "Quality flags first")) == ["e", "c", "b", "A", "d"]
+    items.pop()
     assert names(worklist.filter_items(items, ["grey", "none"])) == ["c", "d"]
     assert names(worklist.filter_items(items, None, flagged_only=True)) == ["c"]
     assert worklist.summary(items) == "4 images: 1 high risk · 1 low risk · 1 not assessable · 1 not analysed"
