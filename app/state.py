@@ -23,6 +23,7 @@ UPLOADS = "dl_uploads"  # {upload id: Upload}, in upload order
 SELECTED = "dl_selected"  # upload id shown in the main viewer, or None
 ERRORS = "dl_errors"  # {uploader file id: message} for files that could not be read
 SEEN = "dl_seen"  # {uploader file id: upload id}: uploader files already handled
+IN_UPLOADER = "dl_in_uploader"  # uploader file ids the current uploader widget held on the last run
 MODEL_PATH = "dl_model_path"  # the model chosen in the sidebar (str), or None for the default
 UPLOADER_NONCE = "dl_uploader_nonce"  # bumped by "Clear session" to empty the file uploader
 FOLLOWUP = "dl_followup"  # the Follow-up screen's uploads and comparisons (see followup())
@@ -116,7 +117,7 @@ class Upload:
 
 def init() -> None:
     """Create this session's keys on first run (idempotent)."""
-    defaults: dict[str, Any] = {UPLOADS: {}, SELECTED: None, ERRORS: {}, SEEN: {}, MODEL_PATH: None,
+    defaults: dict[str, Any] = {UPLOADS: {}, SELECTED: None, ERRORS: {}, SEEN: {}, IN_UPLOADER: set(), MODEL_PATH: None,
                                 UPLOADER_NONCE: 0, FOLLOWUP: new_followup(), REFERENCE_PATH: None}
     for key, value in defaults.items():
         if key not in st.session_state:
@@ -173,6 +174,31 @@ def remove_upload(uid: str) -> None:
     The uploader keeps its own file list, so it gets a new key (an empty widget); the other images
     stay, since processed uploads live in :func:`uploads`, and the removed file is not re-ingested.
     """
+    _forget(uid)
+    st.session_state[UPLOADER_NONCE] += 1
+    st.session_state[IN_UPLOADER] = set()
+
+
+def sync_uploader(file_ids: set[str]) -> list[str]:
+    """Drop the gallery images whose file the user removed from the uploader (its chip's x).
+
+    ``file_ids`` are the uploader's files on this run (after :func:`seen` maps new ones). An image
+    goes when a file the same uploader held on the previous run is gone and no file still held is
+    the same image. Returns the ids of the images dropped.
+    """
+    previous = st.session_state.get(IN_UPLOADER) or set()
+    st.session_state[IN_UPLOADER] = set(file_ids)
+    known = seen()
+    kept = {known.get(fid) for fid in file_ids}
+    gone = [known.get(fid) for fid in previous - set(file_ids)]
+    dropped = [uid for uid in dict.fromkeys(gone) if uid and uid not in kept and uid in uploads()]
+    for uid in dropped:
+        _forget(uid)
+    return dropped
+
+
+def _forget(uid: str) -> None:
+    """Drop one upload, its results and widget values; select its neighbour if it was selected."""
     items = uploads()
     order = list(items)
     items.pop(uid, None)
@@ -180,7 +206,6 @@ def remove_upload(uid: str) -> None:
         index = order.index(uid) if uid in order else 0
         rest = [u for u in order if u != uid]
         st.session_state[SELECTED] = rest[min(index, len(rest) - 1)] if rest else None
-    st.session_state[UPLOADER_NONCE] += 1
     _drop_widget_keys(uid)
 
 
@@ -314,6 +339,7 @@ def clear_session() -> None:
     st.session_state[SELECTED] = None
     st.session_state[ERRORS] = {}
     st.session_state[SEEN] = {}
+    st.session_state[IN_UPLOADER] = set()
     st.session_state[UPLOADER_NONCE] += 1
     clear_followup()
     _drop_widget_keys()

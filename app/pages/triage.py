@@ -108,6 +108,7 @@ def ingest(files: list[Any]) -> None:
         uid = state.upload_id(file.name, data)
         seen[file.file_id] = uid
         state.add_upload(state.Upload(uid, prepared, ui.thumbnail_png(prepared.image)))
+    state.sync_uploader({file.file_id for file in files})  # a chip removed in the uploader leaves the gallery
 
 
 def predict_pending(model: resources.LoadResult) -> None:

@@ -58,6 +58,21 @@ def test_remove_drops_image_from_gallery_and_uploader(app_env):
     assert card_names(at) == ["c.png", "b.png"]
 
 
+def test_removing_a_file_in_the_uploader_drops_its_card_and_keeps_the_rest(app_env):
+    at = new_app().run()
+    c, a, b = three(at)
+    kept = {uid: session_uploads(at)[uid].prediction for uid in (c, b)}
+    at.button(key=f"select_{a}").click().run()
+    uploader = at.get("file_uploader")[0]
+    # The chip of a.png removed: the uploader now holds c.png and b.png only.
+    uploader.set_value([("c.png", image_bytes(21), MIME["PNG"]), ("b.png", image_bytes(23), MIME["PNG"])]).run()
+    assert not at.exception and list(session_uploads(at)) == [c, b] and card_names(at) == ["c.png", "b.png"]
+    assert all(session_uploads(at)[uid].prediction is kept[uid] for uid in (c, b))  # nothing recomputed
+    assert at.session_state["dl_selected"] == b
+    at.get("file_uploader")[0].set_value(None).run()  # every chip removed: an empty gallery
+    assert session_uploads(at) == {} and not card_buttons(at)
+
+
 def test_sort_and_filter_change_the_gallery(app_env):
     at = new_app().run()
     ids = three(at)

@@ -226,6 +226,12 @@ def test_worklist_of_ten_images_on_the_bundled_model(browser_ready, shared_data,
             assert asked == ["beforeunload"]
             expect(cards).to_have_count(len(red))
             expect(page.get_by_text("Reviewed: Excise")).to_be_visible()
+
+            # One remove action: the x on a file's chip in the uploader drops its card too.
+            chip = page.get_by_test_id("stFileChip").filter(has_text=red[-1])
+            chip.get_by_test_id("stFileChipDeleteBtn").get_by_role("button").click()
+            expect(cards).to_have_count(len(red) - 1)
+            assert red[-1] not in [card_name(cards.nth(i)) for i in range(len(red) - 1)]
         except Exception:
             page.screenshot(path=str(tmp_path / "failure.png"))  # stays in pytest's tmp dir, never the repo
             raise
