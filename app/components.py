@@ -15,6 +15,7 @@ import numpy as np
 import streamlit as st
 
 from backend.data.schema import IMAGE_EXTENSIONS, MALIGNANT_DIAGNOSES
+from backend.errors import DermaLensError
 from backend.evaluation.card_sections import band_accuracy_sentence, light_meaning
 from backend.inference.explain import legend_strip, overlay, seen_mask
 from backend.inference.inputs import PreparedInput, prepare_input
@@ -113,6 +114,15 @@ def thumbnail_png(image: np.ndarray, side: int = 240) -> bytes:
 
 
 # -- traffic light and gallery cards ------------------------------------------------------------
+
+
+def error_words(err: BaseException) -> str:
+    """An exception as the screen says it, never with a Python class name.
+
+    The project's own errors read as they are (they name the file or field and what is wrong);
+    anything else is an unexpected error.
+    """
+    return str(err) if isinstance(err, DermaLensError) else f"unexpected error ({err})"
 
 
 def light_html(light: str | None) -> str:

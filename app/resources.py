@@ -17,7 +17,6 @@ import streamlit as st
 
 from app import components as ui
 from app import state
-from backend.errors import DermaLensError
 from backend.inference.predictor import Predictor
 from backend.model_store import DEFAULT_MODEL_DIR, MODELS_DIR, WEIGHTS_FILE, describe_model_dir
 from backend.retrieval.library import MANIFEST, ReferenceLibrary, ReferenceLibraryError, is_library, read_manifest
@@ -121,6 +120,15 @@ class LoadResult:
     key: str
 
 
+def _load_error(err: BaseException, path: str | Path) -> str:
+    """Why ``path`` could not be loaded, naming the file but not the server folder it is in."""
+    message = ui.error_words(err)
+    name = Path(path).name
+    for spelled in dict.fromkeys((str(Path(path).resolve()), str(path))):
+        message = message.replace(spelled, name)
+    return message if name in message else f"{name}: {message}"
+
+
 @st.cache_resource(max_entries=4, show_spinner=False)
 def load_predictor(path: str, key: str = "") -> LoadResult:
     """Load a bundle folder or ``.ckpt`` once per process (``key`` from :func:`model_key`).
@@ -130,10 +138,8 @@ def load_predictor(path: str, key: str = "") -> LoadResult:
     """
     try:
         return LoadResult(Predictor.from_checkpoint(path), None, key)
-    except DermaLensError as err:
-        return LoadResult(None, f"{type(err).__name__}: {err}", key)
-    except Exception as err:  # a backend bug must not take the dashboard down
-        return LoadResult(None, f"{path}: could not be loaded ({type(err).__name__}: {err})", key)
+    except Exception as err:  # a bad file or a backend bug must not take the dashboard down
+        return LoadResult(None, _load_error(err, path), key)
 
 
 def active_model_path() -> str | None:
@@ -268,10 +274,8 @@ def load_reference(path: str, key: str = "") -> ReferenceLoad:
     """
     try:
         return ReferenceLoad(ReferenceLibrary.load(path), None, key, path)
-    except DermaLensError as err:
-        return ReferenceLoad(None, str(err), key, path)
     except Exception as err:  # a damaged library must not take the dashboard down
-        return ReferenceLoad(None, f"{path}: could not be loaded ({type(err).__name__}: {err})", key, path)
+        return ReferenceLoad(None, f"could not be loaded: {_load_error(err, path)}", key, path)
 
 
 def _on_pick_reference() -> None:

@@ -24,6 +24,7 @@ SELECTED = "dl_selected"  # upload id shown in the main viewer, or None
 ERRORS = "dl_errors"  # {uploader file id: message} for files that could not be read
 SEEN = "dl_seen"  # {uploader file id: upload id}: uploader files already handled
 IN_UPLOADER = "dl_in_uploader"  # uploader file ids the current uploader widget held on the last run
+PAGE = "dl_page"  # (page shown by this run, whether the previous run showed another page)
 MODEL_PATH = "dl_model_path"  # the model chosen in the sidebar (str), or None for the default
 UPLOADER_NONCE = "dl_uploader_nonce"  # bumped by "Clear session" to empty the file uploader
 FOLLOWUP = "dl_followup"  # the Follow-up screen's uploads and comparisons (see followup())
@@ -179,14 +180,23 @@ def remove_upload(uid: str) -> None:
     st.session_state[IN_UPLOADER] = set()
 
 
+def note_page(title: str) -> None:
+    """Record the page this run shows (each page calls it first)."""
+    previous = (st.session_state.get(PAGE) or (None, False))[0]
+    st.session_state[PAGE] = (title, previous is not None and previous != title)
+
+
 def sync_uploader(file_ids: set[str]) -> list[str]:
     """Drop the gallery images whose file the user removed from the uploader (its chip's x).
 
     ``file_ids`` are the uploader's files on this run (after :func:`seen` maps new ones). An image
     goes when a file the same uploader held on the previous run is gone and no file still held is
-    the same image. Returns the ids of the images dropped.
+    the same image; coming back from another page drops nothing. Returns the ids of the images dropped.
     """
-    previous = st.session_state.get(IN_UPLOADER) or set()
+    came_back = (st.session_state.get(PAGE) or (None, False))[1]
+    # Back from another page, the uploader starts empty (Streamlit forgets the state of widgets a
+    # page did not draw): that is no removal, and the gallery keeps every image.
+    previous = set() if came_back else st.session_state.get(IN_UPLOADER) or set()
     st.session_state[IN_UPLOADER] = set(file_ids)
     known = seen()
     kept = {known.get(fid) for fid in file_ids}

@@ -41,7 +41,8 @@ def safe_torch_load(path: str | Path) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError,
             struct.error, zipfile.BadZipFile) as err:
         # Truncated or garbage files surface as any of these from torch's weights-only unpickler.
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {type(err).__name__}: {err}") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (damaged, or another kind of file: "
+                              f"{err})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     return obj

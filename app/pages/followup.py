@@ -201,6 +201,7 @@ def show_aligned(result: Any) -> None:
 def main() -> None:
     """Render the follow-up screen."""
     state.init()
+    state.note_page("Follow-up")
     st.title("Follow-up")
     st.markdown("Compare two visits of **the same lesion**: the later photo is aligned onto the earlier one by the "
                 "skin around the lesion, then size, border and colour are measured in the same frame.")

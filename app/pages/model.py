@@ -80,6 +80,7 @@ def _test_figures(card: dict[str, Any]) -> None:
 def main() -> None:
     """Render the model card screen."""
     state.init()
+    state.note_page("Model card")
     st.title("Model card")
     st.markdown(ui.DISCLAIMER)
     model = resources.model_sidebar()

@@ -127,8 +127,7 @@ def predict_pending(model: resources.LoadResult) -> None:
                 result = results[i] if results is not None else model.predictor.predict(
                     [upload.prepared], metadata=[upload.metadata_for_model()])[0]
             except Exception as err:  # one bad image never stops the others, nor the page
-                reason = str(err) if isinstance(err, DermaLensError) else f"{type(err).__name__}: {err}"
-                state.errors()[f"predict_{upload.id}"] = f"{upload.name}: could not be analysed: {reason}"
+                state.errors()[f"predict_{upload.id}"] = f"{upload.name}: could not be analysed: {ui.error_words(err)}"
                 state.remove_upload(upload.id)
                 continue
             upload.prediction, upload.prediction_key, upload.cams = result, (model.key, upload.metadata_key()), {}
@@ -142,7 +141,7 @@ def heatmap(model: resources.LoadResult, upload: state.Upload, target: str) -> A
                 upload.cams[target] = model.predictor.explain(upload.prepared, target=target,
                                                               metadata=upload.metadata_for_model() or None)
             except Exception as err:  # shown in place; the rest of the viewer still works
-                st.error(f"Grad-CAM of {upload.name} for {ui.target_label(target)} failed: {type(err).__name__}: {err}")
+                st.error(f"Grad-CAM of {upload.name} for {ui.target_label(target)} failed: {ui.error_words(err)}")
                 return None
     return upload.cams[target]
 
@@ -215,7 +214,7 @@ def similar_cases(upload: state.Upload, model: resources.LoadResult, reference: 
                 upload.similar[key] = f"Similar cases of {upload.name} could not be searched: {err}"
             except Exception as err:  # shown in place; the rest of the viewer still works
                 upload.similar[key] = (f"Similar cases of {upload.name} could not be searched: "
-                                       f"{type(err).__name__}: {err}")
+                                       f"{ui.error_words(err)}")
     return upload.similar[key]
 
 
@@ -537,6 +536,7 @@ def gallery(uploads: list[state.Upload], model: resources.LoadResult | None) -> 
 def main() -> None:
     """Render the triage screen."""
     state.init()
+    state.note_page("Triage")
     st.title("DermaLens")
     st.markdown(ui.DISCLAIMER)
     limit = upload_limit_mb()

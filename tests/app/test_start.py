@@ -61,8 +61,9 @@ def test_bad_checkpoint_shows_error_and_app_goes_on(app_env, which):
     assert not at.exception
     message = texts(at.main.error)
     assert "could not be loaded" in message and path.name in message
+    assert str(path.parent) not in message and "Error:" not in message  # no server folder, no class names
     if which == "unsafe":
-        assert "CheckpointError" in message and "refused to load" in message
+        assert "refused to load" in message
     assert len(card_buttons(at)) == 1  # the gallery stays
     # Back to a good model: results again.
     at.selectbox(key="model_picker").set_value(str(app_env.fusion)).run()
