@@ -179,16 +179,17 @@ def metadata_inputs(upload: state.Upload, model: resources.LoadResult | None) ->
                         "for the prediction.")
         age, sex, site = st.columns(3)
         keys = {f: f"meta_{f}_{upload.id}" for f in state.METADATA_FIELDS}
-        age.number_input("Age (years)", min_value=0, max_value=120, step=1, value=upload.metadata["age_approx"],
+        age.number_input(f"Age of {upload.name} (years)", min_value=0, max_value=120, step=1,
+                         value=upload.metadata["age_approx"],
                          key=keys["age_approx"], on_change=_set_metadata, args=(upload.id, "age_approx",
                                                                                keys["age_approx"]),
                          placeholder="unknown")
         sex_options = [None, *SEXES]
-        sex.selectbox("Sex", sex_options, index=sex_options.index(upload.metadata["sex"]),
+        sex.selectbox(f"Sex of {upload.name}", sex_options, index=sex_options.index(upload.metadata["sex"]),
                       format_func=lambda v: "unknown" if v is None else v, key=keys["sex"],
                       on_change=_set_metadata, args=(upload.id, "sex", keys["sex"]))
         site_options = [None, *ANATOM_SITES]
-        site.selectbox("Anatomical site", site_options,
+        site.selectbox(f"Site of {upload.name}", site_options,
                        index=site_options.index(upload.metadata["anatom_site_general"]),
                        format_func=lambda v: "unknown" if v is None else v, key=keys["anatom_site_general"],
                        on_change=_set_metadata,

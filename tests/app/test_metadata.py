@@ -25,6 +25,7 @@ def test_fusion_model_uses_metadata_and_recomputes_once(app_env, monkeypatch):
     assert "This fusion model uses age, sex and site" in texts(at.caption)
 
     age, sex, site = _meta_widgets(at, a_id)
+    assert [w.label for w in (age, sex, site)] == ["Age of a.png (years)", "Sex of a.png", "Site of a.png"]
     age.set_value(63)
     sex.set_value("female")
     site.set_value("lower extremity")
