@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -53,11 +53,17 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def export_row(upload: Any, model_name: str, model_version: str) -> dict[str, Any]:
+#: Columns of the model's result, left empty for a not-assessable image unless its result was shown.
+RESULT_COLUMNS: tuple[str, ...] = ("predicted_class", "predicted_diagnosis", *DIAGNOSES, "malignant", "risk",
+                                   "model_light", "thickness_mm", "thickness_band")
+
+
+def export_row(upload: Any, model_name: str, model_version: str, show_model_result: bool = False) -> dict[str, Any]:
     """One results-table row (:data:`EXPORT_COLUMNS`) of an analysed upload, numbers rounded.
 
     Patient and lesion IDs, the clinician's decision and note are read when the upload has them
-    (``getattr``), else left empty.
+    (``getattr``), else left empty. A not-assessable (grey) image's :data:`RESULT_COLUMNS` stay empty
+    unless ``show_model_result`` (the clinician asked to see its result), as on screen and in reports.
     """
     pred = upload.prediction
     meta = getattr(upload, "metadata", None) or {}
@@ -75,19 +81,23 @@ def export_row(upload: Any, model_name: str, model_version: str) -> dict[str, An
         "quality_flags": " ".join(pred.flag_reasons.get(c, c.replace("_", " ")) for c in pred.flags),
         "thickness_mm": f"{pred.thickness_mm:.2f}", "thickness_band": pred.thickness_band,
     })
+    if result_hidden(pred, show_model_result):
+        row.update(dict.fromkeys(RESULT_COLUMNS, ""))
     row.update({k: _text(meta.get(k)) for k in ("age_approx", "sex", "anatom_site_general")})
     row.update({"metadata_used": pred.metadata_used, "decision": _text(getattr(upload, "decision", "")),
                 "note": _text(getattr(upload, "note", "")), "model": model_name, "model_version": model_version})
     return row
 
 
-def results_csv(uploads: Iterable[Any], model_name: str, model_version: str) -> bytes:
+def results_csv(uploads: Iterable[Any], model_name: str, model_version: str,
+                shown: Collection[str] = ()) -> bytes:
     """The session's predictions as CSV (:data:`EXPORT_COLUMNS`), one row per analysed image.
 
     Args:
         uploads: ``app.state.Upload`` objects; those without a prediction are left out.
         model_name: Name of the model that made the predictions.
         model_version: Its version.
+        shown: Ids of not-assessable uploads whose result the clinician asked to see (exported too).
     """
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(EXPORT_COLUMNS), lineterminator="\n")
@@ -95,7 +105,7 @@ def results_csv(uploads: Iterable[Any], model_name: str, model_version: str) -> 
     for upload in uploads:
         if upload.prediction is None:
             continue
-        row = export_row(upload, model_name, model_version)
+        row = export_row(upload, model_name, model_version, getattr(upload, "id", None) in shown)
         writer.writerow({k: _safe_cell(v) for k, v in row.items()})
     return out.getvalue().encode("utf-8")
 

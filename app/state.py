@@ -24,7 +24,7 @@ SELECTED = "dl_selected"  # upload id shown in the main viewer, or None
 ERRORS = "dl_errors"  # {uploader file id: message} for files that could not be read
 SEEN = "dl_seen"  # {uploader file id: upload id}: uploader files already handled
 IN_UPLOADER = "dl_in_uploader"  # uploader file ids the current uploader widget held on the last run
-PAGE = "dl_page"  # (page shown by this run, whether the previous run showed another page)
+PAGE = "dl_page"  # title of the page the last run showed
 MODEL_PATH = "dl_model_path"  # the model chosen in the sidebar (str), or None for the default
 UPLOADER_NONCE = "dl_uploader_nonce"  # bumped by "Clear session" to empty the file uploader
 FOLLOWUP = "dl_followup"  # the Follow-up screen's uploads and comparisons (see followup())
@@ -181,9 +181,15 @@ def remove_upload(uid: str) -> None:
 
 
 def note_page(title: str) -> None:
-    """Record the page this run shows (each page calls it first)."""
-    previous = (st.session_state.get(PAGE) or (None, False))[0]
-    st.session_state[PAGE] = (title, previous is not None and previous != title)
+    """Record the page this run shows (each page calls it first).
+
+    Back from another page, the uploader starts empty (Streamlit forgets the state of widgets a page
+    did not draw): that is no removal, so the record of what the uploader held is cleared here, once
+    per page change, whatever happens later in the run.
+    """
+    if st.session_state.get(PAGE) != title:
+        st.session_state[IN_UPLOADER] = set()
+    st.session_state[PAGE] = title
 
 
 def sync_uploader(file_ids: set[str]) -> list[str]:
@@ -193,10 +199,7 @@ def sync_uploader(file_ids: set[str]) -> list[str]:
     goes when a file the same uploader held on the previous run is gone and no file still held is
     the same image; coming back from another page drops nothing. Returns the ids of the images dropped.
     """
-    came_back = (st.session_state.get(PAGE) or (None, False))[1]
-    # Back from another page, the uploader starts empty (Streamlit forgets the state of widgets a
-    # page did not draw): that is no removal, and the gallery keeps every image.
-    previous = set() if came_back else st.session_state.get(IN_UPLOADER) or set()
+    previous = st.session_state.get(IN_UPLOADER) or set()
     st.session_state[IN_UPLOADER] = set(file_ids)
     known = seen()
     kept = {known.get(fid) for fid in file_ids}
@@ -242,8 +245,13 @@ def step_selection(order: list[str], step: int) -> None:
 
 
 def unsaved_decisions() -> int:
-    """How many images carry a review decision or note (lost by "Clear session")."""
-    return sum(1 for u in uploads().values() if u.decision or u.note.strip())
+    """How many images carry a review decision, note, patient or lesion ID (lost by "Clear session")."""
+    return sum(1 for u in uploads().values() if u.decision or u.note.strip() or u.patient_id or u.lesion_id)
+
+
+def shown_anyway() -> set[str]:
+    """Ids of the not-assessable uploads whose result the clinician asked to see ("show anyway" on)."""
+    return {uid for uid in uploads() if st.session_state.get(f"show_anyway_{uid}")}
 
 
 def set_review(uid: str, decision: str | None = None, note: str | None = None, patient_id: str | None = None,
@@ -267,7 +275,7 @@ def apply_to_group(uids: list[str], patient_id: str = "", metadata: dict[str, An
 
     Only what was given is applied: an empty ``patient_id`` or a metadata value of None keeps each
     image's own value. Changed metadata makes the images' predictions stale (re-run on the next pass),
-    and their per-image metadata widgets are reset so the viewer shows the new values.
+    and their per-image widgets are set so the viewer shows the new values.
 
     Returns:
         How many uploads were changed.
@@ -281,10 +289,12 @@ def apply_to_group(uids: list[str], patient_id: str = "", metadata: dict[str, An
             continue
         if patient_id:
             upload.patient_id = patient_id
-            st.session_state.pop(f"pid_{uid}", None)  # the viewer's own field shows the new ID
         upload.metadata.update(given)
+        # The viewer's own fields show the new values: set, not dropped (a keyed widget keeps what the
+        # browser holds unless its state is set; this runs in a callback, before the widgets are drawn).
+        st.session_state[f"pid_{uid}"] = upload.patient_id
         for name in METADATA_FIELDS:
-            st.session_state.pop(f"meta_{name}_{uid}", None)
+            st.session_state[f"meta_{name}_{uid}"] = upload.metadata[name]
         changed += 1
     return changed
 

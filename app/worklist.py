@@ -29,8 +29,9 @@ def light_of(pred: Any) -> str:
 
 def sort_items(items: list[Item], how: str) -> list[Item]:
     """``items`` in the order ``how`` (one of :data:`SORTS`); ties keep upload order."""
-    if how == "Risk (highest first)":
-        return sorted(items, key=lambda it: 1.0 if it[1] is None else -float(it[1].risk))  # unanalysed last
+    if how == "Risk (highest first)":  # not assessable next (its risk is not shown), unanalysed last
+        return sorted(items, key=lambda it: (2, 0.0) if it[1] is None else (1, 0.0) if light_of(it[1]) == "grey"
+                      else (0, -float(it[1].risk)))
     if how == "Traffic light":
         return sorted(items, key=lambda it: _LIGHT_RANK.get(light_of(it[1]), len(_LIGHT_RANK)))
     if how == "Quality flags first":  # the images to retake first, most flags first

@@ -178,19 +178,14 @@ def metadata_inputs(upload: state.Upload, model: resources.LoadResult | None) ->
                 st.info("This model is image-only: metadata is kept with the results and exports but not used "
                         "for the prediction.")
         age, sex, site = st.columns(3)
-        keys = {f: f"meta_{f}_{upload.id}" for f in state.METADATA_FIELDS}
-        age.number_input(f"Age of {upload.name} (years)", min_value=0, max_value=120, step=1,
-                         value=upload.metadata["age_approx"],
-                         key=keys["age_approx"], on_change=_set_metadata, args=(upload.id, "age_approx",
-                                                                               keys["age_approx"]),
-                         placeholder="unknown")
-        sex_options = [None, *SEXES]
-        sex.selectbox(f"Sex of {upload.name}", sex_options, index=sex_options.index(upload.metadata["sex"]),
-                      format_func=lambda v: "unknown" if v is None else v, key=keys["sex"],
+        keys = {f: _seed(f"meta_{f}_{upload.id}", upload.metadata[f]) for f in state.METADATA_FIELDS}
+        age.number_input(f"Age of {upload.name} (years)", min_value=0, max_value=120, step=1, value=None,
+                         key=keys["age_approx"], on_change=_set_metadata,
+                         args=(upload.id, "age_approx", keys["age_approx"]), placeholder="unknown")
+        sex.selectbox(f"Sex of {upload.name}", [None, *SEXES], index=None, key=keys["sex"],
+                      format_func=lambda v: "unknown" if v is None else v,
                       on_change=_set_metadata, args=(upload.id, "sex", keys["sex"]))
-        site_options = [None, *ANATOM_SITES]
-        site.selectbox(f"Site of {upload.name}", site_options,
-                       index=site_options.index(upload.metadata["anatom_site_general"]),
+        site.selectbox(f"Site of {upload.name}", [None, *ANATOM_SITES], index=None,
                        format_func=lambda v: "unknown" if v is None else v, key=keys["anatom_site_general"],
                        on_change=_set_metadata,
                        args=(upload.id, "anatom_site_general", keys["anatom_site_general"]))
@@ -230,7 +225,7 @@ def similar_cases_panel(upload: state.Upload, model: resources.LoadResult | None
             st.info(ui.reference_howto(resources.reference_dir(), resources.REFERENCE_DIR_ENV))
         return
     if reference.error:
-        st.error(f"The reference library could not be loaded: {reference.error}")
+        st.error(f"The reference library {reference.error}")
         return
     if model is None:
         st.info("Load a model to search the reference library.")
@@ -332,23 +327,35 @@ def _set_review(uid: str, what: str, key: str) -> None:
     state.set_review(uid, **{what: st.session_state.get(key)})
 
 
+def _seed(key: str, value: Any) -> str:
+    """Give the widget ``key`` its stored value on first draw; the widget is then drawn without a default.
+
+    Values live in ``st.session_state`` (seeded here, changed by the widget or by a callback such as
+    the group panel's), never in a ``value=`` argument: a keyed widget keeps what the browser holds
+    and would ignore a changed default.
+    """
+    if key not in st.session_state:
+        st.session_state[key] = value
+    return key
+
+
 def review_inputs(upload: state.Upload) -> None:
     """The clinician's decision, note, patient and lesion ID for this image (kept on the upload, exported)."""
+    uid = upload.id
     decision, note = st.columns([1, 2])
-    current = upload.decision or state.DECISIONS[0]
-    decision.selectbox(f"Decision for {upload.name}", state.DECISIONS, index=state.DECISIONS.index(current),
-                       key=f"decision_{upload.id}", on_change=_set_review,
-                       args=(upload.id, "decision", f"decision_{upload.id}"))
-    note.text_input(f"Note on {upload.name}", value=upload.note, key=f"note_{upload.id}",
-                    on_change=_set_review, args=(upload.id, "note", f"note_{upload.id}"),
+    key = _seed(f"decision_{uid}", upload.decision or state.DECISIONS[0])
+    decision.selectbox(f"Decision for {upload.name}", state.DECISIONS, index=None, key=key,
+                       on_change=_set_review, args=(uid, "decision", key))
+    key = _seed(f"note_{uid}", upload.note)
+    note.text_input(f"Note on {upload.name}", value=None, key=key, on_change=_set_review, args=(uid, "note", key),
                     placeholder="Free text, exported with the results")
     patient, lesion = st.columns(2)
-    patient.text_input(f"Patient ID of {upload.name}", value=upload.patient_id, key=f"pid_{upload.id}",
-                       on_change=_set_review, args=(upload.id, "patient_id", f"pid_{upload.id}"),
-                       placeholder="Optional, exported and printed on the report")
-    lesion.text_input(f"Lesion ID of {upload.name}", value=upload.lesion_id, key=f"lid_{upload.id}",
-                      on_change=_set_review, args=(upload.id, "lesion_id", f"lid_{upload.id}"),
-                      placeholder="Optional, e.g. the lesion's number on the body map")
+    key = _seed(f"pid_{uid}", upload.patient_id)
+    patient.text_input(f"Patient ID of {upload.name}", value=None, key=key, on_change=_set_review,
+                       args=(uid, "patient_id", key), placeholder="Optional, exported and printed on the report")
+    key = _seed(f"lid_{uid}", upload.lesion_id)
+    lesion.text_input(f"Lesion ID of {upload.name}", value=None, key=key, on_change=_set_review,
+                      args=(uid, "lesion_id", key), placeholder="Optional, e.g. the lesion's number on the body map")
 
 
 def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[str, Any],
@@ -418,10 +425,16 @@ def _report_maker(upload: state.Upload, model: resources.LoadResult, cam: dict[s
            "show_model_result": bool(st.session_state.get(f"show_anyway_{upload.id}"))}
 
     def make() -> bytes:
-        heat = cached if cached is not None else predictor.explain(
-            prepared, target=target, metadata={k: v for k, v in metadata.items() if v not in (None, "")} or None)
+        if report.result_hidden(prediction, ids["show_model_result"]):
+            heat = None  # a not-assessable image's report leaves its Grad-CAM out: not computed either
+        elif cached is not None:
+            heat = cached
+        else:
+            heat = predictor.explain(prepared, target=target,
+                                     metadata={k: v for k, v in metadata.items() if v not in (None, "")} or None)
         return report.build_report(
-            image, report.report_overlay(image, heat, opacity, preprocessing), prediction, fmt=fmt, image_name=name,
+            image, None if heat is None else report.report_overlay(image, heat, opacity, preprocessing), prediction,
+            fmt=fmt, image_name=name,
             model_name=str(card.get("name", "model")), model_version=str(card.get("version", "?")),
             cam_target=ui.target_label(target), metadata=metadata, risk_weights=dict(predictor.risk.weights),
             created=datetime.now(timezone.utc), light_meaning=meaning, **ids)
@@ -441,7 +454,7 @@ def export_section(model: resources.LoadResult, cam: dict[str, Any]) -> None:
     table, png, pdf = st.columns(3)
     table.download_button(
         "Results table (CSV)", report.results_csv(uploads, str(card.get("name", "model")),
-                                                  str(card.get("version", "?"))),
+                                                  str(card.get("version", "?")), shown=state.shown_anyway()),
         file_name="dermalens_results.csv", mime="text/csv", key="export_csv", on_click="ignore",
         icon=":material/table_view:")
     upload = state.selected()
@@ -474,7 +487,11 @@ def _apply_group() -> None:
 
 def patient_group_inputs(uploads: list[state.Upload]) -> None:
     """Patient ID, age, sex and site typed once for a group of chosen images (used and exported with each)."""
-    names = {u.id: u.name for u in uploads}
+    counts: dict[str, int] = {}
+    for u in uploads:
+        counts[u.name] = counts.get(u.name, 0) + 1
+    # Labels must be unique (the widget maps a label back to its option): same-named files get a number.
+    names = {u.id: u.name if counts[u.name] == 1 else f"{u.name} (image {i + 1})" for i, u in enumerate(uploads)}
     with st.expander("Patient ID and metadata for several images"):
         st.multiselect("Images of this patient", list(names), format_func=lambda uid: names.get(uid, uid),
                        key=GROUP_KEYS["images"], placeholder="Choose images")

@@ -245,6 +245,12 @@ def test_results_csv_columns_rounding_and_review_fields():
     assert {"traffic_light", "model_light", "quality_flags", "decision", "note", "malignant", "risk"} <= set(header)
     row = dict(zip(header, next(csv.reader(lines[1:])), strict=True))
     assert row["image"] == "'+a.png" and row["patient_id"] == "" and row["lesion_id"] == "L1"
+    # Not assessable: the light, the reasons and the review, but none of the model's result unless shown.
+    assert all(row[c] == "" for c in report.RESULT_COLUMNS) and row["traffic_light"] == "grey"
+    assert row["quality_flags"] == "The image is too blurred to assess." and row["decision"] == "excise"
+    done.id = "u1"
+    lines = report.results_csv([done, waiting], "M", "1", shown={"u1"}).decode().splitlines()
+    row = dict(zip(header, next(csv.reader(lines[1:])), strict=True))
     assert (row["predicted_class"], row["predicted_diagnosis"]) == ("MEL", "melanoma")
     assert row["MEL"] == "0.123" and row["NV"] == "0.877" and row["DF"] == "0.000" and row["risk"] == "0.123"
     assert row["malignant"] == "0.520" and row["thickness_mm"] == "1.30"

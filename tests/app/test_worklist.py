@@ -79,7 +79,9 @@ def test_sort_and_filter_change_the_gallery(app_env):
     preds = {u.name: u.prediction for u in session_uploads(at).values()}
     assert card_names(at) == ["c.png", "a.png", "b.png"]
     at.selectbox(key="gallery_sort").set_value("Risk (highest first)").run()
-    assert card_names(at) == sorted(preds, key=lambda n: (-preds[n].risk, ["c.png", "a.png", "b.png"].index(n)))
+    grey = {n: preds[n].traffic_light == "grey" for n in preds}  # not assessable: after, its risk unshown
+    assert card_names(at) == sorted(preds, key=lambda n: (grey[n], 0 if grey[n] else -preds[n].risk,
+                                                          ["c.png", "a.png", "b.png"].index(n)))
     summary = worklist.summary([(None, p) for p in preds.values()])
     assert summary in texts(at.caption) and summary.startswith("3 images: ")
     light = preds["a.png"].traffic_light
@@ -188,7 +190,7 @@ def test_worklist_sort_filter_summary_units():
     items = [item("b", "green", 0.1), item("A", "red", 0.9), item("c", "grey", 0.5, ["blurred"]), item("d", None, 0)]
     names = lambda its: [it[0].name for it in its]  # noqa: E731
     assert names(worklist.sort_items(items, "Name")) == ["A", "b", "c", "d"]
-    assert names(worklist.sort_items(items, "Risk (highest first)")) == ["A", "c", "b", "d"]
+    assert names(worklist.sort_items(items, "Risk (highest first)")) == ["A", "b", "c", "d"]  # grey c: risk hidden
     assert names(worklist.sort_items(items, "Traffic light")) == ["A", "b", "c", "d"]
     assert names(worklist.sort_items(items, "Upload order")) == ["b", "A", "c", "d"]
     items.append(item("e", "grey", 0.2, ["blurred", "too_dark"]))

@@ -218,6 +218,22 @@ def test_worklist_of_ten_images_on_the_bundled_model(browser_ready, shared_data,
             exported = dict(zip(table["image"], table["traffic_light"], strict=True))
             assert exported == {n: lights[n].lower() for n in names}
 
+            # Patient ID typed once for two images, the one in the viewer among them: its own field shows it.
+            page.get_by_text("Patient ID and metadata for several images").click()
+            group = page.locator(".st-key-patient_images input")
+            for name in (reviewed, names[0] if names[0] != reviewed else names[1]):
+                group.click()
+                page.keyboard.type(name)
+                expect(page.get_by_role("option", name=name)).to_be_visible()
+                page.keyboard.press("Enter")
+            page.keyboard.press("Escape")
+            page.locator(".st-key-patient_id_value input").fill("P-17")
+            page.get_by_role("button", name="Apply to chosen images").click()
+            expect(page.get_by_text("Applied to 2 images.")).to_be_visible()
+            own = page.get_by_label(f"Patient ID of {reviewed}")
+            expect(own).to_have_value("P-17")
+            driver.wait_idle(page)
+
             # A reload would discard the in-memory worklist: the browser asks first; staying keeps it all.
             asked: list[str] = []
             page.on("dialog", lambda dialog: (asked.append(dialog.type), dialog.dismiss()))
