@@ -16,7 +16,7 @@ from typing import Any
 import streamlit as st
 
 from app import components as ui
-from app import report, resources, state, worklist
+from app import page_scripts, report, resources, state, worklist
 from backend.data.schema import ANATOM_SITES, DIAGNOSES, SEXES
 from backend.errors import DermaLensError
 from backend.evaluation.card_sections import light_meaning
@@ -237,77 +237,6 @@ def similar_cases_panel(upload: state.Upload, model: resources.LoadResult | None
     ui.render_similar_cases(result)
 
 
-#: A tiny script in a one-pixel iframe (``st.iframe``, which replaces ``components.v1.html``): the
-#: ArrowLeft / ArrowRight keys click the viewer's "Previous image" / "Next image" buttons, unless focus
-#: is in a field, list or slider (where the arrows already mean something), and a click anywhere on a
-#: gallery card opens it in the viewer.
-ARROW_KEYS_JS = """<script>
-const win = window.parent;
-if (!win.dlArrowKeys) {
-  win.dlArrowKeys = true;
-  // Registered by a function of the page's own realm (win.Function), not by this iframe's script:
-  // Chrome stops calling a listener once the document that registered it is gone, and Streamlit
-  // replaces this iframe whenever the viewer is drawn anew.
-  new win.Function(`
-    document.addEventListener("keydown", (event) => {
-      const t = event.target || {};
-      const tag = (t.tagName || "").toLowerCase();
-      const role = t.getAttribute ? t.getAttribute("role") || "" : "";
-      if (event.altKey || event.ctrlKey || event.metaKey || t.isContentEditable
-          || ["input", "textarea", "select"].includes(tag)
-          || ["slider", "tab", "listbox", "combobox", "option", "radio", "spinbutton"].includes(role)) return;
-      const name = {ArrowLeft: "Previous image", ArrowRight: "Next image"}[event.key];
-      if (!name) return;
-      const button = Array.from(document.querySelectorAll("button")).find(
-        (b) => !b.disabled && b.innerText.trim().endsWith(name));
-      if (button) { event.preventDefault(); button.click(); }
-    });
-    // A click anywhere on a gallery card (not on one of its other controls) clicks its "Select <name>"
-    // button; on a narrow screen, where the viewer sits above the gallery, the page scrolls up to it.
-    document.addEventListener("click", (event) => {
-      const target = event.target;
-      const card = target && target.closest ? target.closest("div[class*='st-key-card_']") : null;
-      if (!card) return;
-      const onSelect = target.closest("[class*='st-key-select_']");
-      if (!onSelect && target.closest("button, a, input, textarea, select, [role=button], [role=combobox]")) return;
-      if (!onSelect) {
-        const select = Array.from(card.querySelectorAll("[class*='st-key-select_'] button")).find((b) => !b.disabled);
-        if (!select) return;
-        select.click();
-      }
-      const viewer = document.querySelector(".st-key-dl_viewer_pane");
-      if (viewer && window.innerWidth <= 640) viewer.scrollIntoView({block: "start"});
-    });
-  `)();
-}
-</script>"""
-
-
-#: Asks the browser to confirm leaving or reloading the page while the session holds images: they live
-#: only in this session's memory, so a reload would discard the worklist, decisions and notes.
-#: ``__COUNT__`` is the number of images; the listener is installed once and reads the latest count.
-UNLOAD_GUARD_JS = """<script>
-const win = window.parent;
-win.dlWorklistImages = __COUNT__;
-if (!win.dlUnloadGuard) {
-  win.dlUnloadGuard = true;
-  // Registered by a function of the page's own realm (win.Function), not by this iframe's script:
-  // Streamlit replaces this iframe when the count changes, and Chrome stops calling a listener once
-  // the document that registered it is gone (the guard then silently never fired).
-  new win.Function(`
-    window.addEventListener("beforeunload", (event) => {
-      if (window.dlWorklistImages > 0) { event.preventDefault(); event.returnValue = ""; }
-    });
-  `)();
-}
-</script>"""
-
-
-def unload_guard_js(n_images: int) -> str:
-    """The page-leave guard script for a session holding ``n_images`` images (0 disarms it)."""
-    return UNLOAD_GUARD_JS.replace("__COUNT__", str(int(n_images)))
-
-
 def navigation(upload: state.Upload, order: list[str]) -> None:
     """Previous / next image (in gallery order) buttons, and the arrow keys that click them."""
     index = order.index(upload.id) if upload.id in order else -1
@@ -320,7 +249,7 @@ def navigation(upload: state.Upload, order: list[str]) -> None:
     nxt.button("Next image", key="viewer_next", icon=":material/arrow_forward:", width="stretch",
                disabled=not order or index == len(order) - 1, on_click=state.step_selection, args=(order, 1),
                help="Next image in the gallery (right arrow key)")
-    st.iframe(ARROW_KEYS_JS, height=1, tab_index=-1)  # same-origin: it may listen on the app's page
+    st.iframe(page_scripts.ARROW_KEYS_JS, height=1, tab_index=-1)  # same-origin: it may listen on the app's page
 
 
 def _set_review(uid: str, what: str, key: str) -> None:
@@ -512,22 +441,6 @@ def patient_group_inputs(uploads: list[state.Upload]) -> None:
                        else "Nothing applied: choose images and enter a patient ID or a value.")
 
 
-#: On screens wide enough for side-by-side columns (Streamlit stacks them at 640 px and below), the
-#: gallery's column is drawn left of the viewer's; the page (and screen reader) order stays viewer first.
-#: The viewer's column sticks below the app header and scrolls on its own, so it stays in view while
-#: the clinician scrolls down a long gallery and clicks a card there.
-MASTER_DETAIL_CSS = """<style>
-@media (min-width: 641px) {
-  [data-testid="stColumn"]:has(.st-key-dl_gallery_pane) { order: -1; }
-  .st-key-dl_gallery_pane { padding-bottom: 40vh; }  /* room for the sticky viewer beside the last cards */
-  [data-testid="stColumn"]:has(.st-key-dl_viewer_pane) {
-    position: sticky; top: 3.75rem; align-self: flex-start;
-    max-height: calc(100vh - 4.5rem); overflow-y: auto; overscroll-behavior: contain;
-  }
-}
-</style>"""
-
-
 def gallery(uploads: list[state.Upload], model: resources.LoadResult | None) -> list[tuple[Any, Any]]:
     """Summary line, sort and filter, and the cards; returns the (upload, prediction) pairs shown, in order."""
     items = [(u, current_prediction(u, model)) for u in uploads]
@@ -583,13 +496,13 @@ def main() -> None:
                 st.error(message)
 
     uploads = list(state.uploads().values())
-    st.iframe(unload_guard_js(len(uploads)), height=1, tab_index=-1)  # same-origin: guards the app's page
+    st.iframe(page_scripts.unload_guard_js(len(uploads)), height=1, tab_index=-1)  # same-origin: guards the app's page
     if not uploads:
         st.info("Upload one or more dermoscopic images to start.")
         return
     # Master-detail: the viewer column comes first in the page, so it is on top when Streamlit stacks
-    # the columns on a narrow screen; on a wide one MASTER_DETAIL_CSS shows the gallery on its left.
-    st.html(MASTER_DETAIL_CSS)
+    # the columns on a narrow screen; on a wide one page_scripts.MASTER_DETAIL_CSS puts the gallery left.
+    st.html(page_scripts.MASTER_DETAIL_CSS)
     detail, master = st.columns([3, 2], gap="medium")
     with master, st.container(key="dl_gallery_pane"):
         shown = gallery(uploads, ready)

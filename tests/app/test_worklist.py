@@ -7,7 +7,7 @@ import io
 from types import SimpleNamespace
 
 from app import worklist
-from app.pages.triage import unload_guard_js
+from app.page_scripts import unload_guard_js
 from tests.app.conftest import MIME, card_buttons, image_bytes, new_app, session_uploads, texts, upload
 from tests.conftest import download_file
 
