@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from app.components import CLASS_NAMES
+from app.components import CLASS_NAMES, quality_reasons
 from app.report_pdf import pdf_report, printable, report_fields, result_hidden
 from backend.data.schema import DIAGNOSES
 from backend.inference.explain import overlay, seen_mask
@@ -78,7 +78,7 @@ def export_row(upload: Any, model_name: str, model_version: str, show_model_resu
     row.update({
         "malignant": f"{pred.malignant:.{CSV_DECIMALS}f}", "risk": f"{pred.risk:.{CSV_DECIMALS}f}",
         "traffic_light": pred.traffic_light, "model_light": getattr(pred, "model_light", "") or pred.traffic_light,
-        "quality_flags": " ".join(pred.flag_reasons.get(c, c.replace("_", " ")) for c in pred.flags),
+        "quality_flags": " ".join(quality_reasons(pred)),
         "thickness_mm": f"{pred.thickness_mm:.2f}", "thickness_band": pred.thickness_band,
     })
     if result_hidden(pred, show_model_result):

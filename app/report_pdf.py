@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from app.components import CLASS_NAMES
+from app.components import CLASS_NAMES, quality_reasons
 from backend.inference.risk import melanoma_likely
 
 #: Words of each light for people (the colour is never the only cue).
@@ -97,7 +97,7 @@ def report_fields(prediction: Any, metadata: dict[str, Any] | None = None, light
     pred = prediction
     light, meaning = light_fields(pred, light_meaning, show_model_result)
     top = pred.top_class
-    reasons = [pred.flag_reasons.get(code, code.replace("_", " ")) for code in pred.flags]
+    reasons = quality_reasons(pred)
     given = {k: v for k, v in (metadata or {}).items() if v not in (None, "")}
     names = {"age_approx": "age", "sex": "sex", "anatom_site_general": "site"}
     meta = ", ".join(f"{names.get(k, k)} {printable(v, 40)}" for k, v in given.items()) or "none given"

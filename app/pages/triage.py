@@ -61,8 +61,8 @@ def session_controls() -> None:
                   help="Forget every uploaded image and result of this session")
         if st.session_state.get(CONFIRM_CLEAR):
             count = state.unsaved_decisions()
-            st.warning(f"{count} image{'s have' if count != 1 else ' has'} a review decision or note, kept only "
-                       "in this session. Clearing the session discards them: export the results table first "
+            st.warning(f"{count} image{'s have' if count != 1 else ' has'} a review decision, note or ID, kept "
+                       "only in this session. Clearing the session discards them: export the results table first "
                        "to keep them.")
             yes, no = st.columns(2)
             yes.button("Discard and clear", key="clear_confirm", type="primary", on_click=_confirm_clear)
