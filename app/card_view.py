@@ -294,6 +294,9 @@ def calibration_sentence(calibration: dict[str, Any]) -> str:
     text = f"Probabilities calibrated by {plain_source(method)}"
     if temperature is not None:
         text += f" (T = {_round3(temperature)}" + (", i.e. unchanged)" if temperature == 1 else ")")
+    if calibration.get("class_offsets"):
+        text += (", with one offset per diagnosis that puts back how common it is (the network was trained "
+                 "to weigh every diagnosis equally, and its suggested diagnosis still does)")
     source = plain_source(calibration.get("fitted_on"))
     if source:
         text += f" on {source}"
@@ -328,6 +331,17 @@ def preprocessing_sentence(pre: dict[str, Any]) -> str:
         return ""
     text = ", ".join(parts)
     return text[:1].upper() + text[1:] + "."
+
+
+def test_resolution_sentence(card: dict[str, Any]) -> str:
+    """Why the model predicts at another size than it was trained at, in one sentence ("" when it does not)."""
+    record = card.get("test_resolution") or {}
+    size, trained = record.get("img_size"), record.get("train_img_size")
+    if not size or size == trained:
+        return ""
+    return (f"The network learned on {trained} px images and predicts at {size} px, the size at which it best "
+            "separated malignant from benign lesions in the validation images, with its internal normalisation "
+            f"re-measured on training images at {size} px.")
 
 
 def ood_sentence(ood: dict[str, Any], flag_text: str = "unlike the images the model was trained on") -> str:

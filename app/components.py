@@ -64,6 +64,23 @@ def class_label(code: str) -> str:
     return f"{code} ({CLASS_NAMES[code]})" if code in CLASS_NAMES else code
 
 
+def suggestion_note(pred: Any) -> str:
+    """Why the suggested diagnosis is not the most probable one, in words ("" when it is).
+
+    A bundle calibrated with per-class offsets gives honest probabilities, in which common benign
+    diagnoses weigh more; its suggestion stays the class-balanced decision the network was trained
+    to make, so a rarer diagnosis can be suggested while a common one is more probable.
+    """
+    probabilities = getattr(pred, "probabilities", None) or {}
+    if not probabilities:
+        return ""
+    likeliest = max(probabilities, key=probabilities.get)
+    if likeliest == pred.top_class:
+        return ""
+    return (f"More probable: {class_label(likeliest)}, {probabilities[likeliest]:.0%}. The suggestion weighs "
+            "every diagnosis equally, however common, so a rarer one is not outvoted by a common one.")
+
+
 def target_label(target: str) -> str:
     """What the Grad-CAM target picker shows for a target name."""
     if target == PREDICTED:
@@ -150,7 +167,7 @@ def quality_reasons(pred: Any) -> list[str]:
 
 
 def card_header_html(pred: Any) -> str:
-    """The card's first line: the most likely diagnosis (its code), the traffic light at the top-right.
+    """The card's first line: the suggested diagnosis (its code), the traffic light at the top-right.
 
     No percentage: the one "how worried" number is the viewer's risk score, so the card does not show a
     second one. An image that is not assessable shows no diagnosis, only its grey light.
@@ -255,7 +272,7 @@ def render_probabilities(pred: Any) -> None:
     """Detail: benign vs malignant bars, then every class (benign grey, malignant warm) in an expander."""
     st.markdown("**Benign vs malignant**")
     st.plotly_chart(malignancy_figure(pred), config={"displayModeBar": False}, key="malignancy_bars")
-    with st.expander(f"All class probabilities (most likely: {class_label(pred.top_class)}, "
+    with st.expander(f"All class probabilities (suggested: {class_label(pred.top_class)}, "
                      f"{pred.top_probability:.0%})"):
         st.plotly_chart(class_figure(pred), config={"displayModeBar": False}, key="class_bars")
 

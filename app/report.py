@@ -1,11 +1,11 @@
 """Exports of the dashboard, built in memory: the results table (CSV) and a one-page report per image.
 
 The CSV has one row per analysed image (:data:`EXPORT_COLUMNS`): its name, patient and lesion IDs
-when known, the most likely diagnosis (code and name), probabilities and risk to 3 decimals, the
+when known, the suggested diagnosis (code and name), probabilities and risk to 3 decimals, the
 light (``grey`` when not assessable, with the model's own light beside it), the quality reasons
 in words and the clinician's decision and note (empty until reviewed).
 
-The report holds the image, its Grad-CAM overlay, the most likely diagnosis, the probability of
+The report holds the image, its Grad-CAM overlay, the suggested diagnosis, the probability of
 malignancy, the risk light and what it means, the Breslow thickness estimate, the quality reasons,
 the model's name and version and the time it was made. The PDF has a real text layer
 (``app.report_pdf``); the PNG is drawn with Pillow. Both are made from pixel arrays, so no EXIF or

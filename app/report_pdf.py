@@ -112,7 +112,7 @@ def report_fields(prediction: Any, metadata: dict[str, Any] | None = None, light
                 ("Patient metadata", f"{meta} ({used})")]
     return [
         *ids,
-        ("Most likely diagnosis", f"{CLASS_NAMES.get(top, top)} ({top}), probability {pred.top_probability:.1%}"),
+        ("Suggested diagnosis", f"{CLASS_NAMES.get(top, top)} ({top}), probability {pred.top_probability:.1%}"),
         ("Probability of malignancy", f"{pred.malignant:.1%} (melanoma + basal cell carcinoma + squamous cell "
                                       f"carcinoma); benign {pred.benign:.1%}"),
         ("Risk index", f"{pred.risk:.3f} (0 to 1)"),

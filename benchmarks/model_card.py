@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         lo, hi = got.get("lo", math.nan), got.get("hi", math.nan)
         print(f"{name:<34}{a:>9.4f}{b:>12.4f}{ratio:>8.3f}   ({lo:.3f}-{hi:.3f})")
     t = encode_targets(pred.rows)
-    groups = subgroup_metrics(pred.rows, t["diagnosis"], pred.raw.probs, t["label"])
+    groups = subgroup_metrics(pred.rows, t["diagnosis"], pred.raw.probs, t["label"], class_offsets=pred.class_offsets)
     by_dataset = groups[groups["attribute"] == "dataset"]
     print("\nper dataset (test split):")
     print(by_dataset[["group", "n", "n_malignant", "balanced_accuracy", "auroc_malignant"]].to_string(index=False))

@@ -9,6 +9,8 @@ its training split (``splits.csv`` beside the checkpoint's run unless ``--splits
         --output assets/models/default --name "DermaLens tiny" \
         --csv ../shared/data/labels.csv --img_dir ../shared/data/images --onnx
     python -m scripts.export --checkpoint best.ckpt --output /tmp/bundle --temperature 1.3
+    python -m scripts.export --checkpoint best.ckpt --output /tmp/bundle --csv ../shared/data/labels.csv \
+        --test_img_sizes 192 224   # predict at the side that ranks validation best (BatchNorm adapted)
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ood_percentile", type=float, default=99.0,
                    help="percentile of held-out training distances used as the OOD threshold (default 99)")
     p.add_argument("--max_ood_images", type=int, default=5000, help="train images used for OOD statistics")
+    p.add_argument("--test_img_sizes", type=int, nargs="+", metavar="PX",
+                   help="with --csv: also try predicting at these sides, BatchNorm adapted on training images, "
+                        "and keep the one with the best validation malignant AUROC")
+    p.add_argument("--adapt_images", type=int, default=1000,
+                   help="training images that adapt BatchNorm to each --test_img_sizes side (default 1000)")
+    p.add_argument("--calibration", choices=["temperature", "bias_corrected"], default="temperature",
+                   help="with --csv: temperature scaling, or bias-corrected (temperature + per-class offsets, "
+                        "for class-weighted models)")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (needs the onnx package)")
     return p
@@ -48,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             args.checkpoint, args.output, name=args.name, version=args.version, csv=args.csv, img_dir=args.img_dir,
             splits_csv=args.splits_csv, temperature=args.temperature, ood_percentile=args.ood_percentile,
             max_ood_images=args.max_ood_images, onnx=args.onnx, batch_size=args.batch_size, progress=True,
+            test_img_sizes=args.test_img_sizes, adapt_images=args.adapt_images, calibration_method=args.calibration,
         )
     except DermaLensError as err:
         print(f"error: {err}", file=sys.stderr)

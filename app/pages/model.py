@@ -112,7 +112,8 @@ def main() -> None:
         st.markdown("\n".join(meaning[2:]))  # without the section heading: the subheader above names it
     calibration, pre, ood = (card.get(k) or {} for k in ("calibration", "preprocessing", "ood"))
     _settings_section("Calibration", calibration, card_view.calibration_sentence(calibration))
-    _settings_section("Preprocessing", pre, card_view.preprocessing_sentence(pre))
+    _settings_section("Preprocessing", pre, " ".join(
+        part for part in (card_view.preprocessing_sentence(pre), card_view.test_resolution_sentence(card)) if part))
     _settings_section("Out-of-distribution check", ood,
                       card_view.ood_sentence(ood, FLAG_CODES["out_of_distribution"]) if ood else "")
     _section("Classes", [ui.class_label(c) for c in predictor.classes])

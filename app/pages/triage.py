@@ -325,7 +325,9 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
             st.info(f"{ui.NOT_ASSESSABLE_TITLE}. Use \"{ui.SHOW_ANYWAY}\" above to see the prediction.",
                     icon=":material/block:")
         else:
-            st.markdown(f"### Most likely: {ui.class_label(pred.top_class)}")
+            st.markdown(f"### Suggested diagnosis: {ui.class_label(pred.top_class)}")
+            if note := ui.suggestion_note(pred):
+                st.caption(note)
             ui.render_risk(pred, model.predictor.risk, model.predictor.card)
             ui.render_probabilities(pred)
             ui.render_thickness(pred, model.predictor.card)

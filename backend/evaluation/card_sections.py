@@ -115,6 +115,17 @@ def start_weights_markdown(card: dict[str, Any]) -> list[str]:
     ]
 
 
+def test_resolution_line(card: dict[str, Any]) -> str | None:
+    """One sentence on the side the model predicts at and how it was chosen (None without a choice)."""
+    record = card.get("test_resolution") or {}
+    if not record:
+        return None
+    scores = ", ".join(f"{r['img_size']} px {r['batchnorm']} {r['auroc_malignant']:.3f}"
+                       for r in record.get("candidates") or [])
+    return (f"Predicts at {record.get('img_size')} px (trained at {record.get('train_img_size')} px; BatchNorm "
+            f"{record.get('batchnorm')}), the side with the best {record.get('chosen_by')} ({scores}).")
+
+
 def light_meaning(card: dict[str, Any], light: str) -> str:
     """One sentence, in a clinician's words, on what ``light`` meant on the model's test split.
 

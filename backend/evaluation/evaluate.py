@@ -161,10 +161,15 @@ def evaluate(
         log.warning("no splits CSV: temperature scaling skipped (pass --splits_csv to calibrate on '%s')",
                     calibrate_split)
 
+    # A bundle calibrated with offsets has them folded into its logits (times its temperature T0): at
+    # temperature T the class-balanced decision is argmax(log p - offsets * T0 / T).
+    offsets = None
+    if predictor.class_offsets is not None:
+        offsets = predictor.class_offsets * predictor.temperature / (temperature or 1.0)
     metrics = compute_metrics(
         targets["diagnosis"], probs, y_true_malignant=targets["label"], threshold=threshold,
         thickness_pred_mm=preds.thickness_mm, thickness_lo=targets["thickness_lo"],
-        thickness_hi=targets["thickness_hi"],
+        thickness_hi=targets["thickness_hi"], class_offsets=offsets,
     )
     metrics.update(calib_notes)
     if "temperature" in calib_notes:

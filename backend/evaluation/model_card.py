@@ -19,7 +19,7 @@ import pandas as pd
 
 from backend.data.schema import DIAGNOSES, MELANOMA_INDEX, THICKNESS_SPLIT_MM
 from backend.metrics.bootstrap import bootstrap_ci
-from backend.metrics.calibration import expected_calibration_error
+from backend.metrics.calibration import balanced_decision_scores, expected_calibration_error
 from backend.metrics.classification import (
     TARGET_SPECIFICITY,
     balanced_accuracy,
@@ -41,6 +41,7 @@ AGE_BANDS: tuple[tuple[str, float, float], ...] = (
 def card_metrics(
     y_diag: Any, probs: Any, y_malignant: Any, thickness_mm: Any, thickness_lo: Any, thickness_hi: Any,
     groups: Any = None, n_boot: int = 1000, seed: int = 0, only: tuple[str, ...] | None = None,
+    class_offsets: Any = None,
 ) -> dict[str, dict[str, float]]:
     """Every model-card metric with its 95% bootstrap interval.
 
@@ -55,6 +56,8 @@ def card_metrics(
         n_boot: Bootstrap resamples.
         seed: Resampling seed.
         only: Compute just these metrics (names as in the result); None computes all.
+        class_offsets: Calibration offsets: balanced accuracy and F1 then score the class-balanced
+            decision (``backend.metrics.calibration.balanced_decision_scores``), not the most probable class.
 
     Returns:
         ``{metric: {"value", "lo", "hi", "n"}}``; NaN where a metric is undefined on this split.
@@ -63,6 +66,7 @@ def card_metrics(
     y = np.where(np.isnan(y), -1, y).astype(int)
     p = np.asarray(probs, dtype=float)
     ym = np.asarray(y_malignant, dtype=float)
+    d = balanced_decision_scores(p, class_offsets)
     mal = malignant_probability(p)
     pred_mm = np.asarray(thickness_mm, dtype=float)
     lo, hi = np.asarray(thickness_lo, dtype=float), np.asarray(thickness_hi, dtype=float)
@@ -71,13 +75,13 @@ def card_metrics(
     n_mal = int(np.isin(ym, (0.0, 1.0)).sum())
     truth, score = thick_vs_thin(pred_mm, lo, hi)
     plan: dict[str, tuple[Callable[..., float], tuple[Any, ...], int]] = {
-        "balanced_accuracy": (balanced_accuracy, (y, p), n_diag),
+        "balanced_accuracy": (balanced_accuracy, (y, d), n_diag),
         "auroc_macro": (macro_auroc, (y, p), n_diag),
         "auroc_malignant": (binary_auroc, (ym, mal), n_mal),
         "auroc_melanoma": (partial(class_auroc, k=MELANOMA_INDEX), (y, p), n_diag),
         f"sensitivity_at_{round(TARGET_SPECIFICITY * 100)}_specificity": (sensitivity_at_specificity, (ym, mal), n_mal),
         "ece": (expected_calibration_error, (p, y), n_diag),
-        **{f"f1/{name}": (partial(class_f1, k=k), (y, p), int((y == k).sum())) for k, name in enumerate(DIAGNOSES)},
+        **{f"f1/{name}": (partial(class_f1, k=k), (y, d), int((y == k).sum())) for k, name in enumerate(DIAGNOSES)},
         "thickness_band_accuracy": (thickness_band_accuracy, (pred_mm, lo, hi), int((~np.isnan(lo)).sum())),
         f"thickness_auroc_{THICKNESS_SPLIT_MM:g}mm": (binary_auroc, (truth, score), int(truth.size)),
     }
@@ -93,7 +97,7 @@ def card_metrics(
 
 
 def subgroup_metrics(
-    table: pd.DataFrame, y_diag: Any, probs: Any, y_malignant: Any, min_rows: int = 20,
+    table: pd.DataFrame, y_diag: Any, probs: Any, y_malignant: Any, min_rows: int = 20, class_offsets: Any = None,
 ) -> pd.DataFrame:
     """Balanced accuracy and malignant AUROC by sex, age band, anatomical site and source dataset.
 
@@ -103,12 +107,15 @@ def subgroup_metrics(
         probs: ``(N, 8)`` probabilities.
         y_malignant: 1/0 per row.
         min_rows: Subgroups smaller than this are reported with their size but no metrics.
+        class_offsets: Calibration offsets (balanced accuracy of the class-balanced decision), as in
+            :func:`card_metrics`.
 
     Returns:
         Columns ``attribute, group, n, n_malignant, balanced_accuracy, auroc_malignant``.
     """
     y = np.asarray(y_diag, dtype=int)
     p = np.asarray(probs, dtype=float)
+    d = balanced_decision_scores(p, class_offsets)
     ym = np.asarray(y_malignant, dtype=float)
     mal = malignant_probability(p)
     ages = table["age_approx"].to_numpy(dtype=float, na_value=np.nan)
@@ -129,7 +136,7 @@ def subgroup_metrics(
             row = {"attribute": attribute, "group": group, "n": n, "n_malignant": int((ym[mask] == 1).sum()),
                    "balanced_accuracy": math.nan, "auroc_malignant": math.nan}
             if n >= min_rows:
-                row["balanced_accuracy"] = balanced_accuracy(y[mask], p[mask])
+                row["balanced_accuracy"] = balanced_accuracy(y[mask], d[mask])
                 row["auroc_malignant"] = binary_auroc(ym[mask], mal[mask])
             rows.append(row)
     return pd.DataFrame(rows)

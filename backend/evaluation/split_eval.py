@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from backend.data.dataset import encode_targets
@@ -28,11 +29,13 @@ class RowPredictions:
         rows: The rows whose image could be read, re-indexed from 0.
         raw: Calibrated probabilities, logits, thickness and features, one row per ``rows`` row.
         skipped: One message per unreadable image.
+        class_offsets: The predictor's calibration offsets (the class-balanced decision), or None.
     """
 
     rows: pd.DataFrame
     raw: RawOutputs
     skipped: list[str]
+    class_offsets: np.ndarray | None = None
 
 
 def row_metadata(rows: pd.DataFrame) -> list[dict[str, Any]]:
@@ -64,7 +67,7 @@ def predict_rows(predictor: Predictor, rows: pd.DataFrame, tta: bool = False, pr
     images = rows["image"].tolist() if perturb is None else PerturbedImages(rows["image"].tolist(), perturb)
     raw, kept, skipped = predictor.raw_outputs(images, row_metadata(rows), progress=progress, tta=tta,
                                                num_workers=num_workers)
-    return RowPredictions(rows.iloc[kept].reset_index(drop=True), raw, skipped)
+    return RowPredictions(rows.iloc[kept].reset_index(drop=True), raw, skipped, predictor.class_offsets)
 
 
 def score_rows(pred: RowPredictions, n_boot: int = 1000, only: tuple[str, ...] | None = None,
@@ -80,5 +83,6 @@ def score_rows(pred: RowPredictions, n_boot: int = 1000, only: tuple[str, ...] |
     t = encode_targets(pred.rows)
     groups = pred.rows["patient_id"].fillna(pred.rows["lesion_id"]).to_numpy(dtype=object)
     return card_metrics(t["diagnosis"], pred.raw.probs, t["label"], pred.raw.thickness_mm, t["thickness_lo"],
-                        t["thickness_hi"], groups=groups, n_boot=n_boot, only=only, seed=seed)
+                        t["thickness_hi"], groups=groups, n_boot=n_boot, only=only, seed=seed,
+                        class_offsets=pred.class_offsets)
 

@@ -75,6 +75,9 @@ class Predictor:
         thickness_scaler: ``ThicknessScaler.to_dict()`` of the model.
         metadata_encoder: ``MetadataEncoder.to_dict()``, or None for an image-only model.
         temperature: Calibration temperature (> 0) dividing the diagnosis logits.
+        class_offsets: Per-class offsets of bias-corrected temperature scaling, already folded into
+            the network's diagnosis bias by export; the called class (``top_class``) is the
+            class-balanced decision ``argmax(log p - offsets)``. None (or zeros): the most probable class.
         feature_stats: Out-of-distribution statistics, or None to skip that check.
         card: The model card (a minimal one is made for checkpoints).
         risk: Risk weights and thresholds; default ``cfgs/inference/risk.yaml``.
@@ -93,6 +96,7 @@ class Predictor:
         thickness_scaler: dict[str, float] | None = None,
         metadata_encoder: dict[str, Any] | None = None,
         temperature: float = 1.0,
+        class_offsets: Sequence[float] | None = None,
         feature_stats: FeatureStats | None = None,
         card: dict[str, Any] | None = None,
         risk: RiskConfig | None = None,
@@ -119,6 +123,13 @@ class Predictor:
         self.temperature = float(temperature)
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ConfigError(f"calibration temperature must be a finite number > 0, got {temperature!r}")
+        self.class_offsets = None
+        if class_offsets is not None:
+            offsets = np.asarray(class_offsets, dtype=np.float64).reshape(-1)
+            if offsets.shape[0] != len(DIAGNOSES) or not np.isfinite(offsets).all():
+                raise ConfigError(f"calibration class_offsets must be {len(DIAGNOSES)} finite numbers, "
+                                  f"got {list(class_offsets)!r}")
+            self.class_offsets = offsets if offsets.any() else None
         self.feature_stats = feature_stats
         self.risk = risk if risk is not None else RiskConfig.load()
         self.quality = quality or QualityConfig()
@@ -159,6 +170,7 @@ class Predictor:
             if card.get("ood"):
                 stats = FeatureStats.from_parts(card["ood"], {k: v.numpy() for k, v in bundle.extra_tensors.items()})
             kwargs.setdefault("temperature", bundle.temperature)
+            kwargs.setdefault("class_offsets", (card.get("calibration") or {}).get("class_offsets"))
             kwargs.setdefault("feature_stats", stats)
             # The card's figures were measured with the bundle's own TTA setting: keep it by default.
             kwargs.setdefault("tta", bool((card.get("inference") or {}).get("tta", False)))
@@ -360,7 +372,7 @@ class Predictor:
                     if ood is not None:
                         flags.append(ood)
                 records.append(Prediction.from_outputs(item.name, raw.probs[i], float(raw.thickness_mm[i]), flags,
-                                                       self.risk, bool(used[i]), tta, dist))
+                                                       self.risk, bool(used[i]), tta, dist, self.class_offsets))
         return OutputBatch(batch.size, indices, names, raw, records, batch.failures, inputs, used)
 
     # -- prediction -------------------------------------------------------------------------

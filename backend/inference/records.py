@@ -18,6 +18,7 @@ import numpy as np
 from backend.data.schema import DIAGNOSES, MALIGNANT_INDICES
 from backend.inference.quality import QualityFlag
 from backend.inference.risk import NOT_ASSESSABLE, RiskConfig, assessed_light, risk_index, thickness_band, traffic_light
+from backend.metrics.calibration import balanced_decision_scores
 
 #: Columns of a batch-prediction CSV, in order.
 OUTPUT_COLUMNS: tuple[str, ...] = (
@@ -71,7 +72,8 @@ class Prediction:
             when the quality gate flagged the image (``backend.inference.risk.assessed_light``).
         thickness_mm: Breslow thickness estimate in mm (meaningful only if the lesion is a melanoma).
         thickness_band: Band of ``thickness_mm`` (``in situ``, ``<0.8 mm``, ... ``>4 mm``).
-        top_class: Most probable diagnosis.
+        top_class: The diagnosis the model calls: the most probable one, or with calibration offsets
+            the class-balanced decision (see :meth:`from_outputs`).
         top_probability: Its probability.
         flags: Quality-gate flag codes (``blurred``, ``out_of_distribution``...); empty when none.
         flag_reasons: Code -> human-readable reason.
@@ -106,12 +108,17 @@ class Prediction:
     @classmethod
     def from_outputs(cls, name: str, probs: np.ndarray, thickness_mm: float, flags: list[QualityFlag],
                      risk_cfg: RiskConfig, metadata_used: bool = False, tta: bool = False,
-                     ood_distance: float | None = None) -> Prediction:
-        """One image's record from its calibrated probabilities, thickness and quality flags."""
+                     ood_distance: float | None = None, class_offsets: np.ndarray | None = None) -> Prediction:
+        """One image's record from its calibrated probabilities, thickness and quality flags.
+
+        ``top_class`` is the class-balanced decision under calibration offsets
+        (``backend.metrics.calibration.balanced_decision_scores``), else the most probable class;
+        ``top_probability`` is its calibrated probability either way.
+        """
         probabilities = {c: float(p) for c, p in zip(DIAGNOSES, probs, strict=True)}
         malignant = float(min(max(sum(float(probs[i]) for i in MALIGNANT_INDICES), 0.0), 1.0))
         risk = float(risk_index(probs, risk_cfg))
-        top = int(np.argmax(probs))
+        top = int(np.argmax(balanced_decision_scores(probs, class_offsets)))
         return cls(
             image=name, probabilities=probabilities, malignant=malignant, benign=1.0 - malignant, risk=risk,
             traffic_light=assessed_light(risk, flags, risk_cfg), model_light=traffic_light(risk, risk_cfg),

@@ -27,6 +27,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from backend.data.schema import DIAGNOSES, THICKNESS_SPLIT_MM
+from backend.metrics.calibration import balanced_decision_scores
 from backend.metrics.classification import (
     TARGET_SPECIFICITY,
     balanced_accuracy,
@@ -56,17 +57,19 @@ def _as_1d(name: str, values: Any, n: int, dtype: Any = float) -> np.ndarray:
 
 
 def _diagnosis_metrics(
-    y: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...], out: dict[str, Any], notes: dict[str, str]
+    y: np.ndarray, probs: np.ndarray, decisions: np.ndarray, class_names: tuple[str, ...], out: dict[str, Any],
+    notes: dict[str, str],
 ) -> None:
+    """Class metrics: those of the called class from the argmax of ``decisions``, the AUROCs from ``probs``."""
     num_classes = probs.shape[1]
     labels = list(range(num_classes))
-    pred = probs.argmax(axis=1)
+    pred = decisions.argmax(axis=1)
     out["n_diagnosis"] = int(y.size)
     if y.size == 0:
         notes["n_diagnosis"] = "no row with a known diagnosis: diagnosis metrics not computed"
         return
     out["accuracy"] = float(accuracy_score(y, pred))
-    out["balanced_accuracy"] = balanced_accuracy(y, probs)
+    out["balanced_accuracy"] = balanced_accuracy(y, decisions)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn warns about classes absent from y_true / y_pred
         out["f1_macro"] = float(f1_score(y, pred, average="macro", zero_division=0))
@@ -82,7 +85,7 @@ def _diagnosis_metrics(
         out[f"support/{name}"] = int(support[k])
         out[f"precision/{name}"] = float(precision[k])
         out[f"recall/{name}"] = float(recall[k])
-        out[f"f1/{name}"] = class_f1(y, probs, k)
+        out[f"f1/{name}"] = class_f1(y, decisions, k)
         auroc = class_auroc(y, probs, k)
         out[f"auroc/{name}"] = auroc
         if math.isnan(auroc):
@@ -159,6 +162,7 @@ def compute_metrics(
     thickness_hi: Any = None,
     class_names: tuple[str, ...] = DIAGNOSES,
     thickness_split_mm: float = THICKNESS_SPLIT_MM,
+    class_offsets: Any = None,
 ) -> dict[str, Any]:
     """Every evaluation metric of one split, from whole-split arrays.
 
@@ -175,6 +179,11 @@ def compute_metrics(
         thickness_hi: Label interval upper bound in mm (``inf`` or NaN = open; ``lo == hi`` = exact).
         class_names: Names of the ``C`` probability columns, used in the keys.
         thickness_split_mm: Thin/thick boundary for the split accuracy and AUROC.
+        class_offsets: The calibration's per-class offsets (bias-corrected temperature scaling):
+            the called class, behind accuracy, balanced accuracy, F1, precision, recall and the
+            confusion matrix, is then the class-balanced decision
+            (``backend.metrics.calibration.balanced_decision_scores``); None calls the most
+            probable class.
 
     Returns:
         Flat dict: float/int metrics keyed like ``accuracy``, ``f1/MEL``, ``auroc_malignant``,
@@ -195,7 +204,8 @@ def compute_metrics(
     out: dict[str, Any] = {}
     notes: dict[str, str] = {}
     known = y >= 0
-    _diagnosis_metrics(y[known], probs[known], tuple(class_names), out, notes)
+    decisions = balanced_decision_scores(probs, class_offsets)
+    _diagnosis_metrics(y[known], probs[known], decisions[known], tuple(class_names), out, notes)
 
     if y_true_malignant is not None:
         y_mal = _as_1d("y_true_malignant", y_true_malignant, n)

@@ -1,4 +1,4 @@
-"""Re-estimate BatchNorm statistics of a pretrained start without changing what it computes.
+"""BatchNorm statistics: re-estimated for a pretrained start, or adapted to a new input resolution.
 
 Weights ported from TensorFlow Lite (the ImageNet MobileNetV2 in ``../shared/pretrained``) come
 with every BatchNorm folded into the convolution before it: weight 1, running mean 0, running
@@ -102,4 +102,63 @@ def reestimate_batchnorm(
         layer.running_mean.copy_(mean.to(device, layer.running_mean.dtype))
         layer.running_var.copy_(var.to(device, layer.running_var.dtype))
     log.info("re-estimated %d BatchNorm layers on %d images", len(layers), seen)
+    return seen
+
+
+@torch.no_grad()
+def adapt_batchnorm(
+    model: nn.Module, batches: Iterable[torch.Tensor], forward: Callable[[torch.Tensor], object] | None = None,
+) -> int:
+    """Replace every BatchNorm's running statistics by those of ``batches`` (the weights stay).
+
+    Unlike :func:`reestimate_batchnorm` this *changes* what the network computes: it is for a
+    trained network that will see inputs of another kind than in training, above all another input
+    resolution (Touvron et al., "Fixing the train-test resolution discrepancy", 2019): apparent
+    object size and pixel statistics shift with the side, and so do the activations BatchNorm
+    normalises. Each layer is put in train mode with a cumulative average (``momentum=None``) over
+    the batches, as ``torch.optim.swa_utils.update_bn`` does; unlike that helper, only the
+    BatchNorm layers leave eval mode, so dropout and stochastic depth stay off while the
+    statistics are measured.
+
+    Args:
+        model: The module whose BatchNorm layers are adapted (e.g. a backbone).
+        batches: Input tensors ``(B, C, H, W)``: eval-transformed training images at the new side.
+        forward: What to call on each batch (default ``model``).
+
+    Returns:
+        The number of images seen.
+
+    Raises:
+        ValueError: When ``batches`` yields nothing, or the model has no BatchNorm with running statistics.
+    """
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no BatchNorm layer with running statistics")
+    saved = {layer: (layer.running_mean.clone(), layer.running_var.clone(), layer.num_batches_tracked.clone(),
+                     layer.momentum) for layer in layers}
+    was_training = model.training
+    model.eval()
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+        layer.train()
+    seen = 0
+    try:
+        for batch in batches:
+            (forward or model)(batch)
+            seen += int(batch.shape[0])
+    except BaseException:
+        seen = 0
+        raise
+    finally:
+        for layer in layers:
+            layer.momentum = saved[layer][3]
+            if seen == 0:  # nothing measured (or interrupted): put the trained statistics back
+                layer.running_mean.copy_(saved[layer][0])
+                layer.running_var.copy_(saved[layer][1])
+                layer.num_batches_tracked.copy_(saved[layer][2])
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("no images to adapt BatchNorm statistics with")
+    log.info("adapted %d BatchNorm layers to %d images", len(layers), seen)
     return seen

@@ -8,7 +8,7 @@ plain file format it writes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,14 @@ from backend.inference.risk import risk_index
 from backend.io.bundle import ONNX_FILE, read_card, save_bundle, write_card
 from backend.io.checkpoint import load_lesion_checkpoint
 from backend.io.onnx import DEFAULT_OPSET, OUTPUT_NAMES, export_onnx
-from backend.metrics.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from backend.metrics.calibration import (
+    CALIBRATION_METHODS,
+    apply_temperature,
+    expected_calibration_error,
+    fit_calibration,
+)
 from backend.metrics.scores import compute_metrics
+from backend.workflows.test_resolution import choose_test_resolution
 
 
 @dataclass
@@ -74,6 +80,15 @@ def _checkpoint_scores(path: Path) -> dict[str, float]:
     return scores
 
 
+def fold_class_offsets(net: Any, shift: Any) -> None:
+    """Add ``shift`` (temperature x calibration offsets) to the diagnosis head's bias, in place."""
+    import torch
+
+    bias = net.heads.diagnosis.bias
+    with torch.no_grad():
+        bias.add_(torch.as_tensor(shift, dtype=bias.dtype, device=bias.device))
+
+
 def export_bundle(
     checkpoint: str | Path,
     output: str | Path,
@@ -90,6 +105,9 @@ def export_bundle(
     batch_size: int = 32,
     progress: bool = False,
     operating_points: bool = True,
+    test_img_sizes: list[int] | None = None,
+    adapt_images: int = 1000,
+    calibration_method: str = "temperature",
 ) -> ExportResult:
     """Turn a training checkpoint into a bundle, fitting calibration and OOD statistics on its run's splits.
 
@@ -102,11 +120,26 @@ def export_bundle(
     Without it the temperature is ``temperature`` (or 1) and there are no OOD statistics; the card
     then reports the checkpoint's monitored score.
 
+    With ``test_img_sizes`` (and ``csv``) the bundle predicts at the side that ranks the validation
+    split's malignant lesions best: the network as trained at its training side, or at one of these
+    sides with its BatchNorm statistics adapted there on ``adapt_images`` training images
+    (:mod:`backend.workflows.test_resolution`); everything after (temperature, operating points,
+    OOD statistics, ONNX) is fitted on the chosen network and side, and the card's
+    ``test_resolution`` records every candidate.
+
+    ``calibration_method`` ``bias_corrected`` fits per-class offsets beside the temperature
+    (:func:`~backend.metrics.calibration.fit_bias_corrected_temperature`) and folds them into the
+    network's diagnosis bias, so the bundle's probabilities (PyTorch and ONNX alike) are
+    ``softmax((logits + T * offsets) / T)``; the card keeps the offsets (``calibration.class_offsets``)
+    so the called class stays the network's class-balanced decision.
+
     Raises:
         CheckpointError: Unsafe or unreadable checkpoint, or export failure.
         DataFormatError: Bad table or splits file.
         ConfigError: No validation/train rows, or a splits file cannot be found.
     """
+    if calibration_method not in CALIBRATION_METHODS:
+        raise ConfigError(f"unknown calibration method {calibration_method!r}; valid: {sorted(CALIBRATION_METHODS)}")
     checkpoint = Path(checkpoint)
     loaded = load_lesion_checkpoint(checkpoint)
     predictor = Predictor(loaded.net, loaded.preprocessing, loaded.thickness_scaler, loaded.metadata_encoder,
@@ -128,22 +161,37 @@ def export_bundle(
         if val.empty or train.empty:
             raise ConfigError(f"{splits_path}: needs both 'val' and 'train' rows to fit calibration and OOD "
                               f"statistics (val {len(val)}, train {len(train)})")
-        raw, kept, skipped_val = predictor.raw_outputs(val["image"].tolist(), _table_metadata(val), progress)
+        if test_img_sizes:
+            choice = choose_test_resolution(loaded, val, train, list(test_img_sizes), adapt_images=adapt_images,
+                                            batch_size=batch_size, calibration_method=calibration_method)
+            predictor, raw, kept, skipped_val = choice.predictor, choice.raw, choice.kept, choice.skipped
+            loaded = replace(loaded, net=predictor.net, preprocessing=dict(predictor.preprocessing))
+            extra_card["test_resolution"] = choice.record
+        else:
+            raw, kept, skipped_val = predictor.raw_outputs(val["image"].tolist(), _table_metadata(val), progress)
         skipped += skipped_val
         targets = encode_targets(val.iloc[kept].reset_index(drop=True))
         labels = targets["diagnosis"]
+        before = apply_temperature(raw.logits, 1.0)
+        offsets = None
         if temperature is None and (labels >= 0).any():
-            temp = fit_temperature(raw.logits, labels)
-        before, after = apply_temperature(raw.logits, 1.0), apply_temperature(raw.logits, temp)
+            temp, offsets = fit_calibration(raw.logits, labels, calibration_method)
+            if offsets is not None:
+                fold_class_offsets(loaded.net, temp * offsets)
+                raw = raw._replace(logits=raw.logits + temp * offsets)
+        after = apply_temperature(raw.logits, temp)
         known = labels >= 0
         calibration = {
             "fitted_on": f"val split of {splits_path} ({int(known.sum())} images with a diagnosis)",
             "ece_before": expected_calibration_error(before[known], labels[known]) if known.any() else None,
             "ece_after": expected_calibration_error(after[known], labels[known]) if known.any() else None,
         }
+        if offsets is not None:
+            calibration = {"method": CALIBRATION_METHODS[calibration_method],
+                           "class_offsets": [round(float(v), 6) for v in offsets], **calibration}
         metrics = _scalar_metrics(compute_metrics(
             labels, after, y_true_malignant=targets["label"], thickness_pred_mm=raw.thickness_mm,
-            thickness_lo=targets["thickness_lo"], thickness_hi=targets["thickness_hi"],
+            thickness_lo=targets["thickness_lo"], thickness_hi=targets["thickness_hi"], class_offsets=offsets,
         ))
         metrics["n_images"] = len(kept)
         if operating_points:

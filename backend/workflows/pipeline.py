@@ -40,6 +40,7 @@ from backend.evaluation.card_sections import (
     HEADLINE_NAMES,
     operating_points_markdown,
     start_weights_markdown,
+    test_resolution_line,
     variants_markdown,
 )
 from backend.evaluation.model_card import metrics_markdown, subgroup_metrics
@@ -49,6 +50,7 @@ from backend.files import atomic_write_text
 from backend.inference.predictor import Predictor
 from backend.inference.risk import risk_index
 from backend.io.bundle import read_card, write_card
+from backend.metrics.calibration import CALIBRATION_METHODS
 from backend.training.byol_config import ByolConfig
 from backend.training.byol_run import pretrain
 from backend.training.config import ExperimentConfig
@@ -56,6 +58,7 @@ from backend.training.run import fit
 from backend.training.run_dirs import latest_resumable_version
 from backend.workflows.export import export_bundle
 from backend.workflows.lodo import LodoConfig, lodo_markdown, run_lodo
+from backend.workflows.test_resolution import check_sizes
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,12 @@ class PipelineConfig:
         baseline: ``{name, bundle_dir}`` of an earlier bundle scored on the same test split and
             variants, shown beside this model's figures; None for none (skipped when the folder is absent).
         start_weights: ``{name, licence, obtain}``: the pretrained start, written into the card.
+        test_img_sizes: Sides the export stage also tries predicting at, BatchNorm adapted on
+            training images, keeping the best by validation malignant AUROC
+            (:mod:`backend.workflows.test_resolution`); empty keeps the training side.
+        adapt_images: Training images that adapt BatchNorm to each of those sides.
+        calibration: ``temperature`` or ``bias_corrected`` (temperature and per-class offsets;
+            ``backend.metrics.calibration``), fitted on the validation split by the export stage.
     """
 
     name: str = "dermalens-default"
@@ -104,6 +113,9 @@ class PipelineConfig:
     variants: list[str] = field(default_factory=lambda: ["squashed", "bordered"])
     baseline: dict[str, str] | None = None
     start_weights: dict[str, str] | None = None
+    test_img_sizes: list[int] = field(default_factory=list)
+    adapt_images: int = 1000
+    calibration: str = "temperature"
 
     def validate(self) -> None:
         """Reject unknown stages, variants and baseline keys."""
@@ -116,6 +128,11 @@ class PipelineConfig:
         if self.start_weights is not None and set(self.start_weights) != {"name", "licence", "obtain"}:
             raise ConfigError(f"start_weights must have exactly the keys name, licence and obtain, "
                               f"got {sorted(self.start_weights)}")
+        check_sizes(self.test_img_sizes)
+        if self.calibration not in CALIBRATION_METHODS:
+            raise ConfigError(f"calibration: unknown {self.calibration!r}; valid: {sorted(CALIBRATION_METHODS)}")
+        if self.adapt_images < 1:
+            raise ConfigError(f"adapt_images must be >= 1, got {self.adapt_images}")
         if self.baseline is not None and set(self.baseline) != {"name", "bundle_dir"}:
             raise ConfigError(f"baseline must have exactly the keys name and bundle_dir, got {sorted(self.baseline)}")
 
@@ -203,6 +220,7 @@ def stage_export(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
     result = export_bundle(
         train["best_ckpt"], cfg.bundle_dir, name=cfg.name, version=cfg.version, csv=exp.data.csv,
         img_dir=exp.data.img_dir, splits_csv=run_dir / "splits.csv", progress=True, onnx=cfg.onnx,
+        test_img_sizes=cfg.test_img_sizes, adapt_images=cfg.adapt_images, calibration_method=cfg.calibration,
     )
     card = read_card(result.bundle_dir)
     card["inference"] = {"tta": cfg.tta}
@@ -210,7 +228,7 @@ def stage_export(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
         card["start_weights"] = dict(cfg.start_weights)
     write_card(result.bundle_dir, card)
     return {"bundle_dir": str(result.bundle_dir), "skipped_images": len(result.skipped),
-            "calibration": result.card.get("calibration")}
+            "calibration": result.card.get("calibration"), "test_resolution": result.card.get("test_resolution")}
 
 
 #: Card figures compared across variants and against the baseline.
@@ -235,7 +253,7 @@ def stage_card(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
     rows, skipped = pred.rows, pred.skipped
     metrics = score_rows(pred, n_boot=cfg.n_boot)
     t = encode_targets(rows)
-    subgroups = subgroup_metrics(rows, t["diagnosis"], pred.raw.probs, t["label"])
+    subgroups = subgroup_metrics(rows, t["diagnosis"], pred.raw.probs, t["label"], class_offsets=pred.class_offsets)
     card = read_card(cfg.bundle_dir)
     card["test_metrics"] = metrics
     card["test_subgroups"] = subgroups.replace({np.nan: None}).to_dict(orient="records")
@@ -341,6 +359,7 @@ def render_card_markdown(card: dict[str, Any], metrics_md: str) -> str:
         f"{(cfg.get('optim') or {}).get('lr')}, class-balanced sampler {data.get('balanced_sampler')}, class-weighted "
         f"loss {(cfg.get('loss') or {}).get('class_weighted')}, Shades of Gray {data.get('color_constancy')}, "
         f"hair removal {data.get('hair_removal')}, augmentation `{data.get('augment')}`.",
+        *([f"- Test resolution: {resolution}"] if (resolution := test_resolution_line(card)) else []),
         f"- Calibration: temperature {_num(calib.get('temperature'))} fitted on {calib.get('fitted_on')}; "
         f"ECE {_num(calib.get('ece_before'))} before, {_num(calib.get('ece_after'))} after.",
         f"- Data: {data.get('csv')}; lesion- and patient-grouped split "

@@ -183,7 +183,8 @@ def test_model_page_reads_the_bundled_card_in_words(tmp_path, monkeypatch):
     assert (f"Probabilities calibrated by temperature scaling (T = {calib['temperature']:.3f}) on the validation "
             f"split (1974 images with a diagnosis); expected calibration error {calib['ece_before']:.3f} → "
             f"{calib['ece_after']:.3f}") in text
-    assert "160 px" in text and "Shades of Gray" in text and "input scaled to [-1, 1]" in text
+    size = card["preprocessing"]["img_size"]
+    assert f"Images resized to {size} px" in text and "Shades of Gray" in text and "input scaled to [-1, 1]" in text
     assert "99th percentile of 5000 training images" in text and "unlike the images the model was trained on" in text
     settings = {r: v for t in (df.value for df in at.dataframe) if "Setting" in t
                 for r, v in zip(t["Setting"], t["Value"], strict=True)}
@@ -212,11 +213,22 @@ def test_card_sections_in_words():
         "Probabilities are the network's raw outputs, not calibrated.")
     assert card_view.calibration_sentence({"method": "temperature scaling", "fitted_on": None, "temperature": 1.0}) == (
         "Probabilities calibrated by temperature scaling (T = 1, i.e. unchanged).")
+    assert card_view.calibration_sentence({"method": "bias-corrected temperature scaling", "temperature": 0.8,
+                                           "class_offsets": [0.5, -0.5]}) == (
+        "Probabilities calibrated by bias-corrected temperature scaling (T = 0.8), with one offset per diagnosis "
+        "that puts back how common it is (the network was trained to weigh every diagnosis equally, and its "
+        "suggested diagnosis still does).")
     assert card_view.preprocessing_sentence({"img_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.2, 0.2, 0.2],
                                              "color_constancy": False, "hair_removal": True}) == (
         "Images resized to 224 px (shorter side) and centre-cropped to a square, no colour constancy, hair removed "
         "digitally, input normalised (mean 0.485, 0.456, 0.406, spread 0.2, 0.2, 0.2).")
     assert "95th percentile of the training images" in card_view.ood_sentence({"percentile": 95})
+    assert card_view.test_resolution_sentence({"test_resolution": {"img_size": 208, "train_img_size": 160}}) == (
+        "The network learned on 160 px images and predicts at 208 px, the size at which it best separated "
+        "malignant from benign lesions in the validation images, with its internal normalisation re-measured on "
+        "training images at 208 px.")
+    for card in ({}, {"test_resolution": {"img_size": 160, "train_img_size": 160}}):
+        assert card_view.test_resolution_sentence(card) == ""
     rows = card_view.setting_rows({"method": "Mahalanobis distance, Ledoit-Wolf shrunk covariance",
                                    "tensors": ["ood_stats.mean"], "threshold": 74.10929723443951})
     assert rows == [{"Setting": "Method", "Value": "Mahalanobis distance of the model's image features"},

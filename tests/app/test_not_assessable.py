@@ -43,7 +43,7 @@ def test_flagged_upload_is_grey_and_its_result_shows_only_on_request(app_env):
 
     at.toggle(key=key).set_value(True).run()
     assert not at.exception
-    assert f"### Most likely: {pred.top_class} (" in texts(at.markdown)
+    assert f"### Suggested diagnosis: {pred.top_class} (" in texts(at.markdown)
     assert len(at.get("plotly_chart")) == 2
     assert f"dl-light-{pred.model_light}" in texts(at.markdown)  # the model's own light, on request
     assert any(str(m.value).startswith("**Not assessable") for m in at.main.markdown)  # still said

@@ -130,6 +130,15 @@ def test_risk_explanation_shows_formula_and_numbers():
     assert "1.5 × 0.400" in text and "**0.750**" in text and "green below 0.15" in text
 
 
+def test_suggestion_note_says_when_a_more_probable_diagnosis_was_not_suggested():
+    pred = _prediction()
+    assert max(pred.probabilities, key=pred.probabilities.get) == pred.top_class
+    assert components.suggestion_note(pred) == ""
+    probs = {**pred.probabilities, "NV": 0.55, "MEL": 0.2}
+    note = components.suggestion_note(_prediction(probabilities=probs, top_class="MEL"))
+    assert note.startswith("More probable: NV (melanocytic nevus), 55%.") and "weighs every diagnosis equally" in note
+
+
 def test_malignancy_figure_and_class_table():
     fig = components.malignancy_figure(_prediction())
     assert list(fig.data[0].y) == ["Benign", "Malignant"] and list(fig.data[0].x) == [0.48, 0.52]
@@ -174,7 +183,7 @@ def test_pdf_report_has_a_text_layer_with_human_field_names():
                                metadata={"age_approx": 55, "sex": "female"}, risk_weights={"MEL": 1.5},
                                light_meaning="Red: on this model's test split, 40% of red lesions were malignant.")
     text = " ".join(_pdf_text(data).split())
-    for name in ("Most likely diagnosis", "Probability of malignancy", "Risk light", "What the light means",
+    for name in ("Suggested diagnosis", "Probability of malignancy", "Risk light", "What the light means",
                  "Estimated Breslow thickness", "Image quality", "Patient metadata"):
         assert name in text, name
     assert "melanoma (MEL), probability 40.0%" in text and "lesion_7.jpg" in text
@@ -200,11 +209,11 @@ def test_pdf_report_of_a_not_assessable_image_says_so():
     assert "Not assessable: retake the image" in text and "Grey: not assessable" in text
     assert "The image is too dark or blank to assess" in text and "Model's result Not reported" in text
     assert "Patient ID P-17" in text and "Lesion ID back 3" in text
-    for hidden in ("Most likely diagnosis", "Red: high risk", "Risk index", "Breslow", "40.0%"):
+    for hidden in ("Suggested diagnosis", "Red: high risk", "Risk index", "Breslow", "40.0%"):
         assert hidden not in text, hidden
     assert len(PdfReader(io.BytesIO(data)).pages[0].images) == 1  # the image, not its Grad-CAM
     text = " ".join(_pdf_text(report.build_report(image, None, pred, show_model_result=True, **kwargs)).split())
-    assert text.index("Not assessable: retake the image") < text.index("Most likely diagnosis")
+    assert text.index("Not assessable: retake the image") < text.index("Suggested diagnosis")
     assert "Grey: not assessable" in text and "Red: high risk" in text  # the model's light, named as such
     assert "The image is too dark or blank to assess" in text
 
@@ -213,9 +222,9 @@ def test_png_report_of_a_not_assessable_image_leaves_the_result_out_unless_shown
     image = np.full((64, 64, 3), 20, np.uint8)
     pred = _prediction("grey", model_light="red", flags=["too_dark"], flag_reasons={"too_dark": "Too dark."})
     fields = dict(report_pdf.report_fields(pred, patient_id="P-1"))
-    assert "Most likely diagnosis" not in fields and fields["Patient ID"] == "P-1" and "Red" not in fields["Risk light"]
+    assert "Suggested diagnosis" not in fields and fields["Patient ID"] == "P-1" and "Red" not in fields["Risk light"]
     shown = dict(report_pdf.report_fields(pred, show_model_result=True))
-    assert shown["Most likely diagnosis"].startswith("melanoma") and "Red: high risk" in shown["Risk light"]
+    assert shown["Suggested diagnosis"].startswith("melanoma") and "Red: high risk" in shown["Risk light"]
     hidden_png = report.render_report(image, 255 - image, pred, image_name="x", model_name="M", model_version="1")
     shown_png = report.render_report(image, 255 - image, pred, image_name="x", model_name="M", model_version="1",
                                      show_model_result=True)

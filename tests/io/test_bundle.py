@@ -8,11 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from backend.errors import CheckpointError
+from backend.data.dataset import encode_targets
+from backend.data.formats import load_table
+from backend.data.splits import read_splits
+from backend.errors import CheckpointError, ConfigError
+from backend.evaluation.evaluate import default_splits_csv
+from backend.evaluation.split_eval import row_metadata
 from backend.files import atomic_write_bytes
 from backend.inference.predictor import Predictor
 from backend.io.bundle import REQUIRED_CARD_KEYS, load_bundle, read_card, write_card
 from backend.io.onnx import onnx_session, run_onnx
+from backend.metrics.calibration import calibrated_probs
+from backend.metrics.classification import binary_auroc, malignant_probability
 from backend.model_store import describe_model_dir
 from backend.workflows.export import export_bundle
 from scripts.export import main as export_main
@@ -176,3 +183,62 @@ def test_a_swapped_onnx_file_is_refused(trained, tmp_path):
     assert Predictor.from_checkpoint(copy, engine="torch").onnx_engine is None  # PyTorch alone still works
     with pytest.raises(CheckpointError, match="no ONNX model"):
         Predictor.from_checkpoint(trained["ckpt"], engine="onnxruntime")
+
+
+def test_export_predicts_at_the_test_side_chosen_on_validation(trained, tmp_path):
+    out = tmp_path / "resized"
+    assert export_main(["--checkpoint", str(trained["ckpt"]), "--output", str(out), "--csv", str(trained["csv"]),
+                        "--test_img_sizes", "48", "80", "--adapt_images", "16", "--onnx"]) == 0
+    card = read_card(out)
+    record = card["test_resolution"]
+    rows = record["candidates"]
+    assert record["train_img_size"] == 64 and [r["img_size"] for r in rows] == [64, 48, 80]
+    assert rows[0]["batchnorm"] == "as trained"
+    assert all(r["batchnorm"] == "adapted on 16 training images" for r in rows[1:])
+    best = max(rows, key=lambda r: r["auroc_malignant"])
+    assert record["img_size"] == best["img_size"] == card["preprocessing"]["img_size"]
+    assert record["chosen_by"] == "malignant AUROC on the validation split"
+    assert onnx_session(out / "model.onnx").get_inputs()[0].shape[-1] == best["img_size"]
+    # The bundle is the chosen network at the chosen side: it reproduces that candidate's validation score.
+    predictor = Predictor.from_checkpoint(out, engine="torch")
+    assert predictor.img_size == best["img_size"]
+    assert predictor.temperature == pytest.approx(best["temperature"], abs=1e-4)
+    table = load_table(trained["csv"])
+    val = table[read_splits(default_splits_csv(trained["ckpt"]), table).reindex(table.index) == "val"]
+    val = val.reset_index(drop=True)
+    raw, kept, _ = predictor.raw_outputs(val["image"].tolist(), row_metadata(val))
+    labels = encode_targets(val.iloc[kept].reset_index(drop=True))["label"]
+    assert binary_auroc(labels, malignant_probability(raw.probs)) == pytest.approx(best["auroc_malignant"], abs=1e-4)
+    trained_bn = Predictor.from_checkpoint(trained["ckpt"]).net.state_dict()
+    bundle_bn = predictor.net.state_dict()
+    stats = [k for k in trained_bn if k.endswith("running_mean")]
+    assert stats and all(torch.equal(trained_bn[k], bundle_bn[k]) for k in stats) == (best["img_size"] == 64)
+
+
+def test_bias_corrected_calibration_is_folded_into_the_bundle(trained, tmp_path):
+    out = tmp_path / "bcts"
+    assert export_main(["--checkpoint", str(trained["ckpt"]), "--output", str(out), "--csv", str(trained["csv"]),
+                        "--calibration", "bias_corrected", "--onnx"]) == 0
+    calib = read_card(out)["calibration"]
+    offsets = np.array(calib["class_offsets"])
+    assert calib["method"] == "bias-corrected temperature scaling" and offsets.shape == (8,)
+    assert abs(offsets.sum()) < 1e-5 and np.abs(offsets).max() > 0
+    images = lesions(6, seed=8)
+    raw_ckpt = Predictor.from_checkpoint(trained["ckpt"])  # temperature 1: the network's own logits
+    x = raw_ckpt.preprocess(images)
+    logits = raw_ckpt.forward(x).logits
+    expected = calibrated_probs(logits, calib["temperature"], offsets)
+    for engine in ("torch", "onnxruntime"):
+        bundle = Predictor.from_checkpoint(out, engine=engine)
+        np.testing.assert_allclose(bundle.forward(x).probs, expected, atol=1e-5)
+        np.testing.assert_allclose(bundle.class_offsets, offsets)
+        # The called class is the network's class-balanced decision, its probability the calibrated one.
+        results, own = bundle.predict(images), raw_ckpt.predict(images)
+        assert [r.top_class for r in results] == [r.top_class for r in own]
+        assert [r.top_probability for r in results] == [r.probabilities[r.top_class] for r in results]
+        assert any(r.top_class != max(r.probabilities, key=r.probabilities.get) for r in results)
+    # The validation figures score that decision: balanced accuracy as the uncalibrated network's.
+    plain = read_card(trained["bundle"])["validation_metrics"]
+    assert read_card(out)["validation_metrics"]["balanced_accuracy"] == pytest.approx(plain["balanced_accuracy"])
+    with pytest.raises(ConfigError, match="unknown calibration method 'platt'"):
+        export_bundle(trained["ckpt"], tmp_path / "bad", csv=trained["csv"], calibration_method="platt")

@@ -1,4 +1,4 @@
-"""Temperature scaling, ECE (checked against torchmetrics) and reliability-diagram bins."""
+"""Temperature scaling (plain and bias-corrected), ECE (checked against torchmetrics), reliability-diagram bins."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ from torchmetrics.classification import MulticlassCalibrationError
 
 from backend.metrics.calibration import (
     apply_temperature,
+    balanced_decision_scores,
+    calibrated_probs,
     expected_calibration_error,
+    fit_bias_corrected_temperature,
+    fit_calibration,
     fit_temperature,
     reliability_diagram,
 )
@@ -52,6 +56,44 @@ def test_underconfident_logits_get_t_below_one_and_unknown_rows_ignored(rng):
     assert t_masked == pytest.approx(0.5, rel=0.15)
     with pytest.raises(ValueError, match="no row with a label"):
         fit_temperature(logits[:3], [-1, -1, -1])
+
+
+def test_bias_corrected_scaling_recovers_temperature_and_class_frequencies(rng):
+    """A class-weighted network: its logits lack the class priors; BCTS puts them back, one T cannot."""
+    logits, _ = calibrated_logits(rng, n=20000)
+    prior = np.array([0.55, 0.2, 0.1, 0.05, 0.04, 0.03, 0.02, 0.01])
+    truth = apply_temperature(logits + np.log(prior), 1.0)  # the real posterior
+    labels = (truth.cumsum(axis=1) > rng.uniform(size=(len(logits), 1))).argmax(axis=1)
+    balanced = logits * 2.0  # what the network outputs: no prior, twice too confident
+    t, offsets = fit_bias_corrected_temperature(balanced, labels)
+    assert t == pytest.approx(2.0, rel=0.1)
+    expected = np.log(prior) - np.log(prior).mean()
+    np.testing.assert_allclose(offsets, expected, atol=0.15)
+    assert abs(offsets.sum()) < 1e-9
+    # Calibrated where it matters: each class's mean probability matches its frequency (one T cannot).
+    probs_t = apply_temperature(balanced, fit_temperature(balanced, labels))
+    freq = np.bincount(labels, minlength=C) / len(labels)
+    gap_bcts = np.abs(calibrated_probs(balanced, t, offsets).mean(0) - freq).max()
+    assert gap_bcts < 0.01 < np.abs(probs_t.mean(0) - freq).max()
+    # The class-balanced decision undoes the offsets: it is the network's own argmax.
+    probs = calibrated_probs(balanced, t, offsets)
+    np.testing.assert_array_equal(balanced_decision_scores(probs, offsets).argmax(1), balanced.argmax(1))
+    assert (probs.argmax(1) != balanced.argmax(1)).any()  # while the most probable class moves to common ones
+    np.testing.assert_array_equal(balanced_decision_scores(probs), probs)
+    with pytest.raises(ValueError, match="3 calibration offsets for 8 classes"):
+        balanced_decision_scores(probs, [0.0, 0.0, 0.0])
+
+
+def test_fit_calibration_by_name(rng):
+    logits, labels = calibrated_logits(rng, n=500)
+    t, offsets = fit_calibration(logits, labels, "temperature")
+    assert offsets is None and t == pytest.approx(fit_temperature(logits, labels))
+    t, offsets = fit_calibration(logits, labels, "bias_corrected")
+    assert offsets.shape == (C,) and t > 0
+    with pytest.raises(ValueError, match="unknown calibration method 'platt'"):
+        fit_calibration(logits, labels, "platt")
+    with pytest.raises(ValueError, match="no row with a label"):
+        fit_bias_corrected_temperature(logits[:2], [-1, -1])
 
 
 def test_ece_matches_torchmetrics(rng):

@@ -18,6 +18,7 @@ from sklearn.metrics import (
 )
 
 from backend.data.schema import DIAGNOSES
+from backend.evaluation.model_card import card_metrics
 from backend.metrics.scores import compute_metrics, metrics_to_frame, write_metrics_csv
 from tests.metrics.synthetic import C, run_collection, synthetic
 
@@ -39,6 +40,26 @@ def test_compute_metrics_matches_sklearn(rng):
         assert m[f"support/{name}"] == int((y == k).sum())
     assert m["auroc_macro"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr"))
     np.testing.assert_array_equal(m["confusion_matrix"], confusion_matrix(y, pred, labels=range(C)))
+
+
+def test_class_offsets_score_the_class_balanced_decision(rng):
+    """With calibration offsets the called class is argmax(log p - b); AUROCs still rank by p."""
+    y, probs = synthetic(rng)
+    offsets = np.linspace(1.5, -1.5, C)
+    shifted = probs * np.exp(offsets)
+    shifted /= shifted.sum(1, keepdims=True)  # what BCTS makes of probs: the priors put back
+    pred = probs.argmax(1)
+    m = compute_metrics(y, shifted, class_offsets=offsets)
+    assert (shifted.argmax(1) != pred).any()
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert m["f1/MEL"] == pytest.approx(f1_score(y == 0, pred == 0))
+    np.testing.assert_array_equal(m["confusion_matrix"], confusion_matrix(y, pred, labels=range(C)))
+    assert m["auroc/MEL"] == pytest.approx(roc_auc_score(y == 0, shifted[:, 0]))
+    card = card_metrics(y, shifted, np.zeros(len(y)), np.zeros(len(y)), np.full(len(y), np.nan),
+                        np.full(len(y), np.nan), n_boot=5, only=("balanced_accuracy",), class_offsets=offsets)
+    assert card["balanced_accuracy"]["value"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert compute_metrics(y, shifted)["balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(y, shifted.argmax(1)))
 
 
 def test_compute_metrics_agrees_with_collection(rng):

@@ -1,4 +1,4 @@
-"""Re-estimating folded BatchNorm: eval outputs unchanged, running statistics those of the data."""
+"""BatchNorm statistics: folded ones re-estimated (eval outputs unchanged), trained ones adapted to new data."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from backend.models.batchnorm import reestimate_batchnorm
+from backend.models.batchnorm import adapt_batchnorm, reestimate_batchnorm
 
 
 def folded_net() -> nn.Sequential:
@@ -60,3 +60,52 @@ def test_no_data_or_no_batchnorm_is_a_clear_error():
         reestimate_batchnorm(folded_net(), [])
     with pytest.raises(ValueError, match="no affine BatchNorm"):
         reestimate_batchnorm(nn.Linear(3, 3), batches())
+
+
+def dropout_net() -> nn.Sequential:
+    """Dropout first: were it on while adapting, the first BatchNorm would see other inputs."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Dropout(0.5), nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 4, 3, padding=1), nn.BatchNorm2d(4)).eval()
+
+
+def test_adapt_sets_running_stats_to_the_new_data_with_dropout_off():
+    net = dropout_net()
+    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k}
+    data = [torch.cat(batches())]  # one batch: the cumulative average is that batch's statistics
+    with torch.no_grad():
+        first_conv = net[1](data[0])
+        before = net(data[0])
+    assert adapt_batchnorm(net, data) == 32
+    assert torch.allclose(net[2].running_mean, first_conv.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(net[2].running_var, first_conv.var(dim=(0, 2, 3), unbiased=True), atol=1e-4)
+    # The second layer saw the first one normalised with batch statistics (train-mode BatchNorm).
+    with torch.no_grad():
+        second_in = net[4](net[3](nn.functional.batch_norm(first_conv, None, None, net[2].weight, net[2].bias,
+                                                           training=True)))
+    assert torch.allclose(net[5].running_mean, second_in.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in weights.items())  # weights untouched
+    assert net.training is False and not any(m.training for m in net.modules())
+    assert net[2].momentum == 0.1
+    with torch.no_grad():
+        assert not torch.allclose(net(data[0]), before, atol=1e-3)  # unlike reestimate: the function changes
+
+
+def test_adapt_without_data_or_batchnorm_is_a_clear_error_and_keeps_the_statistics():
+    net = dropout_net()
+    net[2].running_mean.fill_(0.3)
+    saved = net[2].running_mean.clone(), net[2].running_var.clone()
+    with pytest.raises(ValueError, match="no images"):
+        adapt_batchnorm(net, [])
+    assert torch.equal(net[2].running_mean, saved[0]) and torch.equal(net[2].running_var, saved[1])
+    assert net[2].momentum == 0.1
+
+    def broken():
+        yield batches()[0]
+        raise RuntimeError("unreadable batch")
+
+    with pytest.raises(RuntimeError, match="unreadable"):
+        adapt_batchnorm(net, broken())
+    assert torch.equal(net[2].running_mean, saved[0])  # interrupted: the trained statistics are back
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        adapt_batchnorm(nn.Linear(3, 3), batches())

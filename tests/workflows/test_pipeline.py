@@ -35,20 +35,26 @@ def test_default_config_is_valid():
     assert cfg.supervised["model"]["backbone"] == "mobilenetv2_100" and cfg.supervised["model"]["pretrained_path"]
     assert cfg.lodo is not None and {"Derm7pt", "ISIC2017"} <= set(cfg.lodo["datasets"])
     assert cfg.variants == ["squashed", "bordered"] and set(cfg.start_weights) == {"name", "licence", "obtain"}
+    assert cfg.calibration == "bias_corrected" and cfg.test_img_sizes and cfg.adapt_images >= 1
 
 
 def test_stages_run_record_and_skip(tmp_path):
 
-    cfg = tiny_pipeline(tmp_path, ["train", "export", "card"])
+    cfg = tiny_pipeline(tmp_path, ["train", "export", "card"], test_img_sizes=[40], adapt_images=8)
     records = run_pipeline(cfg)
     assert records["byol"] is None and records["train"]["best_ckpt"].endswith("best.ckpt")
     card = json.loads((tmp_path / "bundle" / "model_card.json").read_text())
     assert card["name"] == "tiny" and card["version"] == "9"
+    # The export stage tried predicting at 40 px (BatchNorm adapted) beside the training side, 32 px.
+    resolution = records["export"]["test_resolution"]
+    assert [r["img_size"] for r in resolution["candidates"]] == [32, 40] and resolution == card["test_resolution"]
+    assert card["preprocessing"]["img_size"] == resolution["img_size"]
     metrics = card["test_metrics"]
     assert {"balanced_accuracy", "auroc_malignant", "ece", "f1/MEL", "thickness_band_accuracy"} <= set(metrics)
     assert card["test_split"]["rows"] > 0 and card["test_subgroups"]
     text = (tmp_path / "card.md").read_text()
     assert "Test-split metrics" in text and "| balanced_accuracy |" in text
+    assert f"Test resolution: Predicts at {resolution['img_size']} px (trained at 32 px" in text
     # What each light means on the test split, and the acquisition variants beside the plain split.
     lights = card["operating_points"]["test"]["lights"]
     assert sum(v["n"] for v in lights.values()) == card["test_split"]["rows"]
@@ -71,6 +77,12 @@ def test_unknown_stage_and_missing_train_are_clear_errors(tmp_path, capsys):
         run_pipeline(cfg, stages=["export"])
     with pytest.raises(ConfigError, match="stages: unknown"):
         from_dict(PipelineConfig, {"stages": ["nope"]})
+    for sizes, match in (([16], "integer >= 32 pixels, got 16"), ([192, 192], "192 is listed twice"),
+                         (["big"], "got 'big'")):
+        with pytest.raises(ConfigError, match=match):
+            from_dict(PipelineConfig, {"test_img_sizes": sizes})
+    with pytest.raises(ConfigError, match="adapt_images must be >= 1, got 0"):
+        from_dict(PipelineConfig, {"adapt_images": 0})
     assert pipeline_main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
 
