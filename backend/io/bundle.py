@@ -65,8 +65,9 @@ DEFAULT_LIMITATIONS: tuple[str, ...] = (
     "accuracy on darker skin, on clinical (non-dermoscopic) photographs and on other devices is unknown.",
     "Diagnoses outside the 8 classes (UNK) are not predicted; such lesions get the closest known class.",
     "The thickness estimate is only meaningful for melanoma and is coarse; it never replaces histopathology.",
-    "Probabilities are calibrated by temperature scaling on the validation split; calibration may not "
-    "transfer to other populations.",
+    "Probabilities are calibrated on the validation split (temperature scaling, with one offset per "
+    "diagnosis where the card says so); calibration may not transfer to other populations, where "
+    "diagnoses are more or less common.",
     "Images flagged by the quality gate (blurred, dark, not skin, out of distribution) still get a "
     "prediction, which is unreliable.",
 )

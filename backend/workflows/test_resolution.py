@@ -124,6 +124,10 @@ def choose_test_resolution(
         ConfigError: Bad sizes, no training images, or no validation row with both classes.
     """
     sizes = check_sizes(list(sizes))
+    if getattr(loaded.net.backbone, "reshape_transform", None) is not None:
+        raise ConfigError(f"test_img_sizes: backbone {loaded.config.get('model', {}).get('backbone')!r} is a "
+                          "vision transformer with a fixed token grid; only convolutional backbones can "
+                          "predict at another side")
     if train.empty or adapt_images < 1:
         raise ConfigError(f"choosing the test resolution needs training images to adapt BatchNorm "
                           f"(train rows {len(train)}, adapt_images {adapt_images})")

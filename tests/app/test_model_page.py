@@ -180,9 +180,10 @@ def test_model_page_reads_the_bundled_card_in_words(tmp_path, monkeypatch):
     assert {"Validation metrics", "Calibration", "Preprocessing", "Out-of-distribution check"} <= set(headers)
     text = texts(at.markdown)
     calib = card["calibration"]
-    assert (f"Probabilities calibrated by temperature scaling (T = {calib['temperature']:.3f}) on the validation "
-            f"split (1974 images with a diagnosis); expected calibration error {calib['ece_before']:.3f} → "
-            f"{calib['ece_after']:.3f}") in text
+    assert f"Probabilities calibrated by {calib['method']} (T = {calib['temperature']:.3f})" in text
+    assert ("one offset per diagnosis that puts back how common it is" in text) == bool(calib.get("class_offsets"))
+    assert (f"on the validation split (1974 images with a diagnosis); expected calibration error "
+            f"{calib['ece_before']:.3f} → {calib['ece_after']:.3f}") in text
     size = card["preprocessing"]["img_size"]
     assert f"Images resized to {size} px" in text and "Shades of Gray" in text and "input scaled to [-1, 1]" in text
     assert "99th percentile of 5000 training images" in text and "unlike the images the model was trained on" in text

@@ -39,7 +39,8 @@ def test_bundle_predicts_without_tta_as_its_card_was_measured(predictor, one_tor
     [pred] = predictor.predict([image])
     assert predictor.tta is False and predictor.card["test_split"]["tta"] is False
     assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
-    assert 0.0 <= pred.malignant <= 1.0 and pred.traffic_light in {"green", "yellow", "red"}
+    # A synthetic drawing may be flagged as unlike the training images (grey); the model's own light is still there.
+    assert 0.0 <= pred.malignant <= 1.0 and pred.model_light in {"green", "yellow", "red"}
     assert pred.tta is False and pred.thickness_mm >= 0.0
 
 
@@ -106,6 +107,8 @@ def test_a_card_with_the_old_model_keys_still_loads(tmp_path):
         assert f"config key '{key}' is deprecated" in messages
     assert "its value 224 differs from 'data.img_size' (160), which is used" in messages
     net, card = loaded.model.net, loaded.card
-    assert net.backbone.img_size == card["config"]["data"]["img_size"] == card["preprocessing"]["img_size"] == 160
+    assert net.backbone.img_size == card["config"]["data"]["img_size"] == 160
+    # It predicts at the side export chose on validation (the network is convolutional: any side runs).
+    assert card["preprocessing"]["img_size"] == card["test_resolution"]["img_size"]
     assert net.use_metadata and net.meta_dim == MetadataEncoder.from_dict(card["metadata_encoder"]).dim == 15
     assert (bundle / "model_card.json").read_bytes() == before
