@@ -9,6 +9,11 @@ one without colour constancy and colour/vignette augmentation.
 
 All runs go through :func:`backend.workflows.study_runs.train_once`, so an interrupted check resumes
 and a recipe shared with the ablation study is not trained twice.
+
+With ``calibration`` (the default model's export setting) each run is calibrated on its own
+validation split before it is scored, as export calibrates the bundle: for the left-out run that
+split holds no image of the left-out dataset, so the check also shows whether calibration learnt on
+some clinics (with their own mix of diagnoses) helps or hurts on another.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ from typing import Any
 
 import pandas as pd
 
+from backend.data.dataset import encode_targets
 from backend.data.formats import default_img_dir, load_table
 from backend.data.splits import read_splits
 from backend.errors import ConfigError
 from backend.evaluation.split_eval import predict_rows, score_rows
 from backend.inference.predictor import Predictor
+from backend.metrics.calibration import CALIBRATION_METHODS, fit_calibration
+from backend.workflows.export import fold_class_offsets
 from backend.workflows.study_runs import StudyConfig, recipe, train_once
 
 log = logging.getLogger(__name__)
@@ -91,28 +99,61 @@ def leave_out(csv: str | Path, img_dir: str | Path | None, splits_csv: str | Pat
     return out_csv, out_splits, images
 
 
-def run_lodo(cfg: LodoConfig, splits_csv: str | Path) -> list[dict[str, Any]]:
+def calibrated_predictor(ckpt: Path, val: pd.DataFrame, method: str) -> Predictor:
+    """The checkpoint's predictor calibrated on ``val`` rows with ``method``, as export calibrates a bundle.
+
+    Offsets (bias-corrected temperature scaling) are folded into the diagnosis head and kept for
+    the class-balanced decision, exactly as in :func:`backend.workflows.export.export_bundle`.
+
+    Raises:
+        ConfigError: ``val`` has no row with a diagnosis.
+    """
+    predictor = Predictor.from_checkpoint(ckpt)
+    pred = predict_rows(predictor, val)
+    labels = encode_targets(pred.rows)["diagnosis"]
+    if not (labels >= 0).any():
+        raise ConfigError(f"{ckpt}: no validation image with a diagnosis to calibrate on")
+    temperature, offsets = fit_calibration(pred.raw.logits, labels, method)
+    if offsets is not None:
+        fold_class_offsets(predictor.net, temperature * offsets)
+        predictor.class_offsets = offsets
+    predictor.temperature = temperature
+    return predictor
+
+
+def run_lodo(cfg: LodoConfig, splits_csv: str | Path, calibration: str | None = None) -> list[dict[str, Any]]:
     """Train and score every (recipe, left-out dataset) pair plus each recipe's in-domain reference.
 
     Args:
         cfg: The check's config.
         splits_csv: The default model's grouped split, so the in-domain reference is scored on the
             same test images as the model card.
+        calibration: Calibrate each run on its own validation split first (a key of
+            ``backend.metrics.calibration.CALIBRATION_METHODS``); None scores the raw network.
 
     Returns:
         One record per (recipe, dataset, setting) with the figures and their intervals.
     """
     cfg.validate()
+    if calibration is not None and calibration not in CALIBRATION_METHODS:
+        raise ConfigError(f"calibration: unknown {calibration!r}; valid: {sorted(CALIBRATION_METHODS)}")
     base = recipe(cfg.base_tree())
     table = load_table(base.data.csv, img_dir=base.data.img_dir)
-    test = read_splits(splits_csv, table).reindex(table.index) == "test"
+    assignment = read_splits(splits_csv, table).reindex(table.index)
+    test, val = assignment == "test", table[assignment == "val"]
     records: list[dict[str, Any]] = []
 
-    def score(ckpt: Path, rows: pd.DataFrame) -> dict[str, Any]:
-        pred = predict_rows(Predictor.from_checkpoint(ckpt), rows)
+    predictors: dict[Path, Predictor] = {}
+
+    def score(ckpt: Path, run_val: pd.DataFrame, rows: pd.DataFrame) -> dict[str, Any]:
+        if ckpt not in predictors:
+            predictors[ckpt] = (Predictor.from_checkpoint(ckpt) if calibration is None
+                                else calibrated_predictor(ckpt, run_val, calibration))
+        pred = predict_rows(predictors[ckpt], rows)
         figures = score_rows(pred, n_boot=cfg.n_boot, only=METRICS)
         return {"rows": len(pred.rows), "malignant": int(pred.rows["label"].eq(1).sum()),
-                "melanomas": int(pred.rows["diagnosis"].eq("MEL").sum()), "metrics": figures}
+                "melanomas": int(pred.rows["diagnosis"].eq("MEL").sum()), "calibration": calibration or "none",
+                "metrics": figures}
 
     for name, overrides in cfg.variants.items():
         reference = train_once(recipe(cfg.base_tree(), [*overrides, f"data.split_csv={splits_csv}"]),
@@ -124,13 +165,15 @@ def run_lodo(cfg: LodoConfig, splits_csv: str | Path) -> list[dict[str, Any]]:
             without = [*overrides, f"data.csv={csv}", f"data.img_dir={images}", f"data.split_csv={split}"]
             held_out = train_once(recipe(cfg.base_tree(), without), cfg.output_dir,
                                   f"lodo-{name}-without-{_slug(dataset)}")
-            for setting, ckpt, subset in (
-                ("in-domain (test split)", reference.best_ckpt, rows[test[rows.index]]),
-                ("left out (all images)", held_out.best_ckpt, rows),
-                ("left out (test split)", held_out.best_ckpt, rows[test[rows.index]]),
+            # The left-out run's validation split is the default split's without the dataset (leave_out).
+            val_without = val[val["dataset"] != dataset]
+            for setting, ckpt, run_val, subset in (
+                ("in-domain (test split)", reference.best_ckpt, val, rows[test[rows.index]]),
+                ("left out (all images)", held_out.best_ckpt, val_without, rows),
+                ("left out (test split)", held_out.best_ckpt, val_without, rows[test[rows.index]]),
             ):
                 record = {"recipe": name, "description": cfg.describe(name),
-                          "dataset": dataset, "setting": setting, **score(ckpt, subset)}
+                          "dataset": dataset, "setting": setting, **score(ckpt, run_val, subset)}
                 log.info("lodo %s / %s / %s: %s", name, dataset, setting, record["metrics"])
                 records.append(record)
     return records

@@ -304,9 +304,9 @@ def stage_lodo(cfg: PipelineConfig, splits: dict[str, Any] | None) -> dict[str, 
     """Leave-one-dataset-out check of the recipe, recorded in the bundle's card and markdown."""
     if not splits:
         raise ConfigError(f"stage lodo needs a finished splits stage ({_record(cfg, 'splits')})")
-    records = run_lodo(from_dict(LodoConfig, cfg.lodo), splits["splits_csv"])
+    records = run_lodo(from_dict(LodoConfig, cfg.lodo), splits["splits_csv"], calibration=cfg.calibration)
     card = read_card(cfg.bundle_dir)
-    card["leave_one_dataset_out"] = {"recipe": cfg.lodo, "results": records}
+    card["leave_one_dataset_out"] = {"recipe": cfg.lodo, "calibration": cfg.calibration, "results": records}
     if cfg.status:
         card["status"] = cfg.status
     write_card(cfg.bundle_dir, card)
@@ -334,7 +334,8 @@ def render_card_markdown(card: dict[str, Any], metrics_md: str) -> str:
         "## Leave-one-dataset-out check (other clinics' dermoscopes)", "",
         "Each left-out dataset was removed from training and validation and scored on all its images; the "
         "in-domain row is the same recipe trained on every dataset, on that dataset's test-split images. "
-        f"Recipe: a shorter run of the default recipe ({_recipe_line(lodo.get('recipe') or {})}).", "",
+        f"Recipe: a shorter run of the default recipe ({_recipe_line(lodo.get('recipe') or {})}). "
+        + _lodo_calibration_line(lodo.get("calibration")), "",
         lodo_markdown(lodo.get("results") or []),
     ]
     cfg = card.get("config", {})
@@ -396,6 +397,14 @@ def _recipe_line(lodo: dict[str, Any]) -> str:
     model, data, trainer = base.get("model", {}), base.get("data", {}), base.get("trainer", {})
     return (f"`{model.get('backbone')}` at {data.get('img_size')} px, {_epochs(trainer)} epochs, "
             f"recipes {', '.join(lodo.get('variants') or ['ours'])}")
+
+
+def _lodo_calibration_line(method: str | None) -> str:
+    """How the check's runs were calibrated before scoring."""
+    if not method:
+        return "Each run was scored uncalibrated."
+    return (f"Each run was calibrated on its own validation split ({CALIBRATION_METHODS.get(method, method)}), "
+            "as export calibrates the bundle.")
 
 
 def _interrupted_version(cfg: PipelineConfig, stage: str, root: Path) -> int | None:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import backend.workflows.ablation as ablation
 from backend.config import read_yaml
+from backend.data.dataset import encode_targets
 from backend.data.formats import load_table
-from backend.data.splits import assign_splits, write_splits
+from backend.data.splits import assign_splits, read_splits, write_splits
 from backend.errors import ConfigError
+from backend.evaluation.split_eval import predict_rows
+from backend.inference.predictor import Predictor
+from backend.metrics.calibration import calibrated_probs, fit_calibration
 from backend.workflows import study_runs
 from backend.workflows.ablation import AblationConfig, ablation_markdown, run_ablation
-from backend.workflows.lodo import LodoConfig, leave_out, lodo_markdown, run_lodo
+from backend.workflows.lodo import LodoConfig, calibrated_predictor, leave_out, lodo_markdown, run_lodo
+from backend.workflows.study_runs import recipe, train_once
 from scripts.ablate import main as ablate_main
 from tests.conftest import REPO_ROOT, write_synthetic_dataset
 
@@ -116,7 +122,8 @@ def test_lodo_scores_left_out_dataset_and_in_domain_reference(data, tmp_path):
     csv, splits_csv = data
     cfg = LodoConfig(base=tiny_base(csv, splits_csv), datasets=["ClinicB"], n_boot=20, output_dir=str(tmp_path),
                      variants={"ours": [], "naive": ["data.color_constancy=false", "data.augment=light"]})
-    records = run_lodo(cfg, splits_csv)
+    records = run_lodo(cfg, splits_csv, calibration="bias_corrected")
+    assert {r["calibration"] for r in records} == {"bias_corrected"}
     assert [(r["recipe"], r["setting"]) for r in records] == [
         (name, setting) for name in ("ours", "naive")
         for setting in ("in-domain (test split)", "left out (all images)", "left out (test split)")]
@@ -133,3 +140,22 @@ def test_lodo_scores_left_out_dataset_and_in_domain_reference(data, tmp_path):
     assert "| ours | ClinicB | left out (all images) | 16 (" in text
     with pytest.raises(ConfigError, match="name at least one dataset"):
         LodoConfig(base=tiny_base(csv, splits_csv)).validate()
+    with pytest.raises(ConfigError, match="calibration: unknown 'platt'"):
+        run_lodo(cfg, splits_csv, calibration="platt")
+
+
+def test_lodo_runs_are_calibrated_on_their_own_validation_split_as_export_does(data, tmp_path):
+    csv, splits_csv = data
+    cfg = LodoConfig(base=tiny_base(csv, splits_csv), datasets=["ClinicB"], n_boot=10, output_dir=str(tmp_path))
+    ckpt = train_once(recipe(cfg.base_tree(), [f"data.split_csv={splits_csv}"]), str(tmp_path), "calib").best_ckpt
+    table = load_table(csv)
+    val = table[read_splits(splits_csv, table).reindex(table.index) == "val"]
+    calibrated = calibrated_predictor(ckpt, val, "bias_corrected")
+    raw = Predictor.from_checkpoint(ckpt)
+    logits = predict_rows(raw, val).raw.logits
+    temperature, offsets = fit_calibration(logits, encode_targets(val)["diagnosis"], "bias_corrected")
+    assert calibrated.temperature == pytest.approx(temperature) and calibrated.class_offsets == pytest.approx(offsets)
+    got = predict_rows(calibrated, val).raw.probs
+    np.testing.assert_allclose(got, calibrated_probs(logits, temperature, offsets), atol=1e-5)
+    with pytest.raises(ConfigError, match="no validation image with a diagnosis"):
+        calibrated_predictor(ckpt, val.iloc[:0], "temperature")
