@@ -361,7 +361,9 @@ def render_card_markdown(card: dict[str, Any], metrics_md: str) -> str:
         f"loss {(cfg.get('loss') or {}).get('class_weighted')}, Shades of Gray {data.get('color_constancy')}, "
         f"hair removal {data.get('hair_removal')}, augmentation `{data.get('augment')}`.",
         *([f"- Test resolution: {resolution}"] if (resolution := test_resolution_line(card)) else []),
-        f"- Calibration: temperature {_num(calib.get('temperature'))} fitted on {calib.get('fitted_on')}; "
+        f"- Calibration: {calib.get('method') or 'temperature scaling'}, temperature {_num(calib.get('temperature'))}"
+        + _offsets_text(calib.get("class_offsets"), card.get("classes") or [])
+        + f" fitted on {calib.get('fitted_on')}; "
         f"ECE {_num(calib.get('ece_before'))} before, {_num(calib.get('ece_after'))} after.",
         f"- Data: {data.get('csv')}; lesion- and patient-grouped split "
         f"{card.get('test_split', {}).get('fractions')}, seed {card.get('test_split', {}).get('seed')}.",
@@ -397,6 +399,13 @@ def _recipe_line(lodo: dict[str, Any]) -> str:
     model, data, trainer = base.get("model", {}), base.get("data", {}), base.get("trainer", {})
     return (f"`{model.get('backbone')}` at {data.get('img_size')} px, {_epochs(trainer)} epochs, "
             f"recipes {', '.join(lodo.get('variants') or ['ours'])}")
+
+
+def _offsets_text(offsets: list[float] | None, classes: list[str]) -> str:
+    """The per-class calibration offsets, named (empty without offsets)."""
+    if not offsets:
+        return ""
+    return " and offsets " + ", ".join(f"{c} {b:+.2f}" for c, b in zip(classes, offsets, strict=False))
 
 
 def _lodo_calibration_line(method: str | None) -> str:

@@ -10,7 +10,7 @@ import backend.workflows.pipeline as pipeline_module
 from backend.config import from_dict, read_yaml
 from backend.errors import ConfigError
 from backend.inference.predictor import Predictor
-from backend.workflows.pipeline import STAGES, PipelineConfig, load_pipeline_config, run_pipeline
+from backend.workflows.pipeline import STAGES, PipelineConfig, load_pipeline_config, render_card_markdown, run_pipeline
 from scripts.default_model import main as pipeline_main
 from tests.conftest import REPO_ROOT, write_synthetic_dataset
 
@@ -55,6 +55,7 @@ def test_stages_run_record_and_skip(tmp_path):
     text = (tmp_path / "card.md").read_text()
     assert "Test-split metrics" in text and "| balanced_accuracy |" in text
     assert f"Test resolution: Predicts at {resolution['img_size']} px (trained at 32 px" in text
+    assert "- Calibration: temperature scaling, temperature " in text and "offsets" not in text
     # What each light means on the test split, and the acquisition variants beside the plain split.
     lights = card["operating_points"]["test"]["lights"]
     assert sum(v["n"] for v in lights.values()) == card["test_split"]["rows"]
@@ -156,6 +157,9 @@ def test_lodo_stage_adds_the_check_to_the_card(tmp_path):
     text = (tmp_path / "card.md").read_text()
     assert "## Leave-one-dataset-out check" in text and "| ours | ClinicB | left out (all images) |" in text
     assert "## Test-split metrics" in text  # the card's own metrics survive the re-render
+    # The runs are calibrated as the pipeline's export calibrates the bundle.
+    assert card["leave_one_dataset_out"]["calibration"] == cfg.calibration == "temperature"
+    assert "Each run was calibrated on its own validation split (temperature scaling)" in text
 
 
 def test_forced_retrain_starts_a_new_run_and_an_interrupted_one_resumes(tmp_path):
@@ -196,3 +200,11 @@ def test_forced_byol_rerun_starts_a_new_run_and_an_interrupted_one_resumes(tmp_p
     record.write_text(first_record)  # as if version_1 had been interrupted
     run_pipeline(cfg, force=True)
     assert asked == [None, None, 1]
+
+
+def test_card_markdown_names_the_calibration_offsets():
+    card = {"classes": ["MEL", "NV"], "calibration": {"method": "bias-corrected temperature scaling",
+                                                      "temperature": 0.8, "class_offsets": [1.25, -1.25]}}
+    text = render_card_markdown(card, "")
+    line = "- Calibration: bias-corrected temperature scaling, temperature 0.800 and offsets MEL +1.25, NV -1.25"
+    assert line in text
