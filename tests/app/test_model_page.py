@@ -186,6 +186,8 @@ def test_model_page_reads_the_bundled_card_in_words(tmp_path, monkeypatch):
             f"{calib['ece_before']:.3f} → {calib['ece_after']:.3f}") in text
     size = card["preprocessing"]["img_size"]
     assert f"Images resized to {size} px" in text and "Shades of Gray" in text and "input scaled to [-1, 1]" in text
+    resolution = card["test_resolution"]  # the bundled model predicts at another side than it learned on
+    assert f"learned on {resolution['train_img_size']} px images and predicts at {size} px" in text
     assert "99th percentile of 5000 training images" in text and "unlike the images the model was trained on" in text
     settings = {r: v for t in (df.value for df in at.dataframe) if "Setting" in t
                 for r, v in zip(t["Setting"], t["Value"], strict=True)}
