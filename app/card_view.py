@@ -294,17 +294,20 @@ def calibration_sentence(calibration: dict[str, Any]) -> str:
     text = f"Probabilities calibrated by {plain_source(method)}"
     if temperature is not None:
         text += f" (T = {_round3(temperature)}" + (", i.e. unchanged)" if temperature == 1 else ")")
-    if calibration.get("class_offsets"):
-        text += (", with one offset per diagnosis that puts back how common it is (the network was trained "
-                 "to weigh every diagnosis equally, and its suggested diagnosis still does)")
     source = plain_source(calibration.get("fitted_on"))
     if source:
         text += f" on {source}"
+    if calibration.get("class_offsets"):
+        text += ", with one offset per diagnosis that puts back how common it is"
     before, after = _number(calibration.get("ece_before")), _number(calibration.get("ece_after"))
     if before is not None and after is not None:
         text += (f"; expected calibration error {before:.3f} → {after:.3f} "
                  "(0 = predicted probabilities match how often the diagnosis is right)")
-    return text + "."
+    text += "."
+    if calibration.get("class_offsets"):
+        text += (" The network was trained to weigh every diagnosis equally, and its suggested diagnosis "
+                 "still does.")
+    return text
 
 
 def _same(values: Any, target: float) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from app.components import CLASS_NAMES, quality_reasons
+from app.components import CLASS_NAMES, quality_reasons, suggestion_note
 from backend.inference.risk import melanoma_likely
 
 #: Words of each light for people (the colour is never the only cue).
@@ -112,7 +112,8 @@ def report_fields(prediction: Any, metadata: dict[str, Any] | None = None, light
                 ("Patient metadata", f"{meta} ({used})")]
     return [
         *ids,
-        ("Suggested diagnosis", f"{CLASS_NAMES.get(top, top)} ({top}), probability {pred.top_probability:.1%}"),
+        ("Suggested diagnosis", f"{CLASS_NAMES.get(top, top)} ({top}), probability {pred.top_probability:.1%}"
+                                + (f". {note}" if (note := suggestion_note(pred)) else "")),
         ("Probability of malignancy", f"{pred.malignant:.1%} (melanoma + basal cell carcinoma + squamous cell "
                                       f"carcinoma); benign {pred.benign:.1%}"),
         ("Risk index", f"{pred.risk:.3f} (0 to 1)"),

@@ -67,7 +67,8 @@ def predict_table(predictor: Predictor, table: pd.DataFrame, num_workers: int = 
     """Run the model over every row of a table through the predictor's batched path, skipping unreadable images.
 
     Args:
-        predictor: The loaded model (its own eval preprocessing and metadata encoding).
+        predictor: The loaded model (its own eval preprocessing and metadata encoding); the logits
+            returned are the network's own, calibration offsets of a bundle taken out.
         table: Rows in the lesion-table layout.
         num_workers: DataLoader workers decoding images.
         use_metadata: Feed the table's age/sex/site to fusion models (False: evaluate image only).
@@ -78,7 +79,12 @@ def predict_table(predictor: Predictor, table: pd.DataFrame, num_workers: int = 
     if skipped:
         log.warning("%d of %d rows left out because their images could not be read (first: %s)",
                     len(skipped), len(rows), skipped[0])
-    return TablePredictions(rows.iloc[kept].reset_index(drop=True), raw.logits, raw.thickness_mm)
+    logits = raw.logits
+    if predictor.class_offsets is not None:
+        # A bundle calibrated with offsets has them folded into its head (times its temperature):
+        # take them out, so these are the network's own logits, as for a checkpoint.
+        logits = logits - predictor.temperature * predictor.class_offsets
+    return TablePredictions(rows.iloc[kept].reset_index(drop=True), logits, raw.thickness_mm)
 
 
 def _split_rows(table: pd.DataFrame, splits_csv: str | Path | None, split: str | None) -> pd.DataFrame:
@@ -161,15 +167,10 @@ def evaluate(
         log.warning("no splits CSV: temperature scaling skipped (pass --splits_csv to calibrate on '%s')",
                     calibrate_split)
 
-    # A bundle calibrated with offsets has them folded into its logits (times its temperature T0): at
-    # temperature T the class-balanced decision is argmax(log p - offsets * T0 / T).
-    offsets = None
-    if predictor.class_offsets is not None:
-        offsets = predictor.class_offsets * predictor.temperature / (temperature or 1.0)
     metrics = compute_metrics(
         targets["diagnosis"], probs, y_true_malignant=targets["label"], threshold=threshold,
         thickness_pred_mm=preds.thickness_mm, thickness_lo=targets["thickness_lo"],
-        thickness_hi=targets["thickness_hi"], class_offsets=offsets,
+        thickness_hi=targets["thickness_hi"],
     )
     metrics.update(calib_notes)
     if "temperature" in calib_notes:

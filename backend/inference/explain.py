@@ -144,7 +144,7 @@ class LesionCAM:
         self._grad_state = []
 
 
-def cam_targets(target: str | int | None, n: int) -> tuple[str, list[Any] | None]:
+def cam_targets(target: str | int | None, n: int, predicted: Any = None) -> tuple[str, list[Any] | None]:
     """The head to explain and one pytorch-grad-cam target per image for a target name.
 
     Args:
@@ -152,12 +152,16 @@ def cam_targets(target: str | int | None, n: int) -> tuple[str, list[Any] | None
             regression output; ``malignant``: log-odds of P(malignant)), or None (each image's
             predicted class).
         n: Images explained.
+        predicted: With ``target`` None, each image's predicted class index (e.g. the suggested
+            diagnosis of a calibrated bundle); None lets pytorch-grad-cam take each image's top logit.
 
     Raises:
         ConfigError: An unknown name or an index out of range.
     """
     if target is None:
-        return CAM_HEADS[0], None
+        if predicted is None:
+            return CAM_HEADS[0], None
+        return CAM_HEADS[0], [ClassTarget(int(k)) for k in predicted]
     if isinstance(target, str) and target in HEAD_TARGETS:
         return target, [ThicknessTarget() for _ in range(n)]
     if isinstance(target, str):

@@ -54,6 +54,7 @@ from backend.inference.records import OUTPUT_COLUMNS, Prediction, RawOutputs
 from backend.inference.risk import RiskConfig
 from backend.io.bundle import load_bundle
 from backend.io.checkpoint import load_lesion_checkpoint
+from backend.metrics.calibration import balanced_decision_scores
 from backend.models.heads import ThicknessScaler
 
 #: Re-exported: the records and inputs callers import from here.
@@ -76,8 +77,10 @@ class Predictor:
         metadata_encoder: ``MetadataEncoder.to_dict()``, or None for an image-only model.
         temperature: Calibration temperature (> 0) dividing the diagnosis logits.
         class_offsets: Per-class offsets of bias-corrected temperature scaling, already folded into
-            the network's diagnosis bias by export; the called class (``top_class``) is the
-            class-balanced decision ``argmax(log p - offsets)``. None (or zeros): the most probable class.
+            the network's diagnosis bias by export (times ``temperature``); the called class
+            (``top_class``) is the class-balanced decision ``argmax(log p - offsets)`` (with TTA, of
+            the averaged probabilities: close to, not exactly, the average of the variants'
+            decisions). None (or zeros): the most probable class.
         feature_stats: Out-of-distribution statistics, or None to skip that check.
         card: The model card (a minimal one is made for checkpoints).
         risk: Risk weights and thresholds; default ``cfgs/inference/risk.yaml``.
@@ -125,10 +128,13 @@ class Predictor:
             raise ConfigError(f"calibration temperature must be a finite number > 0, got {temperature!r}")
         self.class_offsets = None
         if class_offsets is not None:
-            offsets = np.asarray(class_offsets, dtype=np.float64).reshape(-1)
+            try:
+                offsets = np.asarray(class_offsets, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError):
+                offsets = np.array([np.nan])
             if offsets.shape[0] != len(DIAGNOSES) or not np.isfinite(offsets).all():
                 raise ConfigError(f"calibration class_offsets must be {len(DIAGNOSES)} finite numbers, "
-                                  f"got {list(class_offsets)!r}")
+                                  f"got {class_offsets!r}")
             self.class_offsets = offsets if offsets.any() else None
         self.feature_stats = feature_stats
         self.risk = risk if risk is not None else RiskConfig.load()
@@ -169,8 +175,14 @@ class Predictor:
             stats = None
             if card.get("ood"):
                 stats = FeatureStats.from_parts(card["ood"], {k: v.numpy() for k, v in bundle.extra_tensors.items()})
+            offsets = (card.get("calibration") or {}).get("class_offsets")
+            if offsets and "temperature" in kwargs and "class_offsets" not in kwargs:
+                # The offsets are folded into the logits times the bundle's temperature: at another
+                # temperature T the class-balanced decision is argmax(log p - offsets * T_bundle / T).
+                kwargs["class_offsets"] = [float(b) * bundle.temperature / float(kwargs["temperature"])
+                                           for b in offsets]
             kwargs.setdefault("temperature", bundle.temperature)
-            kwargs.setdefault("class_offsets", (card.get("calibration") or {}).get("class_offsets"))
+            kwargs.setdefault("class_offsets", offsets)
             kwargs.setdefault("feature_stats", stats)
             # The card's figures were measured with the bundle's own TTA setting: keep it by default.
             kwargs.setdefault("tta", bool((card.get("inference") or {}).get("tta", False)))
@@ -466,9 +478,16 @@ class Predictor:
         prepared = [self.prepare(item, i) for i, item in enumerate(images)]
         if not prepared:
             return []
-        head, targets = cam_targets(target, len(prepared))
         meta, _ = self.encode_metadata(metadata, len(prepared))
         x = self._stack([self.preprocessor.of(p) for p in prepared])
+        if target is None and self.class_offsets is not None:
+            # "The predicted class" is the suggested one (the class-balanced decision), which the
+            # folded offsets may rank below a common class: explain that class, not the top logit.
+            probs = self.forward(x, meta).probs
+            head, targets = cam_targets(None, len(prepared),
+                                        balanced_decision_scores(probs, self.class_offsets).argmax(axis=1))
+        else:
+            head, targets = cam_targets(target, len(prepared))
         with self._lock, LesionCAM(self.net, head=head, meta=None if meta is None else torch.from_numpy(meta)) as cam:
             cams = cam(x, targets)
         return [heatmap_to_image(c, p.image.shape, self.img_size) for c, p in zip(cams, prepared, strict=True)]

@@ -140,6 +140,12 @@ def export_bundle(
     """
     if calibration_method not in CALIBRATION_METHODS:
         raise ConfigError(f"unknown calibration method {calibration_method!r}; valid: {sorted(CALIBRATION_METHODS)}")
+    if temperature is not None and calibration_method != "temperature":
+        raise ConfigError(f"a fixed temperature ({temperature}) cannot be combined with calibration "
+                          f"{calibration_method!r}, which fits its own; drop one of the two")
+    if test_img_sizes and csv is None:
+        raise ConfigError(f"test_img_sizes {list(test_img_sizes)} need the labelled table (csv) to choose on "
+                          "its validation split")
     checkpoint = Path(checkpoint)
     loaded = load_lesion_checkpoint(checkpoint)
     predictor = Predictor(loaded.net, loaded.preprocessing, loaded.thickness_scaler, loaded.metadata_encoder,

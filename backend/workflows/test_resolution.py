@@ -52,7 +52,7 @@ class ResolutionChoice:
             network and side.
         raw: Its outputs on the usable validation rows (reused to fit the temperature).
         kept: Indices of those rows in the validation table.
-        skipped: One message per unreadable validation or adaptation image.
+        skipped: One message per unreadable validation image (at the chosen side) or adaptation image.
         record: The card's ``test_resolution`` entry: every candidate and its validation score.
     """
 
@@ -98,7 +98,12 @@ def _adapt(predictor: Predictor, images: list[Any], num_workers: int) -> tuple[i
             if batch.x is not None:
                 yield batch.x.contiguous(memory_format=torch.channels_last) if predictor.channels_last else batch.x
 
-    seen = adapt_batchnorm(predictor.net.backbone, batches())
+    try:
+        seen = adapt_batchnorm(predictor.net.backbone, batches())
+    except ValueError as err:
+        first = f" (first: {skipped[0]})" if skipped else ""
+        raise ConfigError(f"test side {predictor.img_size} px: cannot adapt BatchNorm: {err}; none of the "
+                          f"{len(images)} adaptation images could be used{first}") from None
     return seen, skipped
 
 
@@ -134,16 +139,15 @@ def choose_test_resolution(
     sample = train.sample(n=min(adapt_images, len(train)), random_state=seed)["image"].tolist()
     train_size = int(loaded.preprocessing["img_size"])
     candidates = [(train_size, False)] + [(size, True) for size in sizes]
-    rows, best, skipped = [], None, []
+    rows, best, unreadable = [], None, set()
     for size, adapt in candidates:
         net = copy.deepcopy(loaded.net) if adapt else loaded.net
         predictor = _predictor(loaded, net, size, batch_size)
         seen = 0
         if adapt:
             seen, failed = _adapt(predictor, sample, num_workers)
-            skipped += failed
+            unreadable.update(failed)  # the same sample at every side: each image reported once
         raw, kept, failed = predictor.raw_outputs(val["image"].tolist(), row_metadata(val), num_workers=num_workers)
-        skipped += failed
         targets = encode_targets(val.iloc[kept].reset_index(drop=True))
         labels, diagnosis = targets["label"], targets["diagnosis"]
         temperature, offsets = (fit_calibration(raw.logits, diagnosis, calibration_method)
@@ -158,9 +162,10 @@ def choose_test_resolution(
         rows.append(row)
         log.info("test resolution %d px (%s): validation malignant AUROC %.4f", size, row["batchnorm"], score)
         if best is None or score > best[0]:
-            best = (score, size, predictor, raw, kept, row)
+            best = (score, size, predictor, raw, kept, row, failed)
     assert best is not None
-    _, size, predictor, raw, kept, row = best
+    _, size, predictor, raw, kept, row, failed = best
+    skipped = [*failed, *sorted(unreadable)]
     record = {"train_img_size": train_size, "img_size": size, "batchnorm": row["batchnorm"],
               "chosen_by": CRITERION, "candidates": rows}
     return ResolutionChoice(size, predictor, raw, kept, skipped, record)

@@ -137,6 +137,10 @@ def test_suggestion_note_says_when_a_more_probable_diagnosis_was_not_suggested()
     probs = {**pred.probabilities, "NV": 0.55, "MEL": 0.2}
     note = components.suggestion_note(_prediction(probabilities=probs, top_class="MEL"))
     assert note.startswith("More probable: NV (melanocytic nevus), 55%.") and "weighs every diagnosis equally" in note
+    # The reports carry the same note beside the suggestion.
+    fields = dict(report_pdf.report_fields(_prediction(probabilities=probs, top_class="MEL")))
+    assert fields["Suggested diagnosis"].endswith(note) and "probability 40.0%" in fields["Suggested diagnosis"]
+    assert dict(report_pdf.report_fields(pred))["Suggested diagnosis"].endswith("probability 40.0%")
 
 
 def test_malignancy_figure_and_class_table():

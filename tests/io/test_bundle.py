@@ -12,7 +12,7 @@ from backend.data.dataset import encode_targets
 from backend.data.formats import load_table
 from backend.data.splits import read_splits
 from backend.errors import CheckpointError, ConfigError
-from backend.evaluation.evaluate import default_splits_csv
+from backend.evaluation.evaluate import default_splits_csv, predict_table
 from backend.evaluation.split_eval import row_metadata
 from backend.files import atomic_write_bytes
 from backend.inference.predictor import Predictor
@@ -240,5 +240,22 @@ def test_bias_corrected_calibration_is_folded_into_the_bundle(trained, tmp_path)
     # The validation figures score that decision: balanced accuracy as the uncalibrated network's.
     plain = read_card(trained["bundle"])["validation_metrics"]
     assert read_card(out)["validation_metrics"]["balanced_accuracy"] == pytest.approx(plain["balanced_accuracy"])
+    # Another temperature keeps the same decision (the folded offsets are rescaled to it).
+    hotter = Predictor.from_checkpoint(out, engine="torch", temperature=2.0)
+    np.testing.assert_allclose(hotter.class_offsets, offsets * calib["temperature"] / 2.0)
+    assert [r.top_class for r in hotter.predict(images)] == [r.top_class for r in own]
+    # Grad-CAM of "the predicted class" explains the suggested diagnosis, not the top logit.
+    bundle = Predictor.from_checkpoint(out, engine="torch")
+    suggested = [r.top_class for r in bundle.predict(images)]
+    for image, cls in zip(images, suggested, strict=True):
+        np.testing.assert_allclose(bundle.explain(image), bundle.explain(image, target=cls), atol=1e-6)
+    # scripts.evaluate reads the network's own logits out of the bundle, as from the checkpoint.
+    table = load_table(trained["csv"]).iloc[:6]
+    np.testing.assert_allclose(predict_table(bundle, table).logits, predict_table(raw_ckpt, table).logits, atol=1e-4)
     with pytest.raises(ConfigError, match="unknown calibration method 'platt'"):
         export_bundle(trained["ckpt"], tmp_path / "bad", csv=trained["csv"], calibration_method="platt")
+    with pytest.raises(ConfigError, match="fixed temperature .1.5. cannot be combined"):
+        export_bundle(trained["ckpt"], tmp_path / "bad", csv=trained["csv"], temperature=1.5,
+                      calibration_method="bias_corrected")
+    with pytest.raises(ConfigError, match=r"test_img_sizes \[96\] need the labelled table"):
+        export_bundle(trained["ckpt"], tmp_path / "bad", test_img_sizes=[96])
