@@ -36,6 +36,8 @@ class UnlabelledDataConfig:
         max_images: Use a seeded random subset of this many images (0 = all).
         exclude_list: File naming images to leave out (one name per line, or a CSV with an ``image``
             column), matched by file stem: e.g. the validation and test images of a labelled set.
+        mean, std: Per-channel input normalisation; None (default): the backbone's own, set when
+            pretraining starts (a TensorFlow-ported MobileNetV2 expects ``[-1, 1]``, not ImageNet's).
     """
 
     dirs: list[str] = field(default_factory=lambda: ["../shared/data/images"])
@@ -45,6 +47,8 @@ class UnlabelledDataConfig:
     color_constancy: bool = True
     max_images: int = 0
     exclude_list: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
     def validate(self) -> None:
         """Reject impossible values with the key that holds them."""
@@ -64,7 +68,7 @@ class UnlabelledDataConfig:
         built from it, so a fine-tune sees exactly the preprocessing the backbone was pretrained with.
         """
         return DataConfig(img_size=self.img_size, batch_size=self.batch_size, num_workers=self.num_workers,
-                          color_constancy=self.color_constancy)
+                          color_constancy=self.color_constancy, mean=self.mean, std=self.std)
 
 
 @dataclass

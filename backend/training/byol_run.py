@@ -31,6 +31,7 @@ from backend.data.transforms import preprocessing_dict
 from backend.data.unlabelled import UnlabelledImageDataset
 from backend.errors import CheckpointError, ConfigError
 from backend.files import safe_torch_load
+from backend.models.batchnorm import reestimate_batchnorm
 from backend.models.lesion_net import backbone_kwargs
 from backend.models.registry import create_backbone, load_backbone_weights
 from backend.training.byol import BYOLModule, build_backbone
@@ -295,6 +296,40 @@ def build_trainer(cfg: ByolConfig, run_dir: Path, callbacks: list[Any]):
     )
 
 
+def set_backbone_normalisation(cfg: ByolConfig) -> None:
+    """Fill ``data.mean``/``data.std`` from the backbone when unset, as supervised training does.
+
+    The views must be normalised as the start weights expect (ImageNet's statistics for most timm
+    backbones, ``[-1, 1]`` for the TensorFlow MobileNetV2); the exported preprocessing then records it.
+    """
+    if cfg.data.mean is not None and cfg.data.std is not None:
+        return
+    backbone = build_backbone(cfg.model, cfg.data.img_size)  # as BYOLModule builds it: start weights decide
+    if cfg.data.mean is None:
+        cfg.data.mean = [float(v) for v in backbone.input_mean]
+    if cfg.data.std is None:
+        cfg.data.std = [float(v) for v in backbone.input_std]
+
+
+def reestimate_start_batchnorm(module: Any, dataset: Any, cfg: ByolConfig) -> int:
+    """Re-estimate a pretrained start's BatchNorm statistics on BYOL views, then copy it to the target.
+
+    Folded BatchNorm (the TensorFlow MobileNetV2) would otherwise normalise the first training
+    batches with statistics that do not match, and BYOL would start from a damaged network
+    (``backend.models.batchnorm``). Deterministic: the first images in folder order, first view.
+    """
+    import itertools
+
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    views = (batch["view1"] for batch in itertools.islice(loader, cfg.model.bn_reestimate_batches))
+    seen = reestimate_batchnorm(module.online_backbone, views)
+    module.target_backbone.load_state_dict(module.online_backbone.state_dict())
+    log.info("BatchNorm statistics of the start weights re-estimated on %d BYOL views", seen)
+    return seen
+
+
 def pretrain(cfg: ByolConfig, callbacks: list[Any] | None = None) -> PretrainResult:
     """Run (or resume) BYOL pretraining and export the online backbone.
 
@@ -313,6 +348,7 @@ def pretrain(cfg: ByolConfig, callbacks: list[Any] | None = None) -> PretrainRes
     from torch.utils.data import DataLoader
 
 
+    set_backbone_normalisation(cfg)
     run_dir, resume_ckpt = resolve_run_dir(cfg)
     if resume_ckpt is not None:
         check_resume_config(cfg, run_dir)
@@ -326,6 +362,9 @@ def pretrain(cfg: ByolConfig, callbacks: list[Any] | None = None) -> PretrainRes
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
                         num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
     module = BYOLModule(to_dict(cfg))
+    if resume_ckpt is None and cfg.model.bn_reestimate_batches > 0 and (cfg.model.pretrained_path
+                                                                         or cfg.model.pretrained):
+        reestimate_start_batchnorm(module, dataset, cfg)
     own: list[Any] = [_last_checkpoint_callback(cfg.trainer.checkpoint_every_n_steps, run_dir / "ckpts")]
     monitor = None
     if cfg.monitor.enabled:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
 from backend.config import from_dict, read_yaml, to_dict
+from backend.data.schema import IMAGENET_MEAN, IMAGENET_STD
 from backend.data.unlabelled import UnlabelledImageDataset, read_exclude_list, scan_image_dirs
 from backend.errors import ConfigError, DataFormatError
 from backend.files import safe_torch_load
@@ -20,6 +22,7 @@ from backend.training.byol_run import pretrain
 from tests.conftest import make_lesion_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+MOBILENET_FILE = "mobilenetv2_100_imagenet_folded.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +233,9 @@ def test_tiny_run_saves_often_exports_and_resumes(image_dir, tmp_path):
     assert first.run_dir == run and first.global_step == 3 and not first.nonfinite_events
     # every 2 steps mid-epoch, and at the epoch end
     assert ("batch", 2, 2) in spy.seen and ("epoch", 3, 3) in spy.seen
-    assert from_dict(ByolConfig, read_yaml(run / "config.yaml")) == tiny_cfg([image_dir], tmp_path)
+    # The saved config is the resolved one: the backbone's input normalisation filled in (ImageNet's here).
+    assert from_dict(ByolConfig, read_yaml(run / "config.yaml")) == tiny_cfg(
+        [image_dir], tmp_path, data={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
     assert len((run / "images.txt").read_text().split()) == 13
     assert first.export == run / "backbone.safetensors" and (run / "backbone.json").is_file()
     assert np.isfinite(first.metrics["train/loss"]) and list(run.glob("events.out.tfevents.*"))
@@ -251,6 +256,29 @@ def test_tiny_run_saves_often_exports_and_resumes(image_dir, tmp_path):
         pretrain(tiny_cfg([image_dir], tmp_path, resume_version=4))
     with pytest.raises(ConfigError, match=r"another model: model.proj_dim"):
         pretrain(tiny_cfg([image_dir], tmp_path, resume_version=0, model={"proj_dim": 8}))
+
+
+@pytest.mark.integration
+def test_byol_from_the_tensorflow_mobilenet_uses_its_scale_and_reestimates_batchnorm(image_dir, tmp_path, caplog):
+    """A pretrained start is normalised as its weights expect ([-1, 1]) and its folded BatchNorm re-estimated."""
+    weights = Path(__file__).resolve().parents[2].parent / "shared" / "pretrained" / MOBILENET_FILE
+    if not weights.is_file():
+        pytest.skip(f"{weights} is absent (the ImageNet MobileNetV2 start beside the project)")
+    model = {"backbone": "mobilenetv2_100", "backbone_kwargs": {"pad_type": "same"}, "pretrained_path": str(weights),
+             "bn_reestimate_batches": 1}
+    with caplog.at_level("INFO", logger="backend.training.byol_run"):
+        result = pretrain(tiny_cfg([image_dir], tmp_path, model=model, trainer={"limit_train_batches": 1}))
+    assert "re-estimated on 4 BYOL views" in caplog.text
+    saved = read_yaml(result.run_dir / "config.yaml")["data"]
+    assert saved["mean"] == [0.5, 0.5, 0.5] and saved["std"] == [0.5, 0.5, 0.5]
+    meta = json.loads((result.run_dir / "backbone.json").read_text())
+    assert meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    # Without a pretrained start nothing is re-estimated (random BatchNorm has nothing to keep).
+    caplog.clear()
+    with caplog.at_level("INFO", logger="backend.training.byol_run"):
+        pretrain(tiny_cfg([image_dir], tmp_path / "scratch", model={"bn_reestimate_batches": 1},
+                          trainer={"limit_train_batches": 1}))
+    assert "re-estimated" not in caplog.text
 
 
 def test_injected_nan_stops_the_run_with_a_dump(image_dir, tmp_path, monkeypatch):
