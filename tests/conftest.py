@@ -12,6 +12,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+SHARED_PRETRAINED = REPO_ROOT.parent / "shared" / "pretrained"
+SHARED_WEIGHTS = SHARED_PRETRAINED / "mobilenetv2_100_imagenet_folded.safetensors"
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +25,15 @@ def shared_data() -> Path:
             "only on development and CI machines"
         )
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_weights() -> Path:
+    """The ImageNet MobileNetV2 start weights; skips the test with a reason when they are absent."""
+    if not SHARED_WEIGHTS.is_file():
+        pytest.skip(f"ImageNet MobileNetV2 weights not found at {SHARED_WEIGHTS}: they sit beside the repo "
+                    "only on development and CI machines")
+    return SHARED_WEIGHTS
 
 
 @pytest.fixture(scope="module")

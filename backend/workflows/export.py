@@ -18,6 +18,7 @@ from backend.data.splits import read_splits
 from backend.errors import ConfigError
 from backend.evaluation.evaluate import default_splits_csv
 from backend.evaluation.operating_points import choose_operating_points
+from backend.evaluation.split_eval import row_metadata
 from backend.files import safe_torch_load, sha256_file
 from backend.inference.predictor import Predictor
 from backend.inference.quality import FeatureStats
@@ -52,13 +53,6 @@ class ExportResult:
     skipped: list[str] = field(default_factory=list)
 
 
-def _table_metadata(table: Any) -> list[dict[str, Any]]:
-    return [
-        {"age_approx": a, "sex": s, "anatom_site_general": site}
-        for a, s, site in zip(table["age_approx"], table["sex"], table["anatom_site_general"], strict=True)
-    ]
-
-
 def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for key, value in metrics.items():
@@ -80,13 +74,23 @@ def _checkpoint_scores(path: Path) -> dict[str, float]:
     return scores
 
 
-def fold_class_offsets(net: Any, shift: Any) -> None:
-    """Add ``shift`` (temperature x calibration offsets) to the diagnosis head's bias, in place."""
+def calibrate_net(net: Any, logits: Any, labels: Any, method: str) -> tuple[float, Any]:
+    """Fit ``method`` on validation ``logits``/``labels`` and fold any offsets into ``net``, in place.
+
+    The offsets times the temperature are added to the diagnosis head's bias, so the network's
+    softmax at that temperature is the calibrated probability (PyTorch and ONNX alike).
+
+    Returns:
+        ``(temperature, offsets or None)``.
+    """
     import torch
 
-    bias = net.heads.diagnosis.bias
-    with torch.no_grad():
-        bias.add_(torch.as_tensor(shift, dtype=bias.dtype, device=bias.device))
+    temperature, offsets = fit_calibration(logits, labels, method)
+    if offsets is not None:
+        bias = net.heads.diagnosis.bias
+        with torch.no_grad():
+            bias.add_(torch.as_tensor(temperature * offsets, dtype=bias.dtype, device=bias.device))
+    return temperature, offsets
 
 
 def export_bundle(
@@ -174,16 +178,15 @@ def export_bundle(
             loaded = replace(loaded, net=predictor.net, preprocessing=dict(predictor.preprocessing))
             extra_card["test_resolution"] = choice.record
         else:
-            raw, kept, skipped_val = predictor.raw_outputs(val["image"].tolist(), _table_metadata(val), progress)
+            raw, kept, skipped_val = predictor.raw_outputs(val["image"].tolist(), row_metadata(val), progress)
         skipped += skipped_val
         targets = encode_targets(val.iloc[kept].reset_index(drop=True))
         labels = targets["diagnosis"]
         before = apply_temperature(raw.logits, 1.0)
         offsets = None
         if temperature is None and (labels >= 0).any():
-            temp, offsets = fit_calibration(raw.logits, labels, calibration_method)
+            temp, offsets = calibrate_net(loaded.net, raw.logits, labels, calibration_method)
             if offsets is not None:
-                fold_class_offsets(loaded.net, temp * offsets)
                 raw = raw._replace(logits=raw.logits + temp * offsets)
         after = apply_temperature(raw.logits, temp)
         known = labels >= 0
@@ -212,7 +215,7 @@ def export_bundle(
             extra_card["operating_points"] = {"validation": op_record}
         if len(train) > max_ood_images:
             train = train.sample(n=max_ood_images, random_state=0).reset_index(drop=True)
-        feats, _, skipped_train = predictor.raw_outputs(train["image"].tolist(), _table_metadata(train), progress)
+        feats, _, skipped_train = predictor.raw_outputs(train["image"].tolist(), row_metadata(train), progress)
         skipped += skipped_train
         try:
             stats = FeatureStats.fit(feats.features, percentile=ood_percentile)

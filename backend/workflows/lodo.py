@@ -33,8 +33,8 @@ from backend.data.splits import read_splits
 from backend.errors import ConfigError
 from backend.evaluation.split_eval import predict_rows, score_rows
 from backend.inference.predictor import Predictor
-from backend.metrics.calibration import CALIBRATION_METHODS, fit_calibration
-from backend.workflows.export import fold_class_offsets
+from backend.metrics.calibration import CALIBRATION_METHODS
+from backend.workflows.export import calibrate_net
 from backend.workflows.study_runs import StudyConfig, recipe, train_once
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,9 @@ def calibrated_predictor(ckpt: Path, val: pd.DataFrame, method: str) -> Predicto
     labels = encode_targets(pred.rows)["diagnosis"]
     if not (labels >= 0).any():
         raise ConfigError(f"{ckpt}: no validation image with a diagnosis to calibrate on")
-    temperature, offsets = fit_calibration(pred.raw.logits, labels, method)
+    predictor.temperature, offsets = calibrate_net(predictor.net, pred.raw.logits, labels, method)
     if offsets is not None:
-        fold_class_offsets(predictor.net, temperature * offsets)
         predictor.class_offsets = offsets
-    predictor.temperature = temperature
     return predictor
 
 

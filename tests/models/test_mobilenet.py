@@ -14,10 +14,7 @@ from backend.errors import CheckpointError, ConfigError
 from backend.models.config import ModelConfig
 from backend.models.lesion_net import build_model
 from backend.models.registry import create_backbone, list_backbones, load_backbone_weights, read_state_dict
-from tests.conftest import REPO_ROOT
-
-SHARED_PRETRAINED = REPO_ROOT.parent / "shared" / "pretrained"
-SHARED_WEIGHTS = SHARED_PRETRAINED / "mobilenetv2_100_imagenet_folded.safetensors"
+from tests.conftest import SHARED_PRETRAINED, SHARED_WEIGHTS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -95,14 +92,6 @@ def test_partly_fitting_file_reports_missing_and_unexpected_keys(tmp_path, caplo
     report = load_backbone_weights(create_backbone("mobilenetv2_100"), path)
     assert report.missing == ["model.conv_head.weight"]
     assert report.unexpected == ["model.extra.weight"]
-
-
-@pytest.fixture(scope="module")
-def shared_weights() -> Path:
-    if not SHARED_WEIGHTS.is_file():
-        pytest.skip(f"ImageNet MobileNetV2 weights not found at {SHARED_WEIGHTS}: they sit beside the repo "
-                    "only on development and CI machines")
-    return SHARED_WEIGHTS
 
 
 def _imagenet_top(backbone, image_path: Path) -> tuple[str, float]:

@@ -22,7 +22,6 @@ from backend.training.byol_run import pretrain
 from tests.conftest import make_lesion_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-MOBILENET_FILE = "mobilenetv2_100_imagenet_folded.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -259,12 +258,11 @@ def test_tiny_run_saves_often_exports_and_resumes(image_dir, tmp_path):
 
 
 @pytest.mark.integration
-def test_byol_from_the_tensorflow_mobilenet_uses_its_scale_and_reestimates_batchnorm(image_dir, tmp_path, caplog):
+def test_byol_from_the_tensorflow_mobilenet_uses_its_scale_and_reestimates_batchnorm(image_dir, tmp_path, caplog,
+                                                                                      shared_weights):
     """A pretrained start is normalised as its weights expect ([-1, 1]) and its folded BatchNorm re-estimated."""
-    weights = Path(__file__).resolve().parents[2].parent / "shared" / "pretrained" / MOBILENET_FILE
-    if not weights.is_file():
-        pytest.skip(f"{weights} is absent (the ImageNet MobileNetV2 start beside the project)")
-    model = {"backbone": "mobilenetv2_100", "backbone_kwargs": {"pad_type": "same"}, "pretrained_path": str(weights),
+    model = {"backbone": "mobilenetv2_100", "backbone_kwargs": {"pad_type": "same"},
+             "pretrained_path": str(shared_weights),
              "bn_reestimate_batches": 1}
     with caplog.at_level("INFO", logger="backend.training.byol_run"):
         result = pretrain(tiny_cfg([image_dir], tmp_path, model=model, trainer={"limit_train_batches": 1}))
