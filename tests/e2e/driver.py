@@ -135,3 +135,23 @@ def wait_idle(page: Any, timeout_ms: float = 120_000) -> None:
     files the finished run replaces.
     """
     page.wait_for_selector(IDLE, state="attached", timeout=timeout_ms)
+
+
+def pick_option(page: Any, widget: str, option: str) -> None:
+    """Choose ``option`` in the multiselect under the CSS selector ``widget`` by typing it and pressing Enter.
+
+    The dropdown first opens with every option visible and filters as the text arrives, so Enter is
+    pressed only once the list shows that one option alone (else it could pick a stale highlighted
+    one); the chosen option's tag in the widget is then awaited (the dropdown list lives outside it, in
+    a popover), with the script run it starts.
+    """
+    from playwright.sync_api import expect
+
+    page.locator(f"{widget} input").click()
+    page.keyboard.type(option)
+    listed = page.get_by_role("option")
+    expect(listed).to_have_count(1)
+    expect(listed).to_have_text(option)
+    page.keyboard.press("Enter")
+    expect(page.locator(widget)).to_contain_text(option)
+    wait_idle(page)

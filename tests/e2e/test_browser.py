@@ -192,10 +192,7 @@ def test_worklist_of_ten_images_on_the_bundled_model(browser_ready, shared_data,
                       for i in range(10)}
             red = sorted(n for n, light in lights.items() if light == "Red")
             assert red, f"the bundled model lit none of these melanomas and naevi red: {lights}"
-            page.locator(".st-key-gallery_lights input").click()
-            page.keyboard.type("High risk")  # the list filters to the one option; Enter picks it
-            expect(page.get_by_role("option", name="High risk")).to_be_visible()
-            page.keyboard.press("Enter")
+            driver.pick_option(page, ".st-key-gallery_lights", "High risk")
             page.keyboard.press("Escape")
             expect(cards).to_have_count(len(red))
             assert sorted(card_name(cards.nth(i)) for i in range(len(red))) == red
@@ -220,12 +217,8 @@ def test_worklist_of_ten_images_on_the_bundled_model(browser_ready, shared_data,
 
             # Patient ID typed once for two images, the one in the viewer among them: its own field shows it.
             page.get_by_text("Patient ID and metadata for several images").click()
-            group = page.locator(".st-key-patient_images input")
             for name in (reviewed, names[0] if names[0] != reviewed else names[1]):
-                group.click()
-                page.keyboard.type(name)
-                expect(page.get_by_role("option", name=name)).to_be_visible()
-                page.keyboard.press("Enter")
+                driver.pick_option(page, ".st-key-patient_images", name)
             page.keyboard.press("Escape")
             page.locator(".st-key-patient_id_value input").fill("P-17")
             page.get_by_role("button", name="Apply to chosen images").click()
