@@ -49,6 +49,21 @@ def class_weights(diagnosis_index: np.ndarray, num_classes: int = len(DIAGNOSES)
     return weights.astype(np.float32)
 
 
+def class_priors(diagnosis_index: np.ndarray, num_classes: int = len(DIAGNOSES)) -> np.ndarray:
+    """Share of each diagnosis among the rows with one (the train split's class frequencies).
+
+    Args:
+        diagnosis_index: Per-row class index, ``-1`` for rows without a trainable diagnosis.
+        num_classes: Number of classes.
+
+    Returns:
+        ``(num_classes,)`` float32 summing to 1 (all zeros when no row has a diagnosis).
+    """
+    counts = np.bincount(diagnosis_index[diagnosis_index >= 0], minlength=num_classes).astype(np.float64)
+    total = counts.sum()
+    return (counts / total if total > 0 else counts).astype(np.float32)
+
+
 def sample_weights(diagnosis_index: np.ndarray, label: np.ndarray) -> np.ndarray:
     """Per-row weights of the class-balanced sampler: each class (UNK by its benign label) equally likely."""
     keys = np.where(diagnosis_index >= 0, diagnosis_index, len(DIAGNOSES) + (label > 0))
@@ -72,6 +87,7 @@ class LesionDataModule(L.LightningDataModule):
         self.splits: pd.Series | None = None
         self.metadata_encoder: MetadataEncoder | None = None
         self.class_weights: np.ndarray | None = None
+        self.class_priors: np.ndarray | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Load the table and assign splits once (Lightning calls this on every rank and stage)."""
@@ -96,7 +112,9 @@ class LesionDataModule(L.LightningDataModule):
         train = self.split_table("train")
         if train.empty:
             raise ConfigError(f"the training split of {cfg.csv} is empty (data.split fractions leave no rows)")
-        self.class_weights = class_weights(encode_targets(train)["diagnosis"])
+        train_diagnosis = encode_targets(train)["diagnosis"]
+        self.class_weights = class_weights(train_diagnosis)
+        self.class_priors = class_priors(train_diagnosis)
         self.metadata_encoder = MetadataEncoder.fit(train["age_approx"].to_numpy(dtype=float, na_value=np.nan))
         log.info("data: %s", ", ".join(f"{s} {int((self.splits == s).sum())}" for s in SPLITS))
 

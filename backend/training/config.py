@@ -7,6 +7,7 @@ overrides come last (see :func:`backend.config.load_config`). The resolved tree 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -61,6 +62,10 @@ class LossConfig:
             without an 8-class diagnosis (UNK, label-only) still teach benign vs malignant.
         label_smoothing: Cross-entropy label smoothing.
         class_weighted: Weight the cross-entropy by inverse train-split class frequency.
+        logit_adjustment: ``tau`` of the logit-adjusted cross-entropy (0 = off): the train split's
+            ``tau * log(class frequency)`` is added to the logits inside the loss, the other cure
+            for class imbalance (``backend.training.losses.logit_adjustment_offsets``); it replaces
+            ``class_weighted``, so the two cannot both be on.
         thickness_loss: ``smooth_l1`` or ``l2`` distance outside the label interval.
     """
 
@@ -69,6 +74,7 @@ class LossConfig:
     gamma: float = 0.5
     label_smoothing: float = 0.0
     class_weighted: bool = True
+    logit_adjustment: float = 0.0
     thickness_loss: str = "smooth_l1"
 
     def validate(self) -> None:
@@ -78,6 +84,11 @@ class LossConfig:
                 raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not (self.logit_adjustment >= 0 and math.isfinite(self.logit_adjustment)):
+            raise ConfigError(f"loss.logit_adjustment must be a number >= 0 (0 = off), got {self.logit_adjustment}")
+        if self.logit_adjustment > 0 and self.class_weighted:
+            raise ConfigError(f"loss.logit_adjustment ({self.logit_adjustment}) and loss.class_weighted both correct "
+                              "for class imbalance and would count it twice: set loss.class_weighted to false")
         if self.thickness_loss not in ("smooth_l1", "l2"):
             raise ConfigError(f"loss.thickness_loss must be smooth_l1 or l2, got {self.thickness_loss!r}")
 
@@ -170,6 +181,10 @@ class SupervisedTrainerConfig(TrainerConfig):
         early_stop: Early-stopping patience in epochs (0 = off).
         limit_val_batches: Fraction or count of validation batches per epoch.
         fast_dev_run: Run one batch of train/val to smoke-test a config.
+        ema_decay: Keep an exponential moving average of the weights with this decay per optimiser
+            step (0 = off; Lightning's ``EMAWeightAveraging``): validation, ``best.ckpt`` and
+            ``last.ckpt`` then hold the averaged weights (``last.ckpt`` keeps the raw ones too, to
+            resume). 0.997 averages over about the last 330 steps.
     """
 
     monitor: str = "val/auroc_malignant"
@@ -177,12 +192,15 @@ class SupervisedTrainerConfig(TrainerConfig):
     early_stop: int = 0
     limit_val_batches: float = 1.0
     fast_dev_run: bool = False
+    ema_decay: float = 0.0
 
     def validate(self) -> None:
-        """The checks of :class:`TrainerConfig` plus a non-negative patience."""
+        """The checks of :class:`TrainerConfig` plus a non-negative patience and an EMA decay in [0, 1)."""
         super().validate()
         if self.early_stop < 0:
             raise ConfigError(f"trainer.early_stop must be >= 0, got {self.early_stop}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"trainer.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
 
 
 @dataclass

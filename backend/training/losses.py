@@ -1,7 +1,8 @@
 """The three training losses: diagnosis cross-entropy, derived malignancy BCE, interval thickness.
 
-* :class:`DiagnosisLoss`: class-weighted, optionally label-smoothed cross-entropy over the eight
-  diagnoses; rows with diagnosis ``-1`` (UNK, label-only) are ignored.
+* :class:`DiagnosisLoss`: cross-entropy over the eight diagnoses, class-weighted or logit-adjusted
+  for their imbalance, optionally label-smoothed; rows with diagnosis ``-1`` (UNK, label-only) are
+  ignored.
 * :func:`malignancy_loss`: binary cross-entropy of ``P(MEL) + P(BCC) + P(SCC)`` from the same
   logits, so rows without an eight-class diagnosis still teach benign vs malignant.
 * :func:`interval_thickness_loss`: Breslow labels are often bands (``<0.76 mm``) or open bounds
@@ -65,10 +66,31 @@ def interval_thickness_loss(
     return per_row.mean()
 
 
-class DiagnosisLoss(nn.Module):
-    """Cross-entropy over the diagnoses, class-weighted, label-smoothed, ignoring target ``-1``.
+def logit_adjustment_offsets(priors: torch.Tensor | list[float], tau: float = 1.0, floor: float = 1e-6) -> torch.Tensor:
+    """``tau * log(prior)`` per class: what the logit-adjusted loss adds to the logits during training.
 
-    This is ``torch.nn.functional.cross_entropy(..., weight, ignore_index=-1, label_smoothing)``.
+    Logit adjustment (Menon et al., ICLR 2021) trains ``softmax(logits + tau * log prior)`` against
+    the labels, so the network's own logits learn the class-balanced posterior: their argmax is the
+    decision that maximises balanced accuracy, without re-weighting rows (which with rare classes
+    sixty times scarcer than naevi makes a few images dominate the gradient). Classes absent from
+    the training split get the prior ``floor``.
+
+    Raises:
+        ValueError: Negative or non-finite priors, or ``tau`` not > 0.
+    """
+    p = torch.as_tensor(priors, dtype=torch.float32).reshape(-1)
+    if not torch.isfinite(p).all() or bool((p < 0).any()) or not float(p.sum()) > 0:
+        raise ValueError(f"class priors must be finite, >= 0 and not all 0, got {p.tolist()}")
+    if not tau > 0:
+        raise ValueError(f"logit adjustment tau must be > 0, got {tau}")
+    return tau * torch.log((p / p.sum()).clamp_min(floor))
+
+
+class DiagnosisLoss(nn.Module):
+    """Cross-entropy over the diagnoses, class-weighted or logit-adjusted, label-smoothed, ignoring target ``-1``.
+
+    This is ``torch.nn.functional.cross_entropy(logits + logit_offsets, weight, ignore_index=-1,
+    label_smoothing)``.
     With both weights and smoothing, torch weights the smoothing term per *class* and normalises
     the mean by the summed weights of the *targets*:
     ``(1 - eps) * sum_i w_yi * nll_i / sum_i w_yi
@@ -77,9 +99,12 @@ class DiagnosisLoss(nn.Module):
     Args:
         class_weights: Per-class weights (length C), or None for unweighted.
         label_smoothing: Smoothing ``eps`` in [0, 1).
+        logit_offsets: Per-class offsets added to the logits inside the loss only
+            (:func:`logit_adjustment_offsets`), or None.
     """
 
-    def __init__(self, class_weights: torch.Tensor | list[float] | None = None, label_smoothing: float = 0.0) -> None:
+    def __init__(self, class_weights: torch.Tensor | list[float] | None = None, label_smoothing: float = 0.0,
+                 logit_offsets: torch.Tensor | list[float] | None = None) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
@@ -89,11 +114,19 @@ class DiagnosisLoss(nn.Module):
             raise ValueError("class_weights must be finite and >= 0")
         # Not persistent: the weights are a hyper-parameter, and checkpoints stay loss-free.
         self.register_buffer("class_weights", weight, persistent=False)
+        offsets = None if logit_offsets is None else torch.as_tensor(logit_offsets, dtype=torch.float32).reshape(-1)
+        if offsets is not None and not torch.isfinite(offsets).all():
+            raise ValueError(f"logit_offsets must be finite, got {offsets.tolist()}")
+        self.register_buffer("logit_offsets", offsets, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean loss over rows with ``target >= 0``; ``logits.sum() * 0`` when there is none."""
         if self.class_weights is not None and self.class_weights.numel() != logits.shape[1]:
             raise ValueError(f"{self.class_weights.numel()} class weights for {logits.shape[1]} logits")
+        if self.logit_offsets is not None:
+            if self.logit_offsets.numel() != logits.shape[1]:
+                raise ValueError(f"{self.logit_offsets.numel()} logit offsets for {logits.shape[1]} logits")
+            logits = logits + self.logit_offsets.to(logits.dtype)
         target = target.long()
         if not bool((target >= 0).any()):
             return logits.sum() * 0.0

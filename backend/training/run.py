@@ -82,7 +82,7 @@ def _trainer_strategy(cfg: ExperimentConfig):
 def build_trainer(cfg: ExperimentConfig, run_dir: Path):
     """Lightning Trainer with checkpoints, early stopping, TensorBoard and CSV logs in ``run_dir``."""
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 
@@ -114,6 +114,8 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path):
         callbacks.append(ChannelsLast())
     if t.early_stop > 0:
         callbacks.append(EarlyStopping(monitor=t.early_stop_metric, mode="max", patience=t.early_stop))
+    if t.ema_decay > 0:  # validated and checkpointed on the averaged weights
+        callbacks.append(EMAWeightAveraging(decay=t.ema_decay))
     return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=t.max_epochs,
@@ -206,6 +208,7 @@ def fit(cfg: ExperimentConfig, test: bool = True) -> RunResult:
         net,
         config=to_dict(cfg),
         class_weights=[float(w) for w in datamodule.class_weights],
+        class_priors=[float(p) for p in datamodule.class_priors],
         thickness_scaler=scaler.to_dict(),
         metadata_encoder=encoder.to_dict() if encoder is not None else None,
         preprocessing=preprocessing_dict(cfg.data),

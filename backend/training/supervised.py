@@ -20,12 +20,18 @@ from torchmetrics import MetricCollection
 
 from backend.config import from_dict
 from backend.data.schema import DIAGNOSES, MELANOMA_INDEX
+from backend.errors import ConfigError
 from backend.metrics.collection import build_auxiliary_metrics, build_classification_metrics
 from backend.metrics.plots import confusion_matrix_image
 from backend.models.heads import ThicknessScaler
 from backend.models.lesion_net import malignant_log_prob
 from backend.training.config import ExperimentConfig
-from backend.training.losses import DiagnosisLoss, interval_thickness_loss, malignancy_loss
+from backend.training.losses import (
+    DiagnosisLoss,
+    interval_thickness_loss,
+    logit_adjustment_offsets,
+    malignancy_loss,
+)
 from backend.training.schedules import warmup_cosine
 
 
@@ -40,6 +46,7 @@ class LesionModule(L.LightningModule):
         net: The network; not saved as a hyper-parameter (its config is).
         config: Resolved :class:`ExperimentConfig` as a plain dict.
         class_weights: Per-diagnosis cross-entropy weights from the train split, or None.
+        class_priors: The train split's diagnosis frequencies, for ``loss.logit_adjustment``.
         thickness_scaler: :class:`ThicknessScaler` as a dict (normalisation of thickness targets).
         metadata_encoder: The datamodule's metadata encoder as a dict, or None without metadata.
         preprocessing: The eval transform description (``backend.data.transforms.preprocessing_dict``).
@@ -50,6 +57,7 @@ class LesionModule(L.LightningModule):
         net: nn.Module,
         config: dict[str, Any],
         class_weights: list[float] | None = None,
+        class_priors: list[float] | None = None,
         thickness_scaler: dict[str, float] | None = None,
         metadata_encoder: dict[str, Any] | None = None,
         preprocessing: dict[str, Any] | None = None,
@@ -62,7 +70,14 @@ class LesionModule(L.LightningModule):
         weights = None
         if class_weights is not None and self.cfg.loss.class_weighted:
             weights = torch.tensor(class_weights, dtype=torch.float32)
-        self.diagnosis_loss = DiagnosisLoss(weights, label_smoothing=self.cfg.loss.label_smoothing)
+        offsets = None
+        if self.cfg.loss.logit_adjustment > 0:
+            if class_priors is None:
+                raise ConfigError(f"loss.logit_adjustment ({self.cfg.loss.logit_adjustment}) needs the train split's "
+                                  "class priors (class_priors)")
+            offsets = logit_adjustment_offsets(class_priors, self.cfg.loss.logit_adjustment)
+        self.diagnosis_loss = DiagnosisLoss(weights, label_smoothing=self.cfg.loss.label_smoothing,
+                                            logit_offsets=offsets)
         self.thickness_scaler = ThicknessScaler.from_dict(thickness_scaler or ThicknessScaler().to_dict())
         metrics = build_classification_metrics(len(DIAGNOSES))
         self.val_metrics = metrics.clone(prefix="val/")

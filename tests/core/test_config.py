@@ -98,6 +98,18 @@ def test_data_config_validation_names_the_key():
         from_dict(DataConfig, {"batch_size": 0})
 
 
+def test_imbalance_and_weight_averaging_settings_are_checked_by_name():
+    with pytest.raises(ConfigError, match="loss.logit_adjustment .* loss.class_weighted .* false"):
+        from_dict(ExperimentConfig, {"loss": {"logit_adjustment": 1.0}})  # class_weighted defaults to true
+    with pytest.raises(ConfigError, match="loss.logit_adjustment must be a number >= 0"):
+        from_dict(ExperimentConfig, {"loss": {"logit_adjustment": -1.0, "class_weighted": False}})
+    with pytest.raises(ConfigError, match=r"trainer.ema_decay must be in \[0, 1\)"):
+        from_dict(ExperimentConfig, {"trainer": {"ema_decay": 1.0}})
+    cfg = from_dict(ExperimentConfig, {"loss": {"logit_adjustment": 1.0, "class_weighted": False},
+                                       "trainer": {"ema_decay": 0.997}})
+    assert cfg.loss.logit_adjustment == 1.0 and cfg.trainer.ema_decay == 0.997
+
+
 @dataclass
 class Section:
     DEPRECATED_KEYS: ClassVar[dict[str, DeprecatedKey]] = {"epochs": renamed("max_epochs")}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from backend.data.config import DataConfig
-from backend.data.datamodule import LesionDataModule, class_weights, sample_weights
+from backend.data.datamodule import LesionDataModule, class_priors, class_weights, sample_weights
 from backend.data.dataset import encode_targets
 from backend.data.formats import load_table
 from backend.data.schema import DIAGNOSES
@@ -37,6 +37,12 @@ def test_class_weights_are_inverse_frequency():
     assert np.isclose(w[:3].mean(), expected.mean())
 
 
+def test_class_priors_are_the_frequencies_of_the_rows_with_a_diagnosis():
+    p = class_priors(np.array([0, 0, 0, 1, -1, 2, 2, 2, 2, 2, 2]), num_classes=4)
+    assert np.allclose(p, [0.3, 0.1, 0.6, 0.0]) and p.dtype == np.float32
+    assert (class_priors(np.array([-1, -1]), num_classes=3) == 0).all()
+
+
 def test_sample_weights_balance_classes_including_unk():
     diag = np.array([1, 1, 1, 1, 0, -1, -1])
     label = np.array([0, 0, 0, 0, 1, 0, 0])
@@ -52,6 +58,7 @@ def test_setup_splits_weights_and_encoder(csv):
     assert not train_lesions & set(dm.split_table("test")["lesion_id"])
     t = encode_targets(dm.train_table)
     assert np.allclose(dm.class_weights, class_weights(t["diagnosis"]))
+    assert np.allclose(dm.class_priors, class_priors(t["diagnosis"]))
     ages = dm.train_table["age_approx"].dropna()
     assert dm.metadata_encoder.age_mean == pytest.approx(ages.mean())
     dm.setup("fit")  # idempotent: Lightning calls it again on every stage

@@ -12,6 +12,7 @@ from backend.data.schema import MALIGNANT_INDICES
 from backend.training.losses import (
     DiagnosisLoss,
     interval_thickness_loss,
+    logit_adjustment_offsets,
     malignancy_loss,
     malignant_log_probs,
 )
@@ -124,6 +125,52 @@ def test_class_weights_follow_the_module_and_stay_out_of_state_dict():
     module = DiagnosisLoss(WEIGHTS).to(torch.float64)
     assert "class_weights" not in module.state_dict()
     assert isinstance(module.class_weights, torch.Tensor)
+
+
+def test_logit_adjustment_offsets_are_tau_log_prior_hand_computed():
+    offsets = logit_adjustment_offsets([6.0, 3.0, 1.0, 0.0], tau=0.5)  # counts are normalised; absent -> floor
+    expected = [0.5 * math.log(0.6), 0.5 * math.log(0.3), 0.5 * math.log(0.1), 0.5 * math.log(1e-6)]
+    assert offsets.tolist() == pytest.approx(expected, rel=1e-5)
+    for bad in ([0.5, -0.1, 0.6], [0.0, 0.0], [math.nan, 1.0]):
+        with pytest.raises(ValueError, match="class priors"):
+            logit_adjustment_offsets(bad)
+    with pytest.raises(ValueError, match="tau must be > 0, got 0"):
+        logit_adjustment_offsets([0.5, 0.5], tau=0)
+
+
+def test_logit_adjusted_ce_shifts_the_logits_inside_the_loss_only():
+    offsets = [math.log(0.7), math.log(0.2), math.log(0.1)]
+    loss = DiagnosisLoss(logit_offsets=offsets)(torch.tensor(LOGITS), torch.tensor(TARGET))
+    shifted = [[z + o for z, o in zip(row, offsets, strict=True)] for row in LOGITS]
+    assert loss.item() == pytest.approx(sum(-log_softmax(shifted[i])[TARGET[i]] for i in range(3)) / 3, rel=1e-6)
+    assert "logit_offsets" not in DiagnosisLoss(logit_offsets=offsets).state_dict()
+    with pytest.raises(ValueError, match="2 logit offsets for 3 logits"):
+        DiagnosisLoss(logit_offsets=[0.0, 0.0])(torch.tensor(LOGITS), torch.tensor(TARGET))
+
+
+def test_logit_adjusted_training_learns_balanced_logits_plain_ce_learns_the_priors():
+    """A free logit vector fitted to labels drawn 70/20/10: plain CE learns log prior, the adjusted loss uniform."""
+    priors = torch.tensor([0.7, 0.2, 0.1])
+    target = torch.tensor([0] * 70 + [1] * 20 + [2] * 10)
+
+    def fit(loss_fn: DiagnosisLoss) -> torch.Tensor:
+        bias = torch.zeros(3, requires_grad=True)
+        optimizer = torch.optim.LBFGS([bias], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = loss_fn(bias.expand(len(target), 3), target)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        return (bias - bias.mean()).detach()
+
+    plain = fit(DiagnosisLoss())
+    adjusted = fit(DiagnosisLoss(logit_offsets=logit_adjustment_offsets(priors)))
+    log_prior = priors.log() - priors.log().mean()
+    assert torch.allclose(plain, log_prior, atol=1e-3)
+    assert torch.allclose(adjusted, torch.zeros(3), atol=1e-3)  # every class equally likely: the balanced call
 
 
 # --------------------------------------------------------------------------- malignancy BCE
