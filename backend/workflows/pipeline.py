@@ -357,9 +357,10 @@ def render_card_markdown(card: dict[str, Any], metrics_md: str) -> str:
         f"{data.get('use_metadata')}; classes {', '.join(card.get('classes', []))}.",
         f"- Pretrained start: {model.get('pretrained_path') or 'none (random initialisation)'}.",
         f"- Training: {_epochs(trainer)} epochs, batch {data.get('batch_size')}, AdamW lr "
-        f"{(cfg.get('optim') or {}).get('lr')}, class-balanced sampler {data.get('balanced_sampler')}, class-weighted "
-        f"loss {(cfg.get('loss') or {}).get('class_weighted')}, Shades of Gray {data.get('color_constancy')}, "
-        f"hair removal {data.get('hair_removal')}, augmentation `{data.get('augment')}`.",
+        f"{(cfg.get('optim') or {}).get('lr')}, class-balanced sampler {data.get('balanced_sampler')}, "
+        f"{_imbalance_text(cfg.get('loss') or {})}{_averaging_text(trainer)}, Shades of Gray "
+        f"{data.get('color_constancy')}, hair removal {data.get('hair_removal')}, "
+        f"augmentation `{data.get('augment')}`.",
         *([f"- Test resolution: {resolution}"] if (resolution := test_resolution_line(card)) else []),
         f"- Calibration: {calib.get('method') or 'temperature scaling'}, temperature {_num(calib.get('temperature'))}"
         + _offsets_text(calib.get("class_offsets"), card.get("classes") or [])
@@ -391,6 +392,19 @@ def _num(value: Any) -> str:
 def _epochs(trainer: dict[str, Any]) -> Any:
     """``trainer.max_epochs`` of a stored config (``trainer.epochs`` in configs written before the rename)."""
     return trainer.get("max_epochs", trainer.get("epochs"))
+
+
+def _imbalance_text(loss: dict[str, Any]) -> str:
+    """How the stored config's diagnosis loss treats class imbalance."""
+    if (loss.get("logit_adjustment") or 0) > 0:
+        return f"logit-adjusted loss (tau {loss['logit_adjustment']})"
+    return f"class-weighted loss {loss.get('class_weighted')}"
+
+
+def _averaging_text(trainer: dict[str, Any]) -> str:
+    """``, weights averaged (EMA ...)`` when the stored config kept a moving average, else nothing."""
+    decay = trainer.get("ema_decay") or 0
+    return f", weights averaged (exponential moving average, decay {decay} per step)" if decay > 0 else ""
 
 
 def _recipe_line(lodo: dict[str, Any]) -> str:

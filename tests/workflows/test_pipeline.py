@@ -208,3 +208,12 @@ def test_card_markdown_names_the_calibration_offsets():
     text = render_card_markdown(card, "")
     line = "- Calibration: bias-corrected temperature scaling, temperature 0.800 and offsets MEL +1.25, NV -1.25"
     assert line in text
+
+
+def test_card_markdown_names_how_the_loss_treats_imbalance_and_the_weight_average():
+    weighted = render_card_markdown({"config": {"loss": {"class_weighted": True}, "trainer": {}}}, "")
+    assert "class-weighted loss True, Shades" in weighted and "moving average" not in weighted
+    adjusted = render_card_markdown({"config": {"loss": {"class_weighted": False, "logit_adjustment": 1.0},
+                                                "trainer": {"ema_decay": 0.997}}}, "")
+    assert ("logit-adjusted loss (tau 1.0), weights averaged (exponential moving average, decay 0.997 per step), "
+            "Shades") in adjusted
