@@ -46,10 +46,10 @@ class LesionModule(L.LightningModule):
         net: The network; not saved as a hyper-parameter (its config is).
         config: Resolved :class:`ExperimentConfig` as a plain dict.
         class_weights: Per-diagnosis cross-entropy weights from the train split, or None.
-        class_priors: The train split's diagnosis frequencies, for ``loss.logit_adjustment``.
         thickness_scaler: :class:`ThicknessScaler` as a dict (normalisation of thickness targets).
         metadata_encoder: The datamodule's metadata encoder as a dict, or None without metadata.
         preprocessing: The eval transform description (``backend.data.transforms.preprocessing_dict``).
+        class_priors: The train split's diagnosis frequencies, for ``loss.logit_adjustment``.
     """
 
     def __init__(
@@ -57,10 +57,10 @@ class LesionModule(L.LightningModule):
         net: nn.Module,
         config: dict[str, Any],
         class_weights: list[float] | None = None,
-        class_priors: list[float] | None = None,
         thickness_scaler: dict[str, float] | None = None,
         metadata_encoder: dict[str, Any] | None = None,
         preprocessing: dict[str, Any] | None = None,
+        class_priors: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
