@@ -52,6 +52,15 @@ class _ChannelMoments:
         return mean, var
 
 
+def _feed(model: nn.Module, batches: Iterable[torch.Tensor], forward: Callable[[torch.Tensor], object] | None) -> int:
+    """Run ``forward`` (default ``model``) on every batch; the number of images seen."""
+    seen = 0
+    for batch in batches:
+        (forward or model)(batch)
+        seen += int(batch.shape[0])
+    return seen
+
+
 @torch.no_grad()
 def reestimate_batchnorm(
     model: nn.Module, batches: Iterable[torch.Tensor], forward: Callable[[torch.Tensor], object] | None = None,
@@ -78,9 +87,7 @@ def reestimate_batchnorm(
     model.eval()
     seen = 0
     try:
-        for batch in batches:
-            (forward or model)(batch)
-            seen += int(batch.shape[0])
+        seen = _feed(model, batches, forward)
     finally:
         for handle in handles:
             handle.remove()
@@ -142,14 +149,9 @@ def adapt_batchnorm(
         layer.reset_running_stats()
         layer.momentum = None
         layer.train()
-    seen = 0
+    seen = 0  # stays 0 when interrupted: the finally block then restores the trained statistics
     try:
-        for batch in batches:
-            (forward or model)(batch)
-            seen += int(batch.shape[0])
-    except BaseException:
-        seen = 0
-        raise
+        seen = _feed(model, batches, forward)
     finally:
         for layer in layers:
             layer.momentum = saved[layer][3]
