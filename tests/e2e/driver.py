@@ -137,21 +137,30 @@ def wait_idle(page: Any, timeout_ms: float = 120_000) -> None:
     page.wait_for_selector(IDLE, state="attached", timeout=timeout_ms)
 
 
-def pick_option(page: Any, widget: str, option: str) -> None:
-    """Choose ``option`` in the multiselect under the CSS selector ``widget`` by typing it and pressing Enter.
+def pick_option(page: Any, widget: str, option: str, attempts: int = 3) -> None:
+    """Choose ``option`` in the multiselect under the CSS selector ``widget``: type it, click it alone.
 
-    The dropdown first opens with every option visible and filters as the text arrives, so Enter is
-    pressed only once the list shows that one option alone (else it could pick a stale highlighted
-    one); the chosen option's tag in the widget is then awaited (the dropdown list lives outside it, in
-    a popover), with the script run it starts.
+    The dropdown first opens with every option visible and filters as the text arrives, so the
+    option is clicked only once the list shows it alone (else a stale one could be picked). A script
+    run still in flight can re-render the widget and drop the choice, so when its tag does not
+    appear in the widget (the list itself lives outside, in a popover) the choice is made again.
     """
     from playwright.sync_api import expect
 
-    page.locator(f"{widget} input").click()
-    page.keyboard.type(option)
-    listed = page.get_by_role("option")
-    expect(listed).to_have_count(1)
-    expect(listed).to_have_text(option)
-    page.keyboard.press("Enter")
-    expect(page.locator(widget)).to_contain_text(option)
+    chosen = page.locator(widget)
+    for attempt in range(attempts):
+        wait_idle(page)
+        page.locator(f"{widget} input").click()
+        page.keyboard.type(option)
+        listed = page.get_by_role("option")
+        expect(listed).to_have_count(1)
+        expect(listed).to_have_text(option)
+        listed.click()
+        try:
+            expect(chosen).to_contain_text(option, timeout=15_000)
+            break
+        except AssertionError:
+            if attempt == attempts - 1:
+                raise
+            page.keyboard.press("Escape")
     wait_idle(page)
