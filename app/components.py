@@ -19,7 +19,7 @@ from backend.errors import DermaLensError
 from backend.evaluation.card_sections import band_accuracy_sentence, light_meaning
 from backend.inference.explain import legend_strip, overlay, seen_mask
 from backend.inference.inputs import PreparedInput, prepare_input
-from backend.inference.risk import light_reason, melanoma_likely
+from backend.inference.risk import format_risk, light_reason, melanoma_likely, risk_decimals, thresholds_sentence
 
 #: Full names of the diagnoses (codes as in ``backend.data.schema.DIAGNOSES``).
 CLASS_NAMES: dict[str, str] = {
@@ -277,25 +277,23 @@ def render_probabilities(pred: Any) -> None:
         st.plotly_chart(class_figure(pred), config={"displayModeBar": False}, key="class_bars")
 
 
-def risk_explanation(pred: Any, weights: dict[str, float], green_below: float, yellow_below: float,
-                     chosen_on: str | None = None) -> str:
-    """How this image's risk score was computed, in words and with its numbers."""
-    source = ("The thresholds were chosen for this model on its validation split so that yellow or red "
-              "catches at least 95% of malignant lesions and red leaves at least 90% of benign lesions out."
-              if chosen_on else "The thresholds are the clinic's fixed policy (`cfgs/inference/risk.yaml`).")
+def risk_explanation(pred: Any, risk_cfg: Any) -> str:
+    """How this image's risk score was computed, in words and with its numbers and thresholds."""
+    weights = dict(risk_cfg.weights)
+    digits = risk_decimals(pred.risk, risk_cfg)
     terms = " + ".join(f"{w:g} × P({name})" for name, w in weights.items()) or "0"
     numbers = " + ".join(f"{w:g} × {pred.probabilities.get(name, 0.0):.3f}" for name, w in weights.items()) or "0"
     return (
         f"risk = {terms}, clipped to [0, 1]\n\n"
-        f"= {numbers} = **{pred.risk:.3f}**\n\n"
-        f"Traffic light: green below {green_below:g}, yellow from {green_below:g} to below {yellow_below:g}, "
-        f"red from {yellow_below:g}. Melanoma weighs most because missing it costs most. {source}"
+        f"= {numbers} = **{format_risk(pred.risk, digits)}**\n\n"
+        f"Traffic light: {thresholds_sentence(risk_cfg, digits)} Melanoma weighs most because missing it costs most."
     )
 
 
 def risk_headline(pred: Any, risk_cfg: Any) -> str:
-    """The one headline number: ``Risk score 0.42 (red from 0.35)``."""
-    return f"Risk score {pred.risk:.2f} (red from {risk_cfg.yellow_below:.2g})"
+    """The one headline number: ``Risk score 0.420 (red from 0.350)``."""
+    digits = risk_decimals(pred.risk, risk_cfg)
+    return f"Risk score {format_risk(pred.risk, digits)} (red from {format_risk(risk_cfg.yellow_below, digits)})"
 
 
 def render_risk(pred: Any, risk_cfg: Any, card: dict[str, Any] | None = None) -> None:
@@ -306,19 +304,17 @@ def render_risk(pred: Any, risk_cfg: Any, card: dict[str, Any] | None = None) ->
     left, right = st.columns([1, 1], vertical_alignment="center")
     left.markdown(light_html(pred.traffic_light), unsafe_allow_html=True)
     right.markdown(f"**{risk_headline(pred, risk_cfg)}**")
-    light = pred.traffic_light
-    if not assessable(pred):
-        light = pred.model_light
-        st.caption("The image is not assessable, so no light is given. Shown on request, the model's own light "
-                   "from this risk would be:")
-        st.markdown(light_html(pred.model_light), unsafe_allow_html=True)
-    st.caption(light_reason(pred.probabilities, pred.risk, risk_cfg))
-    meaning = light_meaning(card or {}, light)
-    if meaning:
-        st.caption(meaning)
+    if assessable(pred):
+        st.caption(light_reason(pred.probabilities, pred.risk, risk_cfg))
+        meaning = light_meaning(card or {}, pred.traffic_light)
+        if meaning:
+            st.caption(meaning)
+    else:  # words only: a picture the model cannot read gets no risk colour, and no test-split figures
+        st.caption(f"The image is not assessable, so no light is given. Shown on request, in words only: "
+                   f"{light_reason(pred.probabilities, pred.risk, risk_cfg)} On an image like this one the "
+                   "score may be wrong, whatever its value.")
     with st.expander("How the risk score is computed"):
-        st.markdown(risk_explanation(pred, dict(risk_cfg.weights), risk_cfg.green_below, risk_cfg.yellow_below,
-                                     getattr(risk_cfg, "chosen_on", None)))
+        st.markdown(risk_explanation(pred, risk_cfg))
 
 
 def render_thickness(pred: Any, card: dict[str, Any] | None = None) -> None:
@@ -350,13 +346,15 @@ def render_quality(pred: Any) -> None:
     st.markdown("\n".join(f"- {reason}" for reason in quality_reasons(pred)))
 
 
-def render_not_assessable(pred: Any, key: str, name: str = "") -> bool:
+def render_not_assessable(pred: Any, key: str, name: str = "", on_change: Any = None, args: tuple = ()) -> bool:
     """The viewer's first message for an image that cannot be assessed: why, and a control to see the result.
 
     Args:
         pred: The image's prediction (grey light).
         key: Widget key of the "show anyway" toggle (one per image).
         name: The image's file name (names the toggle for screen readers and tests).
+        on_change: Called with ``args`` when the toggle changes (to keep the choice with the image).
+        args: Arguments of ``on_change``.
 
     Returns:
         Whether the clinician asked to see the model's result anyway.
@@ -367,8 +365,9 @@ def render_not_assessable(pred: Any, key: str, name: str = "") -> bool:
         st.markdown(f"**{NOT_ASSESSABLE_TITLE}.** The model's result is not shown because this image cannot be "
                     f"assessed:\n{reasons}")
         label = f"{SHOW_ANYWAY} ({name})" if name else SHOW_ANYWAY
-        return bool(st.toggle(label, key=key, help="The model still made a prediction; on an image like this "
-                                                   "one it may be wrong, whatever its light."))
+        return bool(st.toggle(label, key=key, on_change=on_change, args=args,
+                              help="The model still made a prediction; on an image like this one it may be wrong, "
+                                   "whatever its light."))
 
 
 # -- Grad-CAM -----------------------------------------------------------------------------------
@@ -420,6 +419,27 @@ def model_summary_lines(card: dict[str, Any], uses_metadata: bool) -> list[str]:
     temperature = (card.get("calibration") or {}).get("temperature")
     if temperature is not None:
         lines.append(f"Calibration temperature: {float(temperature):.3g}")
+    return lines
+
+
+def model_warnings(predictor: Any) -> list[str]:
+    """What a model lacks that a bundle exported for the clinic has, in words (empty for such a bundle).
+
+    A raw training checkpoint has no out-of-distribution statistics (an image unlike its training
+    images is not made grey), no calibration and no operating points of its own; the screen says so
+    instead of showing its lights as if they meant the same.
+    """
+    card = getattr(predictor, "card", None) or {}
+    quality = getattr(predictor, "quality", None)
+    lines = []
+    if getattr(predictor, "feature_stats", None) is None or (quality is not None and not quality.ood_enabled):
+        lines.append("This model has no check for images unlike its training images: such an image still gets a "
+                     "light. Export it as a bundle (`python -m scripts.export`) before relying on its lights.")
+    if not getattr(getattr(predictor, "risk", None), "chosen_on", None):
+        lines.append("Its traffic-light thresholds are the clinic's fixed policy, not operating points chosen for "
+                     "this model, so no sensitivity or specificity can be given for its lights.")
+    if str((card.get("calibration") or {}).get("method", "")).startswith("none"):
+        lines.append("Its probabilities are not calibrated (a raw training checkpoint).")
     return lines
 
 

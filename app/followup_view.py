@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from backend.inference.risk import NOT_ASSESSABLE, format_risk
+
 CAUTION = (
     "**Measured change supports, not replaces, clinical judgement.** Sizes and colours are measured "
     "on two photos aligned by the skin around the lesion; lighting, focus, pressure of the "
@@ -65,8 +67,13 @@ def risk_sentences(result: Any) -> list[str]:
     """
     if result.risk_before is None or result.risk_after is None:
         return []
-    lines = [f"The model's risk index went from {result.risk_before:.2f} ({result.light_before}) at the first visit "
-             f"to {result.risk_after:.2f} ({result.light_after}) now."]
+    if not result.risk_comparable:
+        unreadable = [when for when, light in (("baseline", result.light_before), ("follow-up", result.light_after))
+                      if light == NOT_ASSESSABLE]
+        return [f"The model cannot assess the {' and the '.join(unreadable)} photo (see the quality warning "
+                "below), so no risk is given for this pair: retake that photo to compare the model's risk."]
+    lines = [f"The model's risk index went from {format_risk(result.risk_before)} ({result.light_before}) at the "
+             f"first visit to {format_risk(result.risk_after)} ({result.light_after}) now."]
     if result.embedding_distance is not None:
         distance = result.embedding_distance
         if distance < 0.1:
@@ -92,8 +99,9 @@ def metric_values(result: Any) -> list[tuple[str, str, str | None]]:
         rows.append(("Largest diameter change", f"{result.diameter_change:+.0%}", None))
     if result.colour_change is not None:
         rows.append(("Colour change (delta E)", f"{result.colour_change:.1f}", None))
-    if result.risk_before is not None and result.risk_after is not None:
-        rows.append(("Model risk now", f"{result.risk_after:.2f}", f"{result.risk_after - result.risk_before:+.2f}"))
+    if result.risk_comparable:
+        rows.append(("Model risk now", format_risk(result.risk_after),
+                     f"{result.risk_after - result.risk_before:+.3f}"))
     return rows
 
 

@@ -158,7 +158,7 @@ def render_report(
     model_version: str,
     cam_target: str = "",
     metadata: dict[str, Any] | None = None,
-    risk_weights: dict[str, float] | None = None,
+    risk_cfg: Any = None,
     created: datetime | None = None,
     light_meaning: str = "",
     patient_id: str = "",
@@ -208,7 +208,7 @@ def render_report(
         draw.text((margin, y), "Not assessable: retake the image.", font=head, fill=(90, 90, 90))
         y += 44
     fields = report_fields(pred, metadata, light_meaning, patient_id=patient_id, lesion_id=lesion_id,
-                           show_model_result=show_model_result)
+                           show_model_result=show_model_result, risk_cfg=risk_cfg)
     for name, value in fields:
         if name == "Risk light":
             colour = _LIGHT_RGB.get(pred.traffic_light, (150, 150, 150))
@@ -220,7 +220,7 @@ def render_report(
         y += 6
     if hidden:
         return page
-    weights = risk_weights or {}
+    weights = dict(risk_cfg.weights) if risk_cfg is not None else {}
     if weights:
         formula = "Risk index = " + " + ".join(f"{w:g} × P({n})" for n, w in weights.items()) + ", clipped to [0, 1]"
         draw.text((margin + 40, y), formula, font=small, fill=(80, 80, 80))
@@ -256,7 +256,8 @@ def build_report(image: np.ndarray, overlay: np.ndarray | None, prediction: Any,
         prediction: ``backend.inference.Prediction`` of the image.
         fmt: ``png`` or ``pdf``.
         **kwargs: ``image_name``, ``model_name``, ``model_version`` (required), ``cam_target``,
-            ``metadata``, ``risk_weights``, ``created``, ``light_meaning`` (what the light meant on the
+            ``metadata``, ``risk_cfg`` (the model's ``RiskConfig``: weights, thresholds and where they
+            come from, printed beside the risk index), ``created``, ``light_meaning`` (what the light meant on the
             model's test split, added to the plain meaning; see :func:`render_report`), ``patient_id``,
             ``lesion_id`` and ``show_model_result`` (a not-assessable image's result is left out of the
             report unless True, as on screen).

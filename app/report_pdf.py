@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from app.components import CLASS_NAMES, quality_reasons, suggestion_note
-from backend.inference.risk import melanoma_likely
+from backend.inference.risk import format_risk, melanoma_likely, risk_decimals, thresholds_sentence
 
 #: Words of each light for people (the colour is never the only cue).
 LIGHT_WORDS: dict[str, str] = {
@@ -86,9 +86,17 @@ def thickness_field(prediction: Any) -> str:
     return f"melanoma unlikely here (probability {p_mel:.0%}); if it were one, band {band} ({caveat})"
 
 
+def risk_field(risk: float, risk_cfg: Any = None) -> str:
+    """The risk index with its scale and, given the model's :class:`RiskConfig`, the thresholds and their origin."""
+    if risk_cfg is None:
+        return f"{format_risk(risk)} on a scale of 0 to 1"
+    digits = risk_decimals(risk, risk_cfg)
+    return f"{format_risk(risk, digits)} on a scale of 0 to 1. {thresholds_sentence(risk_cfg, digits)}"
+
+
 def report_fields(prediction: Any, metadata: dict[str, Any] | None = None, light_meaning: str = "", *,
-                  patient_id: str = "", lesion_id: str = "", show_model_result: bool = False) -> list[
-        tuple[str, str]]:
+                  patient_id: str = "", lesion_id: str = "", show_model_result: bool = False,
+                  risk_cfg: Any = None) -> list[tuple[str, str]]:
     """The report's ``(field name, value)`` lines, in reading order.
 
     A not-assessable image's diagnosis, probabilities, risk and thickness are left out unless the
@@ -116,7 +124,7 @@ def report_fields(prediction: Any, metadata: dict[str, Any] | None = None, light
                                 + (f". {note}" if (note := suggestion_note(pred)) else "")),
         ("Probability of malignancy", f"{pred.malignant:.1%} (melanoma + basal cell carcinoma + squamous cell "
                                       f"carcinoma); benign {pred.benign:.1%}"),
-        ("Risk index", f"{pred.risk:.3f} (0 to 1)"),
+        ("Risk index", risk_field(pred.risk, risk_cfg)),
         ("Risk light", light),
         ("What the light means", meaning),
         ("Estimated Breslow thickness", thickness_field(pred)),
@@ -177,7 +185,7 @@ class _Writer:
 
 def pdf_report(image: np.ndarray, overlay: np.ndarray | None, prediction: Any, *, image_name: str,
                model_name: str, model_version: str, cam_target: str = "", metadata: dict[str, Any] | None = None,
-               risk_weights: dict[str, float] | None = None, created: datetime | None = None,
+               risk_cfg: Any = None, created: datetime | None = None,
                light_meaning: str = "", patient_id: str = "", lesion_id: str = "",
                show_model_result: bool = False) -> bytes:
     """The one-page report as PDF bytes with a text layer (arguments as ``app.report.build_report``)."""
@@ -221,11 +229,11 @@ def pdf_report(image: np.ndarray, overlay: np.ndarray | None, prediction: Any, *
     pdf.ln(4)
 
     for name, value in report_fields(prediction, metadata, light_meaning, patient_id=patient_id,
-                                     lesion_id=lesion_id, show_model_result=show_model_result):
+                                     lesion_id=lesion_id, show_model_result=show_model_result, risk_cfg=risk_cfg):
         out.field(name, value)
     if hidden:
         return bytes(pdf.output())
-    weights = risk_weights or {}
+    weights = dict(risk_cfg.weights) if risk_cfg is not None else {}
     if weights:
         formula = " + ".join(f"{w:g} × P({n})" for n, w in weights.items())
         out.line(f"Risk index = {formula}, clipped to 0 to 1.", size=8, colour=(90, 90, 90))

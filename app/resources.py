@@ -190,6 +190,8 @@ def model_sidebar() -> LoadResult | None:
             st.error(result.error)
         elif result is not None:
             st.markdown("  \n".join(ui.model_summary_lines(result.predictor.card, result.predictor.uses_metadata)))
+            for warning in ui.model_warnings(result.predictor):
+                st.warning(warning)
             st.page_link("pages/model.py", label="Full model card", icon=":material/badge:")
     return result
 

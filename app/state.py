@@ -69,6 +69,8 @@ class Upload:
         note: The clinician's free-text note on this image.
         patient_id: Patient ID typed in for this image (exported; empty when not given).
         lesion_id: Lesion ID typed in for this image (exported; empty when not given).
+        show_anyway: The clinician asked to see the result of this not-assessable image anyway
+            (kept here, not only in its toggle, which Streamlit forgets while another image is shown).
     """
 
     id: str
@@ -83,6 +85,7 @@ class Upload:
     note: str = ""
     patient_id: str = ""
     lesion_id: str = ""
+    show_anyway: bool = False
 
     @property
     def name(self) -> str:
@@ -251,12 +254,15 @@ def unsaved_decisions() -> int:
 
 def shown_anyway() -> set[str]:
     """Ids of the not-assessable uploads whose result the clinician asked to see ("show anyway" on)."""
-    return {uid for uid in uploads() if st.session_state.get(f"show_anyway_{uid}")}
+    return {uid for uid, upload in uploads().items() if upload.show_anyway}
 
 
 def set_review(uid: str, decision: str | None = None, note: str | None = None, patient_id: str | None = None,
-               lesion_id: str | None = None) -> None:
-    """Record the review ``decision`` (a :data:`DECISIONS` entry), ``note``, patient or lesion ID of upload ``uid``."""
+               lesion_id: str | None = None, show_anyway: bool | None = None) -> None:
+    """Record upload ``uid``'s review: ``decision``, ``note``, patient or lesion ID, or "show the result anyway".
+
+    ``decision`` is a :data:`DECISIONS` entry; ``show_anyway`` whether the not-assessable image's result is shown.
+    """
     upload = uploads().get(uid)
     if upload is None:
         return
@@ -268,6 +274,8 @@ def set_review(uid: str, decision: str | None = None, note: str | None = None, p
         upload.patient_id = patient_id.strip()
     if lesion_id is not None:
         upload.lesion_id = lesion_id.strip()
+    if show_anyway is not None:
+        upload.show_anyway = bool(show_anyway)
 
 
 def apply_to_group(uids: list[str], patient_id: str = "", metadata: dict[str, Any] | None = None) -> int:

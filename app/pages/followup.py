@@ -28,10 +28,19 @@ MAX_RESULTS = 4  # comparisons kept per session (a few pairs, not an archive)
 
 @dataclass(frozen=True)
 class VisitImage:
-    """One photo of the pair: its id and the file decoded once (compared, and read by the model as it is)."""
+    """One photo of the pair: its id, the file decoded once and the patient metadata typed for it on Triage.
+
+    The model reads the file as it is, and a fusion model the metadata (None for a photo uploaded
+    here), so a worklist image gets the same risk on both screens.
+    """
 
     id: str
     prepared: PreparedInput
+    metadata: dict[str, Any] | None = None
+
+    def metadata_key(self) -> tuple:
+        """Hashable form of :attr:`metadata` (part of the comparison's cache key)."""
+        return tuple(sorted((self.metadata or {}).items()))
 
     @property
     def name(self) -> str:
@@ -108,7 +117,8 @@ def worklist_pair() -> tuple[VisitImage, VisitImage] | None:
     if first == second:
         st.warning("Choose two different images.")
         return None
-    return tuple(VisitImage(u.id, u.prepared) for u in (uploads[first], uploads[second]))  # type: ignore[return-value]
+    return tuple(VisitImage(u.id, u.prepared, u.metadata_for_model() or None)  # type: ignore[return-value]
+                 for u in (uploads[first], uploads[second]))
 
 
 # -- comparing --------------------------------------------------------------------------------------
@@ -123,18 +133,20 @@ def comparison(before: VisitImage, after: VisitImage, model: resources.LoadResul
         model: The session's model (None or failed: no risk).
     """
     predictor = model.predictor if model is not None and model.predictor is not None else None
-    key = (before.id, after.id, model.key if predictor is not None else None)
+    key = (before.id, after.id, model.key if predictor is not None else None, before.metadata_key(),
+           after.metadata_key())
     results = state.followup()["results"]
     if key not in results:
         with st.spinner("Aligning the photos and measuring the change…"):
             try:
                 results[key] = compare_visits(
                     np.asarray(before.image), np.asarray(after.image), predictor, before_name=before.name,
-                    after_name=after.name, model_inputs=(before.prepared, after.prepared))
+                    after_name=after.name, model_inputs=(before.prepared, after.prepared),
+                    model_metadata=(before.metadata, after.metadata))
             except DermaLensError as err:
                 results[key] = str(err)
             except Exception as err:  # a backend bug must not take the screen down
-                results[key] = f"The comparison failed: {type(err).__name__}: {err}"
+                results[key] = f"The comparison failed: {ui.error_words(err)}"
         while len(results) > MAX_RESULTS:
             results.pop(next(iter(results)))
     return results[key]
@@ -189,6 +201,8 @@ def show_aligned(result: Any) -> None:
     st.subheader("Measured change")
     metrics = view.metric_values(result)
     for column, (label, value, delta) in zip(st.columns(max(1, len(metrics))), metrics, strict=False):
+        # A rise of risk or size is bad news (red), a fall good news (green): only ever between two
+        # assessable visits (view.metric_values leaves the risk out otherwise).
         column.metric(label, value, delta, delta_color="inverse")
     st.markdown("\n".join(f"- {line}" for line in view.measure_sentences(result)))
     for flag in view.caution_flags(result):

@@ -11,6 +11,7 @@ from app import card_view, resources, state
 from app import components as ui
 from backend.evaluation.card_sections import operating_points_markdown
 from backend.inference.quality import FLAG_CODES
+from backend.inference.risk import thresholds_sentence
 
 
 def _section(title: str, value: Any) -> None:
@@ -105,8 +106,7 @@ def main() -> None:
     st.subheader("Risk index and traffic light")
     weights = dict(predictor.risk.weights)
     st.markdown("risk = " + " + ".join(f"{w:g} × P({n})" for n, w in weights.items())
-                + f", clipped to [0, 1]; green below {predictor.risk.green_below:.3g}, "
-                f"red from {predictor.risk.yellow_below:.3g}, yellow in between.")
+                + f", clipped to [0, 1]. {thresholds_sentence(predictor.risk)}")
     meaning = operating_points_markdown(card_view.without_paths(card))
     if meaning:
         st.markdown("\n".join(meaning[2:]))  # without the section heading: the subheader above names it

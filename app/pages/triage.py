@@ -298,9 +298,11 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
     st.subheader(f"Viewer: {upload.name}")
     navigation(upload, order if order is not None else list(state.uploads()))
     shown = pred  # what the viewer reveals: nothing of a not-assessable image unless asked for
-    if pred is not None and not ui.assessable(pred) and not ui.render_not_assessable(
-            pred, f"show_anyway_{upload.id}", upload.name):
-        shown = None
+    if pred is not None and not ui.assessable(pred):
+        key = _seed(f"show_anyway_{upload.id}", upload.show_anyway)
+        if not ui.render_not_assessable(pred, key, upload.name, on_change=_set_review,
+                                        args=(upload.id, "show_anyway", key)):
+            shown = None
     review_inputs(upload)
     target = resolve_target(cam["target"], upload) if shown is not None else None
     heat = heatmap(model, upload, target) if cam["enabled"] and shown is not None else None
@@ -353,7 +355,7 @@ def _report_maker(upload: state.Upload, model: resources.LoadResult, cam: dict[s
     preprocessing = dict(predictor.preprocessing)
     meaning = "" if prediction.traffic_light == "grey" else light_meaning(card or {}, prediction.traffic_light)
     ids = {"patient_id": upload.patient_id, "lesion_id": upload.lesion_id,
-           "show_model_result": bool(st.session_state.get(f"show_anyway_{upload.id}"))}
+           "show_model_result": upload.show_anyway}
 
     def make() -> bytes:
         if report.result_hidden(prediction, ids["show_model_result"]):
@@ -367,7 +369,7 @@ def _report_maker(upload: state.Upload, model: resources.LoadResult, cam: dict[s
             image, None if heat is None else report.report_overlay(image, heat, opacity, preprocessing), prediction,
             fmt=fmt, image_name=name,
             model_name=str(card.get("name", "model")), model_version=str(card.get("version", "?")),
-            cam_target=ui.target_label(target), metadata=metadata, risk_weights=dict(predictor.risk.weights),
+            cam_target=ui.target_label(target), metadata=metadata, risk_cfg=predictor.risk,
             created=datetime.now(timezone.utc), light_meaning=meaning, **ids)
 
     return make

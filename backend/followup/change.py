@@ -50,6 +50,7 @@ from backend.followup.segmentation import (
     valid_pixels,
 )
 from backend.followup.synthetic import common_view
+from backend.inference.risk import NOT_ASSESSABLE, format_risk
 
 #: Relative area or diameter change reported as growth or shrinkage (the measurement's own accuracy).
 SIZE_FLAG: float = 0.10
@@ -132,6 +133,16 @@ class FollowUpResult:
     before_lesion: LesionSegmentation | None = None
     after_lesion: LesionSegmentation | None = None
 
+    @property
+    def risk_comparable(self) -> bool:
+        """Whether the two visits' risks may be compared: both predicted and neither image ``grey``.
+
+        A visit the model's quality check could not assess has no risk to speak of (its light is
+        grey), so no change of risk is reported or coloured for the pair.
+        """
+        return (self.risk_before is not None and self.risk_after is not None
+                and NOT_ASSESSABLE not in (self.light_before, self.light_after))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready measures (no images): what ``scripts/compare_visits.py`` writes to ``change.json``."""
         def num(value: float | None, digits: int = 4) -> float | None:
@@ -147,6 +158,7 @@ class FollowUpResult:
             "risk_before": num(self.risk_before), "risk_after": num(self.risk_after),
             "malignant_before": num(self.malignant_before), "malignant_after": num(self.malignant_after),
             "traffic_light_before": self.light_before, "traffic_light_after": self.light_after,
+            "risk_comparable": self.risk_comparable,
             "embedding_distance": num(self.embedding_distance),
             "flags": list(self.flags),
             "matrix": None if self.matrix is None else [[round(float(v), 6) for v in row] for row in self.matrix],
@@ -187,9 +199,14 @@ def lighting_gains(before: np.ndarray, after: np.ndarray, skin: np.ndarray) -> n
     return b[use].sum(axis=0) / np.maximum(a[use].sum(axis=0), 1e-6)
 
 
-def _model_outputs(predictor: Any, inputs: tuple[Any, Any], result: FollowUpResult) -> None:
-    """Fill the model's risk, malignancy, lights and feature distance of both visits into ``result``."""
-    before, after = predictor.predict(list(inputs))
+def _model_outputs(predictor: Any, inputs: tuple[Any, Any], metadata: tuple[Any, Any] | None,
+                   result: FollowUpResult) -> None:
+    """Fill the model's risk, malignancy, lights and feature distance of both visits into ``result``.
+
+    ``metadata`` (one patient-metadata dict or None per visit) reaches a fusion model exactly as the
+    Triage screen gives it, so a worklist image gets the same risk on both screens.
+    """
+    before, after = predictor.predict(list(inputs), metadata=None if metadata is None else list(metadata))
     result.risk_before, result.risk_after = float(before.risk), float(after.risk)
     result.malignant_before, result.malignant_after = float(before.malignant), float(after.malignant)
     result.light_before, result.light_after = before.traffic_light, after.traffic_light
@@ -229,17 +246,18 @@ def change_flags(result: FollowUpResult) -> list[str]:
         flags.append(f"lesion colour changed (delta E {result.colour_change:.1f})")
     if result.border_change is not None and result.border_change >= BORDER_FLAG:
         flags.append("border became more irregular")
-    if result.risk_before is not None and result.risk_after is not None:
+    if result.risk_comparable:
         if result.light_before != result.light_after:
             flags.append(f"model risk moved from {result.light_before} to {result.light_after} "
-                         f"({result.risk_before:.2f} -> {result.risk_after:.2f})")
+                         f"({format_risk(result.risk_before)} -> {format_risk(result.risk_after)})")
         elif result.risk_after - result.risk_before >= RISK_FLAG:
-            flags.append(f"model risk rose from {result.risk_before:.2f} to {result.risk_after:.2f}")
+            flags.append(f"model risk rose from {format_risk(result.risk_before)} to {format_risk(result.risk_after)}")
     return flags
 
 
 def compare_visits(before: np.ndarray, after: np.ndarray, predictor: Any = None, *, before_name: str = "before",
                    after_name: str = "after", model_inputs: tuple[Any, Any] | None = None,
+                   model_metadata: tuple[Any, Any] | None = None,
                    config: RegistrationConfig | None = None) -> FollowUpResult:
     """Compare a baseline and a follow-up photo of one lesion (see the module docstring).
 
@@ -251,6 +269,8 @@ def compare_visits(before: np.ndarray, after: np.ndarray, predictor: Any = None,
         after_name: What messages call the follow-up.
         model_inputs: What the predictor reads for each visit (anything ``Predictor.load`` takes,
             e.g. ``(name, bytes)`` of the original uploads); default the two arrays.
+        model_metadata: Patient metadata per visit (``Predictor.predict``'s dicts, or None each) for a
+            model that fuses it; None for none.
         config: Registration settings.
 
     Returns:
@@ -284,7 +304,7 @@ def compare_visits(before: np.ndarray, after: np.ndarray, predictor: Any = None,
     result.before_lesion = seg_b if isinstance(seg_b, LesionSegmentation) else None
     result.after_lesion = seg_a if isinstance(seg_a, LesionSegmentation) else None
     if predictor is not None:
-        _model_outputs(predictor, model_inputs or (before, after), result)
+        _model_outputs(predictor, model_inputs or (before, after), model_metadata, result)
     if not registration.aligned:
         result.flags.insert(0, str(registration.reason))
         result.flags.extend(str(s) for s in (seg_b, seg_a) if isinstance(s, FollowUpError))

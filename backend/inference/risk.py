@@ -38,6 +38,8 @@ TRAFFIC_LIGHTS: tuple[str, ...] = ("green", "yellow", "red")
 NOT_ASSESSABLE = "grey"
 #: Every light a prediction can carry.
 LIGHTS: tuple[str, ...] = (*TRAFFIC_LIGHTS, NOT_ASSESSABLE)
+#: Decimals a risk score and its thresholds are shown with, on every screen and export alike.
+RISK_DECIMALS = 3
 
 
 def _default_weights() -> dict[str, float]:
@@ -210,19 +212,55 @@ def risk_drivers(probs: Mapping[str, float], cfg: RiskConfig | None = None, top:
     return [(name, float(probs.get(name, 0.0))) for _, name in ranked]
 
 
-def light_reason(probs: Mapping[str, float], risk: float, cfg: RiskConfig | None = None) -> str:
-    """Why an image got its light, in one sentence with the thresholds and the classes driving the score.
+def _light_of(risk: float, green_below: float, yellow_below: float) -> str:
+    return "green" if risk < green_below else "yellow" if risk < yellow_below else "red"
 
-    Example: ``Yellow: risk score 0.28, between 0.04 and 0.35, mostly from P(BCC) 18% and P(MEL) 9%.``
+
+def risk_decimals(risk: float, cfg: RiskConfig | None = None) -> int:
+    """Decimals to show ``risk`` and the thresholds with so the shown numbers agree with its light.
+
+    :data:`RISK_DECIMALS`, or more for a score within rounding of a threshold: a yellow 0.4176
+    beside "red from 0.418" would read as red, so it is shown as 0.4176 beside 0.4180.
     """
     cfg = cfg or RiskConfig()
     light = traffic_light(risk, cfg)
-    if light == "green":
-        where = f"below {cfg.green_below:.2g}"
-    elif light == "yellow":
-        where = f"between {cfg.green_below:.2g} and {cfg.yellow_below:.2g}"
-    else:
-        where = f"at or above {cfg.yellow_below:.2g}"
+    for digits in range(RISK_DECIMALS, 10):
+        shown = [round(float(v), digits) for v in (risk, cfg.green_below, cfg.yellow_below)]
+        if _light_of(*shown) == light:
+            return digits
+    return 10
+
+
+def format_risk(value: float, digits: int = RISK_DECIMALS) -> str:
+    """A risk score or threshold as shown everywhere (``0.412``)."""
+    return f"{float(value):.{digits}f}"
+
+
+def thresholds_sentence(cfg: RiskConfig | None = None, digits: int = RISK_DECIMALS) -> str:
+    """What the lights mean in numbers, and where the thresholds come from, for a clinician.
+
+    Example: ``Green below 0.126, yellow from 0.126 to below 0.418, red from 0.418 (chosen for this
+    model on its validation split so that yellow or red catches at least 95% of malignant lesions and
+    red leaves at least 90% of benign lesions out).``
+    """
+    cfg = cfg or RiskConfig()
+    low, high = format_risk(cfg.green_below, digits), format_risk(cfg.yellow_below, digits)
+    source = ("chosen for this model on its validation split so that yellow or red catches at least 95% of "
+              "malignant lesions and red leaves at least 90% of benign lesions out" if cfg.chosen_on else
+              "the clinic's fixed policy in cfgs/inference/risk.yaml")
+    return f"Green below {low}, yellow from {low} to below {high}, red from {high} ({source})."
+
+
+def light_reason(probs: Mapping[str, float], risk: float, cfg: RiskConfig | None = None) -> str:
+    """Why an image got its light, in one sentence with the thresholds and the classes driving the score.
+
+    Example: ``Yellow: risk score 0.280, between 0.126 and 0.418, mostly from P(BCC) 18% and P(MEL) 9%.``
+    """
+    cfg = cfg or RiskConfig()
+    light = traffic_light(risk, cfg)
+    digits = risk_decimals(risk, cfg)
+    low, high = format_risk(cfg.green_below, digits), format_risk(cfg.yellow_below, digits)
+    where = {"green": f"below {low}", "yellow": f"between {low} and {high}"}.get(light, f"at or above {high}")
     drivers = risk_drivers(probs, cfg)
     source = (", mostly from " + " and ".join(f"P({name}) {p:.0%}" for name, p in drivers)) if drivers else ""
-    return f"{light.capitalize()}: risk score {float(risk):.2f}, {where}{source}."
+    return f"{light.capitalize()}: risk score {format_risk(risk, digits)}, {where}{source}."

@@ -278,7 +278,7 @@ def load_bundle(bundle_dir: str | Path) -> LoadedBundle:
         cfg = from_dict(ExperimentConfig, card["config"])
     except ConfigError as err:
         raise CheckpointError(f"{path / CARD_FILE}: embedded config is invalid: {err}") from None
-    cfg.model.pretrained_path = None
+    cfg.model.drop_start_weights()  # the saved weights replace any start point; nothing is downloaded
     net = build_experiment_model(cfg.model, cfg.data, card["metadata_encoder"])
     own = set(net.state_dict())
     weights = {k: v for k, v in state.items() if k in own}

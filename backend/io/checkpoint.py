@@ -56,7 +56,7 @@ def load_lesion_checkpoint(path: str | Path) -> LoadedModel:
         cfg = from_dict(ExperimentConfig, hparams["config"])
     except ConfigError as err:
         raise CheckpointError(f"{path}: embedded config is invalid: {err}") from None
-    cfg.model.pretrained_path = None  # the checkpoint's own weights replace any start point
+    cfg.model.drop_start_weights()  # the saved weights replace any start point; nothing is downloaded
     # Input size and metadata switch from the embedded data section, the width from the embedded encoder.
     net = build_experiment_model(cfg.model, cfg.data, hparams.get("metadata_encoder"))
     weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}

@@ -100,3 +100,13 @@ class ModelConfig:
             raise ConfigError(f"model.bn_reestimate_batches must be >= 0, got {self.bn_reestimate_batches}")
         if not 0.0 <= self.meta_dropout <= 1.0:
             raise ConfigError(f"model.meta_dropout must be in [0, 1], got {self.meta_dropout}")
+
+    def drop_start_weights(self) -> None:
+        """Forget where training started from: a saved model's own weights replace them.
+
+        Loading a checkpoint or bundle must neither read the start file (absent on another machine)
+        nor download timm's pretrained weights (``pretrained: timm``): nothing is fetched at run time.
+        """
+        self.pretrained_path = None
+        self.pretrained_prefix = None
+        self.pretrained = None

@@ -103,7 +103,8 @@ def test_model_page_says_what_each_light_means(app_env, tmp_path, monkeypatch):
     at.switch_page("pages/model.py").run()
     assert not at.exception
     page = texts(at.markdown)
-    assert "green below 0.05, red from 0.4" in page and "| red | 20.0% | 13 / 7 | 65.0% |" in page
+    assert "Green below 0.050, yellow from 0.050 to below 0.400, red from 0.400 (chosen for this model" in page
+    assert "| red | 20.0% | 13 / 7 | 65.0% |" in page
     assert "achieved 95.3% on validation" in page
 
 

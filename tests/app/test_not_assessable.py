@@ -45,8 +45,30 @@ def test_flagged_upload_is_grey_and_its_result_shows_only_on_request(app_env):
     assert not at.exception
     assert f"### Suggested diagnosis: {pred.top_class} (" in texts(at.markdown)
     assert len(at.get("plotly_chart")) == 2
-    assert f"dl-light-{pred.model_light}" in texts(at.markdown)  # the model's own light, on request
+    # The model's own light, on request, in words only: never a risk colour on an image it cannot read.
+    assert f"dl-light-{pred.model_light}" not in texts(at.markdown)
+    assert f"in words only: {pred.model_light.capitalize()}: risk score" in texts(at.caption)
+    assert "of red lesions were malignant" not in texts(at.caption)  # no test-split figures for this light
     assert any(str(m.value).startswith("**Not assessable") for m in at.main.markdown)  # still said
+
+
+def test_show_anyway_is_kept_with_the_image_while_another_is_viewed(app_env):
+    from tests.app.conftest import image_bytes
+
+    at = new_app().run()
+    upload(at, ("black.png", png(np.zeros((96, 96, 3), np.uint8)), MIME["PNG"]),
+           ("lesion.png", image_bytes(7, size=96), MIME["PNG"]))
+    grey, normal = session_uploads(at)
+    if at.session_state["dl_selected"] != grey:
+        at.button(key=f"select_{grey}").click().run()
+    at.toggle(key=f"show_anyway_{grey}").set_value(True).run()
+    assert session_uploads(at)[grey].show_anyway
+    at.button(key=f"select_{normal}").click().run()  # the toggle is not drawn: Streamlit forgets its state
+    at.run()
+    assert not at.exception and session_uploads(at)[grey].show_anyway
+    at.button(key=f"select_{grey}").click().run()
+    assert at.toggle(key=f"show_anyway_{grey}").value  # drawn again, still on
+    assert f"### Suggested diagnosis: {session_uploads(at)[grey].prediction.top_class} (" in texts(at.markdown)
 
 
 def test_normal_upload_keeps_its_colour_and_no_toggle(app_env):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from app import components
 from tests.app.conftest import MIME, card_buttons, image_bytes, new_app, session_uploads, texts, upload
 
 
@@ -23,10 +24,14 @@ def test_starts_with_default_model_loaded_once(app_env, monkeypatch):
     sidebar = texts(first.sidebar.markdown)
     assert "Tiny fusion" in sidebar and "version test-1" in sidebar and "image + age, sex, site" in sidebar
     assert first.selectbox(key="model_picker").value == str(app_env.fusion)
-    assert not first.error and not first.warning
+    assert not first.error and not first.main.warning
+    # The tiny bundle was exported without data: no out-of-distribution statistics, no operating points.
+    assert "no check for images unlike its training images" in texts(first.sidebar.warning)
     second = new_app().run()  # another session: same process, same cached model
     assert not second.exception and "Tiny fusion" in texts(second.sidebar.markdown)
     assert calls == [str(app_env.fusion)]
+    assert [w.value for w in first.sidebar.warning] == components.model_warnings(
+        Predictor.from_checkpoint(app_env.fusion))
 
 
 def test_missing_default_model_shows_message_and_picker(app_env, monkeypatch, tmp_path):

@@ -18,6 +18,7 @@ from app import components, report, report_pdf, resources, state
 from backend.data.schema import IMAGE_EXTENSIONS
 from backend.evaluation.card_sections import band_accuracy_sentence
 from backend.inference.inputs import PreparedInput
+from backend.inference.risk import RiskConfig
 
 
 def _prediction(light: str = "red", **extra) -> SimpleNamespace:
@@ -125,9 +126,14 @@ def test_card_header_puts_light_at_the_right():
 
 
 def test_risk_explanation_shows_formula_and_numbers():
-    text = components.risk_explanation(_prediction(), {"MEL": 1.5, "BCC": 1.3, "SCC": 1.0}, 0.15, 0.6)
+    cfg = RiskConfig(weights={"MEL": 1.5, "BCC": 1.3, "SCC": 1.0}, green_below=0.15, yellow_below=0.6)
+    text = components.risk_explanation(_prediction(), cfg)
     assert "1.5 × P(MEL) + 1.3 × P(BCC) + 1 × P(SCC)" in text
-    assert "1.5 × 0.400" in text and "**0.750**" in text and "green below 0.15" in text
+    assert "1.5 × 0.400" in text and "**0.750**" in text and "Green below 0.150" in text
+    assert "fixed policy" in text and "validation split" not in text
+    chosen = components.risk_explanation(_prediction(), RiskConfig(green_below=0.15, yellow_below=0.6,
+                                                                     chosen_on="validation split"))
+    assert "chosen for this model on its validation split" in chosen
 
 
 def test_suggestion_note_says_when_a_more_probable_diagnosis_was_not_suggested():
@@ -161,7 +167,7 @@ def test_fit_image_and_thumbnail():
 def test_report_formats_and_errors():
     image = np.full((120, 160, 3), 180, np.uint8)
     kwargs = dict(image_name="a.jpg", model_name="M", model_version="2", cam_target="MEL",
-                  metadata={"age_approx": 40, "sex": None}, risk_weights={"MEL": 1.5})
+                  metadata={"age_approx": 40, "sex": None}, risk_cfg=RiskConfig(weights={"MEL": 1.5}))
     png = report.build_report(image, image, _prediction(flags=["blurred"], flag_reasons={"blurred": "soft"}),
                               **kwargs)
     picture = Image.open(io.BytesIO(png))
@@ -184,9 +190,14 @@ def test_pdf_report_has_a_text_layer_with_human_field_names():
     image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     data = report.build_report(image, 255 - image, _prediction("red"), fmt="pdf", image_name="lesion_7.jpg",
                                model_name="Tiny", model_version="3", cam_target="MEL",
-                               metadata={"age_approx": 55, "sex": "female"}, risk_weights={"MEL": 1.5},
+                               metadata={"age_approx": 55, "sex": "female"},
+                               risk_cfg=RiskConfig(weights={"MEL": 1.5}, green_below=0.126, yellow_below=0.418,
+                                                   chosen_on="validation split"),
                                light_meaning="Red: on this model's test split, 40% of red lesions were malignant.")
     text = " ".join(_pdf_text(data).split())
+    # The printed risk index says what it is measured against: the model's thresholds and how they were chosen.
+    assert "Risk index 0.750 on a scale of 0 to 1. Green below 0.126, yellow from 0.126 to below 0.418, red from " \
+           "0.418 (chosen for this model on its validation split" in text
     for name in ("Suggested diagnosis", "Probability of malignancy", "Risk light", "What the light means",
                  "Estimated Breslow thickness", "Image quality", "Patient metadata"):
         assert name in text, name
@@ -288,7 +299,10 @@ def test_bars_benign_neutral_malignant_one_muted_warm_colour():
 
 def test_risk_headline_is_one_number_with_its_red_threshold():
     cfg = SimpleNamespace(weights={"MEL": 1.5}, green_below=0.04, yellow_below=0.35)
-    assert components.risk_headline(_prediction(risk=0.42), cfg) == "Risk score 0.42 (red from 0.35)"
+    assert components.risk_headline(_prediction(risk=0.42), cfg) == "Risk score 0.420 (red from 0.350)"
+    # Near a threshold the numbers get the decimals that keep them in agreement with the light.
+    near = SimpleNamespace(weights={"MEL": 1.5}, green_below=0.126, yellow_below=0.4181)
+    assert components.risk_headline(_prediction(risk=0.4178), near) == "Risk score 0.4178 (red from 0.4181)"
 
 
 def test_band_accuracy_sentence_from_the_card():
@@ -312,3 +326,19 @@ def test_report_overlay_greys_the_border_the_model_did_not_see():
     spread = lambda px: (px.max(axis=-1) - px.min(axis=-1)).mean()  # noqa: E731
     assert spread(border) < 0.8 * spread(original)  # the unseen margins are washed towards grey
     np.testing.assert_array_equal(report.report_overlay(image, cold, 0.4, None), image)  # no preprocessing known
+
+
+def test_model_warnings_say_what_a_raw_model_lacks():
+    quality = SimpleNamespace(ood_enabled=True)
+    chosen = RiskConfig(chosen_on="validation split")
+    bundle = SimpleNamespace(card={"calibration": {"method": "temperature"}}, feature_stats=object(),
+                             quality=quality, risk=chosen)
+    assert components.model_warnings(bundle) == []
+    checkpoint = SimpleNamespace(card={"calibration": {"method": "none (raw checkpoint)"}}, feature_stats=None,
+                                 quality=quality, risk=RiskConfig())
+    words = components.model_warnings(checkpoint)
+    assert len(words) == 3 and "no check for images unlike its training images" in words[0]
+    assert "fixed policy" in words[1] and "not calibrated" in words[2]
+    switched_off = SimpleNamespace(card={}, feature_stats=object(), quality=SimpleNamespace(ood_enabled=False),
+                                   risk=chosen)
+    assert len(components.model_warnings(switched_off)) == 1

@@ -80,18 +80,19 @@ def test_aligned_pair_without_lesion_is_an_error_naming_the_image():
 
 
 class StubPredictor:
-    """The two ``Predictor`` methods follow-up uses, with fixed answers."""
+    """The two ``Predictor`` methods follow-up uses, with fixed answers (``after_flags`` make the follow-up grey)."""
 
-    def __init__(self):
+    def __init__(self, after_flags=()):
         self.calls = []
+        self.after_flags = list(after_flags)
 
-    def predict(self, images):
-        self.calls.append(images)
+    def predict(self, images, metadata=None):
+        self.calls.append((images, metadata))
         return [SimpleNamespace(risk=0.2, malignant=0.1, traffic_light="green", flags=[], flag_reasons={}),
-                SimpleNamespace(risk=0.7, malignant=0.6, traffic_light="red", flags=["blurred"],
-                                flag_reasons={"blurred": "the image looks out of focus"})]
+                SimpleNamespace(risk=0.7, malignant=0.6, traffic_light="grey" if self.after_flags else "red",
+                                flags=self.after_flags, flag_reasons={"blurred": "the image looks out of focus"})]
 
-    def raw_outputs(self, images):
+    def raw_outputs(self, images, metadata=None):
         features = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
         return SimpleNamespace(features=features), [0, 1], []
 
@@ -100,13 +101,24 @@ def test_model_risk_and_feature_distance_of_both_visits():
     before, truth = lesion_photo(13, size=160)
     synthetic = make_follow_up(before, FollowUpParams(angle_deg=5, growth=1.2), truth, seed=13)
     stub = StubPredictor()
-    result = compare_visits(before, synthetic.image, stub, model_inputs=("a.jpg", "b.jpg"))
-    assert stub.calls == [["a.jpg", "b.jpg"]]  # the model reads what it was told to, e.g. the original files
-    assert (result.risk_before, result.risk_after) == (0.2, 0.7)
+    meta = ({"age_approx": 60}, None)
+    result = compare_visits(before, synthetic.image, stub, model_inputs=("a.jpg", "b.jpg"), model_metadata=meta)
+    # The model reads what it was told to (e.g. the original files), with each visit's patient metadata.
+    assert stub.calls == [(["a.jpg", "b.jpg"], [{"age_approx": 60}, None])]
+    assert (result.risk_before, result.risk_after) == (0.2, 0.7) and result.risk_comparable
     assert result.embedding_distance == pytest.approx(1 - 1 / np.sqrt(2))
-    assert "model risk moved from green to red (0.20 -> 0.70)" in result.flags
-    assert any("follow-up image" in f and "out of focus" in f for f in result.flags)
+    assert "model risk moved from green to red (0.200 -> 0.700)" in result.flags
     data = result.to_dict()
     for key in ("aligned", "area_change", "diameter_change", "risk_before", "risk_after", "flags"):
         assert key in data
-    assert data["traffic_light_after"] == "red"
+    assert data["traffic_light_after"] == "red" and data["risk_comparable"] is True
+
+
+def test_a_visit_the_model_cannot_assess_gets_no_risk_comparison():
+    before, truth = lesion_photo(13, size=160)
+    synthetic = make_follow_up(before, FollowUpParams(angle_deg=5, growth=1.2), truth, seed=13)
+    result = compare_visits(before, synthetic.image, StubPredictor(after_flags=["blurred"]))
+    assert result.light_after == "grey" and not result.risk_comparable
+    assert not any("model risk" in f for f in result.flags)  # no "moved from green to ..." for a grey image
+    assert any("follow-up image" in f and "out of focus" in f for f in result.flags)
+    assert result.to_dict()["risk_comparable"] is False

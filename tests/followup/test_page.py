@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from backend.followup.synthetic import FollowUpParams, make_follow_up
-from tests.app.conftest import new_app, texts, upload
+from tests.app.conftest import new_app, session_uploads, texts, upload
 from tests.conftest import REPO_ROOT
 from tests.followup.conftest import encoded, lesion_photo
 
@@ -95,6 +95,32 @@ def test_pair_from_the_triage_worklist(app_env, visits):
     assert at.selectbox(key="fu_pick_before").value != at.selectbox(key="fu_pick_after").value
     assert "larger in area than at the first visit" in texts(at.markdown)
     assert not np.isnan(float(at.metric[0].value.strip("+%")))
+
+
+def test_worklist_pair_is_scored_with_the_metadata_typed_on_triage(app_env, visits, monkeypatch):
+    from backend.followup import change
+
+    seen = []
+    original = change.compare_visits
+    monkeypatch.setattr(change, "compare_visits", lambda *a, **kw: seen.append(kw) or original(*a, **kw))
+    monkeypatch.setattr("backend.followup.compare_visits", change.compare_visits)
+    at = new_app().run()
+    upload(at, ("first.png", visits[0], "image/png"), ("second.png", visits[1], "image/png"))
+    first, second = session_uploads(at)
+    at.number_input(key=f"meta_age_approx_{first}").set_value(70)
+    at.selectbox(key=f"meta_sex_{first}").set_value("female")
+    at.run()  # Triage predicts the first image again, with its metadata
+    uploads = session_uploads(at)
+    assert uploads[first].prediction.metadata_used and not uploads[second].prediction.metadata_used
+    at.switch_page("pages/followup.py").run()
+    at.radio(key="fu_source").set_value("From the triage worklist").run()
+    assert not at.exception
+    assert seen, [e.value for e in at.error] + [w.value for w in at.warning] + [i.value for i in at.info]
+    assert seen[-1]["model_metadata"] == ({"age_approx": 70, "sex": "female"}, None)
+    result = next(iter(at.session_state["dl_followup"]["results"].values()))
+    before, after = uploads[first].prediction, uploads[second].prediction
+    # The same image reads the same risk on both screens.
+    assert (result.risk_before, result.risk_after) == (pytest.approx(before.risk), pytest.approx(after.risk))
 
 
 def _files_changed_since(t0: float) -> list[Path]:

@@ -14,11 +14,14 @@ from backend.inference.risk import (
     DEFAULT_RISK_YAML,
     RiskConfig,
     assessed_light,
+    format_risk,
     light_reason,
     melanoma_likely,
+    risk_decimals,
     risk_drivers,
     risk_index,
     thickness_band,
+    thresholds_sentence,
     traffic_light,
 )
 
@@ -131,11 +134,11 @@ def test_risk_drivers_and_light_reason():
     p = {**probs(BCC=0.18, MEL=0.09, SCC=0.0)}
     assert [name for name, _ in risk_drivers(p, cfg)] == ["BCC", "MEL"]  # 1.3*0.18 > 1.5*0.09 > 0
     risk = risk_index(p, cfg)
-    assert light_reason(p, risk, cfg) == (f"Yellow: risk score {risk:.2f}, between 0.04 and 0.45, "
+    assert light_reason(p, risk, cfg) == (f"Yellow: risk score {risk:.3f}, between 0.040 and 0.450, "
                                           "mostly from P(BCC) 18% and P(MEL) 9%.")
-    assert light_reason({"NV": 1.0}, 0.0, cfg) == "Green: risk score 0.00, below 0.04."
+    assert light_reason({"NV": 1.0}, 0.0, cfg) == "Green: risk score 0.000, below 0.040."
     red = light_reason({"MEL": 0.5}, 0.75, cfg)
-    assert red.startswith("Red: risk score 0.75, at or above 0.45, mostly from P(MEL) 50%")
+    assert red.startswith("Red: risk score 0.750, at or above 0.450, mostly from P(MEL) 50%")
 
 
 def test_risk_drivers_leave_out_classes_that_barely_contribute():
@@ -143,8 +146,33 @@ def test_risk_drivers_leave_out_classes_that_barely_contribute():
     cfg = RiskConfig(green_below=0.04, yellow_below=0.35)
     p = probs(MEL=0.99, SCC=0.004)  # shows as "P(SCC) 0%": not a reason worth naming
     assert [name for name, _ in risk_drivers(p, cfg)] == ["MEL"]
-    assert light_reason(p, 1.0, cfg) == "Red: risk score 1.00, at or above 0.35, mostly from P(MEL) 99%."
+    assert light_reason(p, 1.0, cfg) == "Red: risk score 1.000, at or above 0.350, mostly from P(MEL) 99%."
     small = probs(MEL=0.60, BCC=0.03)  # 1.3*0.03 = 0.039 < a tenth of 1.5*0.60
     assert [name for name, _ in risk_drivers(small, cfg)] == ["MEL"]
     both = probs(MEL=0.20, BCC=0.10)
     assert [name for name, _ in risk_drivers(both, cfg)] == ["MEL", "BCC"]
+
+
+@pytest.mark.parametrize(("risk", "digits", "shown"), [
+    (0.4123, 3, "0.412"),   # far from both thresholds: three decimals
+    (0.4178, 4, "0.4178"),  # yellow, but 0.418 would read as "red from 0.418"
+    (0.41811, 3, "0.418"),  # red: "0.418, red from 0.418" agrees
+    (0.1256, 5, "0.12560"),  # green: 0.126 and 0.1256 would equal the threshold shown with them
+])
+def test_shown_risk_never_contradicts_its_light(risk, digits, shown):
+    cfg = RiskConfig(green_below=0.12561, yellow_below=0.41810)
+    assert risk_decimals(risk, cfg) == digits and format_risk(risk, digits) == shown
+    low, high = (float(format_risk(t, digits)) for t in (cfg.green_below, cfg.yellow_below))
+    value = float(shown)
+    light = "green" if value < low else "yellow" if value < high else "red"
+    assert light == traffic_light(risk, cfg)
+    assert f"risk score {shown}," in light_reason({"MEL": 0.3}, risk, cfg)
+
+
+def test_thresholds_sentence_says_where_the_thresholds_come_from():
+    fixed = thresholds_sentence(RiskConfig(green_below=0.15, yellow_below=0.6))
+    assert fixed == ("Green below 0.150, yellow from 0.150 to below 0.600, red from 0.600 (the clinic's fixed "
+                     "policy in cfgs/inference/risk.yaml).")
+    chosen = thresholds_sentence(RiskConfig(green_below=0.126, yellow_below=0.418, chosen_on="validation split"))
+    assert chosen.startswith("Green below 0.126, yellow from 0.126 to below 0.418, red from 0.418 (chosen for this "
+                             "model on its validation split so that yellow or red catches at least 95%")

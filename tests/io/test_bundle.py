@@ -259,3 +259,28 @@ def test_bias_corrected_calibration_is_folded_into_the_bundle(trained, tmp_path)
                       calibration_method="bias_corrected")
     with pytest.raises(ConfigError, match=r"test_img_sizes \[96\] need the labelled table"):
         export_bundle(trained["ckpt"], tmp_path / "bad", test_img_sizes=[96])
+
+
+def test_a_model_trained_from_timm_weights_loads_offline_without_downloading(trained, tmp_path, monkeypatch):
+    """``model.pretrained: timm`` names where training started; loading the saved model never fetches it."""
+    import shutil
+
+    import timm
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    create = timm.create_model
+    monkeypatch.setattr(timm, "create_model", lambda *a, **kw: (_ for _ in ()).throw(AssertionError(
+        "a download was asked for")) if kw.get("pretrained") else create(*a, **kw))
+    card = json.loads((trained["bundle"] / "model_card.json").read_text())
+    card["config"]["model"].update(pretrained="timm", pretrained_path=None)
+    bundle = tmp_path / "from_timm"
+    shutil.copytree(trained["bundle"], bundle)
+    write_card(bundle, card)
+    reference = Predictor.from_checkpoint(trained["bundle"], engine="torch")
+    loaded = Predictor.from_checkpoint(bundle, engine="torch")
+    image = lesions(1, seed=5)[0]
+    assert loaded.predict([image])[0].probabilities == pytest.approx(reference.predict([image])[0].probabilities)
+    ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["config"]["model"].update(pretrained="timm", pretrained_path=None)
+    torch.save(ckpt, tmp_path / "from_timm.ckpt")
+    assert Predictor.from_checkpoint(tmp_path / "from_timm.ckpt").predict([image])[0].top_class in card["classes"]

@@ -75,6 +75,12 @@ def test_card_states_operating_points_variants_baseline_and_start_weights(predic
     assert card["preprocessing"]["mean"] == [0.5, 0.5, 0.5]  # the TensorFlow start's input scale travelled
 
 
+def test_the_app_has_nothing_to_warn_about_the_bundled_model(predictor):
+    from app.components import model_warnings
+
+    assert model_warnings(predictor) == []  # OOD statistics, calibration and its own operating points
+
+
 def test_bundle_predicts_through_onnx_runtime(predictor):
     assert predictor.onnx_engine is not None
 

@@ -1,0 +1,33 @@
+"""The Follow-up screen's words and metrics (app.followup_view) for assessable and not-assessable visits."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from app import followup_view as view
+from backend.followup.change import FollowUpResult
+
+
+def _result(light_before: str, light_after: str) -> FollowUpResult:
+    result = FollowUpResult("a.jpg", "b.jpg", True, None, registration=SimpleNamespace())
+    result.area_change, result.risk_before, result.risk_after = 0.3, 0.12, 0.55
+    result.light_before, result.light_after = light_before, light_after
+    return result
+
+
+def test_risk_of_two_assessable_visits_is_compared_with_its_change():
+    result = _result("green", "red")
+    assert view.risk_sentences(result) == [
+        "The model's risk index went from 0.120 (green) at the first visit to 0.550 (red) now."]
+    assert ("Model risk now", "0.550", "+0.430") in view.metric_values(result)
+
+
+def test_a_grey_visit_gets_no_risk_number_change_or_light():
+    for before, after, named in (("green", "grey", "follow-up"), ("grey", "red", "baseline"),
+                                 ("grey", "grey", "baseline and the follow-up")):
+        result = _result(before, after)
+        words = " ".join(view.risk_sentences(result))
+        assert f"cannot assess the {named} photo" in words and "retake" in words
+        assert "0.550" not in words and "0.120" not in words and "red" not in words and "green" not in words
+        assert [label for label, _, _ in view.metric_values(result)] == ["Area change"]  # no coloured risk delta
+        assert not any("went from" in line for line in view.measure_sentences(result))
