@@ -170,8 +170,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
         args = typing.get_args(inner)
-        item_tp = args[0] if args else Any
-        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        fixed = origin is tuple and bool(args) and Ellipsis not in args  # tuple[float, float]: exactly two
+        if fixed and len(value) != len(args):
+            raise ConfigError(f"config key '{key}' must hold {len(args)} values, got {len(value)}: {list(value)!r}")
+        types = list(args) if fixed else [args[0] if args else Any] * len(value)
+        items = [_coerce(v, tp, f"{key}[{i}]") for i, (v, tp) in enumerate(zip(value, types, strict=True))]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):

@@ -13,6 +13,8 @@ import argparse
 import logging
 import sys
 
+from scripts.cli import ERROR_EXIT, REPORTED_ERRORS, error_line
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's flags."""
@@ -30,14 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from pathlib import Path
 
-    from backend.errors import DermaLensError
     from backend.workflows.ablation import ablation_markdown, load_ablation_config, run_ablation
 
     try:
         results = run_ablation(load_ablation_config(args.config, args.overrides))
-    except DermaLensError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except REPORTED_ERRORS as err:
+        print(error_line(err), file=sys.stderr)
+        return ERROR_EXIT
     table = ablation_markdown(results)
     if args.markdown:
         Path(args.markdown).write_text(table, encoding="utf-8")

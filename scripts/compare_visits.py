@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from scripts.cli import ERROR_EXIT, REPORTED_ERRORS, error_line
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's flags."""
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         argv: Command-line arguments (default ``sys.argv[1:]``).
     """
     args = build_parser().parse_args(argv)
-    from backend.errors import ConfigError, DermaLensError
+    from backend.errors import ConfigError
     from backend.followup.report import compare_files
     from backend.model_store import DEFAULT_MODEL_DIR, describe_model_dir
 
@@ -55,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"no default model ({status.reason}); pass --model or --no-model")
             model = str(DEFAULT_MODEL_DIR)
         result, written = compare_files(args.before, args.after, args.output, model=model)
-    except DermaLensError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except REPORTED_ERRORS as err:
+        print(error_line(err), file=sys.stderr)
+        return ERROR_EXIT
     if not result.aligned:
         print(f"{result.reason}; no overlay was made", file=sys.stderr)
     for flag in result.flags if result.aligned else []:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from scripts.cli import ERROR_EXIT, REPORTED_ERRORS, error_line
+
 HEADLINE = (
     "balanced_accuracy", "accuracy", "f1_macro", "auroc_macro", "auroc_malignant", "sensitivity", "specificity",
     "thickness_mae_mm", "thickness_band_accuracy", "ece_before_calibration", "ece_after_calibration", "temperature",
@@ -43,7 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    from backend.errors import DermaLensError
     from backend.evaluation.evaluate import evaluate
 
     try:
@@ -54,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             threshold=args.threshold, batch_size=args.batch_size, num_workers=args.num_workers,
             use_metadata=not args.no_metadata, skip_missing=args.skip_missing,
         )
-    except DermaLensError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except REPORTED_ERRORS as err:
+        print(error_line(err), file=sys.stderr)
+        return ERROR_EXIT
     for key in HEADLINE:
         if key in result.metrics:
             print(f"{key:>28}: {float(result.metrics[key]):.4f}")

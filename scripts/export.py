@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from scripts.cli import ERROR_EXIT, REPORTED_ERRORS, error_line
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's flags."""
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", choices=["temperature", "bias_corrected"], default="temperature",
                    help="with --csv: temperature scaling, or bias-corrected (temperature + per-class offsets, "
                         "for class-weighted models)")
+    p.add_argument("--skip-missing", "--skip_missing", dest="skip_missing", action="store_true", default=None,
+                   help="with --csv: leave out rows whose image file is missing (default: as the run did)")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (needs the onnx package)")
     return p
@@ -50,7 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    from backend.errors import DermaLensError
     from backend.workflows.export import export_bundle
 
     try:
@@ -59,10 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             splits_csv=args.splits_csv, temperature=args.temperature, ood_percentile=args.ood_percentile,
             max_ood_images=args.max_ood_images, onnx=args.onnx, batch_size=args.batch_size, progress=True,
             test_img_sizes=args.test_img_sizes, adapt_images=args.adapt_images, calibration_method=args.calibration,
+            skip_missing=args.skip_missing,
         )
-    except DermaLensError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except REPORTED_ERRORS as err:
+        print(error_line(err), file=sys.stderr)
+        return ERROR_EXIT
     for message in result.skipped:
         print(f"skipped unreadable image: {message}", file=sys.stderr)
     card = result.card

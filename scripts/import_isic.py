@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from scripts.cli import ERROR_EXIT, REPORTED_ERRORS, error_line
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's arguments."""
@@ -39,14 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
     from backend.data.formats.isic_import import describe, import_isic_archive
-    from backend.errors import DermaLensError
 
     try:
         table = import_isic_archive(args.folder, args.output, keep_non_dermoscopic=args.keep_non_dermoscopic,
                                     strict=args.strict, skip_missing=args.skip_missing)
-    except DermaLensError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except REPORTED_ERRORS as err:
+        print(error_line(err), file=sys.stderr)
+        return ERROR_EXIT
     print(f"wrote {args.output}")
     print(describe(table))
     return 0

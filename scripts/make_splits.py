@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from scripts.cli import ERROR_EXIT, REPORTED_ERRORS, error_line
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's flags."""
@@ -42,16 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from backend.data.formats import load_table
     from backend.data.splits import assign_splits, split_summary, write_splits
-    from backend.errors import DermaLensError
 
     try:
         table = load_table(args.csv, img_dir=args.img_dir, format=args.format, metadata_csv=args.metadata_csv,
                            skip_missing=args.skip_missing)
         splits = assign_splits(table, val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed)
         path = write_splits(table, splits, args.output)
-    except DermaLensError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except REPORTED_ERRORS as e:
+        print(error_line(e), file=sys.stderr)
+        return ERROR_EXIT
     summary = split_summary(table, splits)
     print(summary.to_string())
     total = summary.loc["all", "total"]

@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="preds.csv", help="predictions CSV (appended to; default preds.csv)")
     p.add_argument("--checkpoint", help="model bundle folder or .ckpt (default: the bundled default model)")
     p.add_argument("--img_dir", help="folder relative image paths of a CSV resolve against (default: its folder)")
-    p.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations (slower, steadier)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over the 8 flips/rotations (slower, steadier); default: as the model's card was "
+                        "measured (a bundle's inference.tta)")
     p.add_argument("--cam_dir", help="also write a Grad-CAM overlay of the predicted class per image here")
     p.add_argument("--opacity", type=float, default=0.4, help="Grad-CAM overlay opacity (default 0.4)")
     p.add_argument("--batch_size", type=int, default=32)
@@ -182,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from backend.errors import ConfigError, DermaLensError
+    from backend.files import atomic_write_bytes
     from backend.inference.explain import encode_png
     from backend.inference.predictor import Predictor
     from backend.inference.records import OUTPUT_COLUMNS, csv_value
@@ -241,6 +244,15 @@ def run(args: argparse.Namespace) -> int:
             if not batch.indices:
                 continue
             kept = [todo[i] for i in batch.indices]
+            if cam_dir:  # written before the rows: an image whose row is in the output has its overlay too
+                try:
+                    heatmaps = predictor.explain_batch(batch.inputs, None, [job.metadata for job in kept])
+                except DermaLensError as err:
+                    bar.write(f"Grad-CAM skipped for this batch: {err}", file=sys.stderr)
+                else:
+                    for item, heat in zip(batch.inputs, heatmaps, strict=True):
+                        atomic_write_bytes(_cam_file(cam_dir, item.name),
+                                           encode_png(predictor.overlay(item.image, heat, args.opacity)))
             similar = _neighbours(library, batch, kept, args.k) if library is not None else None
             for i, pred in enumerate(batch.predictions):
                 row = pred.to_row()
@@ -249,15 +261,6 @@ def run(args: argparse.Namespace) -> int:
                 writer.writerow([csv_value(row[c]) for c in columns])
             fh.flush()
             written += len(batch.indices)
-            if cam_dir:
-                try:
-                    heatmaps = predictor.explain_batch(batch.inputs, None, [job.metadata for job in kept])
-                except DermaLensError as err:
-                    bar.write(f"Grad-CAM skipped for this batch: {err}", file=sys.stderr)
-                    continue
-                for item, heat in zip(batch.inputs, heatmaps, strict=True):
-                    _cam_file(cam_dir, item.name).write_bytes(encode_png(predictor.overlay(item.image, heat,
-                                                                                           args.opacity)))
     print(f"{written} predicted, {len(jobs) - len(todo)} already in {output}, {skipped} skipped", file=sys.stderr)
     return 0
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from scripts.cli import ERROR_EXIT, REPORTED_ERRORS, error_line
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's flags; defaults match :class:`backend.data.preprocess.PreprocessSettings`."""
@@ -41,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
     from backend.data.preprocess import PreprocessSettings, preprocess_images
-    from backend.errors import DermaLensError
 
     try:
         settings = PreprocessSettings(
@@ -53,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         summary = preprocess_images(args.input, args.output, settings, img_dir=args.img_dir,
                                     workers=args.workers, progress=not args.no_progress)
-    except DermaLensError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except REPORTED_ERRORS as err:
+        print(error_line(err), file=sys.stderr)
+        return ERROR_EXIT
     print(summary.describe())
     return 0
 

@@ -21,6 +21,7 @@ import argparse
 import sys
 from typing import Any
 
+from scripts.cli import ERROR_EXIT, REPORTED_ERRORS, error_line
 from scripts.run_flags import RUN_FLAGS, add_run_flags, flag_values, parse_args
 
 # flag (argparse dest) -> dotted config key (besides the shared RUN_FLAGS); values go through the typed config loader.
@@ -68,8 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     import logging
 
-    from backend.errors import DermaLensError
-
     # INFO shows the image count, the load report of a model.pretrained_path start and the export path.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
 
@@ -83,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         from backend.training.byol_run import pretrain
 
         result = pretrain(cfg)
-    except DermaLensError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except REPORTED_ERRORS as err:
+        print(error_line(err), file=sys.stderr)
+        return ERROR_EXIT
     print(f"run folder: {result.run_dir}")
     print(f"last checkpoint: {result.last_ckpt}")
     print(f"backbone export: {result.export}")

@@ -18,6 +18,7 @@ import argparse
 import sys
 from typing import Any
 
+from scripts.cli import ERROR_EXIT, REPORTED_ERRORS, error_line
 from scripts.run_flags import RUN_FLAGS, add_run_flags, flag_values, parse_args
 
 # flag -> dotted config key (besides the shared RUN_FLAGS); values are passed through the typed config loader.
@@ -60,8 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     import logging
 
-    from backend.errors import DermaLensError
-
     # INFO from backend (e.g. the matched/missing report of --pretrain_ckpt) reaches the user.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
     try:
@@ -69,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         from backend.training.run import fit
 
         result = fit(cfg, test=not args.no_test)
-    except DermaLensError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except REPORTED_ERRORS as err:
+        print(error_line(err), file=sys.stderr)
+        return ERROR_EXIT
     print(f"run folder: {result.run_dir}")
     print(f"best checkpoint: {result.best_ckpt}")
     for key in sorted(result.metrics):

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from backend.data.schema import ANATOM_SITES, SEXES
+from backend.data.sites import MISSING_TOKENS, SEX_ALIASES, SITE_ALIASES
 from backend.errors import CheckpointError, ConfigError
 
 
@@ -84,16 +85,18 @@ class MetadataEncoder:
                 raise ConfigError(f"age must be between 0 and 120 years, got {age!r}")
             vec[0] = (years - self.age_mean) / self.age_std
         offset = 2
-        vec[offset + self._slot("sex", sex, self.sexes)] = 1.0
+        vec[offset + self._slot("sex", sex, self.sexes, SEX_ALIASES)] = 1.0
         offset += len(self.sexes) + 1
-        vec[offset + self._slot("anatomical site", site, self.sites)] = 1.0
+        vec[offset + self._slot("anatomical site", site, self.sites, SITE_ALIASES)] = 1.0
         return vec
 
     @staticmethod
-    def _slot(what: str, value: Any, vocab: list[str]) -> int:
-        if _is_missing(value) or (isinstance(value, str) and value.strip().lower() in ("", "unknown")):
+    def _slot(what: str, value: Any, vocab: list[str], aliases: dict[str, str]) -> int:
+        """The one-hot slot of ``value``, read with the same spellings training reads (``M``, ``back``...)."""
+        if _is_missing(value) or (isinstance(value, str) and value.strip().lower() in MISSING_TOKENS):
             return len(vocab)
         text = str(value).strip().lower()
+        text = aliases.get(text, text)
         if text not in vocab:
             raise ConfigError(f"unknown {what} {value!r}; expected one of {vocab} or blank")
         return vocab.index(text)

@@ -40,7 +40,7 @@ def split_groups(table: pd.DataFrame) -> np.ndarray:
     for column in GROUP_COLUMNS:
         if column not in table.columns:
             continue
-        values = table[column].astype("str").str.strip()
+        values = table[column].astype("string").str.strip()  # missing ids stay missing, not the text "nan"
         present = (values.notna() & (values != "")).to_numpy()
         codes, uniques = pd.factorize(values[present])
         rows.append(np.flatnonzero(present))
@@ -161,7 +161,35 @@ def read_splits(path: str | Path, table: pd.DataFrame) -> pd.Series:
         examples = ", ".join(repr(x) for x in table_ids[missing].head(5))
         raise DataFormatError(path, f"{int(missing.sum())} of {len(table)} image ids of the lesion table have no "
                                     f"split in this file (e.g. {examples})", field="image_id")
+    _raise_for_leaks(path, table, assigned, pd.Series(raw[LINE].to_numpy(), index=ids.to_numpy()))
     return assigned.astype("str").rename("split")
+
+
+def _raise_for_leaks(path: Path, table: pd.DataFrame, assigned: pd.Series, lines: pd.Series) -> None:
+    """Refuse a split file that puts one lesion's or one patient's images in two splits.
+
+    Images of one lesion (or patient) are near-copies of each other: one in train and one in test
+    would score memory, not skill. The first such lesion or patient is named with two of its images,
+    their splits and their lines in ``path``.
+    """
+    for column in GROUP_COLUMNS:
+        if column not in table.columns:
+            continue
+        ids = table[column].astype("string").str.strip()
+        known = ids.notna() & (ids != "")
+        spans = assigned[known].groupby(ids[known].to_numpy()).nunique()
+        if not (spans > 1).any():
+            continue
+        group = spans.index[spans.to_numpy() > 1][0]
+        rows = table.index[known & (ids == group)]
+        first = rows[0]
+        other = next(r for r in rows if assigned[r] != assigned[first])
+        where = [(image, assigned[r], lines.get(image))
+                 for r in (first, other) for image in (str(table.at[r, "image_id"]),)]
+        raise DataFormatError(path, f"{column} {group!r} is in two splits: image {where[0][0]!r} in {where[0][1]} "
+                                    f"(line {where[0][2]}) and image {where[1][0]!r} in {where[1][1]} (line "
+                                    f"{where[1][2]}); keep all images of one {column.split('_')[0]} in one split "
+                                    "(python -m scripts.make_splits writes such a file)", field="split")
 
 
 def split_summary(table: pd.DataFrame, splits: pd.Series) -> pd.DataFrame:

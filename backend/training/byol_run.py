@@ -37,9 +37,16 @@ from backend.models.registry import create_backbone, load_backbone_weights
 from backend.training.byol import BYOLModule, build_backbone
 from backend.training.byol_config import ByolConfig, byol_config_from
 from backend.training.checkpoint_io import SafeCheckpointIO
+from backend.training.lightning_trainer import lightning_trainer
 from backend.training.memory_format import ChannelsLast
 from backend.training.monitor import GradWeightMonitor
-from backend.training.run_dirs import last_checkpoint, latest_resumable_version, next_version_dir, resume_version_dir
+from backend.training.run_dirs import (
+    last_checkpoint,
+    latest_resumable_version,
+    next_version_dir,
+    refuse_changed_settings,
+    resume_version_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +117,9 @@ def check_resume_config(cfg: ByolConfig, run_dir: Path) -> None:
         ConfigError: Naming the keys that differ.
     """
     saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file():
-        return
-    saved = _network_keys(from_dict(ByolConfig, read_yaml(saved_path)))
-    current = _network_keys(cfg)
-    diffs = [f"{k}: run has {saved[k]!r}, now {current[k]!r}" for k in current if saved.get(k) != current[k]]
-    if diffs:
-        raise ConfigError(f"cannot resume {run_dir} with another model: {'; '.join(diffs)}")
+    if saved_path.is_file():
+        refuse_changed_settings(run_dir, _network_keys(from_dict(ByolConfig, read_yaml(saved_path))),
+                                _network_keys(cfg))
 
 
 # -- checkpoints and export -----------------------------------------------------------------------
@@ -263,14 +266,13 @@ def export_from_checkpoint(ckpt_path: str | Path, out: str | Path | None = None)
 
 def build_trainer(cfg: ByolConfig, run_dir: Path, callbacks: list[Any]):
     """Lightning Trainer with TensorBoard and CSV logs in ``run_dir`` (no validation loop)."""
-    import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 
     t = cfg.trainer
     save_dir, name, version = run_dir.parent.parent, run_dir.parent.name, run_dir.name
-    return L.Trainer(
+    return lightning_trainer(
         default_root_dir=run_dir,
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,

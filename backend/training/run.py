@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.config import save_config, to_dict
+from backend.config import from_dict, read_yaml, save_config, to_dict
 from backend.data.datamodule import LesionDataModule
 from backend.data.transforms import preprocessing_dict
 from backend.models.batchnorm import reestimate_batchnorm
@@ -31,8 +31,14 @@ from backend.models.heads import ThicknessScaler
 from backend.models.lesion_net import build_experiment_model
 from backend.training.checkpoint_io import SafeCheckpointIO, remove_stale_temp_files
 from backend.training.config import ExperimentConfig
+from backend.training.lightning_trainer import lightning_trainer
 from backend.training.memory_format import ChannelsLast
-from backend.training.run_dirs import keep_metrics_csv, next_version_dir, resume_version_dir
+from backend.training.run_dirs import (
+    keep_metrics_csv,
+    next_version_dir,
+    refuse_changed_settings,
+    resume_version_dir,
+)
 from backend.training.supervised import LesionModule
 
 log = logging.getLogger(__name__)
@@ -69,6 +75,43 @@ def resolve_run_dir(cfg: ExperimentConfig) -> tuple[Path, Path | None]:
     return next_version_dir(root), None
 
 
+#: Data settings a run's checkpoint and split depend on: the table, how it is split, what the network sees.
+_RESUME_DATA_KEYS: tuple[str, ...] = ("csv", "img_dir", "format", "metadata_csv", "skip_missing", "split",
+                                      "img_size", "mean", "std", "use_metadata", "color_constancy", "hair_removal")
+
+
+def _resume_settings(cfg: ExperimentConfig) -> dict:
+    """``{dotted key: value}`` of what a resumed run must share with its start: the model and the data keys above.
+
+    Training length, optimiser, loss and logging may change on resume (e.g. more epochs); an unset
+    ``data.mean``/``std`` is filled from the backbone, as at the start, so it is left out.
+    """
+    data = to_dict(cfg.data)
+    keys = {f"model.{k}": v for k, v in to_dict(cfg.model).items()}
+    keys.update({f"data.{k}": data[k] for k in _RESUME_DATA_KEYS if not (k in ("mean", "std") and data[k] is None)})
+    return keys
+
+
+def prepare_resume(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """Make a resumed run continue on its own split, and refuse one whose model or data settings changed.
+
+    The split is rebuilt from the run's ``splits.csv`` (``data.split_csv``), never recomputed: a
+    table that changed since (say more rows skipped as missing) would move images between train and
+    test. Nothing of the run folder is rewritten.
+
+    Raises:
+        ConfigError: Naming the settings that differ from the run's saved ``config.yaml``.
+    """
+    saved_path = run_dir / "config.yaml"
+    if saved_path.is_file():
+        saved = _resume_settings(from_dict(ExperimentConfig, read_yaml(saved_path)))
+        current = _resume_settings(cfg)
+        refuse_changed_settings(run_dir, {k: saved.get(k) for k in current}, current)
+    splits = run_dir / "splits.csv"
+    if splits.is_file():
+        cfg.data.split_csv = str(splits)
+
+
 def _trainer_strategy(cfg: ExperimentConfig):
     """DDP with a frozen first stage needs ``find_unused_parameters`` (frozen params get no grad)."""
     strategy = cfg.trainer.strategy
@@ -81,7 +124,6 @@ def _trainer_strategy(cfg: ExperimentConfig):
 
 def build_trainer(cfg: ExperimentConfig, run_dir: Path):
     """Lightning Trainer with checkpoints, early stopping, TensorBoard and CSV logs in ``run_dir``."""
-    import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -116,7 +158,7 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path):
         callbacks.append(EarlyStopping(monitor=t.early_stop_metric, mode="max", patience=t.early_stop))
     if t.ema_decay > 0:  # validated and checkpointed on the averaged weights
         callbacks.append(EMAWeightAveraging(decay=t.ema_decay))
-    return L.Trainer(
+    return lightning_trainer(
         default_root_dir=run_dir,
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
@@ -186,6 +228,8 @@ def fit(cfg: ExperimentConfig, test: bool = True) -> RunResult:
 
 
     run_dir, resume_ckpt = resolve_run_dir(cfg)
+    if resume_ckpt is not None:
+        prepare_resume(cfg, run_dir)
     if resume_ckpt is not None and os.environ.get("LOCAL_RANK", "0") == "0":
 
         remove_stale_temp_files(resume_ckpt.parent)  # half-written files of a killed run
@@ -214,7 +258,7 @@ def fit(cfg: ExperimentConfig, test: bool = True) -> RunResult:
         preprocessing=preprocessing_dict(cfg.data),
     )
     trainer = build_trainer(cfg, run_dir)
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and resume_ckpt is None:  # a resumed run keeps the files it started with
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         datamodule.write_splits(run_dir / "splits.csv")

@@ -6,7 +6,9 @@ folder is numbered and resumed the same way.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from backend.errors import ConfigError
 
@@ -66,3 +68,20 @@ def keep_metrics_csv(run_dir: Path) -> Path | None:
     part = run_dir / f"metrics.part{len(list(run_dir.glob('metrics.part*.csv')))}.csv"
     os.replace(metrics_csv, part)
     return part
+
+
+def refuse_changed_settings(run_dir: Path, saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """Refuse to resume ``run_dir`` when a setting its checkpoint depends on changed since it started.
+
+    Args:
+        run_dir: The run being resumed (named in the error).
+        saved: ``{dotted key: value}`` from the run's saved ``config.yaml``.
+        current: The same keys from the config the resume was started with.
+
+    Raises:
+        ConfigError: Naming every key that differs, with both values.
+    """
+    diffs = [f"{k}: run has {saved.get(k)!r}, now {v!r}" for k, v in current.items() if saved.get(k) != v]
+    if diffs:
+        raise ConfigError(f"cannot resume {run_dir} with other settings: {'; '.join(diffs)} "
+                          "(start a new run, or resume with the run's own config.yaml)")

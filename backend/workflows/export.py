@@ -93,6 +93,19 @@ def calibrate_net(net: Any, logits: Any, labels: Any, method: str) -> tuple[floa
     return temperature, offsets
 
 
+def _run_table(csv: str | Path, img_dir: str | Path | None, skip_missing: bool | None,
+               run_data: dict[str, Any]) -> Any:
+    """The labelled table, loaded with the run's own reading settings when ``csv`` is the run's table."""
+    own = bool(run_data.get("csv")) and Path(csv).resolve() == Path(run_data["csv"]).resolve()
+    settings = {"format": run_data.get("format") or "auto", "metadata_csv": run_data.get("metadata_csv"),
+                "skip_missing": bool(run_data.get("skip_missing"))} if own else {}
+    if own and img_dir is None:
+        img_dir = run_data.get("img_dir")
+    if skip_missing is not None:
+        settings["skip_missing"] = skip_missing
+    return load_table(csv, img_dir=img_dir, **settings)
+
+
 def export_bundle(
     checkpoint: str | Path,
     output: str | Path,
@@ -112,6 +125,7 @@ def export_bundle(
     test_img_sizes: list[int] | None = None,
     adapt_images: int = 1000,
     calibration_method: str = "temperature",
+    skip_missing: bool | None = None,
 ) -> ExportResult:
     """Turn a training checkpoint into a bundle, fitting calibration and OOD statistics on its run's splits.
 
@@ -130,6 +144,10 @@ def export_bundle(
     (:mod:`backend.workflows.test_resolution`); everything after (temperature, operating points,
     OOD statistics, ONNX) is fitted on the chosen network and side, and the card's
     ``test_resolution`` records every candidate.
+
+    ``csv`` is read as the run read it: when it is the run's own table, with the run's ``data.format``,
+    ``data.metadata_csv``, ``data.skip_missing`` and (unless ``img_dir`` is given) ``data.img_dir``;
+    ``skip_missing`` overrides the last.
 
     ``calibration_method`` ``bias_corrected`` fits per-class offsets beside the temperature
     (:func:`~backend.metrics.calibration.fit_bias_corrected_temperature`) and folds them into the
@@ -161,7 +179,7 @@ def export_bundle(
     temp = 1.0 if temperature is None else float(temperature)
     if csv is not None:
 
-        table = load_table(csv, img_dir=img_dir)
+        table = _run_table(csv, img_dir, skip_missing, (loaded.config or {}).get("data") or {})
         splits_path = splits_csv or default_splits_csv(checkpoint)
         if splits_path is None:
             raise ConfigError(f"no splits CSV for {checkpoint}: pass splits_csv (the run's splits.csv)")

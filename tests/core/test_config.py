@@ -69,6 +69,14 @@ def test_wrong_types_are_rejected_with_the_key():
         from_dict(Outer, {"lr": None})
 
 
+def test_fixed_length_tuples_must_hold_that_many_values():
+    with pytest.raises(ConfigError, match=r"'optim.betas' must hold 2 values, got 1: \[0.9\]"):
+        recipe({}, ["optim.betas=[0.9]"])
+    with pytest.raises(ConfigError, match=r"'optim.betas\[1\]' must be float, got 'x'"):
+        recipe({}, ["optim.betas=[0.9, x]"])
+    assert recipe({}, ["optim.betas=[0.8, 0.99]"]).optim.betas == (0.8, 0.99)
+
+
 def test_round_trip_through_yaml(tmp_path):
     cfg = from_dict(Outer, {"lr": 0.5, "path": "x.csv", "inner": {"names": ["q"]}})
     path = save_config(cfg, tmp_path / "cfg.yaml")

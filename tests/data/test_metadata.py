@@ -31,6 +31,13 @@ def test_missing_values_use_unknown_slots():
     assert enc.encode(40, "unknown", "Unknown")[-1] == 1
 
 
+def test_prediction_reads_the_spellings_the_training_table_reads():
+    enc = MetadataEncoder()
+    assert (enc.encode(40, "M", "back") == enc.encode(40, "male", "posterior torso")).all()
+    assert (enc.encode(40, " f ", "Trunk") == enc.encode(40, "female", "torso")).all()
+    assert (enc.encode(40, "N/A", "unk") == enc.encode(40, None, None)).all()
+
+
 def test_bad_values_name_the_value():
     enc = MetadataEncoder()
     with pytest.raises(ConfigError, match="'elbow'"):

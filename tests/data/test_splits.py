@@ -138,6 +138,27 @@ def test_read_splits_errors(tmp_path, body, line, field, fragment):
     assert "splits.csv" in str(err) and (err.line, err.field) == (line, field) and fragment in str(err)
 
 
+@pytest.mark.parametrize(("moved", "to", "column", "group"), [
+    (("IMG_00002",), "test", "lesion_id", "L0"),  # IMG_00001 and IMG_00002 are one lesion
+    (("IMG_00006", "IMG_00007"), "val", "patient_id", "P0"),  # lesion L2, whose IMG_00007 shares patient P0
+])
+def test_read_splits_refuses_a_lesion_or_patient_in_two_splits(tmp_path, moved, to, column, group):
+    table = synthetic_table(12)
+    splits = pd.Series("train", index=table.index)
+    path = tmp_path / "splits.csv"
+    write_splits(table, splits, path)
+    assert read_splits(path, table).eq("train").all()
+    rows = pd.read_csv(path)
+    rows.loc[rows["image_id"].isin(moved), "split"] = to
+    rows.to_csv(path, index=False)
+    with pytest.raises(DataFormatError) as info:
+        read_splits(path, table)
+    text = str(info.value)
+    assert info.value.field == "split" and f"{column} {group!r} is in two splits" in text
+    line = int(rows.index[rows["image_id"] == moved[-1]][0]) + 2
+    assert f"image {moved[-1]!r} in {to} (line {line})" in text and "in train (line" in text
+
+
 def test_read_splits_needs_columns(tmp_path):
     path = tmp_path / "splits.csv"
     path.write_text("image,split\nIMG_00000,train\n")
@@ -160,6 +181,9 @@ def test_cli_writes_splits_and_reports_errors(tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("image,label\nS_000.png,5\n")
     assert main(["--csv", str(tmp_path / "bad.csv"), "--output", str(out)]) == 2
     assert "error: " in (err := capsys.readouterr().err) and "line 2, field 'label'" in err
+    # An output path the system refuses (here a folder) is one line naming it, not a traceback.
+    assert main(["--csv", str(tmp_path / "labels.csv"), "--output", str(tmp_path / "images")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'images'}: Is a directory"
 
 
 @pytest.mark.integration

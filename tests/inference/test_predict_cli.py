@@ -112,6 +112,41 @@ def test_cam_dir_writes_overlays(ckpt, folder, tmp_path):
         assert im.size == (72, 72) and im.mode == "RGB"
 
 
+def test_a_run_killed_during_grad_cam_leaves_no_row_without_its_overlay(ckpt, folder, tmp_path, monkeypatch):
+    out, cams = tmp_path / "p.csv", tmp_path / "cams"
+    argv = ["--input", str(folder), "--output", str(out), "--checkpoint", str(ckpt), "--cam_dir", str(cams),
+            "--batch_size", "1"]
+    calls = []
+    explain = Predictor.explain_batch
+
+    def killed_on_the_second_batch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C, or the machine going down, in the middle of the run
+        return explain(self, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "explain_batch", killed_on_the_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    _, rows = read(out)
+    assert [r[0] for r in rows] == ["case_0.png"]  # the killed batch has no row...
+    assert sorted(p.name.split("_")[1] for p in cams.iterdir()) == ["0"]  # ...and every row its overlay
+    monkeypatch.setattr(Predictor, "explain_batch", explain)
+    assert main(argv) == 0  # the rerun predicts the rest, overlays included
+    assert sorted(p.name.split("_")[1] for p in cams.iterdir()) == ["0", "1", "2"]
+
+
+def test_tta_follows_the_models_card_unless_asked(ckpt, folder, tmp_path, monkeypatch):
+    asked = []
+    iterate = Predictor.iter_outputs
+    monkeypatch.setattr(Predictor, "iter_outputs", lambda self, *a, **kw: asked.append(kw["tta"]) or
+                        iterate(self, *a, **kw))
+    for i, flag in enumerate(([], ["--tta"], ["--no-tta"])):
+        assert main(["--input", str(folder), "--output", str(tmp_path / f"p{i}.csv"), "--checkpoint", str(ckpt),
+                     *flag]) == 0
+    assert asked == [None, True, False]  # None: the predictor's own setting, as its card was measured
+
+
 def test_bad_inputs_exit_2(ckpt, tmp_path, capsys, monkeypatch):
     bad = tmp_path / "bad.csv"
     bad.write_text("path\nx.png\n")

@@ -284,3 +284,20 @@ def test_a_model_trained_from_timm_weights_loads_offline_without_downloading(tra
     ckpt["hyper_parameters"]["config"]["model"].update(pretrained="timm", pretrained_path=None)
     torch.save(ckpt, tmp_path / "from_timm.ckpt")
     assert Predictor.from_checkpoint(tmp_path / "from_timm.ckpt").predict([image])[0].top_class in card["classes"]
+
+
+def test_export_reads_the_table_as_asked_and_names_a_missing_image(trained, tmp_path, capsys):
+    import pandas as pd
+
+    table = pd.read_csv(trained["csv"])
+    extra = table.iloc[[0]].assign(image="gone.png", lesion_id="L_gone", patient_id="P_gone")
+    with_missing = trained["csv"].parent / "with_missing.csv"
+    pd.concat([table, extra]).to_csv(with_missing, index=False)
+    splits = trained["ckpt"].parent.parent / "splits.csv"
+    argv = ["--checkpoint", str(trained["ckpt"]), "--output", str(tmp_path / "b"), "--csv", str(with_missing),
+            "--splits_csv", str(splits)]
+    assert export_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "gone.png" in err and "Traceback" not in err
+    assert export_main([*argv, "--skip-missing"]) == 0  # the flag the error suggests exists
+    assert read_card(tmp_path / "b")["calibration"]["fitted_on"].startswith("val split")

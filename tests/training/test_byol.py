@@ -253,7 +253,7 @@ def test_tiny_run_saves_often_exports_and_resumes(image_dir, tmp_path):
     assert not (tmp_path / "tiny" / "version_1").exists()
     with pytest.raises(ConfigError, match="cannot resume version 4"):
         pretrain(tiny_cfg([image_dir], tmp_path, resume_version=4))
-    with pytest.raises(ConfigError, match=r"another model: model.proj_dim"):
+    with pytest.raises(ConfigError, match=r"other settings: model.proj_dim: run has 16, now 8"):
         pretrain(tiny_cfg([image_dir], tmp_path, resume_version=0, model={"proj_dim": 8}))
 
 

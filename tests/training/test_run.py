@@ -88,6 +88,43 @@ def test_resume_continues_to_the_same_global_step(dataset, tmp_path):
     assert abs(resumed.metrics["val/loss"] - full.metrics["val/loss"]) < 0.5
 
 
+def test_resume_keeps_the_runs_split_and_files_even_when_the_table_changed(dataset, tmp_path):
+    first = fit(tiny_cfg(dataset, tmp_path, trainer={"max_epochs": 1}), test=False)
+    split_before = (first.run_dir / "splits.csv").read_bytes()
+    config_before = (first.run_dir / "config.yaml").read_bytes()
+    # The table loses rows (say their images went missing): a fresh split of it would move images.
+    table = pd.read_csv(dataset)
+    smaller = dataset.parent / "smaller.csv"
+    table.iloc[6:].to_csv(smaller, index=False)
+    fresh = fit(tiny_cfg(smaller, tmp_path / "fresh", trainer={"fast_dev_run": True}), test=False)
+    moved = pd.read_csv(first.run_dir / "splits.csv").merge(pd.read_csv(fresh.run_dir / "splits.csv"), on="image_id",
+                                                           suffixes=("_run", "_fresh"))
+    assert (moved["split_run"] != moved["split_fresh"]).any()  # what a recomputed split would have done
+    from backend.training import run as run_module
+
+    seen = []
+    original = run_module.LesionDataModule
+    run_module.LesionDataModule = lambda data_cfg: seen.append(data_cfg.split_csv) or original(data_cfg)
+    try:
+        resumed = fit(tiny_cfg(dataset, tmp_path, trainer={"max_epochs": 2}, resume_version=0), test=False)
+    finally:
+        run_module.LesionDataModule = original
+    assert seen == [str(first.run_dir / "splits.csv")]  # the run's own split, not a recomputed one
+    assert resumed.run_dir == first.run_dir
+    assert (first.run_dir / "splits.csv").read_bytes() == split_before
+    assert (first.run_dir / "config.yaml").read_bytes() == config_before
+
+
+def test_resume_with_another_model_or_table_is_refused_before_anything_is_written(dataset, tmp_path):
+    first = fit(tiny_cfg(dataset, tmp_path, trainer={"max_epochs": 1}), test=False)
+    files = {p: p.read_bytes() for p in (first.run_dir / "config.yaml", first.run_dir / "splits.csv")}
+    with pytest.raises(ConfigError, match=r"model.backbone: run has 'dermaresnet_se_tiny', now 'resnet50'"):
+        fit(tiny_cfg(dataset, tmp_path, model={"backbone": "resnet50"}, resume_version=0), test=False)
+    with pytest.raises(ConfigError, match=r"data.img_size: run has 32, now 48"):
+        fit(tiny_cfg(dataset, tmp_path, data={"img_size": 48}, resume_version=0), test=False)
+    assert all(path.read_bytes() == data for path, data in files.items())
+
+
 def test_resume_of_a_missing_version_is_a_clear_error(dataset, tmp_path):
     with pytest.raises(ConfigError, match="cannot resume version 7"):
         fit(tiny_cfg(dataset, tmp_path, resume_version=7))
@@ -161,6 +198,15 @@ def test_cli_reports_bad_input_with_exit_code_2(tmp_path, capsys):
     assert train_main(["--csv", str(bad), "--log_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "labels.csv" in err
+
+
+def test_cli_reports_a_trainer_setting_lightning_refuses(dataset, tmp_path, capsys):
+    argv = ["--config", str(REPO_ROOT / "cfgs" / "debug" / "cpu_tiny.yaml"), "--csv", str(dataset),
+            "--log_dir", str(tmp_path)]
+    assert train_main([*argv, "--accelerator", "abacus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Lightning refused the trainer settings (trainer.accelerator='abacus'")
+    assert "Traceback" not in err
 
 
 @pytest.mark.slow
