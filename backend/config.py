@@ -264,6 +264,25 @@ def upgrade_keys(cls: type, data: dict[str, Any], prefix: str = "") -> dict[str,
     return out
 
 
+def check_layer_keys(cls: type, layer: dict[str, Any], source: str | Path) -> None:
+    """Refuse a config file with a key ``cls`` does not have, naming the file as well as the key.
+
+    Once layers are merged, an unknown key no longer says which file it came from; checking each
+    file on its own first does. Only unknown keys are judged here: a layer is partial, so its
+    values are checked on the merged config.
+
+    Raises:
+        ConfigError: ``<file>: unknown config key 'a.b'; valid keys here: ...``.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # warned once, when the merged config loads
+        try:
+            _from_dict(cls, dict(layer))
+        except ConfigError as err:
+            if str(err).startswith("unknown config key"):
+                raise ConfigError(f"{source}: {err}") from None
+
+
 def merge_layers(layers: Iterable[dict[str, Any]], cls: type | None = None) -> dict[str, Any]:
     """Deep-merge config layers, last wins; with ``cls``, each layer's deprecated keys are upgraded first."""
     merged: dict[str, Any] = {}
@@ -349,7 +368,10 @@ def load_config(
     Raises:
         ConfigError: Naming the file or the dotted key that is wrong.
     """
-    layers = [read_yaml(file) for file in files] + [parse_overrides(list(overrides))]
+    layers = [read_yaml(file) for file in files]
+    for file, layer in zip(files, layers, strict=True):
+        check_layer_keys(cls, layer, file)
+    layers.append(parse_overrides(list(overrides)))
     return from_dict(cls, merge_layers(layers, cls))
 
 
@@ -368,8 +390,13 @@ def cli_layers(
     (:func:`upgrade_keys`), so a later layer wins whichever spelling it uses.
     """
     layers = [read_yaml(file) for file in files]
+    sources = list(files)
     if model_file:
         layers.append({"model": read_yaml(model_file)})
+        sources.append(model_file)
+    if cls is not None:
+        for source, layer in zip(sources, layers, strict=True):
+            check_layer_keys(cls, layer, source)
     flag_layer: dict[str, Any] = {}
     for key, value in (flags or {}).items():
         if value is None:

@@ -69,6 +69,19 @@ def test_wrong_types_are_rejected_with_the_key():
         from_dict(Outer, {"lr": None})
 
 
+def test_an_unknown_key_names_the_file_it_came_from(tmp_path):
+    (tmp_path / "base.yaml").write_text("lr: 0.1\n")
+    (tmp_path / "exp.yaml").write_text("inner:\n  sise: 3\n")
+    with pytest.raises(ConfigError, match=r"exp\.yaml: unknown config key 'inner\.sise'"):
+        load_config(Outer, [tmp_path / "base.yaml", tmp_path / "exp.yaml"])
+    (tmp_path / "model.yaml").write_text("backbone: mobilenetv2_100\nwidht: 3\n")
+    with pytest.raises(ConfigError, match=r"model\.yaml: unknown config key 'model\.widht'"):
+        cli_layers([], model_file=str(tmp_path / "model.yaml"), cls=ExperimentConfig)
+    # A partial file is judged on its keys only: its values are checked once the layers are merged.
+    (tmp_path / "partial.yaml").write_text("trainer:\n  max_epochs: 3\n")
+    assert cli_layers([str(tmp_path / "partial.yaml")], cls=ExperimentConfig)["trainer"]["max_epochs"] == 3
+
+
 def test_fixed_length_tuples_must_hold_that_many_values():
     with pytest.raises(ConfigError, match=r"'optim.betas' must hold 2 values, got 1: \[0.9\]"):
         recipe({}, ["optim.betas=[0.9]"])
