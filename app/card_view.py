@@ -61,7 +61,8 @@ def subgroup_rows(card: dict[str, Any], attribute: str) -> list[dict[str, Any]]:
         if r.get("attribute") != attribute:
             continue
         ba, au = _number(r.get("balanced_accuracy")), _number(r.get("auroc_malignant"))
-        rows.append({"group": r.get("group"), "images": r.get("n"), "malignant": r.get("n_malignant"),
+        rows.append({"group": r.get("group"), "images": r.get("n"),
+                     "with a diagnosis": r.get("n_diagnosed", r.get("n")), "malignant": r.get("n_malignant"),
                      "balanced accuracy": "n/a" if ba is None else f"{ba:.3f}",
                      "malignant AUROC": "n/a" if au is None else f"{au:.3f}"})
     return rows

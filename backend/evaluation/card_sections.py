@@ -35,6 +35,11 @@ def _ci(entry: Any) -> str:
     return text
 
 
+def _below(achieved: Any, target: Any) -> bool:
+    """Whether an achieved rate is short of its target (False when either is unknown)."""
+    return achieved is not None and target is not None and float(achieved) < float(target) - 1e-12
+
+
 def operating_points_markdown(card: dict[str, Any]) -> list[str]:
     """Lines of the "What the traffic light means" section (empty when the card has no operating points)."""
     ops, risk = card.get("operating_points") or {}, card.get("risk") or {}
@@ -52,12 +57,16 @@ def operating_points_markdown(card: dict[str, Any]) -> list[str]:
             f"lesions (achieved {_pct(got.get('not_green_sensitivity'))} on validation); \"red\" leaves at least "
             f"{_pct(targets.get('red_specificity'))} of benign lesions out "
             f"(achieved {_pct(got.get('red_specificity'))})."
-            + (" The two thresholds crossed, so the yellow band is empty." if val.get("yellow_band_empty") else ""),
+            + (" The two thresholds crossed, so the yellow band is empty." if val.get("yellow_band_empty") else "")
+            + "".join(f" The {what} target was not reached on validation: {_pct(got.get(key))} is the nearest "
+                      "achievable." for key, what in (("not_green_sensitivity", "\"not green\" sensitivity"),
+                                                      ("red_specificity", "\"red\" specificity"))
+                      if _below(got.get(key), targets.get(key))),
             "",
         ]
     if test:
         lines += [
-            f"On the test split ({test.get('n')} lesions):", "",
+            f"On the test split ({test.get('n')} images):", "",
             "| light | share of images | malignant / benign | share malignant |",
             "| --- | --- | --- | --- |",
         ]

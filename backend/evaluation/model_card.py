@@ -98,6 +98,7 @@ def card_metrics(
 
 def subgroup_metrics(
     table: pd.DataFrame, y_diag: Any, probs: Any, y_malignant: Any, min_rows: int = 20, class_offsets: Any = None,
+    min_per_class: int = 10,
 ) -> pd.DataFrame:
     """Balanced accuracy and malignant AUROC by sex, age band, anatomical site and source dataset.
 
@@ -106,12 +107,14 @@ def subgroup_metrics(
         y_diag: Diagnosis index per row.
         probs: ``(N, 8)`` probabilities.
         y_malignant: 1/0 per row.
-        min_rows: Subgroups smaller than this are reported with their size but no metrics.
+        min_rows: Balanced accuracy needs at least this many of the group's images with a known
+            diagnosis (a group of 176 images of which 2 have one gets none).
         class_offsets: Calibration offsets (balanced accuracy of the class-balanced decision), as in
             :func:`card_metrics`.
+        min_per_class: The malignant AUROC needs at least this many malignant and this many benign images.
 
     Returns:
-        Columns ``attribute, group, n, n_malignant, balanced_accuracy, auroc_malignant``.
+        Columns ``attribute, group, n, n_diagnosed, n_malignant, balanced_accuracy, auroc_malignant``.
     """
     y = np.asarray(y_diag, dtype=int)
     p = np.asarray(probs, dtype=float)
@@ -132,11 +135,13 @@ def subgroup_metrics(
     for attribute, values in attributes.items():
         for group in sorted(set(values)):
             mask = values == group
-            n = int(mask.sum())
-            row = {"attribute": attribute, "group": group, "n": n, "n_malignant": int((ym[mask] == 1).sum()),
-                   "balanced_accuracy": math.nan, "auroc_malignant": math.nan}
-            if n >= min_rows:
+            n_diagnosed = int((y[mask] >= 0).sum())
+            n_malignant, n_benign = int((ym[mask] == 1).sum()), int((ym[mask] == 0).sum())
+            row = {"attribute": attribute, "group": group, "n": int(mask.sum()), "n_diagnosed": n_diagnosed,
+                   "n_malignant": n_malignant, "balanced_accuracy": math.nan, "auroc_malignant": math.nan}
+            if n_diagnosed >= min_rows:
                 row["balanced_accuracy"] = balanced_accuracy(y[mask], d[mask])
+            if min(n_malignant, n_benign) >= min_per_class:
                 row["auroc_malignant"] = binary_auroc(ym[mask], mal[mask])
             rows.append(row)
     return pd.DataFrame(rows)
@@ -155,10 +160,13 @@ def metrics_markdown(metrics: dict[str, dict[str, float]], subgroups: pd.DataFra
     lines = ["| metric | value (95% CI) | n |", "| --- | --- | --- |"]
     lines += [f"| {name} | {_fmt(entry)} | {entry['n']} |" for name, entry in metrics.items()]
     if subgroups is not None and not subgroups.empty:
-        lines += ["", "| attribute | group | n | malignant | balanced accuracy | malignant AUROC |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["", "| attribute | group | images | with a diagnosis | malignant | balanced accuracy | "
+                      "malignant AUROC |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in subgroups.itertuples(index=False):
             ba = "n/a" if math.isnan(r.balanced_accuracy) else f"{r.balanced_accuracy:.3f}"
             au = "n/a" if math.isnan(r.auroc_malignant) else f"{r.auroc_malignant:.3f}"
-            lines.append(f"| {r.attribute} | {r.group} | {r.n} | {r.n_malignant} | {ba} | {au} |")
+            diagnosed = getattr(r, "n_diagnosed", r.n)  # cards written before the column: every image
+            lines.append(f"| {r.attribute} | {r.group} | {r.n} | {diagnosed} | {r.n_malignant} | {ba} | {au} |")
+        lines += ["", "Balanced accuracy is given for groups with at least 20 images with a known diagnosis, "
+                      "the malignant AUROC for groups with at least 10 malignant and 10 benign images."]
     return "\n".join(lines) + "\n"

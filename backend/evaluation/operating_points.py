@@ -80,11 +80,11 @@ def choose_operating_points(
     # Red = risk >= t. At least m benign risks must lie below t: m = ceil(spec * n); t just above the m-th.
     m = math.ceil(min_specificity * len(ben) - 1e-9)
     yellow_below = float(np.nextafter(ben[m - 1], np.inf)) if m >= 1 else float(ben[0])
-    crossed = yellow_below < green_below
     yellow_below = max(yellow_below, green_below)
     base = base or RiskConfig()
     cfg = RiskConfig(weights=dict(base.weights), green_below=min(max(green_below, 0.0), 1.0),
                      yellow_below=min(max(yellow_below, 0.0), 1.0), chosen_on=source)
+    crossed = cfg.yellow_below <= cfg.green_below  # judged after clipping: risks of exactly 1 can close the band
     cfg.validate()
     sens_ng, spec_ng = sensitivity_specificity(malignant, risk, cfg.green_below)
     sens_red, spec_red = sensitivity_specificity(malignant, risk, cfg.yellow_below)

@@ -187,7 +187,7 @@ def _cell(entry: dict[str, float]) -> str:
 
 
 def lodo_markdown(records: list[dict[str, Any]]) -> str:
-    """The check as a markdown table (95% bootstrap intervals, patients resampled)."""
+    """The check as a markdown table (95% bootstrap intervals: patients resampled, else lesions, else images)."""
     lines = ["| recipe | dataset | model / images | n (malignant, MEL) | malignant AUROC | melanoma AUROC "
              "| balanced acc. |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in records:

@@ -369,7 +369,8 @@ def render_card_markdown(card: dict[str, Any], metrics_md: str) -> str:
         f"- Data: {data.get('csv')}; lesion- and patient-grouped split "
         f"{card.get('test_split', {}).get('fractions')}, seed {card.get('test_split', {}).get('seed')}.",
         "",
-        "## Test-split metrics (95% bootstrap intervals, patients resampled)",
+        "## Test-split metrics (95% bootstrap intervals: patients resampled, else lesions, else images; "
+        "the thin/thick AUROC by image)",
         "",
         metrics_md,
         *operating_points_markdown(card),

@@ -23,8 +23,8 @@ CARD_FIGURES = {
     "test_subgroups": [
         {"attribute": "sex", "group": "female", "n": 60, "n_malignant": 10, "balanced_accuracy": 0.6,
          "auroc_malignant": 0.88},
-        {"attribute": "dataset", "group": "ClinicB", "n": 30, "n_malignant": 5, "balanced_accuracy": None,
-         "auroc_malignant": 0.7},
+        {"attribute": "dataset", "group": "ClinicB", "n": 30, "n_diagnosed": 12, "n_malignant": 5,
+         "balanced_accuracy": None, "auroc_malignant": 0.7},
     ],
     "leave_one_dataset_out": {"results": [
         {"recipe": "ours", "dataset": "ClinicB", "setting": "left out (all images)", "rows": 90, "malignant": 12,
@@ -42,7 +42,8 @@ def test_rows_put_headline_first_and_name_missing_values():
     assert rows[2]["value"] == "n/a" and rows[2]["95% CI"] == "n/a"
     assert card_view.subgroup_attributes(CARD_FIGURES) == ["sex", "dataset"]
     assert card_view.subgroup_rows(CARD_FIGURES, "dataset") == [
-        {"group": "ClinicB", "images": 30, "malignant": 5, "balanced accuracy": "n/a", "malignant AUROC": "0.700"}]
+        {"group": "ClinicB", "images": 30, "with a diagnosis": 12, "malignant": 5, "balanced accuracy": "n/a",
+         "malignant AUROC": "0.700"}]
     lodo = card_view.lodo_rows(CARD_FIGURES)
     assert lodo[0]["malignant AUROC"] == "0.770 (0.700–0.830)" and lodo[0]["dataset"] == "ClinicB"
     assert card_view.metric_rows({}) == [] and card_view.lodo_rows({}) == []

@@ -119,3 +119,21 @@ def test_subgroups_and_markdown(split):
     text = metrics_markdown(card_metrics(y, probs, y_mal, np.zeros(n), np.full(n, np.nan), np.full(n, np.nan),
                                          n_boot=10), sub)
     assert "| balanced_accuracy |" in text and "| sex | male |" in text and "n/a" in text
+    assert "| attribute | group | images | with a diagnosis | malignant |" in text
+
+
+def test_subgroup_figures_need_enough_diagnosed_malignant_and_benign_images(split):
+    y, probs, y_mal, *_ = split
+    n = len(y)
+    y = y.copy()
+    y[: n - 5] = -1  # only 5 images of the group have a diagnosis
+    y_mal = y_mal.copy()
+    y_mal[:] = 0
+    y_mal[:4] = 1  # 4 malignant: too few to rank
+    table = pd.DataFrame({"age_approx": np.full(n, 40.0), "sex": ["male"] * n, "anatom_site_general": ["torso"] * n,
+                          "dataset": ["A"] * n})
+    row = subgroup_metrics(table, y, probs, y_mal, min_rows=20, min_per_class=10).iloc[0]
+    assert row["n"] == n and row["n_diagnosed"] == 5 and row["n_malignant"] == 4
+    assert math.isnan(row["balanced_accuracy"]) and math.isnan(row["auroc_malignant"])
+    y_mal[:10] = 1
+    assert not math.isnan(subgroup_metrics(table, y, probs, y_mal, min_per_class=10).iloc[0]["auroc_malignant"])

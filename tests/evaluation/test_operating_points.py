@@ -99,3 +99,18 @@ def test_each_light_is_explained_in_words_from_the_test_split():
     assert light_meaning({}, "red") == ""  # an older bundle without operating points says nothing rather than guess
     text = "\n".join(operating_points_markdown(card))
     assert "| red |" in text and "chosen on the validation split" in text
+
+
+def test_benign_risks_of_exactly_one_close_the_band_and_the_card_says_the_target_was_missed():
+    rng = np.random.default_rng(0)
+    risk = np.concatenate([np.ones(20), rng.uniform(0, 0.9, 80), np.ones(30)])  # 30 of 110 benign at the clip
+    label = np.concatenate([np.ones(20, int), np.zeros(110, int)])
+    cfg, record = choose_operating_points(risk, label)
+    assert cfg.green_below == cfg.yellow_below == 1.0 and record["yellow_band_empty"] is True
+    assert record["achieved"]["red_specificity"] == pytest.approx(80 / 110)
+    text = " ".join(operating_points_markdown({"risk": cfg.to_dict(), "operating_points": {"validation": record}}))
+    assert "yellow band is empty" in text
+    assert "\"red\" specificity target was not reached on validation: 72.7% is the nearest achievable" in text
+    met, _ = choose_operating_points(*separable())
+    assert "not reached" not in " ".join(operating_points_markdown(
+        {"risk": met.to_dict(), "operating_points": {"validation": _}}))
