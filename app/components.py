@@ -493,7 +493,8 @@ def render_similar_cases(result: Any, per_row: int = 5) -> None:
                 "lesion or patient).")
         return
     st.markdown(f"**{vote.summary()}** (MEL, BCC or SCC) · {vote.diagnosis_summary()}")
-    excluded = f" {result.n_excluded} library case(s) of this same image were left out." if result.n_excluded else ""
+    excluded = (f" {result.n_excluded} library case(s) of this same image, or of its lesion or patient ID, were left "
+                "out." if result.n_excluded else "")
     st.caption(f"Nearest confirmed cases of library **{html.escape(result.library)}** by cosine similarity of the "
                f"model's image features (1 = identical). They show what similar-looking lesions turned out to be; "
                f"they are not a diagnosis of this one.{excluded}")

@@ -197,12 +197,14 @@ SIMILAR_K = 10
 
 def similar_cases(upload: state.Upload, model: resources.LoadResult, reference: resources.ReferenceLoad) -> Any:
     """The upload's similar confirmed cases, searched once per model and library (a message on failure)."""
-    key = (model.key, reference.key, SIMILAR_K)
+    # The lesion and patient IDs typed for the image keep that lesion's and patient's own library cases out.
+    key = (model.key, reference.key, SIMILAR_K, upload.lesion_id, upload.patient_id)
     if key not in upload.similar:
         with st.spinner("Searching similar confirmed cases…"):
             try:
                 upload.similar[key] = find_similar_cases(
                     model.predictor, upload.prepared, reference.library, k=SIMILAR_K,
+                    lesion_id=upload.lesion_id or None, patient_id=upload.patient_id or None,
                     model_path=resources.active_model_path())
             except LibraryModelMismatchError as err:
                 upload.similar[key] = str(err)

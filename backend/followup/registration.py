@@ -406,11 +406,13 @@ def register_visits(before: np.ndarray, after: np.ndarray, before_mask: np.ndarr
     result.correlation = correlation
 
     # Back to the images' own pixels: original -> working (follow-up), map, working -> original (baseline).
-    # The zoom is judged at the working resolution, where both photos have the same longer side, so a
-    # follow-up saved at twice the resolution of its baseline is not mistaken for a 2x zoom.
+    # The zoom is judged as if both photos had the same longer side, so a follow-up saved at twice the
+    # resolution of its baseline is not mistaken for a 2x zoom: the working copies share that side, except
+    # a photo smaller than it (never upsampled), whose size difference is divided out here.
     full = compose(compose(resize_matrix(after.shape, small_a.shape), matrix),
                    invert(resize_matrix(before.shape, small_b.shape)))
     scale, rotation, anisotropy = similarity_parts(matrix)
+    scale *= max(small_a.shape[:2]) / max(small_b.shape[:2])
     result.matrix, result.scale, result.rotation_deg = full, scale, rotation
     lo, hi = config.scale_range
     if not lo <= scale <= hi or np.linalg.det(full[:, :2]) <= 0 or anisotropy > 1.15:

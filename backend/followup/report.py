@@ -82,6 +82,7 @@ def compare_files(before: str | os.PathLike[str], after: str | os.PathLike[str],
     if model is not None:
 
         predictor = Predictor.from_checkpoint(model)
-    result = compare_visits(before_image, after_image, predictor, before_name=str(before), after_name=str(after),
-                            model_inputs=(str(before), str(after)), config=config)
+    # The report names each photo by its file name only: folders often carry a patient's name.
+    result = compare_visits(before_image, after_image, predictor, before_name=Path(before).name,
+                            after_name=Path(after).name, model_inputs=(str(before), str(after)), config=config)
     return result, write_report(result, output)

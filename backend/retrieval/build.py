@@ -171,6 +171,25 @@ def _pack(records: list[dict[str, Any]], features: np.ndarray, thumbs: list[byte
     return data
 
 
+def _row_fields(row: dict[str, Any], img_dir: Path | None) -> dict[str, Any]:
+    """What a library row takes from its table row: id, image name, diagnosis, label, lesion and patient."""
+    diagnosis = _text(row.get("diagnosis")).upper()
+    return {
+        "image_id": _text(row["image_id"]), "image": _image_name(str(row["image"]), img_dir), "diagnosis": diagnosis,
+        "label": int(row["label"]) if _text(row.get("label")) else int(diagnosis in MALIGNANT_DIAGNOSES),
+        "lesion_id": _text(row.get("lesion_id")), "patient_id": _text(row.get("patient_id")),
+    }
+
+
+def _file_sha256(path: str) -> str | None:
+    """SHA-256 of a file's bytes, or None when it cannot be read (the embedding pass reports it)."""
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
 def _embed_chunk(predictor: Any, rows: list[dict[str, Any]], img_dir: Path | None, thumb_size: int,
                  skipped: list[str]) -> dict[str, np.ndarray] | None:
     """Read, hash, decode, thumbnail and embed one chunk of table rows; bad rows go to ``skipped``."""
@@ -190,13 +209,8 @@ def _embed_chunk(predictor: Any, rows: list[dict[str, Any]], img_dir: Path | Non
         except (ImageLoadError, ConfigError) as err:
             skipped.append(str(err))
             continue
-        diagnosis = _text(row.get("diagnosis")).upper()
-        records.append({
-            "image_id": _text(row["image_id"]), "image": _image_name(path, img_dir), "diagnosis": diagnosis,
-            "label": int(row["label"]) if _text(row.get("label")) else int(diagnosis in MALIGNANT_DIAGNOSES),
-            "lesion_id": _text(row.get("lesion_id")), "patient_id": _text(row.get("patient_id")),
-            "sha256": hashlib.sha256(data).hexdigest(), "pixels_sha256": pixels_sha256(image),
-        })
+        records.append({**_row_fields(row, img_dir), "sha256": hashlib.sha256(data).hexdigest(),
+                        "pixels_sha256": pixels_sha256(image)})
         arrays.append(image)
         thumbs.append(thumbnail_jpeg(image, thumb_size))
     if not records:
@@ -231,9 +245,13 @@ def _parts(output: Path) -> list[dict[str, np.ndarray]]:
     return parts
 
 
-def _consolidate(parts: list[dict[str, np.ndarray]], order: dict[str, int], dim: int
-                 ) -> tuple[np.ndarray, Any, bytes]:
-    """Rows of ``parts`` still in the table, once each (the latest wins), in table order."""
+def _consolidate(parts: list[dict[str, np.ndarray]], order: dict[str, int], dim: int,
+                 current: dict[str, dict[str, Any]] | None = None) -> tuple[np.ndarray, Any, bytes]:
+    """Rows of ``parts`` still in the table, once each (the latest wins), in table order.
+
+    ``current`` (image id -> :func:`_row_fields` of today's table) replaces the stored labels and
+    ids: a corrected diagnosis, or a patient id added since, reaches the library without a new embedding.
+    """
     import pandas as pd
 
     chosen: dict[str, tuple[int, int]] = {}
@@ -252,6 +270,7 @@ def _consolidate(parts: list[dict[str, np.ndarray]], order: dict[str, int], dim:
         start, size = int(thumb_starts[p][i]), int(part["thumb_sizes"][i])
         blobs.append(part["thumbs"][start : start + size].tobytes())
         record = {f: part[f][i].item() for f in _CHUNK_FIELDS}
+        record.update((current or {}).get(image_id, {}))
         record["malignant"] = int(int(record["label"]) == 1 or record["diagnosis"] in MALIGNANT_DIAGNOSES)
         record.update(thumb_offset=offset, thumb_size=size)
         offset += size
@@ -352,11 +371,17 @@ def build_library(table: Any, output: str | Path, predictor: Any, *, model_path:
 
     order = {str(image_id): i for i, image_id in enumerate(table["image_id"].astype(str))}
     parts = _parts(output)
-    done = {image_id for part in parts for image_id in part["image_id"].tolist()}
-    todo = [row for row in table.to_dict("records") if str(row["image_id"]) not in done]
-    report = BuildReport(output, n_reused=len(done & set(order)))
-    seq = max((int(p.stem.split("_")[1]) for p in _chunk_files(chunk_dir)), default=-1) + 1
+    stored = {image_id: sha for part in parts  # the latest part wins, as in _consolidate
+              for image_id, sha in zip(part["image_id"].tolist(), part["sha256"].tolist(), strict=True)}
     folder = Path(img_dir) if img_dir else None
+    records = table.to_dict("records")
+    # A row is done when an embedding of today's file exists: a replaced image file is embedded again.
+    done = {str(row["image_id"]) for row in records
+            if str(row["image_id"]) in stored and _file_sha256(str(row["image"])) == stored[str(row["image_id"])]}
+    todo = [row for row in records if str(row["image_id"]) not in done]
+    current = {str(row["image_id"]): _row_fields(row, folder) for row in records}
+    report = BuildReport(output, n_reused=len(done))
+    seq = max((int(p.stem.split("_")[1]) for p in _chunk_files(chunk_dir)), default=-1) + 1
     with tqdm(total=len(todo), desc="reference library", unit="img", file=sys.stderr, disable=not progress) as bar:
         for start in range(0, len(todo), chunk_size):
             rows = todo[start : start + chunk_size]
@@ -377,7 +402,7 @@ def build_library(table: Any, output: str | Path, predictor: Any, *, model_path:
         raise ReferenceLibraryError(f"{output}: stored embeddings have different lengths {sorted(dims)}; rebuild "
                                     f"with {manifest_command(manifest, output, model_path, rebuild=True)}")
     dim = dims.pop() if dims else int(manifest["model"].get("feature_dim") or 0)
-    embeddings, rows, thumbs = _consolidate(parts, order, dim)
+    embeddings, rows, thumbs = _consolidate(parts, order, dim, current)
     _write_library(output, embeddings, rows, thumbs)
     report.n_rows = len(rows)
     report.n_skipped = len(order) - report.n_rows

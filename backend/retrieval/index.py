@@ -15,6 +15,7 @@ image) and still return ``k`` results: the graph is asked for more candidates un
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator, Sequence
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.files import atomic_write_bytes, atomic_write_text
+from backend.files import atomic_write_bytes
 
 #: Libraries up to this many rows are searched exactly even when faiss is installed.
 EXACT_MAX_ROWS = 30_000
@@ -158,8 +159,12 @@ class HNSWIndex:
         return int(self.graph.ntotal)
 
     def _raw(self, q: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
-        self.graph.hnsw.efSearch = max(self.ef_search, fetch)
-        sims, rows = self.graph.search(q, fetch)
+        import faiss
+
+        # Per call, not on the graph: every dashboard session searches the same graph at once.
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(self.ef_search, fetch)
+        sims, rows = self.graph.search(q, fetch, params=params)
         return sims, rows.astype(np.int64)
 
     def search(self, queries: np.ndarray, k: int, exclude: Exclusions = None) -> tuple[np.ndarray, np.ndarray]:
@@ -235,20 +240,21 @@ def make_index(embeddings: np.ndarray, kind: str = "auto", exact_max: int = EXAC
     if not use_hnsw:
         return ExactIndex(embeddings)
     cache = Path(cache_dir) / ANN_CACHE if cache_dir is not None and cache_key else None
-    stamp = json.dumps({"build_id": cache_key, "rows": len(embeddings), "m": HNSW_M,
-                        "ef_construction": HNSW_EF_CONSTRUCTION})
-    if cache is not None and cache.is_file() and cache.with_suffix(".json").is_file():
+    # The stamp travels in the same file as the graph (one atomic write): a graph can never be read
+    # beside another build's stamp, whatever two processes do at once.
+    stamp = json.dumps({"build_id": cache_key, "rows": len(embeddings), "dim": int(embeddings.shape[1]),
+                        "m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}).encode("utf-8")
+    if cache is not None and cache.is_file():
         try:
-            if cache.with_suffix(".json").read_text(encoding="utf-8") == stamp:
-                return HNSWIndex.from_bytes(embeddings, cache.read_bytes())
+            head, _, body = cache.read_bytes().partition(b"\n")
+            if head == stamp:
+                cached = HNSWIndex.from_bytes(embeddings, body)
+                if len(cached) == len(embeddings) and int(cached.graph.d) == int(embeddings.shape[1]):
+                    return cached
         except (OSError, RuntimeError):
             pass  # a damaged cache is rebuilt below
     index = HNSWIndex(embeddings)
     if cache is not None:
-
-        try:
-            atomic_write_bytes(cache, index.to_bytes())
-            atomic_write_text(cache.with_suffix(".json"), stamp)
-        except OSError:
-            pass  # a read-only library is searched without a cache
+        with contextlib.suppress(OSError):  # a read-only library is searched without a cache
+            atomic_write_bytes(cache, stamp + b"\n" + index.to_bytes())
     return index

@@ -228,6 +228,9 @@ class ReferenceLibrary:
         self.rows = rows
         self._thumbs = thumbs
         self.malignant = rows["malignant"].to_numpy(dtype=np.int8) == 1
+        #: Per row, the case it belongs to: its lesion id, or the row itself when it has none.
+        self.case_keys = np.array([lesion or f"row:{i}" for i, lesion in enumerate(
+            rows["lesion_id"].fillna("").astype(str).tolist())], dtype=object)
         self._lookups: dict[str, dict[str, np.ndarray]] = {}
         self._index: Any = None
         self._lock = threading.Lock()

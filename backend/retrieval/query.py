@@ -87,7 +87,7 @@ class NeighbourVote:
         """``7 of 10 most similar were malignant``."""
         if self.k == 0:
             return "no similar cases found"
-        verb = "was" if self.n_malignant == 1 and self.k == 1 else "were"
+        verb = "was" if self.n_malignant == 1 else "were"
         return f"{self.n_malignant} of {self.k} most similar {verb} malignant"
 
     def diagnosis_summary(self) -> str:
@@ -170,6 +170,38 @@ def excluded_rows(library: ReferenceLibrary, lesion_id: str | None = None, patie
     return np.unique(np.concatenate(parts)).astype(np.int64)
 
 
+def _one_per_lesion(library: ReferenceLibrary, q: np.ndarray, k: int,
+                    exclude: Sequence[np.ndarray | None] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest rows per query with at most one row (the nearest) per library lesion.
+
+    Several photos of one lesion are one case: letting each vote would count that lesion several
+    times. Rows without a lesion id are cases of their own. More neighbours are fetched until ``k``
+    lesions are found or the library is exhausted.
+    """
+    index, n, cases = library.index(), len(library), library.case_keys
+    fetch = min(n, 2 * k)  # a lesion often has two photos: one search usually finds k lesions
+    while True:
+        sims, rows = index.search(q, fetch, exclude)
+        out_s, out_r = np.zeros((len(q), k), np.float32), np.full((len(q), k), -1, np.int64)
+        short = False
+        for i in range(len(q)):
+            seen: set[str] = set()
+            kept = 0
+            for row, sim in zip(rows[i].tolist(), sims[i].tolist(), strict=True):
+                if row < 0 or kept == k:
+                    break
+                key = cases[row]
+                if key in seen:
+                    continue
+                seen.add(key)
+                out_s[i, kept], out_r[i, kept] = sim, row
+                kept += 1
+            short = short or (kept < k and (rows[i] >= 0).sum() == fetch)
+        if not short or fetch >= n:
+            return out_s, out_r
+        fetch = min(n, fetch * 4)
+
+
 def search(library: ReferenceLibrary, features: np.ndarray, k: int = DEFAULT_K,
            exclude: Sequence[np.ndarray | None] | None = None, names: Sequence[str] | None = None,
            thumbnails: bool = True) -> list[SimilarCases]:
@@ -193,7 +225,7 @@ def search(library: ReferenceLibrary, features: np.ndarray, k: int = DEFAULT_K,
         raise LibraryModelMismatchError(f"reference library {library.path} holds {library.feature_dim}-dim "
                                         f"embeddings, the query has {q.shape[1]}: it was built with another model")
     else:
-        sims, rows = library.index().search(q, int(k), exclude)
+        sims, rows = _one_per_lesion(library, q, int(k), exclude)
     meta = library.rows
     results = []
     for i in range(len(q)):

@@ -31,6 +31,8 @@ def test_writes_change_json_and_pictures_without_exif(pair, tmp_path, capsys):
     assert all(key in data for key in REQUIRED)
     assert data["aligned"] is True and abs(data["area_change"] - truth) <= 0.10
     assert data["risk_before"] is None and data["risk_after"] is None  # --no-model
+    assert (data["before"], data["after"]) == ("visit1.png", "visit2.png")  # no folder (names a patient, often)
+    assert str(tmp_path) not in (out / "change.json").read_text()
     assert any(f.startswith("lesion grew by") for f in data["flags"])
     for name in ("comparison.png", "change_map.png"):
         with Image.open(out / name) as picture:

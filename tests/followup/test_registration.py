@@ -49,6 +49,21 @@ def test_matrix_is_in_the_photos_own_pixels_at_any_working_resolution():
     assert grid_error(reg.matrix, synthetic.matrix, truth) <= 2.0  # measured in 240-px pixels
 
 
+@pytest.mark.parametrize("baseline_side", [300, 160])
+def test_a_small_baseline_is_not_taken_for_a_zoom(baseline_side):
+    """Below the working side a photo is not upsampled: its smaller size must not read as a camera zoom."""
+    import cv2
+
+    before, truth = lesion_photo(4, size=240)
+    synthetic = make_follow_up(before, FollowUpParams(angle_deg=6, zoom=1.25), truth, seed=4)
+    after = cv2.resize(synthetic.image, (700, 700), interpolation=cv2.INTER_CUBIC)  # a finer camera
+    small = cv2.resize(before, (baseline_side, baseline_side), interpolation=cv2.INTER_AREA)
+    mask = cv2.resize(truth.astype(np.uint8), (baseline_side, baseline_side), interpolation=cv2.INTER_NEAREST) > 0
+    reg = register_visits(small, after, mask, None)
+    assert reg.aligned, reg.reason
+    assert reg.scale == pytest.approx(1 / 1.25, rel=0.03)  # the camera's zoom, not 300/512 of it
+
+
 def test_unrelated_photos_are_not_aligned():
     first, _ = lesion_photo(10, size=160)
     second, _ = lesion_photo(11, size=160)

@@ -44,7 +44,8 @@ def test_viewer_shows_similar_cases_from_the_library(env, refs):
     [item] = session_uploads(at).values()
     [result] = item.similar.values()
     assert isinstance(result, SimilarCases) and len(result.neighbours) == 10 and result.library == "clinic_a"
-    vote = f"{result.vote.n_malignant} of 10 most similar were malignant"
+    verb = "was" if result.vote.n_malignant == 1 else "were"
+    vote = f"{result.vote.n_malignant} of 10 most similar {verb} malignant"
     assert vote in texts(at.markdown)
     assert "Enlarge the similar cases" in [e.label for e in at.expander]
     captions = [img.proto.imgs[0].caption for img in at.main.get("image")]
@@ -55,6 +56,12 @@ def test_viewer_shows_similar_cases_from_the_library(env, refs):
         at.sidebar.selectbox(key="reference_picker").value))
     at.run()
     assert next(iter(session_uploads(at).values())).similar == item.similar  # searched once, then reused
+    # A lesion ID typed for the image keeps that lesion's own library photos out of its similar cases.
+    own = result.neighbours[0].lesion_id
+    at.text_input(key=f"lid_{item.id}").set_value(own).run()
+    assert not at.exception
+    again = [r for key, r in session_uploads(at)[item.id].similar.items() if key[3] == own]
+    assert len(again) == 1 and own not in {n.lesion_id for n in again[0].neighbours} and again[0].n_excluded >= 1
 
 
 def test_without_a_library_the_panel_says_how_to_build_one(env, tmp_path):

@@ -138,6 +138,29 @@ def test_rerun_of_a_complete_library_embeds_nothing(twin_library, predictor, mon
     pd.testing.assert_frame_equal(before.rows, after.rows)
 
 
+def test_an_update_takes_todays_labels_and_ids_and_re_embeds_a_replaced_image(tmp_path, predictor, monkeypatch):
+    csv = write_twin_dataset(tmp_path, n_pairs=3)
+    out = tmp_path / "lib"
+    build_library(load_table(csv, check_images=False), out, predictor, progress=False)
+    rows = pd.read_csv(csv)
+    first, second = rows["image"].iloc[0], rows["image"].iloc[1]
+    rows.loc[0, ["diagnosis", "label"]] = ["NV", 0]  # histology corrected the first lesion
+    rows["patient_id"] = "P1"  # and every image turns out to be one patient's
+    rows.to_csv(csv, index=False)
+    Image.fromarray(varied_image(np.random.default_rng(99), 48)).save(tmp_path / "images" / second)  # new file
+    embedded = []
+    real_embed = build_mod._embed_chunk
+    monkeypatch.setattr(build_mod, "_embed_chunk",
+                        lambda p, todo, *a: embedded.extend(r["image_id"] for r in todo) or real_embed(p, todo, *a))
+    report = build_library(load_table(csv, check_images=False), out, predictor, progress=False)
+    table = load_table(csv, check_images=False)
+    assert embedded == [table["image_id"].iloc[1]] and (report.n_reused, report.n_embedded) == (5, 1)
+    library = ReferenceLibrary.load(out)
+    stored = library.rows.set_index("image")
+    assert (stored.loc[first, "diagnosis"], int(stored.loc[first, "malignant"])) == ("NV", 0)
+    assert set(library.rows["patient_id"]) == {"P1"}
+
+
 def test_library_of_another_model_is_refused_then_rebuilt(tmp_path, predictor, other_predictor):
     csv = write_twin_dataset(tmp_path, n_pairs=2)
     table = load_table(csv, check_images=False)

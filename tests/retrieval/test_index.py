@@ -71,3 +71,20 @@ def test_hnsw_agrees_with_exact_search_and_caches_its_graph(tmp_path, monkeypatc
     assert built == [False] and np.array_equal(again.search(queries, 10)[1], got)
     make_index(x, exact_max=100, cache_dir=tmp_path, cache_key="build-2")
     assert built == [False, True]
+
+
+def test_a_cached_graph_that_does_not_fit_the_embeddings_is_rebuilt(tmp_path):
+    """The stamp and the graph share one file; a graph of another size is never searched."""
+    pytest.importorskip("faiss", reason="faiss-cpu is optional (pip install -e .[retrieval])")
+    import json
+
+    old, new = clustered(400, dim=16), clustered(300, dim=16, seed=5)
+    make_index(old, kind="hnsw", cache_dir=tmp_path, cache_key="build-1")
+    stale = (tmp_path / "ann_hnsw.faiss").read_bytes().partition(b"\n")[2]  # the old build's graph
+    stamp = json.dumps({"build_id": "build-2", "rows": 300, "dim": 16, "m": index_mod.HNSW_M,
+                        "ef_construction": index_mod.HNSW_EF_CONSTRUCTION}).encode()
+    (tmp_path / "ann_hnsw.faiss").write_bytes(stamp + b"\n" + stale)  # whatever wrote it, it does not fit
+    index = make_index(new, kind="hnsw", cache_dir=tmp_path, cache_key="build-2")
+    assert len(index) == 300
+    _, rows = index.search(new[:5], 10)
+    assert (rows < 300).all() and (rows[:, 0] == np.arange(5)).all()

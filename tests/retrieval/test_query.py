@@ -97,3 +97,26 @@ def test_prepared_query_reuses_its_network_input_and_still_excludes_its_own_file
     assert result.n_excluded == 1 and table["image_id"].iat[0] not in [n.image_id for n in result.neighbours]
     fresh = similar_cases(predictor, ("upload.png", path.read_bytes()), out, k=16)
     assert len(calls) == 1 and [n.image_id for n in fresh.neighbours] == [n.image_id for n in result.neighbours]
+
+
+def test_several_photos_of_one_lesion_are_one_neighbour(tmp_path, predictor):
+    import pandas as pd
+
+    from backend.data.formats import load_table
+    from backend.retrieval.build import build_library
+    from tests.retrieval.conftest import write_twin_dataset
+
+    csv = write_twin_dataset(tmp_path, n_pairs=4)
+    rows = pd.read_csv(csv)
+    rows.loc[2:, "lesion_id"] = ["LA", "LA", "LB", "LB", "LC", "LC"]  # rows 2-7: three lesions, two photos each
+    rows.to_csv(csv, index=False)
+    out = tmp_path / "lib"
+    build_library(load_table(csv, check_images=False), out, predictor, progress=False)
+    library = ReferenceLibrary.load(out)
+    query = load_png(tmp_path / "images" / rows["image"].iloc[0])
+    found = similar_cases(predictor, query, library, k=10)
+    lesions = [n.lesion_id for n in found.neighbours]
+    assert len(lesions) == len(set(lesions)) == 4  # row 1 and LA, LB, LC: each lesion votes once
+    assert found.vote.k == 4
+    sims = [n.similarity for n in found.neighbours]
+    assert sims == sorted(sims, reverse=True) and [n.rank for n in found.neighbours] == [1, 2, 3, 4]
