@@ -1,11 +1,11 @@
-"""Training-step speed of each backbone: forward + backward images/s on the CPU, vs timm ResNet-18.
+"""Training-step speed of each backbone: forward + backward images/s on the CPU, vs a LesionNet on timm ResNet-18.
 
 Each model is the full LesionNet (backbone + metadata branch + heads, as ``build_model`` makes it)
 in train mode; one step is a forward pass of a random batch with metadata and a backward pass of
 a scalar loss (no optimiser step). After one warm-up step, steps repeat until ``--min_time``
 seconds have passed (at least 2, at most ``--max_steps``) and the median step time gives the
-rate (robust to a step slowed by other work on the machine). timm ResNet-18 runs in the same process as the
-baseline, so the ratio column compares models on the same machine and load.
+rate (robust to a step slowed by other work on the machine). The same LesionNet on a timm ResNet-18
+backbone runs in the same process as the baseline, so the ratio column compares models on the same machine and load.
 
     python benchmarks/model_forward.py                       # all backbones, 128 and 224 px, batch 8
     python benchmarks/model_forward.py --backbones dermaresnet_se_18 vit_small_patch16_224 --sizes 224

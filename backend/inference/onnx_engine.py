@@ -2,7 +2,7 @@
 
 A bundle exported with ``--onnx`` carries ``model.onnx``: the same LesionNet with the bundle's
 calibration temperature and thickness de-normalisation built in (``backend.io.onnx``). On this
-project's 2-core CPU, ONNX Runtime runs it several times faster than eager PyTorch at batch 1
+project's 2-core CPU, ONNX Runtime runs it about 1.7x faster than eager PyTorch at batch 1 (more on a busy machine)
 (``benchmarks/inference.py`` prints both, with the largest difference between their outputs), so
 :class:`~backend.inference.predictor.Predictor` predicts through it when it can:
 

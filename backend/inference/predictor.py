@@ -236,13 +236,22 @@ class Predictor:
         Accepts what :func:`~backend.inference.inputs.prepare_input` does: an RGB uint8 array, a file
         path, ``(name, bytes)``, ``(name, array)``, raw bytes, a file-like upload with ``.name`` or a
         :class:`PreparedInput` (returned as is). Large files are decoded at reduced size (short side
-        not below the network input side).
+        not below :attr:`decode_side`).
 
         Raises:
             ImageLoadError: The image cannot be decoded (message names it and the reason).
             ConfigError: An array that is not HxWx3 uint8, or an unsupported input type.
         """
-        return prepare_input(item, index, self.img_size)
+        return prepare_input(item, index, self.decode_side)
+
+    @property
+    def decode_side(self) -> int:
+        """Short side a large file is decoded at, at least: the network input and the focus measure's side.
+
+        The blur check measures sharpness at ``quality.blur_side`` (224 px) and never upsamples, so a
+        file decoded below it would read sharper than it is, depending on its size alone.
+        """
+        return max(self.img_size, int(self.quality.blur_side))
 
     def load(self, item: Any, index: int = 0) -> tuple[str, np.ndarray]:
         """``(name, HxWx3 uint8 RGB)`` of one input, decoded exactly as :meth:`predict` does (see :meth:`prepare`)."""
@@ -350,7 +359,7 @@ class Predictor:
         if num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
         tta = self.tta if tta is None else bool(tta)
-        dataset = InputDataset(images, metadata, names, self.img_size, self.preprocessor,
+        dataset = InputDataset(images, metadata, names, self.decode_side, self.preprocessor,
                                self.encoder if use_metadata else None, self.quality if predictions else None,
                                keep_inputs)
         loader: Any = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=num_workers,

@@ -123,3 +123,20 @@ def test_feature_stats_round_trip_and_validation():
         FeatureStats.from_parts(stats.summary(), {})
     with pytest.raises(ValueError, match="N >= 4"):
         FeatureStats.fit(feats[:3])
+
+
+def test_the_blur_check_does_not_depend_on_the_files_pixel_size(tmp_path):
+    """A large file is decoded at reduced size, never below the focus measure's side (224 px)."""
+    import io
+
+    from PIL import Image
+
+    predictor = tiny_predictor()  # a 64 px network: without the floor, files would decode far below 224 px
+    scene = cv2.resize(lesions(1, size=96, seed=3)[0], (1024, 768), interpolation=cv2.INTER_CUBIC)
+    blurred = cv2.GaussianBlur(scene, (0, 0), sigmaX=17)
+    buffer = io.BytesIO()
+    Image.fromarray(blurred).save(buffer, format="JPEG", quality=95)
+    prepared = predictor.prepare(("blurred.jpg", buffer.getvalue()))
+    assert min(prepared.image.shape[:2]) >= predictor.quality.blur_side == predictor.decode_side
+    from_file, from_pixels = predictor.predict([("blurred.jpg", buffer.getvalue()), blurred])
+    assert "blurred" in from_pixels.flags and "blurred" in from_file.flags
