@@ -14,7 +14,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pandas as pd
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from lightning.fabric.utilities.seed import pl_worker_init_function
+from torch.utils.data import DataLoader, WeightedRandomSampler, get_worker_info
 
 from backend.data.config import DataConfig
 from backend.data.dataset import LesionDataset, encode_targets
@@ -69,6 +70,23 @@ def sample_weights(diagnosis_index: np.ndarray, label: np.ndarray) -> np.ndarray
     keys = np.where(diagnosis_index >= 0, diagnosis_index, len(DIAGNOSES) + (label > 0))
     counts = np.bincount(keys)
     return (1.0 / counts[keys]).astype(np.float64)
+
+
+def seed_worker_augmentations(worker_id: int) -> None:
+    """Give each DataLoader worker its own augmentation stream, derived from the run's seed.
+
+    albumentations' ``Compose`` keeps its own random state, which every forked worker would inherit:
+    worker 0's and worker 1's i-th images would get the same crop, flip and colour. Each worker
+    reseeds its dataset's transforms from its torch seed (the run's seed, the epoch's base seed and
+    the worker id), after Lightning's own seeding of ``random``, numpy and torch.
+    """
+    pl_worker_init_function(worker_id)
+    info = get_worker_info()
+    seed = int(info.seed) % 2**31
+    for offset, name in enumerate(("transform", "transform1", "transform2")):  # BYOL's two views differ
+        transform = getattr(info.dataset, name, None)
+        if hasattr(transform, "set_random_seed"):
+            transform.set_random_seed(seed + offset)
 
 
 class LesionDataModule(L.LightningDataModule):
@@ -156,6 +174,7 @@ class LesionDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
+            worker_init_fn=seed_worker_augmentations if workers > 0 else None,
             pin_memory=False,
             drop_last=drop_last,
         )

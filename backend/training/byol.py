@@ -34,7 +34,7 @@ from backend.models.config import ModelConfig
 from backend.models.lesion_net import backbone_kwargs
 from backend.models.registry import Backbone, create_backbone
 from backend.training.byol_config import ByolConfig, byol_config_from
-from backend.training.schedules import cosine_momentum, warmup_cosine
+from backend.training.schedules import cosine_momentum, keep_configured_schedules, warmup_cosine
 
 
 def build_backbone(cfg: ModelConfig, img_size: int) -> Backbone:
@@ -186,6 +186,10 @@ class BYOLModule(L.LightningModule):
         wd = self.cfg.optim.weight_decay
         return [{"name": "decay", "params": decay, "weight_decay": wd},
                 {"name": "no_decay", "params": no_decay, "weight_decay": 0.0}]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run follows the LR schedule of its own config (e.g. more epochs), from the saved step."""
+        keep_configured_schedules(checkpoint)
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW (or SGD) over :meth:`param_groups`, per-step linear warm-up then cosine decay."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.config import from_dict, read_yaml, save_config, to_dict
+from backend.data.datamodule import seed_worker_augmentations
 from backend.data.transforms import preprocessing_dict
 from backend.data.unlabelled import UnlabelledImageDataset
 from backend.errors import CheckpointError, ConfigError
@@ -362,7 +363,8 @@ def pretrain(cfg: ByolConfig, callbacks: list[Any] | None = None) -> PretrainRes
         raise ConfigError(f"only {len(dataset)} images under {cfg.data.dirs}: fewer than data.batch_size "
                           f"({cfg.data.batch_size}); lower --batch_size")
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
-                        num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
+                        num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
+                        worker_init_fn=seed_worker_augmentations if cfg.data.num_workers > 0 else None)
     module = BYOLModule(to_dict(cfg))
     if resume_ckpt is None and cfg.model.bn_reestimate_batches > 0 and (cfg.model.pretrained_path
                                                                          or cfg.model.pretrained):

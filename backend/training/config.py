@@ -185,6 +185,9 @@ class SupervisedTrainerConfig(TrainerConfig):
             step (0 = off; Lightning's ``EMAWeightAveraging``): validation, ``best.ckpt`` and
             ``last.ckpt`` then hold the averaged weights (``last.ckpt`` keeps the raw ones too, to
             resume). 0.997 averages over about the last 330 steps.
+        on_nonfinite: On a NaN/inf loss or gradient: ``stop`` (dump the state, skip the step, stop
+            training, so ``last.ckpt`` keeps finite weights), ``raise`` or ``skip`` (dump, skip the
+            step, go on); ``backend.training.monitor.GradWeightMonitor``.
     """
 
     monitor: str = "val/auroc_malignant"
@@ -193,10 +196,13 @@ class SupervisedTrainerConfig(TrainerConfig):
     limit_val_batches: float = 1.0
     fast_dev_run: bool = False
     ema_decay: float = 0.0
+    on_nonfinite: str = "stop"
 
     def validate(self) -> None:
         """The checks of :class:`TrainerConfig` plus a non-negative patience and an EMA decay in [0, 1)."""
         super().validate()
+        if self.on_nonfinite not in ("stop", "raise", "skip"):
+            raise ConfigError(f"trainer.on_nonfinite must be one of stop, raise, skip; got {self.on_nonfinite!r}")
         if self.early_stop < 0:
             raise ConfigError(f"trainer.early_stop must be >= 0, got {self.early_stop}")
         if not 0 <= self.ema_decay < 1:

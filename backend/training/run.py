@@ -26,6 +26,8 @@ from pathlib import Path
 from backend.config import from_dict, read_yaml, save_config, to_dict
 from backend.data.datamodule import LesionDataModule
 from backend.data.transforms import preprocessing_dict
+from backend.errors import ConfigError
+from backend.files import safe_torch_load
 from backend.models.batchnorm import reestimate_batchnorm
 from backend.models.heads import ThicknessScaler
 from backend.models.lesion_net import build_experiment_model
@@ -33,6 +35,7 @@ from backend.training.checkpoint_io import SafeCheckpointIO, remove_stale_temp_f
 from backend.training.config import ExperimentConfig
 from backend.training.lightning_trainer import lightning_trainer
 from backend.training.memory_format import ChannelsLast
+from backend.training.monitor import GradWeightMonitor
 from backend.training.run_dirs import (
     keep_metrics_csv,
     next_version_dir,
@@ -112,6 +115,25 @@ def prepare_resume(cfg: ExperimentConfig, run_dir: Path) -> None:
         cfg.data.split_csv = str(splits)
 
 
+def refuse_double_imbalance_correction(cfg: ExperimentConfig) -> None:
+    """Refuse to train with class-balanced sampling and a loss that corrects for the imbalance as well.
+
+    Either one makes rare diagnoses count as much as common ones; both together over-correct. Checked
+    when training starts, not when a config loads, so checkpoints written before still load.
+
+    Raises:
+        ConfigError: Naming the keys to choose between.
+    """
+    if not cfg.data.balanced_sampler:
+        return
+    if cfg.loss.class_weighted:
+        raise ConfigError("data.balanced_sampler and loss.class_weighted both correct for class imbalance; "
+                          "set loss.class_weighted=false to sample, or data.balanced_sampler=false to weight")
+    if cfg.loss.logit_adjustment > 0:
+        raise ConfigError(f"data.balanced_sampler and loss.logit_adjustment ({cfg.loss.logit_adjustment}) both "
+                          "correct for class imbalance; keep one of them")
+
+
 def _trainer_strategy(cfg: ExperimentConfig):
     """DDP with a frozen first stage needs ``find_unused_parameters`` (frozen params get no grad)."""
     strategy = cfg.trainer.strategy
@@ -156,6 +178,8 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path):
         callbacks.append(ChannelsLast())
     if t.early_stop > 0:
         callbacks.append(EarlyStopping(monitor=t.early_stop_metric, mode="max", patience=t.early_stop))
+    # A NaN/inf loss or gradient never reaches the weights (or the average, or last.ckpt): dumped and stopped.
+    callbacks.append(GradWeightMonitor(on_nonfinite=t.on_nonfinite, dump_dir=run_dir / "dumps"))
     if t.ema_decay > 0:  # validated and checkpointed on the averaged weights
         callbacks.append(EMAWeightAveraging(decay=t.ema_decay))
     return lightning_trainer(
@@ -227,6 +251,7 @@ def fit(cfg: ExperimentConfig, test: bool = True) -> RunResult:
     import lightning as L
 
 
+    refuse_double_imbalance_correction(cfg)
     run_dir, resume_ckpt = resolve_run_dir(cfg)
     if resume_ckpt is not None:
         prepare_resume(cfg, run_dir)
@@ -268,6 +293,11 @@ def fit(cfg: ExperimentConfig, test: bool = True) -> RunResult:
     best = Path(ckpt_cb.best_model_path) if ckpt_cb and ckpt_cb.best_model_path else None
     last = run_dir / "ckpts" / "last.ckpt"
     if test and not cfg.trainer.fast_dev_run and datamodule.has_split("test"):
-        trainer.test(module, datamodule=datamodule, ckpt_path=str(best) if best else None)
+        # The weights validation chose, as export will load them: with ``trainer.ema_decay`` the
+        # checkpoint's state_dict is the average, which ``ckpt_path=best`` would swap for the raw
+        # weights (Lightning's weight averaging restores those when a checkpoint is loaded).
+        if best is not None:
+            module.load_state_dict(safe_torch_load(best)["state_dict"])
+        trainer.test(module, datamodule=datamodule)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     return RunResult(run_dir, best, last if last.is_file() else None, metrics)

@@ -10,7 +10,7 @@ its plain-number attributes, so the schedule resumes from a checkpoint loaded wi
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from backend.errors import ConfigError
 
@@ -87,3 +87,16 @@ def cosine_momentum(step: int, total: int, base: float = 0.996, final: float = 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # lightly warns once past total; we clamp
         return cosine_schedule(step, total, base, final)
+
+
+def keep_configured_schedules(checkpoint: dict[str, Any]) -> None:
+    """Let a resumed run follow the schedule its config builds, not the one saved in its checkpoint.
+
+    ``LambdaLR.load_state_dict`` copies the saved multiplier's attributes (``total_steps``...) over
+    the new one, so a run resumed with more epochs would spend every extra epoch at the floor LR.
+    Dropping the saved multipliers keeps the scheduler's step count and uses the schedule of the
+    resumed run's own ``trainer.max_epochs``. Call from ``LightningModule.on_load_checkpoint``.
+    """
+    for state in checkpoint.get("lr_schedulers") or []:
+        if isinstance(state, dict) and "lr_lambdas" in state:
+            state["lr_lambdas"] = [None] * len(state["lr_lambdas"])

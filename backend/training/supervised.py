@@ -32,7 +32,7 @@ from backend.training.losses import (
     logit_adjustment_offsets,
     malignancy_loss,
 )
-from backend.training.schedules import warmup_cosine
+from backend.training.schedules import keep_configured_schedules, warmup_cosine
 
 
 class LesionModule(L.LightningModule):
@@ -184,6 +184,10 @@ class LesionModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         """Compute, log and reset the test metrics."""
         self._log_epoch(self.test_metrics, self.test_extra)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run follows the LR schedule of its own config (e.g. more epochs), from the saved step."""
+        keep_configured_schedules(checkpoint)
 
     def on_train_epoch_start(self) -> None:
         """Stage 1 (backbone frozen) for ``freeze_epochs`` epochs, then full fine-tuning."""

@@ -151,3 +151,32 @@ def test_normalisation_comes_from_the_config_when_set(rng):
     assert preprocessing_dict(DataConfig(img_size=16))["mean"] == list(IMAGENET_MEAN)
     with pytest.raises(ConfigError, match="data.std"):
         DataConfig(std=[0.5, 0.0, 0.5]).validate()
+
+
+class _OneImage(torch.utils.data.Dataset):
+    """The same lesion, augmented anew at every index (what a training loader's workers see)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+        self.image = make_lesion_image(np.random.default_rng(0), 48)
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return self.transform(image=self.image)["image"]
+
+
+def test_each_loader_worker_augments_differently_and_reproducibly():
+    from backend.data.datamodule import seed_worker_augmentations
+
+    def draw(seed):
+        torch.manual_seed(seed)
+        loader = torch.utils.data.DataLoader(_OneImage(build_train_transform(DataConfig(img_size=32))), batch_size=1,
+                                             num_workers=2, worker_init_fn=seed_worker_augmentations)
+        return [batch[0] for batch in loader]  # worker 0 gives items 0 and 2, worker 1 items 1 and 3
+
+    first = draw(7)
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[2], first[3])  # workers differ
+    assert all(torch.equal(a, b) for a, b in zip(first, draw(7), strict=True))  # the same seed, the same run
+    assert not all(torch.equal(a, b) for a, b in zip(first, draw(8), strict=True))

@@ -60,3 +60,15 @@ def test_ema_checkpoints_hold_the_averaged_weights_and_resume(dataset, tmp_path)
 def test_without_ema_the_checkpoint_has_no_average(dataset, tmp_path):
     plain = safe_torch_load(fit(tiny_cfg(dataset, tmp_path, trainer={"max_epochs": 1}), test=False).last_ckpt)
     assert "current_model_state" not in plain and "averaging_state" not in plain
+
+
+def test_the_test_split_is_scored_with_the_averaged_weights_validation_chose(dataset, tmp_path, monkeypatch):
+    tested = []
+    monkeypatch.setattr(LesionModule, "on_test_start", lambda self: tested.append(
+        {k: v.detach().clone() for k, v in self.state_dict().items()}))
+    result = fit(tiny_cfg(dataset, tmp_path, trainer={"max_epochs": 1, "ema_decay": 0.5}), test=True)
+    best = safe_torch_load(result.best_ckpt)
+    averaged, raw = best["state_dict"], best["current_model_state"]
+    assert len(tested) == 1 and "test/balanced_accuracy" in result.metrics
+    differ = [k for k in averaged if averaged[k].is_floating_point() and not torch.equal(averaged[k], raw[k])]
+    assert differ and all(torch.equal(tested[0][k], averaged[k]) for k in differ)  # the average, not the raw

@@ -85,6 +85,10 @@ def test_resume_continues_to_the_same_global_step(dataset, tmp_path):
     full_ckpt, resumed_ckpt = safe_torch_load(full.last_ckpt), safe_torch_load(resumed.last_ckpt)
     assert resumed_ckpt["epoch"] == full_ckpt["epoch"] == 1
     assert resumed_ckpt["global_step"] == full_ckpt["global_step"] == 2 * step_after_one
+    # Resumed with more epochs, the run follows the 2-epoch schedule (not the saved 1-epoch one).
+    full_lr, resumed_lr = full_ckpt["lr_schedulers"][0], resumed_ckpt["lr_schedulers"][0]
+    assert resumed_lr["lr_lambdas"][0]["total_steps"] == full_lr["lr_lambdas"][0]["total_steps"] == 2 * step_after_one
+    assert resumed_lr["_last_lr"] == pytest.approx(full_lr["_last_lr"])
     assert abs(resumed.metrics["val/loss"] - full.metrics["val/loss"]) < 0.5
 
 
@@ -123,6 +127,37 @@ def test_resume_with_another_model_or_table_is_refused_before_anything_is_writte
     with pytest.raises(ConfigError, match=r"data.img_size: run has 32, now 48"):
         fit(tiny_cfg(dataset, tmp_path, data={"img_size": 48}, resume_version=0), test=False)
     assert all(path.read_bytes() == data for path, data in files.items())
+
+
+def test_a_nan_loss_stops_training_with_finite_weights_and_a_dump(dataset, tmp_path, monkeypatch):
+    from backend.training.supervised import LesionModule
+
+    step = LesionModule.training_step
+
+    def nan_on_the_third_step(self, batch, batch_idx):
+        loss = step(self, batch, batch_idx)
+        return loss * float("nan") if self.global_step == 2 else loss
+
+    monkeypatch.setattr(LesionModule, "training_step", nan_on_the_third_step)
+    result = fit(tiny_cfg(dataset, tmp_path, trainer={"max_epochs": 3}), test=False)
+    last = safe_torch_load(result.last_ckpt)
+    assert last["global_step"] <= 3  # stopped at the NaN, not after three epochs
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    assert list((result.run_dir / "dumps").glob("nonfinite_step*.pt"))
+    with pytest.raises(ConfigError, match="trainer.on_nonfinite"):
+        tiny_cfg(dataset, tmp_path, trainer={"on_nonfinite": "ignore"})
+
+
+def test_balanced_sampling_with_a_correcting_loss_is_refused(dataset, tmp_path):
+    with pytest.raises(ConfigError, match="data.balanced_sampler and loss.class_weighted"):
+        fit(tiny_cfg(dataset, tmp_path, data={"balanced_sampler": True}), test=False)
+    with pytest.raises(ConfigError, match="data.balanced_sampler and loss.logit_adjustment"):
+        fit(tiny_cfg(dataset, tmp_path, data={"balanced_sampler": True},
+                     loss={"class_weighted": False, "logit_adjustment": 1.0}), test=False)
+    assert not (tmp_path / "cpu_tiny").exists()  # refused before any run folder was made
+    ok = fit(tiny_cfg(dataset, tmp_path, data={"balanced_sampler": True}, loss={"class_weighted": False},
+                      trainer={"fast_dev_run": True}), test=False)
+    assert ok.run_dir.is_dir()
 
 
 def test_resume_of_a_missing_version_is_a_clear_error(dataset, tmp_path):
