@@ -120,3 +120,21 @@ def build_auxiliary_metrics(prefix: str = "") -> MetricCollection:
         prefix: Prepended to the keys, e.g. ``val/``.
     """
     return MetricCollection({"auroc_malignant": BinaryAUROC(), "thickness_mae_mm": MeanAbsoluteError()}, prefix=prefix)
+
+
+def updated_on_any_rank(metrics: list[Any]) -> list[bool]:
+    """Per metric, whether any process updated it this epoch (the local answer without DDP).
+
+    ``compute()`` gathers every process's state, so under DDP all processes must compute the same
+    metrics: a process whose shard had, say, no melanoma with an exact thickness still joins the
+    gather (with an empty state) when another one had some. Deciding per process would leave the
+    others waiting in the gather forever.
+    """
+    local = [bool(getattr(metric, "update_called", True)) for metric in metrics]
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or not metrics:
+        return local
+    flags = torch.tensor(local, dtype=torch.float32)
+    if torch.distributed.get_backend() == "nccl":
+        flags = flags.cuda()
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return [bool(v) for v in flags.cpu().tolist()]

@@ -202,7 +202,9 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path):
         logger=loggers,
         callbacks=callbacks,
         plugins=[SafeCheckpointIO()],  # atomic same-folder writes, weights_only reads (resume included)
-        use_distributed_sampler=not cfg.data.balanced_sampler,
+        # Under DDP every loader is sharded, the class-balanced sampler too (Lightning wraps it in a
+        # DistributedSamplerWrapper: each process trains on its own share of the balanced draw).
+        use_distributed_sampler=True,
     )
 
 

@@ -11,6 +11,7 @@ preprocessing) is stored as plain-data hyper-parameters, so checkpoints load wit
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import lightning as L
@@ -21,7 +22,7 @@ from torchmetrics import MetricCollection
 from backend.config import from_dict
 from backend.data.schema import DIAGNOSES, MELANOMA_INDEX
 from backend.errors import ConfigError
-from backend.metrics.collection import build_auxiliary_metrics, build_classification_metrics
+from backend.metrics.collection import build_auxiliary_metrics, build_classification_metrics, updated_on_any_rank
 from backend.metrics.plots import confusion_matrix_image
 from backend.models.heads import ThicknessScaler
 from backend.models.lesion_net import malignant_log_prob
@@ -153,10 +154,13 @@ class LesionModule(L.LightningModule):
     def _log_epoch(self, metrics: MetricCollection, extra: MetricCollection) -> None:
         values: dict[str, torch.Tensor] = {}
         for collection in (metrics, extra):
-            for name, metric in collection.items(keep_base=False, copy_state=False):
-                if not getattr(metric, "update_called", True):
-                    continue  # e.g. no exact thickness label in this split
-                value = metric.compute()
+            items = list(collection.items(keep_base=False, copy_state=False))
+            for (name, metric), updated in zip(items, updated_on_any_rank([m for _, m in items]), strict=True):
+                if not updated:
+                    continue  # e.g. no exact thickness label in this split, on any process
+                with warnings.catch_warnings():  # a process whose shard had none joins with an empty state
+                    warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+                    value = metric.compute()
                 if value.numel() == 1:
                     values[name] = value.float()
                 else:

@@ -252,20 +252,24 @@ def test_ddp_two_cpu_processes(dataset, tmp_path):
               "--img_size", "32", "--batch_size", "4", "--max_epochs", "1", "--accelerator", "cpu", "--no_test",
               "trainer.limit_train_batches=1.0", "trainer.limit_val_batches=1.0"]
     runs = {}
-    for name, extra in {"single": ["--devices", "1"], "ddp": ["--devices", "2", "--strategy", "ddp"]}.items():
+    balanced = ["data.balanced_sampler=true", "loss.class_weighted=false"]  # overrides follow common's own
+    for name, extra in {"single": ["--devices", "1"], "ddp": ["--devices", "2", "--strategy", "ddp"],
+                        "ddp_balanced": [*balanced, "--devices", "2", "--strategy", "ddp"]}.items():
         proc = subprocess.run(
             [sys.executable, "-m", "scripts.train", *common, *extra, "--log_dir", str(tmp_path / name)],
             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = tmp_path / name / "cpu_tiny" / "version_0"
-        if name == "ddp":
+        if name.startswith("ddp"):
             assert "GLOBAL_RANK: 1" in proc.stderr + proc.stdout
     single = safe_torch_load(runs["single"] / "ckpts" / "last.ckpt")
     ddp = safe_torch_load(runs["ddp"] / "ckpts" / "last.ckpt")
     n_train = int((pd.read_csv(runs["ddp"] / "splits.csv")["split"] == "train").sum())
     assert single["global_step"] == n_train // 4  # batch 4, the last partial batch dropped
     assert ddp["global_step"] == -(-n_train // 2) // 4  # each rank saw its half of the rows
+    balanced_ckpt = safe_torch_load(runs["ddp_balanced"] / "ckpts" / "last.ckpt")
+    assert balanced_ckpt["global_step"] == ddp["global_step"]  # the balanced draw is shared out too
     assert not list((tmp_path / "ddp" / "cpu_tiny").glob("version_1"))  # both ranks wrote one run folder
     loaded = load_lesion_checkpoint(runs["ddp"] / "ckpts" / "last.ckpt")
     assert loaded.net(torch.zeros(1, 3, 32, 32)).diagnosis_logits.shape == (1, 8)
