@@ -119,7 +119,9 @@ def build_auxiliary_metrics(prefix: str = "") -> MetricCollection:
     Args:
         prefix: Prepended to the keys, e.g. ``val/``.
     """
-    return MetricCollection({"auroc_malignant": BinaryAUROC(), "thickness_mae_mm": MeanAbsoluteError()}, prefix=prefix)
+    # ignore_index: a row whose benign/malignant label is unknown (-1) is left out, not counted benign.
+    return MetricCollection({"auroc_malignant": BinaryAUROC(ignore_index=-1), "thickness_mae_mm": MeanAbsoluteError()},
+                            prefix=prefix)
 
 
 def updated_on_any_rank(metrics: list[Any]) -> list[bool]:

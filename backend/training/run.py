@@ -135,9 +135,14 @@ def refuse_double_imbalance_correction(cfg: ExperimentConfig) -> None:
 
 
 def _trainer_strategy(cfg: ExperimentConfig):
-    """DDP with a frozen first stage needs ``find_unused_parameters`` (frozen params get no grad)."""
+    """DDP with parameters that get no gradient in a step needs ``find_unused_parameters``.
+
+    That is a frozen first stage (frozen parameters), and metadata fusion without metadata dropout
+    (the learned "metadata missing" embedding is only used when a row's metadata is dropped).
+    """
     strategy = cfg.trainer.strategy
-    if strategy == "ddp" and cfg.optim.freeze_epochs > 0:
+    unused = cfg.optim.freeze_epochs > 0 or (cfg.data.use_metadata and cfg.model.meta_dropout == 0)
+    if strategy == "ddp" and unused:
         from lightning.pytorch.strategies import DDPStrategy
 
         return DDPStrategy(find_unused_parameters=True)

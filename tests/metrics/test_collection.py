@@ -90,3 +90,12 @@ def test_auxiliary_metrics_take_a_prefix_and_match_sklearn(rng):
     out = metrics.compute()
     assert out["val/auroc_malignant"].item() == pytest.approx(roc_auc_score(y, score), abs=1e-6)
     assert out["val/thickness_mae_mm"].item() == pytest.approx(0.75)
+
+
+def test_malignant_auroc_leaves_out_rows_of_unknown_label():
+    from backend.metrics.collection import build_auxiliary_metrics
+
+    metrics = build_auxiliary_metrics("val/")
+    auroc = metrics["auroc_malignant"]
+    auroc.update(torch.tensor([0.9, 0.2, 0.95]), torch.tensor([1, 0, -1]))  # the 0.95 row's label is unknown
+    assert float(auroc.compute()) == pytest.approx(1.0)  # counted as benign it would be 0.5
