@@ -353,8 +353,8 @@ def ood_sentence(ood: dict[str, Any], flag_text: str = "unlike the images the mo
     n = _number(ood.get("n"))
     images = f"{n:.0f} training images" if n is not None else "the training images"
     return (f"Out-of-distribution check: images far from the training images (distance above the "
-            f"{_ordinal(ood.get('percentile', 99))} percentile of {images}) are flagged \"{flag_text}\"; "
-            "their results still show but are unreliable.")
+            f"{_ordinal(ood.get('percentile', 99))} percentile of {images}) are flagged \"{flag_text}\" and "
+            "get the grey light, not assessable: their result is shown only when asked for.")
 
 
 def without_paths(card: dict[str, Any]) -> dict[str, Any]:

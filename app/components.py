@@ -192,7 +192,7 @@ def render_card(upload: Any, pred: Any, is_selected: bool, on_select: Callable[[
         st.markdown(card_header_html(pred), unsafe_allow_html=True)
         st.image(upload.thumbnail, width="stretch", alt=f"Thumbnail of {upload.name}")
         if pred is None:
-            detail = "not analysed yet"
+            detail = "could not be analysed by this model" if getattr(upload, "failure", "") else "not analysed yet"
         elif not assessable(pred):
             detail = "Not assessable: " + " ".join(quality_reasons(pred))
         else:
@@ -326,14 +326,14 @@ def render_thickness(pred: Any, card: dict[str, Any] | None = None) -> None:
     band = pred.thickness_band or "unknown"
     accuracy = band_accuracy_sentence(card or {})
     p_mel = pred.probabilities.get("MEL", 0.0)
-    note = (f"Applies only if the lesion is a melanoma (P(MEL) = {p_mel:.0%}). "
+    note = (f"Applies only if the lesion is a melanoma (P(MEL) = {p_mel:.1%}). "
             + (accuracy + " " if accuracy else "") + "Never a substitute for histopathology.")
-    if melanoma_likely(pred.probabilities):
+    if melanoma_likely(pred.probabilities, suggested=pred.top_class):
         st.markdown("**Breslow thickness (if melanoma)**")
         st.markdown(f"Estimated band **{band}**")
         st.caption(note)
         return
-    with st.expander(f"Breslow thickness (if melanoma): melanoma unlikely here, P(MEL) = {p_mel:.0%}"):
+    with st.expander(f"Breslow thickness (if melanoma): melanoma unlikely here, P(MEL) = {p_mel:.1%}"):
         st.caption(f"Estimated band {band}. {note}")
 
 
@@ -416,8 +416,11 @@ def model_summary_lines(card: dict[str, Any], uses_metadata: bool) -> list[str]:
     lines.append("Inputs: image + age, sex, site" if uses_metadata else "Inputs: image only")
     if card.get("created"):
         lines.append(f"Created: {card['created']}")
-    temperature = (card.get("calibration") or {}).get("temperature")
-    if temperature is not None:
+    calibration = card.get("calibration") or {}
+    temperature = calibration.get("temperature")
+    if str(calibration.get("method", "")).startswith("none"):
+        lines.append("Calibration: none (a raw training checkpoint: its probabilities are not calibrated)")
+    elif temperature is not None:
         lines.append(f"Calibration temperature: {float(temperature):.3g}")
     return lines
 

@@ -107,7 +107,8 @@ def results_csv(uploads: Iterable[Any], model_name: str, model_version: str,
             continue
         row = export_row(upload, model_name, model_version, getattr(upload, "id", None) in shown)
         writer.writerow({k: _safe_cell(v) for k, v in row.items()})
-    return out.getvalue().encode("utf-8")
+    # With a byte-order mark, so a spreadsheet opened by double-click reads accented and non-Latin names right.
+    return out.getvalue().encode("utf-8-sig")
 
 
 def _font(size: int, bold: bool = False) -> Any:

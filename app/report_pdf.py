@@ -81,9 +81,9 @@ def thickness_field(prediction: Any) -> str:
     band = prediction.thickness_band or "unknown"
     p_mel = prediction.probabilities.get("MEL", 0.0)
     caveat = "applies only if the lesion is a melanoma; never a substitute for histopathology"
-    if melanoma_likely(prediction.probabilities):
+    if melanoma_likely(prediction.probabilities, suggested=getattr(prediction, "top_class", None)):
         return f"band {band} ({caveat})"
-    return f"melanoma unlikely here (probability {p_mel:.0%}); if it were one, band {band} ({caveat})"
+    return f"melanoma unlikely here (probability {p_mel:.1%}); if it were one, band {band} ({caveat})"
 
 
 def risk_field(risk: float, risk_cfg: Any = None) -> str:

@@ -71,6 +71,9 @@ class Upload:
         lesion_id: Lesion ID typed in for this image (exported; empty when not given).
         show_anyway: The clinician asked to see the result of this not-assessable image anyway
             (kept here, not only in its toggle, which Streamlit forgets while another image is shown).
+        failure: Why the model could not analyse this image (empty when it could); the image, its
+            metadata and review stay in the worklist.
+        failure_key: (model key, metadata) the failure happened with: not retried until one changes.
     """
 
     id: str
@@ -86,6 +89,8 @@ class Upload:
     patient_id: str = ""
     lesion_id: str = ""
     show_anyway: bool = False
+    failure: str = ""
+    failure_key: tuple | None = None
 
     @property
     def name(self) -> str:
@@ -113,6 +118,10 @@ class Upload:
     def metadata_for_model(self) -> dict[str, Any]:
         """Metadata as ``Predictor.predict`` takes it (unknown values left out)."""
         return {k: v for k, v in self.metadata.items() if v not in (None, "")}
+
+    def failed_with(self, model_key: str) -> bool:
+        """Whether this model already failed on the image with its current metadata (no retry at every rerun)."""
+        return self.failure_key == (model_key, self.metadata_key())
 
     def is_current(self, model_key: str) -> bool:
         """Whether the stored prediction belongs to this model and the current metadata."""

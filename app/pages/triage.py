@@ -105,6 +105,9 @@ def ingest(files: list[Any]) -> None:
         except DermaLensError as err:
             errors[file.file_id] = str(err)
             continue
+        except Exception as err:  # a decoder bug on one file never takes the page (or the other files) down
+            errors[file.file_id] = f"{file.name}: could not be read: {ui.error_words(err)}"
+            continue
         uid = state.upload_id(file.name, data)
         seen[file.file_id] = uid
         state.add_upload(state.Upload(uid, prepared, ui.thumbnail_png(prepared.image)))
@@ -113,7 +116,7 @@ def ingest(files: list[Any]) -> None:
 
 def predict_pending(model: resources.LoadResult) -> None:
     """Predict every upload whose result is missing or stale (model or metadata changed), in one batch."""
-    pending = [u for u in state.uploads().values() if not u.is_current(model.key)]
+    pending = [u for u in state.uploads().values() if not u.is_current(model.key) and not u.failed_with(model.key)]
     if not pending:
         return
     with st.spinner(f"Analysing {len(pending)} image{'s' if len(pending) > 1 else ''}…"):
@@ -127,10 +130,15 @@ def predict_pending(model: resources.LoadResult) -> None:
                 result = results[i] if results is not None else model.predictor.predict(
                     [upload.prepared], metadata=[upload.metadata_for_model()])[0]
             except Exception as err:  # one bad image never stops the others, nor the page
-                state.errors()[f"predict_{upload.id}"] = f"{upload.name}: could not be analysed: {ui.error_words(err)}"
-                state.remove_upload(upload.id)
+                # The image stays, with its metadata and review: a model that fails on every image
+                # (a bad choice in the sidebar) must not empty the worklist.
+                upload.failure = f"{upload.name}: could not be analysed: {ui.error_words(err)}"
+                upload.failure_key, upload.prediction, upload.cams = (model.key, upload.metadata_key()), None, {}
+                state.errors()[f"predict_{upload.id}"] = upload.failure
                 continue
             upload.prediction, upload.prediction_key, upload.cams = result, (model.key, upload.metadata_key()), {}
+            upload.failure, upload.failure_key = "", None
+            state.errors().pop(f"predict_{upload.id}", None)
 
 
 def heatmap(model: resources.LoadResult, upload: state.Upload, target: str) -> Any:
@@ -498,7 +506,7 @@ def main() -> None:
     current = {f.file_id for f in files}
     with messages:
         for key, message in state.errors().items():
-            if key in current or key.startswith("predict_"):
+            if key in current or (key.startswith("predict_") and key.removeprefix("predict_") in state.uploads()):
                 st.error(message)
 
     uploads = list(state.uploads().values())

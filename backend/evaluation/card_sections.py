@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from backend.inference.risk import format_risk
+
 #: Headline figures in the variants table, with their names in the card's words.
 HEADLINE_NAMES = {
     "auroc_malignant": "malignant AUROC",
@@ -51,8 +53,8 @@ def operating_points_markdown(card: dict[str, Any]) -> list[str]:
         targets, got = val.get("targets", {}), val.get("achieved", {})
         lines += [
             f"Thresholds on the risk index, chosen on the {val.get('chosen_on')}: green below "
-            f"{risk.get('green_below', float('nan')):.4f}, "
-            f"red from {risk.get('yellow_below', float('nan')):.4f}. "
+            f"{format_risk(risk.get('green_below', float('nan')))}, "
+            f"red from {format_risk(risk.get('yellow_below', float('nan')))}. "
             f"Targets: \"not green\" catches at least {_pct(targets.get('not_green_sensitivity'))} of malignant "
             f"lesions (achieved {_pct(got.get('not_green_sensitivity'))} on validation); \"red\" leaves at least "
             f"{_pct(targets.get('red_specificity'))} of benign lesions out "

@@ -188,14 +188,17 @@ def thickness_band(mm: float) -> str:
     return THICKNESS_BANDS[-1][0]
 
 
-def melanoma_likely(probs: Mapping[str, float], top_k: int = 2, min_prob: float = 0.2) -> bool:
-    """Whether melanoma is a likely class: among the ``top_k`` most probable, or ``P(MEL) >= min_prob``.
+def melanoma_likely(probs: Mapping[str, float], top_k: int = 2, min_prob: float = 0.2,
+                    suggested: str | None = None) -> bool:
+    """Whether melanoma is a likely class: suggested, among the ``top_k`` most probable, or ``P(MEL) >= min_prob``.
 
     The thickness estimate only applies to a melanoma; the app shows it muted (collapsed) otherwise.
+    The suggestion is the class-balanced decision, which can be melanoma while ``P(MEL)`` is low: a
+    screen suggesting melanoma must not call it unlikely in the next panel.
     """
     p_mel = float(probs.get("MEL", 0.0))
     ranked = sorted(probs, key=lambda name: float(probs[name]), reverse=True)
-    return p_mel >= min_prob or "MEL" in ranked[:top_k]
+    return suggested == "MEL" or p_mel >= min_prob or "MEL" in ranked[:top_k]
 
 
 def risk_drivers(probs: Mapping[str, float], cfg: RiskConfig | None = None, top: int = 2) -> list[tuple[str, float]]:

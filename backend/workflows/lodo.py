@@ -70,6 +70,15 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() or "dataset"
 
 
+def in_dataset(values: pd.Series, dataset: str) -> pd.Series:
+    """Rows of ``dataset``, also where an image belongs to several (``ISIC2017+ISIC2019``).
+
+    A merged table tags an image found in two sources with both names; leaving ISIC2017 out must
+    leave those images out too, or the run would still train and calibrate on part of ISIC2017.
+    """
+    return values.fillna("").astype(str).str.split("+").map(lambda tags: dataset in [t.strip() for t in tags])
+
+
 def leave_out(csv: str | Path, img_dir: str | Path | None, splits_csv: str | Path, dataset: str,
               folder: str | Path) -> tuple[Path, Path, Path]:
     """Write the label file and split file of the table without ``dataset``.
@@ -84,7 +93,7 @@ def leave_out(csv: str | Path, img_dir: str | Path | None, splits_csv: str | Pat
     raw = pd.read_csv(csv, dtype=str, keep_default_na=False)
     if "dataset" not in raw.columns:
         raise ConfigError(f"{csv}: no 'dataset' column, so no dataset can be left out")
-    keep = raw["dataset"] != dataset
+    keep = ~in_dataset(raw["dataset"], dataset)
     if keep.all():
         known = sorted(set(raw["dataset"]))
         raise ConfigError(f"lodo.datasets: no row of {csv} has dataset {dataset!r} (datasets: {known})")
@@ -157,14 +166,14 @@ def run_lodo(cfg: LodoConfig, splits_csv: str | Path, calibration: str | None = 
         reference = train_once(recipe(cfg.base_tree(), [*overrides, f"data.split_csv={splits_csv}"]),
                                cfg.output_dir, f"lodo-{name}-all")
         for dataset in cfg.datasets:
-            rows = table[table["dataset"] == dataset]
+            rows = table[in_dataset(table["dataset"], dataset)]
             folder = Path(cfg.output_dir) / f"lodo-data-{_slug(dataset)}"
             csv, split, images = leave_out(base.data.csv, base.data.img_dir, splits_csv, dataset, folder)
             without = [*overrides, f"data.csv={csv}", f"data.img_dir={images}", f"data.split_csv={split}"]
             held_out = train_once(recipe(cfg.base_tree(), without), cfg.output_dir,
                                   f"lodo-{name}-without-{_slug(dataset)}")
             # The left-out run's validation split is the default split's without the dataset (leave_out).
-            val_without = val[val["dataset"] != dataset]
+            val_without = val[~in_dataset(val["dataset"], dataset)]
             for setting, ckpt, run_val, subset in (
                 ("in-domain (test split)", reference.best_ckpt, val, rows[test[rows.index]]),
                 ("left out (all images)", held_out.best_ckpt, val_without, rows),

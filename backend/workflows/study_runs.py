@@ -93,9 +93,34 @@ def recipe(base: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) ->
     return from_dict(ExperimentConfig, merge_layers([base, parse_overrides(list(overrides))], ExperimentConfig))
 
 
+#: Config keys naming input files: their contents, not only their paths, shape a run.
+_INPUT_FILES = (("data", "csv"), ("data", "split_csv"), ("data", "metadata_csv"), ("model", "pretrained_path"))
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _content(path: Any) -> str | None:
+    """SHA-256 of an input file's bytes (None when the key is unset or the file is absent)."""
+    if not path or not Path(path).is_file():
+        return None
+    stat = Path(path).stat()
+    return _file_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
 def recipe_key(exp: ExperimentConfig) -> str:
-    """Eight hex digits that change whenever anything that shapes training changes."""
+    """Eight hex digits that change whenever anything that shapes training changes.
+
+    That includes the contents of the input files (label table, split, metadata, start weights):
+    a split file rewritten in place must not reuse a run trained on the old one, whose training
+    images may now be test images.
+    """
     tree = {k: v for k, v in to_dict(exp).items() if k not in _PLACE_KEYS}
+    tree["input_files"] = {f"{section}.{key}": _content(tree.get(section, {}).get(key))
+                           for section, key in _INPUT_FILES}
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -54,7 +54,7 @@ def test_csv_and_reports_exif_free_nothing_on_disk(app_env, media, disk_writes):
     assert labels == {"export_csv": "Results table (CSV)", "export_png": "Report of selected image (PNG)",
                       "export_pdf": "Report of selected image (PDF)"}
 
-    rows = list(csv.DictReader(io.StringIO(download(at, media, "export_csv").decode("utf-8"))))
+    rows = list(csv.DictReader(io.StringIO(download(at, media, "export_csv").decode("utf-8-sig"))))
     assert list(rows[0]) == list(EXPORT_COLUMNS)
     assert [r["image"] for r in rows] == ["'=HYPERLINK(evil).jpg", "plain.png"]  # no spreadsheet formula
     uploads = list(session_uploads(at).values())

@@ -251,7 +251,18 @@ def test_report_thickness_is_a_band_muted_when_melanoma_is_unlikely():
     assert likely.startswith("band 1-2 mm") and "1.30" not in likely
     nevus = _prediction("green", probabilities={"NV": 0.9, "BKL": 0.05, "MEL": 0.05}, top_class="NV")
     muted = dict(report_pdf.report_fields(nevus))["Estimated Breslow thickness"]
-    assert muted.startswith("melanoma unlikely here (probability 5%)") and "band 1-2 mm" in muted
+    assert muted.startswith("melanoma unlikely here (probability 5.0%)") and "band 1-2 mm" in muted
+    # A suggested melanoma is never "unlikely", however low P(MEL) (the suggestion is class-balanced).
+    suggested = _prediction("yellow", probabilities={"NV": 0.6, "BKL": 0.19, "MEL": 0.12}, top_class="MEL")
+    assert dict(report_pdf.report_fields(suggested))["Estimated Breslow thickness"].startswith("band 1-2 mm")
+
+
+def test_results_csv_opens_in_a_spreadsheet_with_non_latin_names():
+    done = SimpleNamespace(name="Åsa_李.png", metadata={}, prediction=_prediction(), id="u1", decision="", note="",
+                           patient_id="", lesion_id="")
+    data = report.results_csv([done], "M", "1")
+    assert data.startswith(b"\xef\xbb\xbf")  # the byte-order mark spreadsheets read the encoding from
+    assert "Åsa_李.png" in data.decode("utf-8-sig")
 
 
 def test_results_csv_columns_rounding_and_review_fields():
@@ -262,7 +273,7 @@ def test_results_csv_columns_rounding_and_review_fields():
                                                   flag_reasons={"blurred": "The image is too blurred to assess."}),
                            decision="excise", note="seen by Dr A", lesion_id="L1")
     waiting = SimpleNamespace(name="b.png", metadata={}, prediction=None)
-    lines = report.results_csv([done, waiting], "M", "1").decode().splitlines()
+    lines = report.results_csv([done, waiting], "M", "1").decode("utf-8-sig").splitlines()
     assert len(lines) == 2
     header = lines[0].split(",")
     assert header[:5] == ["image", "patient_id", "lesion_id", "predicted_class", "predicted_diagnosis"]
@@ -273,7 +284,7 @@ def test_results_csv_columns_rounding_and_review_fields():
     assert all(row[c] == "" for c in report.RESULT_COLUMNS) and row["traffic_light"] == "grey"
     assert row["quality_flags"] == "The image is too blurred to assess." and row["decision"] == "excise"
     done.id = "u1"
-    lines = report.results_csv([done, waiting], "M", "1", shown={"u1"}).decode().splitlines()
+    lines = report.results_csv([done, waiting], "M", "1", shown={"u1"}).decode("utf-8-sig").splitlines()
     row = dict(zip(header, next(csv.reader(lines[1:])), strict=True))
     assert (row["predicted_class"], row["predicted_diagnosis"]) == ("MEL", "melanoma")
     assert row["MEL"] == "0.123" and row["NV"] == "0.877" and row["DF"] == "0.000" and row["risk"] == "0.123"
@@ -282,7 +293,7 @@ def test_results_csv_columns_rounding_and_review_fields():
     assert row["quality_flags"] == "The image is too blurred to assess."
     assert (row["decision"], row["note"], row["age_approx"], row["model"]) == ("excise", "seen by Dr A", "30", "M")
     plain = SimpleNamespace(name="c.png", metadata={}, prediction=_prediction("green"))
-    row = dict(zip(header, next(csv.reader(report.results_csv([plain], "M", "1").decode().splitlines()[1:])),
+    row = dict(zip(header, next(csv.reader(report.results_csv([plain], "M", "1").decode("utf-8-sig").splitlines()[1:])),
                    strict=True))
     assert row["decision"] == "" and row["note"] == "" and row["traffic_light"] == row["model_light"] == "green"
 

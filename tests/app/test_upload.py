@@ -174,9 +174,11 @@ def test_only_bad_files_never_crash(app_env, name):
 def test_prediction_failure_of_one_image_spares_the_others(app_env, monkeypatch):
 
     original = Predictor.predict
+    cursed_calls = []
 
     def picky(self, images, *args, **kwargs):
         if any(item.name == "cursed.png" for item in images):
+            cursed_calls.append(1)
             raise RuntimeError("backend bug")
         return original(self, images, *args, **kwargs)
 
@@ -185,5 +187,11 @@ def test_prediction_failure_of_one_image_spares_the_others(app_env, monkeypatch)
     upload(at, ("fine.png", image_bytes(13), MIME["PNG"]), ("cursed.png", image_bytes(14), MIME["PNG"]))
     assert not at.exception
     assert [e.value for e in at.main.error] == ["cursed.png: could not be analysed: unexpected error (backend bug)"]
-    assert [u.name for u in session_uploads(at).values()] == ["fine.png"]
-    assert session_uploads(at) and next(iter(session_uploads(at).values())).prediction is not None
+    fine, cursed = session_uploads(at).values()
+    assert fine.prediction is not None
+    # The image the model failed on stays in the worklist (its review and IDs are not lost), unanalysed.
+    assert cursed.name == "cursed.png" and cursed.prediction is None and "could not be analysed" in cursed.failure
+    assert "could not be analysed by this model" in texts(at.main.caption) + texts(at.main.markdown)
+    calls = len(cursed_calls)
+    at.run()
+    assert len(cursed_calls) == calls  # not retried at every rerun with the same model and metadata

@@ -116,7 +116,7 @@ def test_decision_and_note_persist_show_on_card_and_export(app_env, media):
     at.text_input(key="patient_id_value").input("P-17").run()
     at.button(key="patient_apply").click().run()
     rows = {r["image"]: r for r in csv.DictReader(io.StringIO(
-        download_file(at, media, "export_csv").content.decode("utf-8")))}
+        download_file(at, media, "export_csv").content.decode("utf-8-sig")))}
     assert (rows["a.png"]["decision"], rows["a.png"]["note"], rows["a.png"]["patient_id"]) == (
         "Excise", "irregular border", "P-17")  # the group's ID replaced the one typed for the image
     assert at.text_input(key=f"pid_{a}").value == "P-17" and rows["a.png"]["lesion_id"] == "back 3"
@@ -159,7 +159,7 @@ def test_patient_id_and_metadata_entered_once_for_a_group(app_env, media):
     assert items[b].metadata == {"age_approx": 63, "sex": "female", "anatom_site_general": "posterior torso"}
     assert items[b].patient_id == "P-17" and items[a].metadata["sex"] == "male"
     rows = {r["image"]: r for r in csv.DictReader(io.StringIO(
-        download_file(at, media, "export_csv").content.decode("utf-8")))}
+        download_file(at, media, "export_csv").content.decode("utf-8-sig")))}
     assert [(rows[n]["patient_id"], rows[n]["age_approx"], rows[n]["sex"]) for n in ("a.png", "b.png", "c.png")] == [
         ("P-17", "63", "male"), ("P-17", "63", "female"), ("", "", "")]
     # Nothing chosen: nothing changes, and the panel says why.

@@ -120,6 +120,12 @@ def test_unflagged_image_keeps_the_model_light():
         assessed_light(math.nan, ["blurred"])
 
 
+def test_a_suggested_melanoma_is_likely_whatever_its_probability():
+    low = probs(NV=0.6, BKL=0.19, MEL=0.12)
+    assert not melanoma_likely(low) and melanoma_likely(low, suggested="MEL")
+    assert not melanoma_likely(low, suggested="NV")
+
+
 def test_melanoma_likely_rule():
 
     assert melanoma_likely(probs(MEL=0.25, NV=0.7))  # P(MEL) >= 0.2

@@ -17,7 +17,7 @@ from backend.inference.predictor import Predictor
 from backend.metrics.calibration import calibrated_probs, fit_calibration
 from backend.workflows import study_runs
 from backend.workflows.ablation import AblationConfig, ablation_markdown, run_ablation
-from backend.workflows.lodo import LodoConfig, calibrated_predictor, leave_out, lodo_markdown, run_lodo
+from backend.workflows.lodo import LodoConfig, calibrated_predictor, in_dataset, leave_out, lodo_markdown, run_lodo
 from backend.workflows.study_runs import recipe, train_once
 from scripts.ablate import main as ablate_main
 from tests.conftest import REPO_ROOT, write_synthetic_dataset
@@ -62,6 +62,15 @@ def test_train_once_trains_each_recipe_once(data, tmp_path, monkeypatch):
     assert study_runs.recipe_key(study_runs.recipe(base, ["optim.lr=0.5"])) != study_runs.recipe_key(moved)
     with pytest.raises(AssertionError, match="must not be trained again"):
         study_runs.train_once(study_runs.recipe(base, ["optim.lr=0.5"]), tmp_path, "c")
+    # A split file rewritten in place is another recipe: its old run may have trained on new test images.
+    copy = tmp_path / "splits_copy.csv"
+    copy.write_bytes(splits_csv.read_bytes())
+    base["data"]["split_csv"] = str(copy)
+    before = study_runs.recipe_key(study_runs.recipe(base))
+    rows = pd.read_csv(copy)
+    rows.loc[0, "split"] = "test" if rows.loc[0, "split"] != "test" else "train"
+    rows.to_csv(copy, index=False)
+    assert study_runs.recipe_key(study_runs.recipe(base)) != before
 
 
 def test_ablation_table_scores_variants_on_validation_and_resumes(data, tmp_path, monkeypatch):
@@ -116,6 +125,19 @@ def test_leave_out_removes_the_dataset_from_labels_and_splits(data, tmp_path):
     assert len(load_table(out_csv, img_dir=images)) == 32
     with pytest.raises(ConfigError, match="no row .* has dataset 'ClinicC'"):
         leave_out(csv, None, splits_csv, "ClinicC", tmp_path / "x")
+
+
+def test_leave_out_also_removes_images_tagged_with_two_datasets(data, tmp_path):
+    csv, splits_csv = data
+    rows = pd.read_csv(csv)
+    rows.loc[1:2, "dataset"] = "ClinicB+ClinicA"  # two ClinicA images that ClinicB holds too
+    tagged = tmp_path / "tagged.csv"
+    rows.to_csv(tagged, index=False)
+    out_csv, _, _ = leave_out(tagged, csv.parent / "images", splits_csv, "ClinicB", tmp_path / "w")
+    kept = pd.read_csv(out_csv)
+    assert set(kept["dataset"]) == {"ClinicA"} and len(kept) == 30  # ClinicB's 16 and the 2 tagged images go
+    assert list(in_dataset(rows["dataset"], "ClinicA")[1:3]) == [True, True]
+    assert not in_dataset(pd.Series(["ClinicBB", None]), "ClinicB").any()
 
 
 def test_lodo_scores_left_out_dataset_and_in_domain_reference(data, tmp_path):
