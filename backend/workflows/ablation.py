@@ -11,6 +11,7 @@ training. The results are appended to ``<output_dir>/results.csv`` one variant a
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from backend.evaluation.split_eval import predict_rows, score_rows
 from backend.files import atomic_write_text
 from backend.inference.predictor import Predictor
 from backend.training.config import ExperimentConfig
-from backend.workflows.study_runs import StudyConfig, recipe, split_rows, train_once
+from backend.workflows.study_runs import StudyConfig, recipe, recipe_key, split_rows, train_once
 
 log = logging.getLogger(__name__)
 
@@ -68,24 +69,36 @@ def score_checkpoint(ckpt: str | Path, rows: pd.DataFrame, tta: bool, n_boot: in
 
 
 def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
-    """Train and score every variant not yet in ``results.csv``; returns the whole table."""
+    """Train and score every variant whose row in ``results.csv`` is missing or stale; returns the table.
+
+    A row is reused only when it was made from the variant's current recipe (its ``recipe`` key, which
+    covers every setting and the input files' contents); the table holds the configured variants only.
+    """
     cfg.validate()
     out = Path(cfg.output_dir) / "results.csv"
     done = pd.read_csv(out) if out.is_file() else pd.DataFrame(columns=["variant"])
-    rows = done.to_dict(orient="records")
+    previous = {str(r["variant"]): r for r in done.to_dict(orient="records")}
+    rows = []
     wanted = [(name, False) for name in cfg.variants] + [(name, True) for name in cfg.tta]
     for name, tta in wanted:
         label = f"{name} + TTA" if tta else name
-        if label in set(done["variant"]):
+        exp = recipe(cfg.base_tree(), cfg.variants[name])
+        key = recipe_key(exp)
+        old = previous.get(label)
+        if old is not None and str(old.get("recipe")) == key:
+            rows.append(old)
             continue
-        run = train_once(recipe(cfg.base_tree(), cfg.variants[name]), cfg.output_dir, name)
+        run = train_once(exp, cfg.output_dir, name)
         figures = score_checkpoint(run.best_ckpt, split_rows(run, "val"), tta=tta, n_boot=cfg.n_boot)
         rows.append({"variant": label, "changes": cfg.describe(name),
-                     **figures, "run_dir": str(run.run_dir)})
+                     **figures, "run_dir": str(run.run_dir), "recipe": key})
         log.info("ablation %s: %s", label, figures)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, pd.DataFrame(rows).to_csv(index=False))
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, table.to_csv(index=False))
+    return table
 
 
 def ablation_markdown(results: pd.DataFrame, baseline: str = "baseline") -> str:
@@ -94,10 +107,11 @@ def ablation_markdown(results: pd.DataFrame, baseline: str = "baseline") -> str:
     ref = float(base.iloc[0]) if len(base) else float("nan")
     lines = ["| variant | change | malignant AUROC (95% CI) | Δ vs baseline | balanced acc. | macro AUROC "
              "| sens. @ 80% spec. |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in results.itertuples(index=False):
+    for r in results.fillna({"changes": ""}).itertuples(index=False):
+        delta = "n/a" if math.isnan(ref) else f"{r.auroc_malignant - ref:+.3f}"
         lines.append(
             f"| {r.variant} | {r.changes} | {r.auroc_malignant:.3f} ({r.auroc_malignant_lo:.3f}-"
-            f"{r.auroc_malignant_hi:.3f}) | {r.auroc_malignant - ref:+.3f} | {r.balanced_accuracy:.3f} | "
+            f"{r.auroc_malignant_hi:.3f}) | {delta} | {r.balanced_accuracy:.3f} | "
             f"{r.auroc_macro:.3f} | {r.sensitivity_at_80_specificity:.3f} |"
         )
     return "\n".join(lines) + "\n"

@@ -23,8 +23,10 @@ Stages:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +161,33 @@ def _done(cfg: PipelineConfig, stage: str) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+#: Per stage: the config fields it depends on, and the stages whose results it uses (or overwrites in
+#: the bundle: export writes a new card, so card and lodo must write theirs into it again).
+_STAGE_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "splits": (("supervised",), ()),
+    "byol": (("byol",), ("splits",)),
+    "train": (("supervised",), ("splits", "byol")),
+    "export": (("bundle_dir", "name", "version", "onnx", "tta", "test_img_sizes", "adapt_images", "calibration",
+                "start_weights"), ("train",)),
+    "card": (("n_boot", "variants", "baseline", "status", "card_markdown"), ("export", "train")),
+    "lodo": (("lodo", "calibration"), ("splits", "export")),
+}
+
+
+def stage_inputs(cfg: PipelineConfig, stage: str, records: dict[str, Any]) -> str:
+    """A hash of what ``stage`` depends on: its config fields and the records of the stages before it.
+
+    A stage record is reused only while this hash is the one it was made with: change the supervised
+    recipe and the train stage runs again, and so does every stage after it (their inputs include the
+    new train record), instead of exporting a checkpoint of the old recipe.
+    """
+    fields, upstream = _STAGE_INPUTS[stage]
+    tree = {"config": {f: getattr(cfg, f) for f in fields},
+            "upstream": {u: {k: v for k, v in (records.get(u) or {}).items() if k != "wall_seconds"}
+                         for u in upstream}}
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _finish(cfg: PipelineConfig, stage: str, result: dict[str, Any]) -> dict[str, Any]:
 
     path = _record(cfg, stage)
@@ -227,8 +256,9 @@ def stage_export(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
     if cfg.start_weights:
         card["start_weights"] = dict(cfg.start_weights)
     write_card(result.bundle_dir, card)
-    return {"bundle_dir": str(result.bundle_dir), "skipped_images": len(result.skipped),
-            "calibration": result.card.get("calibration"), "test_resolution": result.card.get("test_resolution")}
+    return {"bundle_dir": str(result.bundle_dir), "checkpoint": str(train["best_ckpt"]),
+            "skipped_images": len(result.skipped), "calibration": result.card.get("calibration"),
+            "test_resolution": result.card.get("test_resolution")}
 
 
 #: Card figures compared across variants and against the baseline.
@@ -323,7 +353,7 @@ def write_card_markdown(cfg: PipelineConfig, card: dict[str, Any]) -> str:
     text = render_card_markdown(card, metrics_markdown(card.get("test_metrics") or {}, subgroups))
     for path in (Path(cfg.bundle_dir) / "MODEL_CARD.md", *([Path(cfg.card_markdown)] if cfg.card_markdown else [])):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        atomic_write_text(path, text)
     return text
 
 
@@ -435,10 +465,11 @@ def _interrupted_version(cfg: PipelineConfig, stage: str, root: Path) -> int | N
     """The run version an interrupted ``stage`` (train or byol) left under ``root``, or None for a new one.
 
     The newest version with a ``last.ckpt`` is resumed unless it is the run the stage's last *finished*
-    record names: a forced rerun (say, after changing the recipe) must not continue a finished run.
+    record names (current or superseded): a rerun after changing the recipe must not continue a
+    finished run, while an interrupted rerun resumes its own new version.
     """
     version = latest_resumable_version(root)
-    finished = (_done(cfg, stage) or {}).get("run_dir")
+    finished = (_done(cfg, stage) or _done(cfg, f"{stage}.superseded") or {}).get("run_dir")
     if version is not None and finished and Path(finished).resolve() == (root / f"version_{version}").resolve():
         log.info("%s: %s is a finished run; starting a new version", stage, finished)
         return None
@@ -460,11 +491,17 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None, force: bo
         if stage not in wanted:
             records[stage] = _done(cfg, stage)
             continue
-        previous = None if force else _done(cfg, stage)
-        if previous is not None:
+        inputs = stage_inputs(cfg, stage, records)
+        previous = _done(cfg, stage)
+        if previous is not None and not force and previous.get("inputs") == inputs:
             log.info("stage %s already finished (%s); skipping", stage, _record(cfg, stage))
             records[stage] = previous
             continue
+        if previous is not None:
+            # Forced, or made from other settings or other results: superseded. Kept aside (not
+            # deleted) so an interrupted rerun resumes the new run rather than reusing the old one.
+            log.info("stage %s: %s", stage, "forced" if force else "its settings or inputs changed; running it again")
+            os.replace(_record(cfg, stage), _record(cfg, f"{stage}.superseded"))
         if (stage == "byol" and cfg.byol is None) or (stage == "lodo" and cfg.lodo is None):
             records[stage] = None
             continue
@@ -474,6 +511,7 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None, force: bo
         result = _run_stage(cfg, stage, records)
         # Wall time of the invocation that finished the stage (a resumed stage counts its last part).
         result["wall_seconds"] = round(time.monotonic() - started, 1)
+        result["inputs"] = inputs
         records[stage] = _finish(cfg, stage, result)
     return records
 

@@ -177,6 +177,19 @@ def test_forced_retrain_starts_a_new_run_and_an_interrupted_one_resumes(tmp_path
     assert sorted(p.name for p in (tmp_path / "runs" / "cpu_tiny").iterdir()) == ["version_0", "version_1"]
 
 
+def test_a_changed_recipe_reruns_its_stage_and_every_later_one(tmp_path):
+    cfg = tiny_pipeline(tmp_path, ["train", "export"])
+    first = run_pipeline(cfg)
+    assert run_pipeline(cfg)["export"] == first["export"]  # nothing changed: every record reused
+    cfg.supervised["optim"]["lr"] = cfg.supervised["optim"].get("lr", 1e-3) / 3  # the recipe changed
+    second = run_pipeline(cfg)
+    assert first["train"]["run_dir"].endswith("version_0") and second["train"]["run_dir"].endswith("version_1")
+    assert second["export"]["inputs"] != first["export"]["inputs"]  # exported again, from the new run
+    assert second["export"]["checkpoint"] == second["train"]["best_ckpt"] != first["export"]["checkpoint"]
+    # An interrupted rerun (record superseded, not yet rewritten) resumes its own new run.
+    assert (tmp_path / "work" / "train.superseded.json").is_file()
+
+
 def test_forced_byol_rerun_starts_a_new_run_and_an_interrupted_one_resumes(tmp_path, monkeypatch):
 
     root, asked = tmp_path / "byol_logs" / "exp", []

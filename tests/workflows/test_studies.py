@@ -99,8 +99,19 @@ def test_ablation_table_scores_variants_on_validation_and_resumes(data, tmp_path
     text = ablation_markdown(results)
     assert "| no_metadata | image only |" in text and "+0.000" in text.splitlines()[2]
     # A rerun finds every variant in results.csv and trains nothing.
+    real_train_once = ablation.train_once
     monkeypatch.setattr(ablation, "train_once", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
     assert run_ablation(cfg)["variant"].tolist() == results["variant"].tolist()
+    # A variant whose recipe changed is trained again (its old row is stale); a dropped variant leaves the table.
+    trained = []
+    monkeypatch.setattr(ablation, "train_once", lambda exp, root, name: trained.append(name) or
+                        real_train_once(exp, root, name))
+    cfg.variants = {"baseline": [], "no_metadata": ["data.use_metadata=false", "optim.lr=0.002"]}
+    cfg.tta = []
+    again = run_ablation(cfg)
+    assert trained == ["no_metadata"] and again["variant"].tolist() == ["baseline", "no_metadata"]
+    assert again.iloc[1]["run_dir"] != results.iloc[1]["run_dir"]
+    assert pd.read_csv(tmp_path / "results.csv")["variant"].tolist() == ["baseline", "no_metadata"]
 
 
 def test_ablation_config_errors_name_the_variant(data, tmp_path, capsys):
