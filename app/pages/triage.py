@@ -136,6 +136,11 @@ def predict_pending(model: resources.LoadResult) -> None:
                 upload.failure_key, upload.prediction, upload.cams = (model.key, upload.metadata_key()), None, {}
                 state.errors()[f"predict_{upload.id}"] = upload.failure
                 continue
+            if upload.prediction is not None and upload.show_anyway:
+                # "Show anyway" was asked for the earlier result: a new model's or metadata's result of a
+                # not-assessable image stays hidden until asked for again.
+                upload.show_anyway = False
+                st.session_state.pop(f"show_anyway_{upload.id}", None)
             upload.prediction, upload.prediction_key, upload.cams = result, (model.key, upload.metadata_key()), {}
             upload.failure, upload.failure_key = "", None
             state.errors().pop(f"predict_{upload.id}", None)

@@ -69,6 +69,10 @@ def test_show_anyway_is_kept_with_the_image_while_another_is_viewed(app_env):
     at.button(key=f"select_{grey}").click().run()
     assert at.toggle(key=f"show_anyway_{grey}").value  # drawn again, still on
     assert f"### Suggested diagnosis: {session_uploads(at)[grey].prediction.top_class} (" in texts(at.markdown)
+    # Another model's result of the image is hidden again until asked for: the choice was for the earlier one.
+    at.selectbox(key="model_picker").set_value(str(app_env.image_only)).run()
+    assert not at.exception and not session_uploads(at)[grey].show_anyway
+    assert not at.toggle(key=f"show_anyway_{grey}").value
 
 
 def test_normal_upload_keeps_its_colour_and_no_toggle(app_env):
