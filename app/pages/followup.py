@@ -166,8 +166,9 @@ def show_not_aligned(result: Any, before: VisitImage, after: VisitImage) -> None
     st.error(f"These two photos could not be aligned, so no overlay and no change measures are shown. "
              f"Reason: {result.reason}. Check that both photos show the same lesion with some skin around it.")
     left, right = st.columns(2)
-    left.image(before.image, caption=f"Baseline: {before.name}", width="stretch")
-    right.image(after.image, caption=f"Follow-up (not aligned): {after.name}", width="stretch")
+    left.image(before.image, caption=f"Baseline: {before.name}", width="stretch", alt=f"Baseline photo {before.name}")
+    right.image(after.image, caption=f"Follow-up (not aligned): {after.name}", width="stretch",
+                alt=f"Follow-up photo {after.name}, not aligned")
     for line in view.risk_sentences(result):
         st.markdown(f"- {line}")
 
@@ -185,6 +186,7 @@ def compare_view(result: Any) -> None:
     picture = blend(result.before, after, amount / 100) if mode == "Blend" else swipe(result.before, after,
                                                                                       amount / 100)
     st.image(picture, caption=f"{mode}: {amount}% follow-up" if mode == "Blend" else f"Swipe at {amount}%",
+             alt=f"The two visits compared by {mode.lower()}",
              width="stretch")
 
 
@@ -196,6 +198,7 @@ def show_aligned(result: Any) -> None:
     """
     st.subheader("Aligned photos")
     st.image(comparison_image(result), width="stretch",
+             alt="Baseline and aligned follow-up side by side, lesions outlined",
              caption="Baseline lesion outlined in white, follow-up lesion in cyan; grey: not in both photos")
     compare_view(result)
     st.subheader("Measured change")
@@ -208,7 +211,7 @@ def show_aligned(result: Any) -> None:
     for flag in view.caution_flags(result):
         st.warning(flag[0].upper() + flag[1:])
     st.subheader("Change map")
-    st.image(change_map_image(result), width="stretch",
+    st.image(change_map_image(result), width="stretch", alt="Change map: where the outline and the colour changed",
              caption="Left: where the outline moved. Right: per-pixel colour difference inside the lesion.")
 
 
