@@ -191,7 +191,7 @@ def test_app_download_names_of_hostile_uploads_are_plain_file_names(app_models, 
             assert filename == f"{safe_stem(item.name)}_dermalens_report.{ext}"
             assert "/" not in filename and "\\" not in filename and "\x00" not in filename
             assert not filename.startswith(".") and len(filename.encode("utf-8")) <= 255
-    rows = list(csv.DictReader(io.StringIO(download_file(at, media, "export_csv").content.decode("utf-8"))))
+    rows = list(csv.DictReader(io.StringIO(download_file(at, media, "export_csv").content.decode("utf-8-sig"))))
     assert sorted(r["image"] for r in rows) == sorted(APP_NAMES)
 
 
