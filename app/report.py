@@ -89,12 +89,36 @@ def export_row(upload: Any, model_name: str, model_version: str, show_model_resu
     return row
 
 
+def _has_review(upload: Any) -> bool:
+    return any(str(getattr(upload, k, "") or "").strip() for k in ("decision", "note", "patient_id", "lesion_id"))
+
+
+def unanalysed_row(upload: Any, model_name: str, model_version: str) -> dict[str, Any]:
+    """A results-table row of an image without a result: its review and IDs, and why it has no result.
+
+    A clinician's decision or note on an image the model could not analyse is work that must reach
+    the export as well; the result columns stay empty and ``quality_flags`` says why.
+    """
+    meta = getattr(upload, "metadata", None) or {}
+    row: dict[str, Any] = dict.fromkeys(EXPORT_COLUMNS, "")
+    row.update({
+        "image": upload.name, "patient_id": _text(getattr(upload, "patient_id", "")),
+        "lesion_id": _text(getattr(upload, "lesion_id", "")),
+        "quality_flags": getattr(upload, "failure", "") or "not analysed by this model",
+        **{k: _text(meta.get(k)) for k in ("age_approx", "sex", "anatom_site_general")},
+        "decision": _text(getattr(upload, "decision", "")), "note": _text(getattr(upload, "note", "")),
+        "model": model_name, "model_version": model_version,
+    })
+    return row
+
+
 def results_csv(uploads: Iterable[Any], model_name: str, model_version: str,
                 shown: Collection[str] = ()) -> bytes:
     """The session's predictions as CSV (:data:`EXPORT_COLUMNS`), one row per analysed image.
 
     Args:
-        uploads: ``app.state.Upload`` objects; those without a prediction are left out.
+        uploads: ``app.state.Upload`` objects; one without a prediction is exported only when it holds
+            review work (decision, note, IDs) or a failure, with empty result columns.
         model_name: Name of the model that made the predictions.
         model_version: Its version.
         shown: Ids of not-assessable uploads whose result the clinician asked to see (exported too).
@@ -103,9 +127,12 @@ def results_csv(uploads: Iterable[Any], model_name: str, model_version: str,
     writer = csv.DictWriter(out, fieldnames=list(EXPORT_COLUMNS), lineterminator="\n")
     writer.writeheader()
     for upload in uploads:
-        if upload.prediction is None:
+        if upload.prediction is not None:
+            row = export_row(upload, model_name, model_version, getattr(upload, "id", None) in shown)
+        elif _has_review(upload) or getattr(upload, "failure", ""):
+            row = unanalysed_row(upload, model_name, model_version)
+        else:
             continue
-        row = export_row(upload, model_name, model_version, getattr(upload, "id", None) in shown)
         writer.writerow({k: _safe_cell(v) for k, v in row.items()})
     # With a byte-order mark, so a spreadsheet opened by double-click reads accented and non-Latin names right.
     return out.getvalue().encode("utf-8-sig")

@@ -298,6 +298,19 @@ def test_results_csv_columns_rounding_and_review_fields():
     assert row["decision"] == "" and row["note"] == "" and row["traffic_light"] == row["model_light"] == "green"
 
 
+def test_results_csv_keeps_the_review_of_an_image_the_model_could_not_analyse():
+    failed = SimpleNamespace(name="x.png", metadata={"sex": "female"}, prediction=None, decision="biopsy",
+                             note="", patient_id="P-1", lesion_id="", failure="x.png: could not be analysed: boom")
+    waiting = SimpleNamespace(name="b.png", metadata={}, prediction=None, decision="", note="", patient_id="",
+                              lesion_id="", failure="")
+    rows = list(csv.DictReader(io.StringIO(report.results_csv([failed, waiting], "M", "1").decode("utf-8-sig"))))
+    assert [r["image"] for r in rows] == ["x.png"]  # the unreviewed, unanalysed image has nothing to export
+    row = rows[0]
+    assert (row["decision"], row["patient_id"], row["sex"]) == ("biopsy", "P-1", "female")
+    assert row["quality_flags"] == "x.png: could not be analysed: boom"
+    assert all(row[c] == "" for c in (*report.RESULT_COLUMNS, "traffic_light"))
+
+
 def test_bars_benign_neutral_malignant_one_muted_warm_colour():
     fig = components.malignancy_figure(_prediction())
     assert list(fig.data[0].marker.color) == [components.BENIGN_COLOUR, components.MALIGNANT_COLOUR]
