@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import re
 import types
 import typing
 import warnings
@@ -318,8 +319,27 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _OverrideLoader(yaml.SafeLoader):
+    """YAML for ``key=value`` overrides, with YAML 1.2's plain scalars.
+
+    ``0123`` is not octal 83 and ``off``/``yes`` are not booleans, so ``experiment_name=0123`` or
+    ``data.img_dir=off`` mean what they say.
+    """
+
+
+_REPLACED_TAGS = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")
+_OverrideLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _REPLACED_TAGS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_OverrideLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                      list("tTfF"))
+_OverrideLoader.add_implicit_resolver("tag:yaml.org,2002:int",
+                                      re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+
+
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Turn ``["a.b=1", "c=[x, y]"]`` into a nested dict; values are parsed as YAML scalars."""
+    """Turn ``["a.b=1", "c=[x, y]"]`` into a nested dict; values are parsed as YAML 1.2 scalars."""
     nested: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
@@ -329,7 +349,7 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
         if not key:
             raise ConfigError(f"override '{item}' has an empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml.load(raw, Loader=_OverrideLoader) if raw.strip() else None  # a SafeLoader
         except yaml.YAMLError:
             value = raw
         node = nested

@@ -99,6 +99,10 @@ def test_round_trip_through_yaml(tmp_path):
 
 def test_overrides_parse_yaml_scalars_and_reject_garbage():
     assert parse_overrides(["a.b=3", "a.c=[1, 2]", "d=none-ish"]) == {"a": {"b": 3, "c": [1, 2]}, "d": "none-ish"}
+    # YAML 1.2 scalars: no octal, no yes/no/on/off booleans (a name or folder means what it says).
+    assert parse_overrides(["experiment_name=0123", "data.img_dir=off", "n=yes", "t=true", "x=0x10"]) == {
+        "experiment_name": "0123", "data": {"img_dir": "off"}, "n": "yes", "t": True, "x": 16}
+    assert recipe({}, ["experiment_name=0123"]).experiment_name == "0123"
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["novalue"])
 
