@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from backend.errors import ConfigError
 from scripts.cli import ERROR_EXIT, REPORTED_ERRORS, error_line
 
 
@@ -45,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
         argv: Command-line arguments (default ``sys.argv[1:]``).
     """
     args = build_parser().parse_args(argv)
-    from backend.errors import ConfigError
     from backend.followup.report import compare_files
     from backend.model_store import DEFAULT_MODEL_DIR, describe_model_dir
 

@@ -160,3 +160,14 @@ def download_file(at, media: list, key: str) -> Any:
     manager = media[-1]
     url = manager.execute_deferred(button.deferred_file_id) if button.deferred_file_id else button.url
     return manager.read_file(Path(url).stem)
+
+
+def nan_loss_at_step(monkeypatch: pytest.MonkeyPatch, module_cls: type, step: int) -> None:
+    """Make ``module_cls.training_step`` return a NaN loss at optimiser step ``step`` (a numerical blow-up)."""
+    original = module_cls.training_step
+
+    def poisoned(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        return loss * float("nan") if self.global_step == step else loss
+
+    monkeypatch.setattr(module_cls, "training_step", poisoned)

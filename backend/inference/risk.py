@@ -136,6 +136,10 @@ def risk_index(probs: Mapping[str, float] | np.ndarray, cfg: RiskConfig | None =
     return np.clip(arr @ weights, 0.0, 1.0)
 
 
+def _light_of(risk: float, green_below: float, yellow_below: float) -> str:
+    return "green" if risk < green_below else "yellow" if risk < yellow_below else "red"
+
+
 def traffic_light(risk: float, cfg: RiskConfig | None = None) -> str:
     """``green`` (risk < green_below), ``yellow`` (< yellow_below) or ``red``.
 
@@ -146,11 +150,7 @@ def traffic_light(risk: float, cfg: RiskConfig | None = None) -> str:
     risk = float(risk)
     if math.isnan(risk):
         raise ValueError("risk is NaN")
-    if risk < cfg.green_below:
-        return "green"
-    if risk < cfg.yellow_below:
-        return "yellow"
-    return "red"
+    return _light_of(risk, cfg.green_below, cfg.yellow_below)
 
 
 def assessed_light(risk: float, flags: Iterable[Any], cfg: RiskConfig | None = None) -> str:
@@ -213,10 +213,6 @@ def risk_drivers(probs: Mapping[str, float], cfg: RiskConfig | None = None, top:
     kept = [p for p in parts if p[0] > 0 and p[0] >= 0.1 * largest and float(probs.get(p[1], 0.0)) >= 0.005]
     ranked = sorted(kept, reverse=True)[:top]
     return [(name, float(probs.get(name, 0.0))) for _, name in ranked]
-
-
-def _light_of(risk: float, green_below: float, yellow_below: float) -> str:
-    return "green" if risk < green_below else "yellow" if risk < yellow_below else "red"
 
 
 def risk_decimals(risk: float, cfg: RiskConfig | None = None) -> int:

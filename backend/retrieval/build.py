@@ -29,7 +29,7 @@ import numpy as np
 
 from backend.data.schema import MALIGNANT_DIAGNOSES
 from backend.errors import ConfigError, ImageLoadError
-from backend.files import atomic_write_bytes, atomic_write_text
+from backend.files import atomic_write_bytes, atomic_write_text, sha256_file
 from backend.retrieval.library import (
     BUILD_DIR,
     EMBEDDINGS,
@@ -184,8 +184,7 @@ def _row_fields(row: dict[str, Any], img_dir: Path | None) -> dict[str, Any]:
 def _file_sha256(path: str) -> str | None:
     """SHA-256 of a file's bytes, or None when it cannot be read (the embedding pass reports it)."""
     try:
-        with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 

@@ -20,7 +20,7 @@ from backend.config import from_dict, merge_layers, parse_overrides, read_yaml, 
 from backend.data.formats import load_table
 from backend.data.splits import read_splits
 from backend.errors import ConfigError
-from backend.files import atomic_write_text
+from backend.files import atomic_write_text, sha256_file
 from backend.training.config import ExperimentConfig
 from backend.training.run import fit
 from backend.training.run_dirs import latest_resumable_version
@@ -99,8 +99,7 @@ _INPUT_FILES = (("data", "csv"), ("data", "split_csv"), ("data", "metadata_csv")
 
 @functools.lru_cache(maxsize=64)
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    return sha256_file(path)  # cached per (path, size, mtime): a study hashes the same inputs per variant
 
 
 def _content(path: Any) -> str | None:

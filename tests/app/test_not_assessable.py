@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from tests.app.conftest import MIME, new_app, session_uploads, texts, upload
+from tests.app.conftest import MIME, image_bytes, new_app, session_uploads, texts, upload
 
 
 def png(array: np.ndarray) -> bytes:
@@ -53,8 +53,6 @@ def test_flagged_upload_is_grey_and_its_result_shows_only_on_request(app_env):
 
 
 def test_show_anyway_is_kept_with_the_image_while_another_is_viewed(app_env):
-    from tests.app.conftest import image_bytes
-
     at = new_app().run()
     upload(at, ("black.png", png(np.zeros((96, 96, 3), np.uint8)), MIME["PNG"]),
            ("lesion.png", image_bytes(7, size=96), MIME["PNG"]))
@@ -76,8 +74,6 @@ def test_show_anyway_is_kept_with_the_image_while_another_is_viewed(app_env):
 
 
 def test_normal_upload_keeps_its_colour_and_no_toggle(app_env):
-    from tests.app.conftest import image_bytes
-
     at = new_app().run()
     upload(at, ("lesion.png", image_bytes(7, size=96), MIME["PNG"]))
     (item,) = session_uploads(at).values()

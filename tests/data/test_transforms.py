@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from backend.data.config import DataConfig
+from backend.data.datamodule import seed_worker_augmentations
 from backend.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -168,8 +169,6 @@ class _OneImage(torch.utils.data.Dataset):
 
 
 def test_each_loader_worker_augments_differently_and_reproducibly():
-    from backend.data.datamodule import seed_worker_augmentations
-
     def draw(seed):
         torch.manual_seed(seed)
         loader = torch.utils.data.DataLoader(_OneImage(build_train_transform(DataConfig(img_size=32))), batch_size=1,

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from backend.followup import change
 from backend.followup.synthetic import FollowUpParams, make_follow_up
 from tests.app.conftest import new_app, session_uploads, texts, upload
 from tests.conftest import REPO_ROOT
@@ -46,8 +47,6 @@ def open_followup():
 
 
 def test_uploaded_pair_shows_aligned_views_and_measures(app_env, visits, monkeypatch):
-    from backend.followup import change
-
     calls = []
     original = change.compare_visits
     monkeypatch.setattr(change, "compare_visits", lambda *a, **kw: calls.append(1) or original(*a, **kw))
@@ -98,8 +97,6 @@ def test_pair_from_the_triage_worklist(app_env, visits):
 
 
 def test_worklist_pair_is_scored_with_the_metadata_typed_on_triage(app_env, visits, monkeypatch):
-    from backend.followup import change
-
     seen = []
     original = change.compare_visits
     monkeypatch.setattr(change, "compare_visits", lambda *a, **kw: seen.append(kw) or original(*a, **kw))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from backend.errors import CheckpointError
 from backend.inference.quality import FLAG_CODES, FeatureStats, QualityConfig, image_flags
@@ -127,10 +130,6 @@ def test_feature_stats_round_trip_and_validation():
 
 def test_the_blur_check_does_not_depend_on_the_files_pixel_size(tmp_path):
     """A large file is decoded at reduced size, never below the focus measure's side (224 px)."""
-    import io
-
-    from PIL import Image
-
     predictor = tiny_predictor()  # a 64 px network: without the floor, files would decode far below 224 px
     scene = cv2.resize(lesions(1, size=96, seed=3)[0], (1024, 768), interpolation=cv2.INTER_CUBIC)
     blurred = cv2.GaussianBlur(scene, (0, 0), sigmaX=17)

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+from app.components import model_warnings
 from backend.data.metadata import MetadataEncoder
 from backend.data.schema import DIAGNOSES
 from backend.io.bundle import load_bundle
@@ -76,8 +77,6 @@ def test_card_states_operating_points_variants_baseline_and_start_weights(predic
 
 
 def test_the_app_has_nothing_to_warn_about_the_bundled_model(predictor):
-    from app.components import model_warnings
-
     assert model_warnings(predictor) == []  # OOD statistics, calibration and its own operating points
 
 

@@ -93,8 +93,6 @@ def test_auxiliary_metrics_take_a_prefix_and_match_sklearn(rng):
 
 
 def test_malignant_auroc_leaves_out_rows_of_unknown_label():
-    from backend.metrics.collection import build_auxiliary_metrics
-
     metrics = build_auxiliary_metrics("val/")
     auroc = metrics["auroc_malignant"]
     auroc.update(torch.tensor([0.9, 0.2, 0.95]), torch.tensor([1, 0, -1]))  # the 0.95 row's label is unknown

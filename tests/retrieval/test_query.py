@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from backend.data.formats import load_table
+from backend.retrieval.build import build_library
 from backend.retrieval.library import LibraryModelMismatchError, ReferenceLibrary
 from backend.retrieval.query import SimilarCases, neighbour_vote, similar_cases
-from tests.retrieval.conftest import load_png
+from tests.retrieval.conftest import load_png, write_twin_dataset
 
 
 def test_twins_retrieve_each_other_first_and_never_themselves(twin_library, predictor):
@@ -100,12 +103,6 @@ def test_prepared_query_reuses_its_network_input_and_still_excludes_its_own_file
 
 
 def test_several_photos_of_one_lesion_are_one_neighbour(tmp_path, predictor):
-    import pandas as pd
-
-    from backend.data.formats import load_table
-    from backend.retrieval.build import build_library
-    from tests.retrieval.conftest import write_twin_dataset
-
     csv = write_twin_dataset(tmp_path, n_pairs=4)
     rows = pd.read_csv(csv)
     rows.loc[2:, "lesion_id"] = ["LA", "LA", "LB", "LB", "LC", "LC"]  # rows 2-7: three lesions, two photos each

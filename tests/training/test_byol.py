@@ -19,7 +19,7 @@ from backend.files import safe_torch_load
 from backend.training.byol import BYOLModule, ema_update
 from backend.training.byol_config import ByolConfig
 from backend.training.byol_run import pretrain
-from tests.conftest import make_lesion_image
+from tests.conftest import make_lesion_image, nan_loss_at_step
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -280,13 +280,7 @@ def test_byol_from_the_tensorflow_mobilenet_uses_its_scale_and_reestimates_batch
 
 
 def test_injected_nan_stops_the_run_with_a_dump(image_dir, tmp_path, monkeypatch):
-    original = BYOLModule.training_step
-
-    def poisoned(self, batch, batch_idx):
-        loss = original(self, batch, batch_idx)
-        return loss * float("nan") if self.global_step == 1 else loss
-
-    monkeypatch.setattr(BYOLModule, "training_step", poisoned)
+    nan_loss_at_step(monkeypatch, BYOLModule, 1)
     result = pretrain(tiny_cfg([image_dir], tmp_path, trainer={"max_epochs": 3}, data={"batch_size": 3}))
     assert result.global_step == 2  # stopped in the step the NaN appeared, not after 3 epochs
     (event,) = result.nonfinite_events

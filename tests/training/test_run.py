@@ -17,11 +17,13 @@ from backend.data.metadata import MetadataEncoder
 from backend.errors import ConfigError
 from backend.files import safe_torch_load
 from backend.io.checkpoint import load_lesion_checkpoint
+from backend.training import run as run_module
 from backend.training.config import ExperimentConfig
 from backend.training.run import fit
+from backend.training.supervised import LesionModule
 from scripts.train import main as train_main
 from scripts.train import parse_config
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, nan_loss_at_step
 
 TINY_MODELS = {
     "dermaresnet_se_tiny": {"backbone": "dermaresnet_se_tiny"},
@@ -104,8 +106,6 @@ def test_resume_keeps_the_runs_split_and_files_even_when_the_table_changed(datas
     moved = pd.read_csv(first.run_dir / "splits.csv").merge(pd.read_csv(fresh.run_dir / "splits.csv"), on="image_id",
                                                            suffixes=("_run", "_fresh"))
     assert (moved["split_run"] != moved["split_fresh"]).any()  # what a recomputed split would have done
-    from backend.training import run as run_module
-
     seen = []
     original = run_module.LesionDataModule
     run_module.LesionDataModule = lambda data_cfg: seen.append(data_cfg.split_csv) or original(data_cfg)
@@ -130,15 +130,7 @@ def test_resume_with_another_model_or_table_is_refused_before_anything_is_writte
 
 
 def test_a_nan_loss_stops_training_with_finite_weights_and_a_dump(dataset, tmp_path, monkeypatch):
-    from backend.training.supervised import LesionModule
-
-    step = LesionModule.training_step
-
-    def nan_on_the_third_step(self, batch, batch_idx):
-        loss = step(self, batch, batch_idx)
-        return loss * float("nan") if self.global_step == 2 else loss
-
-    monkeypatch.setattr(LesionModule, "training_step", nan_on_the_third_step)
+    nan_loss_at_step(monkeypatch, LesionModule, 2)
     result = fit(tiny_cfg(dataset, tmp_path, trainer={"max_epochs": 3}), test=False)
     last = safe_torch_load(result.last_ckpt)
     assert last["global_step"] <= 3  # stopped at the NaN, not after three epochs
