@@ -5,7 +5,8 @@ image-id fingerprint in the card proves it is the same split), predicts it with 
 as the app does (same calibration, same TTA setting, same engine) and prints every card metric next
 to the card's value, with the ratio reproduced/card, then the per-dataset figures and what each
 traffic light means on the split (share of images and of malignant lesions, sensitivity and
-specificity of "not green" and "red"). Exits 1 when a figure
+specificity of "not green" and "red"), and the acquisition variants' figures and their paired
+changes from the plain split. Exits 1 when a figure
 differs from the card by more than ``--tolerance`` or the split is not the card's::
 
     python benchmarks/model_card.py                       # assets/models/default on ../shared/data
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (the card uses 1000)")
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest accepted |reproduced - card|")
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--variants", action=argparse.BooleanOptionalAction, default=True,
+                   help="also reproduce the acquisition variants (squashed, bordered) and their changes")
     return p
 
 
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from backend.data.splits import assign_splits
     from backend.errors import DermaLensError
     from backend.evaluation.model_card import subgroup_metrics
-    from backend.evaluation.split_eval import predict_rows, score_rows
+    from backend.evaluation.split_eval import predict_rows, score_change, score_rows
     from backend.inference.predictor import Predictor
     from backend.workflows.pipeline import split_fingerprint
 
@@ -106,6 +109,25 @@ def main(argv: list[str] | None = None) -> int:
             for rate in ("sensitivity", "specificity"):
                 worst = max(worst, abs(ops[call][rate] - ops_card[call][rate]))
                 print(f"{call} {rate}: {ops_card[call][rate]:.4f} / {ops[call][rate]:.4f}")
+    variants = card.get("test_variants") or {}
+    reproduced_variants: dict[str, object] = {}
+    for variant in [v for v in (variants.get("metrics") or {}) if v != "plain"] if args.variants else []:
+        perturbed = predict_rows(predictor, table[splits.reindex(table.index) == "test"], tta=predictor.tta,
+                                 variant=variant)
+        figures = score_rows(perturbed, n_boot=args.n_boot, only=tuple(variants["metrics"][variant]))
+        change = score_change(pred, perturbed, n_boot=args.n_boot, only=tuple(variants["metrics"][variant]))
+        reproduced_variants[variant] = {"metrics": figures, "change": change}
+        print(f"\n{variant}: card / reproduced (change from plain, paired 95% interval)")
+        for name, entry in variants["metrics"][variant].items():
+            if entry.get("value") is None:  # undefined on this split when the card was written
+                continue
+            worst = max(worst, abs(figures[name]["value"] - entry["value"]))
+            was = ((variants.get("changes") or {}).get(variant) or {}).get(name) or {}
+            if was.get("value") is not None:
+                worst = max(worst, abs(change[name]["value"] - was["value"]))
+            got = change[name]
+            print(f"{name:<34}{entry['value']:>9.4f}{figures[name]['value']:>12.4f}   "
+                  f"{got['value']:+.4f} ({got['lo']:+.3f} to {got['hi']:+.3f})")
     ok = same_split and worst <= args.tolerance
     verdict = "REPRODUCED" if ok else "DIFFERS"
     print(f"\nlargest |reproduced - card| = {worst:.2e} (tolerance {args.tolerance:g}): {verdict}")
@@ -114,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             "bundle": args.bundle, "same_split": same_split, "max_abs_diff": worst,
             "images_per_s": len(pred.rows) / seconds,
             "metrics": metrics, "per_dataset": pd.DataFrame(by_dataset).to_dict(orient="records"),
+            "variants": reproduced_variants,
         }, indent=2, default=float), encoding="utf-8")
     return 0 if ok else 1
 

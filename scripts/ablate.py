@@ -1,4 +1,4 @@
-"""Ablation study of the default recipe: ``python -m scripts.ablate --config cfgs/ablation/default.yaml``.
+"""Ablation study of the default recipe: ``python -m scripts.ablate`` (``--config cfgs/ablation/v1.yaml``, the default).
 
 Trains every variant of the config (a base recipe plus ``key=value`` changes), scores each on the
 validation split and prints the table as markdown (also written to ``--markdown``). Finished
@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The CLI's flags."""
     p = argparse.ArgumentParser(prog="python -m scripts.ablate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="cfgs/ablation/default.yaml", help="study config")
+    p.add_argument("--config", default="cfgs/ablation/v1.yaml",
+                   help="study config (default: v1's; cfgs/ablation/default.yaml is v0.2's)")
     p.add_argument("--markdown", help="also write the table to this markdown file")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the base recipe (e.g. trainer.max_epochs=1)")
     return p

@@ -4,7 +4,8 @@
   chosen for and what each light means on the test split (share of images, share malignant,
   sensitivity and specificity of "not green" and of "red").
 * :func:`variants_markdown`: headline test figures on the plain split and its acquisition variants
-  (squashed, dermoscope border), beside a baseline model's on the same images.
+  (squashed, dermoscope border), beside a baseline model's on the same images, and each variant's
+  change from the plain split with its paired interval (:func:`changes_markdown`).
 * :func:`start_weights_markdown`: which pretrained weights the model started from, their licence and
   how a user on a fresh machine obtains them.
 """
@@ -111,6 +112,36 @@ def variants_markdown(card: dict[str, Any]) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     if base_metrics:
         lines += ["", f"Baseline: {baseline.get('name')} ({baseline.get('model')}), scored on the same images."]
+    return [*lines, "", *changes_markdown(variants.get("changes") or {}, this)]
+
+
+def _signed(entry: Any) -> str:
+    if not isinstance(entry, dict) or entry.get("value") is None:
+        return "n/a"
+    def signed(x: float) -> str:
+        return f"{round(x, 3) + 0.0:+.3f}"  # + 0.0: a change that rounds to zero is +0.000, not -0.000
+
+    text = signed(entry["value"])
+    lo, hi = entry.get("lo"), entry.get("hi")
+    if lo is not None and hi is not None:
+        text += f" ({signed(lo)} to {signed(hi)})"
+    return text
+
+
+def changes_markdown(changes: dict[str, Any], model: str) -> list[str]:
+    """Lines of the table of each variant's change from the plain split, with paired intervals."""
+    if not changes:
+        return []
+    head = ["variant", *(HEADLINE_NAMES[k] for k in HEADLINE_NAMES)]
+    lines = [
+        f"Change of {model}'s figures from the plain split, on the same images (95% intervals of the change "
+        "itself: both versions of each image are scored on the same resampled patients, so the interval is "
+        "much narrower than the two intervals above read side by side; one that contains 0 is a change the "
+        "test split cannot tell from chance):", "",
+        "| " + " | ".join(head) + " |", "|" + " --- |" * len(head),
+    ]
+    for name, figures in changes.items():
+        lines.append("| " + " | ".join([name, *(_signed((figures or {}).get(k)) for k in HEADLINE_NAMES)]) + " |")
     return [*lines, ""]
 
 

@@ -38,6 +38,48 @@ AGE_BANDS: tuple[tuple[str, float, float], ...] = (
 )
 
 
+MetricPlan = dict[str, tuple[Callable[..., float], tuple[Any, ...], int]]
+
+
+def metric_plan(
+    y_diag: Any, probs: Any, y_malignant: Any, thickness_mm: Any, thickness_lo: Any, thickness_hi: Any,
+    class_offsets: Any = None,
+) -> MetricPlan:
+    """Each model-card metric as ``name -> (function, its row-aligned arrays, rows it rests on)``.
+
+    The one place that says which function scores which arrays, shared by :func:`card_metrics`
+    and :func:`paired_differences`. Arguments as in :func:`card_metrics`.
+    """
+    y = np.asarray(y_diag, dtype=float)
+    y = np.where(np.isnan(y), -1, y).astype(int)
+    p = np.asarray(probs, dtype=float)
+    ym = np.asarray(y_malignant, dtype=float)
+    d = balanced_decision_scores(p, class_offsets)
+    mal = malignant_probability(p)
+    pred_mm = np.asarray(thickness_mm, dtype=float)
+    lo, hi = np.asarray(thickness_lo, dtype=float), np.asarray(thickness_hi, dtype=float)
+
+    n_diag = int((y >= 0).sum())
+    n_mal = int(np.isin(ym, (0.0, 1.0)).sum())
+    truth, score = thick_vs_thin(pred_mm, lo, hi)
+    return {
+        "balanced_accuracy": (balanced_accuracy, (y, d), n_diag),
+        "auroc_macro": (macro_auroc, (y, p), n_diag),
+        "auroc_malignant": (binary_auroc, (ym, mal), n_mal),
+        "auroc_melanoma": (partial(class_auroc, k=MELANOMA_INDEX), (y, p), n_diag),
+        f"sensitivity_at_{round(TARGET_SPECIFICITY * 100)}_specificity": (sensitivity_at_specificity, (ym, mal), n_mal),
+        "ece": (expected_calibration_error, (p, y), n_diag),
+        **{f"f1/{name}": (partial(class_f1, k=k), (y, d), int((y == k).sum())) for k, name in enumerate(DIAGNOSES)},
+        "thickness_band_accuracy": (thickness_band_accuracy, (pred_mm, lo, hi), int((~np.isnan(lo)).sum())),
+        f"thickness_auroc_{THICKNESS_SPLIT_MM:g}mm": (binary_auroc, (truth, score), int(truth.size)),
+    }
+
+
+def _resampled_by(name: str, groups: Any) -> Any:
+    """The bootstrap's grouping for a metric: the thin/thick AUROC is over a subset of rows, so by row."""
+    return None if name.startswith("thickness_auroc") else groups
+
+
 def card_metrics(
     y_diag: Any, probs: Any, y_malignant: Any, thickness_mm: Any, thickness_lo: Any, thickness_hi: Any,
     groups: Any = None, n_boot: int = 1000, seed: int = 0, only: tuple[str, ...] | None = None,
@@ -62,36 +104,56 @@ def card_metrics(
     Returns:
         ``{metric: {"value", "lo", "hi", "n"}}``; NaN where a metric is undefined on this split.
     """
-    y = np.asarray(y_diag, dtype=float)
-    y = np.where(np.isnan(y), -1, y).astype(int)
-    p = np.asarray(probs, dtype=float)
-    ym = np.asarray(y_malignant, dtype=float)
-    d = balanced_decision_scores(p, class_offsets)
-    mal = malignant_probability(p)
-    pred_mm = np.asarray(thickness_mm, dtype=float)
-    lo, hi = np.asarray(thickness_lo, dtype=float), np.asarray(thickness_hi, dtype=float)
-
-    n_diag = int((y >= 0).sum())
-    n_mal = int(np.isin(ym, (0.0, 1.0)).sum())
-    truth, score = thick_vs_thin(pred_mm, lo, hi)
-    plan: dict[str, tuple[Callable[..., float], tuple[Any, ...], int]] = {
-        "balanced_accuracy": (balanced_accuracy, (y, d), n_diag),
-        "auroc_macro": (macro_auroc, (y, p), n_diag),
-        "auroc_malignant": (binary_auroc, (ym, mal), n_mal),
-        "auroc_melanoma": (partial(class_auroc, k=MELANOMA_INDEX), (y, p), n_diag),
-        f"sensitivity_at_{round(TARGET_SPECIFICITY * 100)}_specificity": (sensitivity_at_specificity, (ym, mal), n_mal),
-        "ece": (expected_calibration_error, (p, y), n_diag),
-        **{f"f1/{name}": (partial(class_f1, k=k), (y, d), int((y == k).sum())) for k, name in enumerate(DIAGNOSES)},
-        "thickness_band_accuracy": (thickness_band_accuracy, (pred_mm, lo, hi), int((~np.isnan(lo)).sum())),
-        f"thickness_auroc_{THICKNESS_SPLIT_MM:g}mm": (binary_auroc, (truth, score), int(truth.size)),
-    }
+    plan = metric_plan(y_diag, probs, y_malignant, thickness_mm, thickness_lo, thickness_hi, class_offsets)
     out = {}
     for name, (fn, arrays, n) in plan.items():
         if only is not None and name not in only:
             continue
-        # The thin/thick AUROC is over a subset of rows, so it is resampled by row.
-        by = None if name.startswith("thickness_auroc") else groups
-        point, low, high = bootstrap_ci(fn, *arrays, n_boot=n_boot, seed=seed, groups=by)
+        point, low, high = bootstrap_ci(fn, *arrays, n_boot=n_boot, seed=seed, groups=_resampled_by(name, groups))
+        out[name] = {"value": point, "lo": low, "hi": high, "n": n}
+    return out
+
+
+def _difference(fn: Callable[..., float], n_arrays: int) -> Callable[..., float]:
+    """``fn`` on the second half of the arrays minus ``fn`` on the first half (changed minus reference)."""
+    def diff(*arrays: Any) -> float:
+        return float(fn(*arrays[n_arrays:])) - float(fn(*arrays[:n_arrays]))
+    return diff
+
+
+def paired_differences(reference: MetricPlan, changed: MetricPlan, groups: Any = None, n_boot: int = 1000,
+                       seed: int = 0, only: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
+    """How much each metric changes between two predictions of the same rows, with a paired interval.
+
+    Both predictions are scored on the same resampled patients in every bootstrap draw, so the
+    interval is that of the change itself. Two intervals read side by side overlap far more than
+    the change varies, because most of their width is which patients happened to be sampled, and
+    that is common to both.
+
+    Args:
+        reference: :func:`metric_plan` of the reference predictions (e.g. the plain test split).
+        changed: :func:`metric_plan` of the other predictions of the same rows in the same order.
+        groups: Patient/lesion id per row, as in :func:`card_metrics`.
+        n_boot: Bootstrap resamples.
+        seed: Resampling seed.
+        only: Just these metrics; None for every metric both plans have.
+
+    Returns:
+        ``{metric: {"value", "lo", "hi", "n"}}`` where ``value`` is changed minus reference.
+
+    Raises:
+        ValueError: When the two plans score different numbers of rows.
+    """
+    out = {}
+    for name, (fn, ref_arrays, n) in reference.items():
+        if (only is not None and name not in only) or name not in changed:
+            continue
+        new_arrays = changed[name][1]
+        if len(ref_arrays[0]) != len(new_arrays[0]):
+            raise ValueError(f"{name}: the reference scores {len(ref_arrays[0])} rows and the changed "
+                             f"predictions {len(new_arrays[0])}; a paired change needs the same rows")
+        point, low, high = bootstrap_ci(_difference(fn, len(ref_arrays)), *ref_arrays, *new_arrays, n_boot=n_boot,
+                                        seed=seed, groups=_resampled_by(name, groups))
         out[name] = {"value": point, "lo": low, "hi": high, "n": n}
     return out
 

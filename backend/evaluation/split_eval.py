@@ -17,7 +17,7 @@ import pandas as pd
 from backend.data.dataset import encode_targets
 from backend.errors import ConfigError
 from backend.evaluation.acquisition import VARIANTS, PerturbedImages
-from backend.evaluation.model_card import card_metrics
+from backend.evaluation.model_card import card_metrics, metric_plan, paired_differences
 from backend.inference.predictor import Predictor, RawOutputs
 
 
@@ -81,8 +81,50 @@ def score_rows(pred: RowPredictions, n_boot: int = 1000, only: tuple[str, ...] |
         seed: Resampling seed.
     """
     t = encode_targets(pred.rows)
-    groups = pred.rows["patient_id"].fillna(pred.rows["lesion_id"]).to_numpy(dtype=object)
     return card_metrics(t["diagnosis"], pred.raw.probs, t["label"], pred.raw.thickness_mm, t["thickness_lo"],
-                        t["thickness_hi"], groups=groups, n_boot=n_boot, only=only, seed=seed,
+                        t["thickness_hi"], groups=_groups(pred.rows), n_boot=n_boot, only=only, seed=seed,
                         class_offsets=pred.class_offsets)
 
+
+
+def _groups(rows: pd.DataFrame) -> np.ndarray:
+    """The bootstrap's resampling unit per row: the patient, else the lesion."""
+    return rows["patient_id"].fillna(rows["lesion_id"]).to_numpy(dtype=object)
+
+
+def _plan(pred: RowPredictions, keep: np.ndarray) -> dict[str, Any]:
+    """The metric plan of the predictions' rows at positions ``keep``, in that order."""
+    rows = pred.rows.iloc[keep].reset_index(drop=True)
+    t = encode_targets(rows)
+    return metric_plan(t["diagnosis"], pred.raw.probs[keep], t["label"], pred.raw.thickness_mm[keep],
+                       t["thickness_lo"], t["thickness_hi"], class_offsets=pred.class_offsets)
+
+
+def score_change(reference: RowPredictions, changed: RowPredictions, n_boot: int = 1000,
+                 only: tuple[str, ...] | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
+    """How much each figure moves from ``reference`` to ``changed``, with a paired 95% interval.
+
+    Used for the acquisition variants: the same test images, plain and perturbed. Only images
+    readable in both are compared; both predictions are scored on the same resampled patients
+    (:func:`backend.evaluation.model_card.paired_differences`).
+
+    Args:
+        reference: :func:`predict_rows` output of the reference (e.g. the plain split).
+        changed: :func:`predict_rows` output of the same rows changed (e.g. a variant).
+        n_boot: Bootstrap resamples.
+        only: Just these metrics.
+        seed: Resampling seed.
+
+    Returns:
+        ``{metric: {"value", "lo", "hi", "n"}}``, ``value`` being changed minus reference.
+    """
+    ids_ref = reference.rows["image_id"].astype(str).to_numpy()
+    ids_new = changed.rows["image_id"].astype(str).to_numpy()
+    common = np.intersect1d(ids_ref, ids_new)
+    keep_ref, keep_new = np.isin(ids_ref, common), np.isin(ids_new, common)
+    order_ref, order_new = np.argsort(ids_ref[keep_ref], kind="stable"), np.argsort(ids_new[keep_new], kind="stable")
+    ref_idx, new_idx = np.flatnonzero(keep_ref)[order_ref], np.flatnonzero(keep_new)[order_new]
+    if not np.array_equal(ids_ref[ref_idx], ids_new[new_idx]):
+        raise ValueError("score_change: an image id appears more than once in one of the predictions")
+    return paired_differences(_plan(reference, ref_idx), _plan(changed, new_idx),
+                              groups=_groups(reference.rows.iloc[ref_idx]), n_boot=n_boot, seed=seed, only=only)

@@ -1,6 +1,6 @@
 """Ablation study: one base recipe, named variants of ``key=value`` overrides, one table of figures.
 
-``python -m scripts.ablate --config cfgs/ablation/default.yaml`` trains every variant with
+``python -m scripts.ablate --config cfgs/ablation/v1.yaml`` trains every variant with
 :func:`backend.workflows.study_runs.train_once` (so an interrupted study resumes, and a variant equal
 to another recipe is not trained twice) and scores each best checkpoint on the **validation**
 split, never the test split, so choosing the default recipe from this table does not leak the test

@@ -47,7 +47,7 @@ from backend.evaluation.card_sections import (
 )
 from backend.evaluation.model_card import metrics_markdown, subgroup_metrics
 from backend.evaluation.operating_points import light_summary
-from backend.evaluation.split_eval import predict_rows, score_rows
+from backend.evaluation.split_eval import predict_rows, score_change, score_rows
 from backend.files import atomic_write_text
 from backend.inference.predictor import Predictor
 from backend.inference.risk import risk_index
@@ -291,11 +291,13 @@ def stage_card(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
     ops["test"] = light_summary(risk_index(pred.raw.probs, predictor.risk), t["label"], predictor.risk)
     card["operating_points"] = ops
     variants = {"plain": {k: metrics[k] for k in CARD_HEADLINE if k in metrics}}
+    changes = {}
     for variant in cfg.variants:
-        scored = score_rows(predict_rows(predictor, test_rows, tta=predictor.tta, progress=True, variant=variant),
-                            n_boot=cfg.n_boot, only=CARD_HEADLINE)
-        variants[variant] = scored
-    card["test_variants"] = {"descriptions": {v: DESCRIPTIONS[v] for v in variants}, "metrics": variants}
+        perturbed = predict_rows(predictor, test_rows, tta=predictor.tta, progress=True, variant=variant)
+        variants[variant] = score_rows(perturbed, n_boot=cfg.n_boot, only=CARD_HEADLINE)
+        changes[variant] = score_change(pred, perturbed, n_boot=cfg.n_boot, only=CARD_HEADLINE)
+    card["test_variants"] = {"descriptions": {v: DESCRIPTIONS[v] for v in variants}, "metrics": variants,
+                             "changes": changes}
     if cfg.baseline and Path(cfg.baseline["bundle_dir"]).is_dir():
         card["baseline"] = score_baseline(cfg, test_rows)
     if cfg.status:

@@ -10,7 +10,14 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score, roc_curve
 
 from backend.data.schema import DIAGNOSES, THICKNESS_BANDS
-from backend.evaluation.model_card import card_metrics, metrics_markdown, subgroup_metrics
+from backend.evaluation.card_sections import changes_markdown
+from backend.evaluation.model_card import (
+    card_metrics,
+    metric_plan,
+    metrics_markdown,
+    paired_differences,
+    subgroup_metrics,
+)
 from backend.metrics.scores import compute_metrics
 
 
@@ -97,6 +104,37 @@ def test_grouped_bootstrap_widens_intervals_for_correlated_rows(split):
     grouped = card_metrics(*rep, groups=patients, n_boot=150, only=("auroc_malignant",))["auroc_malignant"]
     assert set(card_metrics(*rep, n_boot=5, only=("ece",))) == {"ece"}
     assert (grouped["hi"] - grouped["lo"]) > 1.5 * (rows["hi"] - rows["lo"])
+
+
+def test_paired_change_is_the_difference_and_narrower_than_the_two_intervals(split):
+    y, probs, y_mal, pred_mm, lo, hi = split
+    rng = np.random.default_rng(1)
+    # The same rows predicted a little worse: the changed probabilities mix in noise.
+    noisy = 0.8 * probs + 0.2 * rng.dirichlet(np.ones(8), len(y))
+    patients = np.arange(len(y)) // 2
+    ref, new = metric_plan(y, probs, y_mal, pred_mm, lo, hi), metric_plan(y, noisy, y_mal, pred_mm, lo, hi)
+    only = ("auroc_malignant", "balanced_accuracy")
+    change = paired_differences(ref, new, groups=patients, n_boot=200, only=only)
+    assert set(change) == set(only)
+    for name in only:
+        a = card_metrics(y, probs, y_mal, pred_mm, lo, hi, groups=patients, n_boot=200, only=(name,))[name]
+        b = card_metrics(y, noisy, y_mal, pred_mm, lo, hi, groups=patients, n_boot=200, only=(name,))[name]
+        assert change[name]["value"] == pytest.approx(b["value"] - a["value"], abs=1e-12)
+        assert change[name]["lo"] <= change[name]["value"] <= change[name]["hi"]
+        # Pairing removes the patient-sampling variation both versions share.
+        assert change[name]["hi"] - change[name]["lo"] < 0.75 * (b["hi"] - b["lo"])
+    assert change["auroc_malignant"]["value"] < 0
+    # Identical predictions change by exactly nothing in every draw.
+    same = paired_differences(ref, ref, groups=patients, n_boot=20, only=only)["balanced_accuracy"]
+    assert same["value"] == same["lo"] == same["hi"] == 0
+    with pytest.raises(ValueError, match="balanced_accuracy: the reference scores 240 rows"):
+        paired_differences(ref, metric_plan(y[:10], probs[:10], y_mal[:10], pred_mm[:10], lo[:10], hi[:10]),
+                           n_boot=5, only=("balanced_accuracy",))
+    text = "\n".join(changes_markdown({"bordered": change}, "model v1"))
+    ba = change["balanced_accuracy"]
+    assert f"| bordered | {change['auroc_malignant']['value']:+.3f}" in text
+    assert f"{ba['value']:+.3f} ({ba['lo']:+.3f} to {ba['hi']:+.3f})" in text
+    assert "cannot tell from chance" in text and changes_markdown({}, "model v1") == []
 
 
 def test_subgroups_and_markdown(split):

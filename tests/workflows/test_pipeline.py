@@ -60,6 +60,16 @@ def test_stages_run_record_and_skip(tmp_path):
     lights = card["operating_points"]["test"]["lights"]
     assert sum(v["n"] for v in lights.values()) == card["test_split"]["rows"]
     assert set(card["test_variants"]["metrics"]) == {"plain", "squashed", "bordered"}
+    for variant, change in card["test_variants"]["changes"].items():
+        for name, entry in change.items():
+            after, before = card["test_variants"]["metrics"][variant][name]["value"], metrics[name]["value"]
+            if before is None or after is None:  # undefined on the tiny split (e.g. one class only)
+                assert entry["value"] is None, (variant, name)
+            else:
+                assert entry["value"] == pytest.approx(after - before, abs=1e-9), (variant, name)
+        assert change["balanced_accuracy"]["value"] is not None
+    assert set(card["test_variants"]["changes"]) == {"squashed", "bordered"}
+    assert "Change of tiny" in text
     assert "What the traffic light means" in text and "Robustness to acquisition" in text
     assert (tmp_path / "bundle" / "MODEL_CARD.md").read_text() == text
     assert Predictor.from_checkpoint(tmp_path / "bundle").card["name"] == "tiny"
@@ -112,6 +122,12 @@ def test_split_stage_fixes_the_split_for_training_and_keeps_held_out_images_from
     card["test_metrics"]["auroc_malignant"]["value"] += 0.05
     (tmp_path / "bundle" / "model_card.json").write_text(json.dumps(card))
     assert bench.main(["--bundle", str(tmp_path / "bundle"), "--n-boot", "20"]) == 1
+    # ... and the variants' changes from the plain split.
+    card["test_metrics"]["auroc_malignant"]["value"] -= 0.05
+    card["test_variants"]["changes"]["bordered"]["balanced_accuracy"]["value"] += 0.05
+    (tmp_path / "bundle" / "model_card.json").write_text(json.dumps(card))
+    assert bench.main(["--bundle", str(tmp_path / "bundle"), "--n-boot", "20"]) == 1
+    assert bench.main(["--bundle", str(tmp_path / "bundle"), "--n-boot", "20", "--no-variants"]) == 0
 
 
 def _load_script(path):
