@@ -45,6 +45,10 @@ SHOW_ANYWAY = "Show the model's result anyway"
 ACCEPTED_TYPES: tuple[str, ...] = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 #: Longest side an upload is kept at: what is shown, and what the model, Grad-CAM and retrieval read.
 DISPLAY_SIDE = 1024
+#: An upload's shorter side is never scaled below this (nor below its own size): above the side the
+#: bundled models decode at (224 px), so a very wide picture is not flagged "too small", nor read at
+#: less detail than in a batch prediction, because of the app's own scaling.
+MIN_SHORT_SIDE = 384
 CAM_MODES: tuple[str, ...] = ("Overlay", "Side by side", "Heatmap only")
 PREDICTED = "__predicted__"
 #: Bar colours: benign classes neutral, malignant ones one muted warm colour (never alarm red).
@@ -91,16 +95,20 @@ def target_label(target: str) -> str:
 # -- pictures -------------------------------------------------------------------------------------
 
 
-def fit_image(image: np.ndarray, max_side: int) -> np.ndarray:
-    """The image scaled down (aspect kept) so that its longer side is at most ``max_side``."""
+def fit_image(image: np.ndarray, max_side: int, min_short: int = 0) -> np.ndarray:
+    """The image scaled down (aspect kept) so that its longer side is at most ``max_side``.
+
+    ``min_short`` wins over ``max_side``: the shorter side is never scaled below it (nor the image
+    up), so a very wide picture keeps the detail the model and the quality gate need.
+    """
     from PIL import Image
 
     h, w = image.shape[:2]
-    if max(h, w) <= max_side:
+    scale = max(max_side / max(h, w), min(1.0, min_short / min(h, w)))
+    if scale >= 1:
         return image
-    picture = Image.fromarray(image)
-    picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return np.asarray(picture)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
 
 
 def prepare_upload(name: str, data: bytes, max_side: int = DISPLAY_SIDE) -> PreparedInput:
@@ -113,7 +121,7 @@ def prepare_upload(name: str, data: bytes, max_side: int = DISPLAY_SIDE) -> Prep
         ImageLoadError: The file cannot be decoded (the message names it).
     """
     decoded = prepare_input((name, data), target_size=max_side)
-    return PreparedInput(name, fit_image(decoded.image, max_side), data)
+    return PreparedInput(name, fit_image(decoded.image, max_side, min_short=MIN_SHORT_SIDE), data)
 
 
 def png_bytes(image: np.ndarray) -> bytes:

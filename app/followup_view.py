@@ -72,8 +72,9 @@ def risk_sentences(result: Any) -> list[str]:
                       if light == NOT_ASSESSABLE]
         return [f"The model cannot assess the {' and the '.join(unreadable)} photo (see the quality warning "
                 "below), so no risk is given for this pair: retake that photo to compare the model's risk."]
-    lines = [f"The model's risk index went from {format_risk(result.risk_before)} ({result.light_before}) at the "
-             f"first visit to {format_risk(result.risk_after)} ({result.light_after}) now."]
+    digits = result.risk_digits
+    lines = [f"The model's risk index went from {format_risk(result.risk_before, digits)} ({result.light_before}) "
+             f"at the first visit to {format_risk(result.risk_after, digits)} ({result.light_after}) now."]
     if result.embedding_distance is not None:
         distance = result.embedding_distance
         if distance < 0.1:
@@ -100,8 +101,8 @@ def metric_values(result: Any) -> list[tuple[str, str, str | None]]:
     if result.colour_change is not None:
         rows.append(("Colour change (delta E)", f"{result.colour_change:.1f}", None))
     if result.risk_comparable:
-        rows.append(("Model risk now", format_risk(result.risk_after),
-                     f"{result.risk_after - result.risk_before:+.3f}"))
+        rows.append(("Model risk now", format_risk(result.risk_after, result.risk_digits),
+                     f"{result.risk_after - result.risk_before:+.{result.risk_digits}f}"))
     return rows
 
 

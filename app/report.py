@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,6 +26,7 @@ from app.components import CLASS_NAMES, quality_reasons
 from app.report_pdf import pdf_report, printable, report_fields, result_hidden
 from backend.data.schema import DIAGNOSES
 from backend.inference.explain import overlay, seen_mask
+from backend.inference.risk import format_risk, risk_decimals
 
 #: Columns of the dashboard's results table, in order (probabilities under the diagnosis codes).
 EXPORT_COLUMNS: tuple[str, ...] = (
@@ -58,8 +59,12 @@ RESULT_COLUMNS: tuple[str, ...] = ("predicted_class", "predicted_diagnosis", *DI
                                    "model_light", "thickness_mm", "thickness_band")
 
 
-def export_row(upload: Any, model_name: str, model_version: str, show_model_result: bool = False) -> dict[str, Any]:
+def export_row(upload: Any, model_name: str, model_version: str, show_model_result: bool = False,
+               risk_cfg: Any = None) -> dict[str, Any]:
     """One results-table row (:data:`EXPORT_COLUMNS`) of an analysed upload, numbers rounded.
+
+    The risk has :data:`CSV_DECIMALS` decimals, or more within rounding of one of ``risk_cfg``'s
+    thresholds (``risk_decimals``), so the number never reads as the neighbouring light.
 
     Patient and lesion IDs, the clinician's decision and note are read when the upload has them
     (``getattr``), else left empty. A not-assessable (grey) image's :data:`RESULT_COLUMNS` stay empty
@@ -76,7 +81,8 @@ def export_row(upload: Any, model_name: str, model_version: str, show_model_resu
     }
     row.update({code: f"{float(pred.probabilities.get(code, 0.0)):.{CSV_DECIMALS}f}" for code in DIAGNOSES})
     row.update({
-        "malignant": f"{pred.malignant:.{CSV_DECIMALS}f}", "risk": f"{pred.risk:.{CSV_DECIMALS}f}",
+        "malignant": f"{pred.malignant:.{CSV_DECIMALS}f}",
+        "risk": format_risk(pred.risk, max(CSV_DECIMALS, risk_decimals(pred.risk, risk_cfg))),
         "traffic_light": pred.traffic_light, "model_light": getattr(pred, "model_light", "") or pred.traffic_light,
         "quality_flags": " ".join(quality_reasons(pred)),
         "thickness_mm": f"{pred.thickness_mm:.2f}", "thickness_band": pred.thickness_band,
@@ -89,7 +95,8 @@ def export_row(upload: Any, model_name: str, model_version: str, show_model_resu
     return row
 
 
-def _has_review(upload: Any) -> bool:
+def has_review(upload: Any) -> bool:
+    """Whether the clinician entered anything on the upload (decision, note, patient or lesion ID)."""
     return any(str(getattr(upload, k, "") or "").strip() for k in ("decision", "note", "patient_id", "lesion_id"))
 
 
@@ -113,7 +120,8 @@ def unanalysed_row(upload: Any, model_name: str, model_version: str) -> dict[str
 
 
 def results_csv(uploads: Iterable[Any], model_name: str, model_version: str,
-                shown: Collection[str] = ()) -> bytes:
+                shown: Collection[str] = (), is_current: Callable[[Any], bool] | None = None,
+                risk_cfg: Any = None) -> bytes:
     """The session's predictions as CSV (:data:`EXPORT_COLUMNS`), one row per analysed image.
 
     Args:
@@ -122,14 +130,17 @@ def results_csv(uploads: Iterable[Any], model_name: str, model_version: str,
         model_name: Name of the model that made the predictions.
         model_version: Its version.
         shown: Ids of not-assessable uploads whose result the clinician asked to see (exported too).
+        is_current: Whether an upload's prediction is this model's for its current metadata; one that
+            is not (left from another model) is exported without results. None: every prediction is.
+        risk_cfg: The model's ``RiskConfig`` (how many decimals keep each risk on its light's side).
     """
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(EXPORT_COLUMNS), lineterminator="\n")
     writer.writeheader()
     for upload in uploads:
-        if upload.prediction is not None:
-            row = export_row(upload, model_name, model_version, getattr(upload, "id", None) in shown)
-        elif _has_review(upload) or getattr(upload, "failure", ""):
+        if upload.prediction is not None and (is_current is None or is_current(upload)):
+            row = export_row(upload, model_name, model_version, getattr(upload, "id", None) in shown, risk_cfg)
+        elif has_review(upload) or getattr(upload, "failure", ""):
             row = unanalysed_row(upload, model_name, model_version)
         else:
             continue

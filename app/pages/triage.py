@@ -136,9 +136,9 @@ def predict_pending(model: resources.LoadResult) -> None:
                 upload.failure_key, upload.prediction, upload.cams = (model.key, upload.metadata_key()), None, {}
                 state.errors()[f"predict_{upload.id}"] = upload.failure
                 continue
-            if upload.prediction is not None and upload.show_anyway:
-                # "Show anyway" was asked for the earlier result: a new model's or metadata's result of a
-                # not-assessable image stays hidden until asked for again.
+            if upload.show_anyway:
+                # "Show anyway" was asked for an earlier result (before a new model, new metadata or a
+                # failed analysis): the new result of a not-assessable image stays hidden until asked again.
                 upload.show_anyway = False
                 st.session_state.pop(f"show_anyway_{upload.id}", None)
             upload.prediction, upload.prediction_key, upload.cams = result, (model.key, upload.metadata_key()), {}
@@ -336,7 +336,9 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
                 st.caption("Grad-CAM needs a loaded model and a prediction.")
         metadata_inputs(upload, model)
     with right:
-        if pred is None:
+        if pred is None and model is not None and upload.failed_with(model.key):
+            st.error(upload.failure, icon=":material/error:")
+        elif pred is None:
             st.info("No prediction yet: load a model to analyse this image.")
         elif shown is None:
             st.info(f"{ui.NOT_ASSESSABLE_TITLE}. Use \"{ui.SHOW_ANYWAY}\" above to see the prediction.",
@@ -392,7 +394,10 @@ def _report_maker(upload: state.Upload, model: resources.LoadResult, cam: dict[s
 
 def export_section(model: resources.LoadResult, cam: dict[str, Any]) -> None:
     """CSV of every result and the selected image's report (PNG or PDF), built in memory."""
-    uploads = [u for u in state.uploads().values() if current_prediction(u, model) is not None]
+    # Every analysed image, and every other one holding review work or a failure: the Clear-session
+    # dialog promises that exporting the table keeps decisions and notes.
+    uploads = [u for u in state.uploads().values()
+               if current_prediction(u, model) is not None or report.has_review(u) or u.failure]
     if not uploads:
         return
     card = model.predictor.card
@@ -402,7 +407,9 @@ def export_section(model: resources.LoadResult, cam: dict[str, Any]) -> None:
     table, png, pdf = st.columns(3)
     table.download_button(
         "Results table (CSV)", report.results_csv(uploads, str(card.get("name", "model")),
-                                                  str(card.get("version", "?")), shown=state.shown_anyway()),
+                                                  str(card.get("version", "?")), shown=state.shown_anyway(),
+                                                  is_current=lambda u: current_prediction(u, model) is not None,
+                                                  risk_cfg=model.predictor.risk),
         file_name="dermalens_results.csv", mime="text/csv", key="export_csv", on_click="ignore",
         icon=":material/table_view:")
     upload = state.selected()

@@ -50,7 +50,7 @@ from backend.followup.segmentation import (
     valid_pixels,
 )
 from backend.followup.synthetic import common_view
-from backend.inference.risk import NOT_ASSESSABLE, format_risk
+from backend.inference.risk import NOT_ASSESSABLE, RISK_DECIMALS, format_risk, risk_decimals
 
 #: Relative area or diameter change reported as growth or shrinkage (the measurement's own accuracy).
 SIZE_FLAG: float = 0.10
@@ -85,6 +85,8 @@ class FollowUpResult:
         diameter_before_px: Baseline maximum diameter, baseline original pixels.
         diameter_after_px: Follow-up maximum diameter, baseline original pixels.
         risk_before: Model risk index of the baseline.
+        risk_digits: Decimals both risks are shown with, so each shown number agrees with its light
+            (``backend.inference.risk.risk_decimals``: more than 3 only within rounding of a threshold).
         risk_after: Model risk index of the follow-up.
         malignant_before: Model P(malignant) of the baseline.
         malignant_after: Model P(malignant) of the follow-up.
@@ -117,6 +119,7 @@ class FollowUpResult:
     diameter_before_px: float | None = None
     diameter_after_px: float | None = None
     risk_before: float | None = None
+    risk_digits: int = RISK_DECIMALS
     risk_after: float | None = None
     malignant_before: float | None = None
     malignant_after: float | None = None
@@ -208,6 +211,8 @@ def _model_outputs(predictor: Any, inputs: tuple[Any, Any], metadata: tuple[Any,
     """
     before, after = predictor.predict(list(inputs), metadata=None if metadata is None else list(metadata))
     result.risk_before, result.risk_after = float(before.risk), float(after.risk)
+    cfg = getattr(predictor, "risk", None)
+    result.risk_digits = max(risk_decimals(r, cfg) for r in (result.risk_before, result.risk_after))
     result.malignant_before, result.malignant_after = float(before.malignant), float(after.malignant)
     result.light_before, result.light_after = before.traffic_light, after.traffic_light
     raw, kept, _ = predictor.raw_outputs(list(inputs))
@@ -249,9 +254,11 @@ def change_flags(result: FollowUpResult) -> list[str]:
     if result.risk_comparable:
         if result.light_before != result.light_after:
             flags.append(f"model risk moved from {result.light_before} to {result.light_after} "
-                         f"({format_risk(result.risk_before)} -> {format_risk(result.risk_after)})")
+                         f"({format_risk(result.risk_before, result.risk_digits)} -> "
+                         f"{format_risk(result.risk_after, result.risk_digits)})")
         elif result.risk_after - result.risk_before >= RISK_FLAG:
-            flags.append(f"model risk rose from {format_risk(result.risk_before)} to {format_risk(result.risk_after)}")
+            flags.append(f"model risk rose from {format_risk(result.risk_before, result.risk_digits)} to "
+                         f"{format_risk(result.risk_after, result.risk_digits)}")
     return flags
 
 

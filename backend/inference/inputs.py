@@ -33,7 +33,7 @@ from backend.data.images import decode_image_bytes, load_image
 from backend.data.metadata import MetadataEncoder
 from backend.data.transforms import build_eval_transform
 from backend.errors import ConfigError
-from backend.inference.quality import QualityConfig, QualityFlag, image_flags
+from backend.inference.quality import QualityConfig, QualityFlag, file_flags, image_flags
 
 #: Metadata keys accepted per image, mapped to the lesion-table names.
 METADATA_KEYS: dict[str, str] = {
@@ -52,11 +52,13 @@ class PreparedInput:
         name: What results and errors call it (its path, the upload's file name, or ``image_<i>``).
         image: ``(H, W, 3)`` uint8 RGB pixels as decoded; treat them as read-only (derived values are cached).
         data: The encoded file content it was decoded from, or None (arrays, paths).
+        path: The file it was decoded from, or None (uploads, arrays); read again only for the file check.
     """
 
     name: str
     image: np.ndarray
     data: bytes | None = None
+    path: str | None = None
     _cache: dict[Hashable, Any] = field(default_factory=dict, init=False, repr=False)
 
     def getvalue(self) -> bytes:
@@ -70,14 +72,25 @@ class PreparedInput:
         return self._cache[key]
 
     def flags(self, cfg: QualityConfig) -> list[QualityFlag]:
-        """Image-statistics quality flags under ``cfg`` (``backend.inference.quality``), computed once per ``cfg``."""
-        return list(self.derived(("flags", astuple(cfg)), lambda image: image_flags(image, cfg)))
+        """Quality flags of the file and the pixels under ``cfg`` (``backend.inference.quality``), computed once."""
+        damaged = self.derived("file_flags", lambda _: file_flags(self._encoded()))
+        return [*damaged, *self.derived(("flags", astuple(cfg)), lambda image: image_flags(image, cfg))]
+
+    def _encoded(self) -> bytes | None:
+        """The encoded bytes, from memory or read again from the file (None when neither can be had)."""
+        if self.data is not None or self.path is None:
+            return self.data
+        try:
+            with open(self.path, "rb") as fh:
+                return fh.read()
+        except OSError:  # gone since it was decoded: nothing to check
+            return None
 
     def renamed(self, name: str) -> PreparedInput:
         """The same pixels (and everything derived from them) under another name."""
         if name == self.name:
             return self
-        other = PreparedInput(name, self.image, self.data)
+        other = PreparedInput(name, self.image, self.data, self.path)
         other._cache = self._cache
         return other
 
@@ -107,11 +120,11 @@ def prepare_input(item: Any, index: int = 0, target_size: int | None = None, nam
     """
     if isinstance(item, PreparedInput):
         return item if name is None else item.renamed(name)
-    data = None
+    data, path = None, None
     if isinstance(item, np.ndarray):
         label, image = f"image_{index}", item
     elif isinstance(item, (str, os.PathLike)):
-        label, image = str(item), load_image(item, target_size=target_size)
+        label, image, path = str(item), load_image(item, target_size=target_size), os.fspath(item)
     elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
         label, payload = item
         if isinstance(payload, np.ndarray):
@@ -134,7 +147,7 @@ def prepare_input(item: Any, index: int = 0, target_size: int | None = None, nam
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
         raise ConfigError(f"{label}: expected an HxWx3 uint8 RGB image, got shape {image.shape} {image.dtype}")
-    return PreparedInput(label if name is None else name, image, data)
+    return PreparedInput(label if name is None else name, image, data, path)
 
 
 class Preprocessor:

@@ -1,10 +1,15 @@
 """Quality gate: flag images unlikely to be usable dermoscopy, with a reason, without refusing them.
 
-Two kinds of checks, both cheap next to the network:
+Three kinds of checks, all cheap next to the network:
 
+* **The file** (:func:`file_flags`): ``damaged``, a JPEG whose compressed picture data the decoder
+  reports as corrupt (Pillow fills what it cannot read with flat colour or garbles it silently, so
+  the pixels alone would pass; a strict libjpeg-turbo pass through ``simplejpeg`` at 1/8 scale finds it).
 * **Image statistics** on the decoded RGB image (:func:`image_flags`): ``tiny`` (short side below
   ``min_side``), ``too_dark`` / ``too_bright`` (mean grey level), ``blank`` (almost no contrast),
-  ``blurred`` (variance of the Laplacian at <= 224 px, the classic focus measure) and ``not_skin``
+  ``blurred`` (variance of the Laplacian at <= 224 px, the classic focus measure), ``noise``
+  (that variance far above the image's own grey-level variance: speckle, not a picture),
+  ``no_colour`` (black and white: the model reads colour) and ``not_skin``
   (most pixels strongly saturated in colours skin and lesions do not have: greens, cyans, blues,
   purples). The colour check runs after the same Shades-of-Gray colour constancy the model applies,
   because several dermoscopes give real images a strong blue cast that colour constancy removes;
@@ -18,7 +23,10 @@ Two kinds of checks, both cheap next to the network:
   training images.
 
 Thresholds were set on real dermoscopic images (ISIC, HAM10000, Derm7pt): of 1,500 random ones,
-one is flagged (``too_dark``, and it is); see :class:`QualityConfig`.
+one is flagged (``too_dark``, and it is); see :class:`QualityConfig`. The ``noise`` and ``no_colour``
+limits sit outside every one of the 14,381 development images, none of which they flag (largest
+noise ratio 6.2 against the limit 10; least colour 4.1 grey levels against 1.5); random noise scores
+15-20 and a black-and-white picture 0-1.
 """
 
 from __future__ import annotations
@@ -27,17 +35,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import simplejpeg
 
 from backend.data.transforms import shades_of_gray
 from backend.errors import CheckpointError
 
 #: Every flag code, in the order they are reported, with what it means.
 FLAG_CODES: dict[str, str] = {
+    "damaged": "damaged file",
     "tiny": "image too small",
     "blank": "blank or uniform image",
     "too_dark": "too dark",
     "too_bright": "too bright / overexposed",
     "blurred": "blurred / out of focus",
+    "noise": "noise, no clear picture",
+    "no_colour": "no colour (black and white)",
     "not_skin": "colours unlike skin or a skin lesion",
     "out_of_distribution": "unlike the images the model was trained on",
 }
@@ -54,6 +66,10 @@ class QualityConfig:
         bright_mean: Mean grey level above which the image is overexposed.
         blur_var: Variance of the Laplacian (grey image at ``blur_side`` px) below which it is blurred.
         blur_side: Short side the focus measure is computed at (never upsampled).
+        noise_ratio: Variance of the Laplacian over the grey-level variance (both at ``blur_side``)
+            above which the image is noise rather than a picture.
+        min_chroma: Mean spread between the brightest and darkest colour channel of each pixel (grey
+            levels, at 96 px) below which the image has no colour.
         cold_sat: Saturation (0-1) above which a cold-hued pixel counts as non-skin after colour constancy.
         cold_frac: Fraction of such pixels above which the image is ``not_skin``.
         raw_cold_sat: Saturation for the raw (uncorrected) check.
@@ -67,6 +83,8 @@ class QualityConfig:
     bright_mean: float = 235.0
     blur_var: float = 4.0
     blur_side: int = 224
+    noise_ratio: float = 10.0
+    min_chroma: float = 1.5
     cold_sat: float = 0.4
     cold_frac: float = 0.6
     raw_cold_sat: float = 0.6
@@ -83,6 +101,39 @@ class QualityFlag:
 
     code: str
     reason: str
+
+
+#: The decoder's words for damaged compressed data (libjpeg-turbo's warnings under ``strict``).
+_DAMAGE_WORDS = ("corrupt", "premature end", "bad huffman", "invalid", "inconsistent")
+
+
+def jpeg_damage(data: bytes) -> str | None:
+    """The decoder's complaint about a JPEG file's compressed data, or None when it decodes cleanly.
+
+    Decodes at 1/8 scale (every coefficient is still read, so damage anywhere is found) with
+    libjpeg-turbo's warnings raised as errors. Files that are not JPEG, and complaints that are
+    not about damage (e.g. an unsupported colour conversion), give None: the normal decoder
+    decides about those.
+    """
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    try:
+        colorspace = simplejpeg.decode_jpeg_header(data)[2]
+        simplejpeg.decode_jpeg(data, colorspace="RGB" if colorspace != "CMYK" else "CMYK", strict=True,
+                               min_height=1, min_width=1)
+    except ValueError as err:
+        message = str(err)
+        return message if any(word in message.lower() for word in _DAMAGE_WORDS) else None
+    return None
+
+
+def file_flags(data: bytes | None) -> list[QualityFlag]:
+    """Quality flags of the encoded file itself (empty without bytes or when it is intact)."""
+    damage = None if not data else jpeg_damage(data)
+    if damage is None:
+        return []
+    return [QualityFlag("damaged", "The file is damaged: part of the picture may be missing, flat or garbled "
+                                   f"(decoder: {damage}). Send the original file again.")]
 
 
 def _resize_short(image: np.ndarray, side: int) -> np.ndarray:
@@ -143,7 +194,14 @@ def image_flags(image: np.ndarray, cfg: QualityConfig | None = None) -> list[Qua
     sharpness = float(cv2.Laplacian(gray, cv2.CV_32F).var())
     if sharpness < cfg.blur_var:
         flags.append(QualityFlag("blurred", "The image is too blurred to assess: retake it in focus."))
+    elif sharpness > cfg.noise_ratio * std * std:
+        flags.append(QualityFlag("noise", "The image is mostly noise (grainy speckle, no clear picture of a "
+                                          "lesion): retake it or send the original file."))
     thumb = _resize_short(image, 96)
+    if float((thumb.max(axis=2).astype(np.int16) - thumb.min(axis=2)).mean()) < cfg.min_chroma:
+        flags.append(QualityFlag("no_colour", "The image is black and white: the model needs a colour "
+                                              "dermoscopic image to assess a lesion. Send the colour original."))
+        return flags  # the colour checks below mean nothing without colour
     corrected = _cold_fraction(shades_of_gray(thumb), cfg.cold_sat)
     raw = _cold_fraction(thumb, cfg.raw_cold_sat)
     if corrected > cfg.cold_frac or raw > cfg.raw_cold_frac:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from app.report import EXPORT_COLUMNS
 from backend.inference.predictor import Predictor
-from tests.app.conftest import MIME, image_bytes, new_app, session_uploads, upload
+from tests.app.conftest import MIME, image_bytes, new_app, session_uploads, texts, upload
 from tests.conftest import download_file
 
 
@@ -93,3 +93,46 @@ def test_report_uses_cached_grad_cam_of_chosen_target(app_env, media, monkeypatc
     png = download(at, media, "export_png")
     assert calls == []  # the heatmap shown is the one in the report
     assert Image.open(io.BytesIO(png)).size == (1240, 1754)
+
+
+def test_csv_keeps_the_decision_of_an_image_the_model_failed_on(app_env, media, monkeypatch):
+    original = Predictor.predict
+
+    def picky(self, images, *args, **kwargs):
+        if any(item.name == "cursed.png" for item in images):
+            raise RuntimeError("backend bug")
+        return original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict", picky)
+    at = new_app().run()
+    upload(at, ("fine.png", image_bytes(13), MIME["PNG"]), ("cursed.png", image_bytes(14), MIME["PNG"]))
+    _, cursed = session_uploads(at).values()
+    cursed.decision, cursed.note = "Biopsy", "raised edge"
+    at.button(key=f"select_{cursed.id}").click().run()
+    assert not at.exception
+    # The viewer says what happened, not "load a model".
+    assert "cursed.png: could not be analysed: unexpected error (backend bug)" in texts(at.main.error)
+    assert "No prediction yet" not in texts(at.main.info)
+    rows = {r["image"]: r for r in csv.DictReader(io.StringIO(download(at, media, "export_csv").decode("utf-8-sig")))}
+    assert set(rows) == {"fine.png", "cursed.png"}
+    assert rows["cursed.png"]["decision"] == "Biopsy" and rows["cursed.png"]["note"] == "raised edge"
+    assert rows["cursed.png"]["risk"] == "" and "could not be analysed" in rows["cursed.png"]["quality_flags"]
+    assert rows["fine.png"]["risk"] != ""
+
+
+def test_csv_is_offered_when_every_image_failed_but_one_holds_a_review(app_env, media, monkeypatch):
+    def broken(self, images, *args, **kwargs):
+        raise RuntimeError("backend bug")
+
+    monkeypatch.setattr(Predictor, "predict", broken)
+    at = new_app().run()
+    upload(at, ("cursed.png", image_bytes(14), MIME["PNG"]))
+    # Offered at once: the table says which image could not be analysed and why.
+    rows = list(csv.DictReader(io.StringIO(download(at, media, "export_csv").decode("utf-8-sig"))))
+    assert [(r["image"], r["note"]) for r in rows] == [("cursed.png", "")]
+    assert "could not be analysed" in rows[0]["quality_flags"]
+    (cursed,) = session_uploads(at).values()
+    cursed.note = "recheck in 3 months"
+    at.run()
+    rows = list(csv.DictReader(io.StringIO(download(at, media, "export_csv").decode("utf-8-sig"))))
+    assert [(r["image"], r["note"]) for r in rows] == [("cursed.png", "recheck in 3 months")]

@@ -7,6 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from backend.inference.predictor import Predictor
 from tests.app.conftest import MIME, image_bytes, new_app, session_uploads, texts, upload
 
 
@@ -71,6 +72,29 @@ def test_show_anyway_is_kept_with_the_image_while_another_is_viewed(app_env):
     at.selectbox(key="model_picker").set_value(str(app_env.image_only)).run()
     assert not at.exception and not session_uploads(at)[grey].show_anyway
     assert not at.toggle(key=f"show_anyway_{grey}").value
+
+
+def test_show_anyway_does_not_survive_a_failed_analysis(app_env, monkeypatch):
+    at = new_app().run()
+    upload(at, ("black.png", png(np.zeros((96, 96, 3), np.uint8)), MIME["PNG"]))
+    (grey,) = session_uploads(at)
+    at.toggle(key=f"show_anyway_{grey}").set_value(True).run()
+    assert session_uploads(at)[grey].show_anyway
+    original = Predictor.predict
+
+    def broken(self, images, *args, **kwargs):
+        raise RuntimeError("backend bug")
+
+    monkeypatch.setattr(Predictor, "predict", broken)
+    at.selectbox(key="model_picker").set_value(str(app_env.image_only)).run()
+    assert session_uploads(at)[grey].prediction is None and session_uploads(at)[grey].failure
+    monkeypatch.setattr(Predictor, "predict", original)
+    at.selectbox(key="model_picker").set_value(str(app_env.fusion)).run()
+    item = session_uploads(at)[grey]
+    # A new result after the failure stays hidden until asked for again.
+    assert not at.exception and item.prediction is not None and item.prediction.traffic_light == "grey"
+    assert not item.show_anyway and not at.toggle(key=f"show_anyway_{grey}").value
+    assert f"### Suggested diagnosis: {item.prediction.top_class} (" not in texts(at.markdown)
 
 
 def test_normal_upload_keeps_its_colour_and_no_toggle(app_env):

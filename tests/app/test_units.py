@@ -160,6 +160,11 @@ def test_fit_image_and_thumbnail():
     image = np.zeros((300, 600, 3), np.uint8)
     assert components.fit_image(image, 200).shape == (100, 200, 3)
     assert components.fit_image(image, 1000) is image
+    # A very wide picture keeps its short side: the app's scaling must not make it "too small".
+    wide = np.zeros((160, 3200, 3), np.uint8)
+    assert components.fit_image(wide, 1024, min_short=384) is wide
+    assert components.fit_image(np.zeros((1000, 6000, 3), np.uint8), 1024, min_short=384).shape == (384, 2304, 3)
+    assert components.fit_image(wide, 1024).shape == (51, 1024, 3)  # without the floor it would be
     thumb = Image.open(io.BytesIO(components.thumbnail_png(image)))
     assert max(thumb.size) == 240 and not thumb.getexif()
 
@@ -255,6 +260,16 @@ def test_report_thickness_is_a_band_muted_when_melanoma_is_unlikely():
     # A suggested melanoma is never "unlikely", however low P(MEL) (the suggestion is class-balanced).
     suggested = _prediction("yellow", probabilities={"NV": 0.6, "BKL": 0.19, "MEL": 0.12}, top_class="MEL")
     assert dict(report_pdf.report_fields(suggested))["Estimated Breslow thickness"].startswith("band 1-2 mm")
+
+
+def test_results_csv_risk_never_reads_as_the_neighbouring_light():
+    cfg = RiskConfig(green_below=0.126, yellow_below=0.41797)
+    near = SimpleNamespace(name="a.png", metadata={}, prediction=_prediction("yellow", risk=0.4179))
+    row = next(csv.DictReader(io.StringIO(report.results_csv([near], "M", "1", risk_cfg=cfg).decode("utf-8-sig"))))
+    assert row["risk"] == "0.4179" and row["traffic_light"] == "yellow"  # 0.418 would read as red
+    far = SimpleNamespace(name="b.png", metadata={}, prediction=_prediction("yellow", risk=0.3))
+    row = next(csv.DictReader(io.StringIO(report.results_csv([far], "M", "1", risk_cfg=cfg).decode("utf-8-sig"))))
+    assert row["risk"] == "0.300"
 
 
 def test_results_csv_opens_in_a_spreadsheet_with_non_latin_names():

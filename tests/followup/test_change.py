@@ -11,6 +11,7 @@ import pytest
 from backend.errors import FollowUpError
 from backend.followup import compare_visits
 from backend.followup.synthetic import FollowUpParams, make_follow_up
+from backend.inference.risk import RiskConfig
 from tests.followup.conftest import lesion_photo
 
 MOTION = {"angle_deg": 18.0, "zoom": 1.12, "shift": (0.04, -0.03)}
@@ -82,14 +83,18 @@ def test_aligned_pair_without_lesion_is_an_error_naming_the_image():
 class StubPredictor:
     """The two ``Predictor`` methods follow-up uses, with fixed answers (``after_flags`` make the follow-up grey)."""
 
-    def __init__(self, after_flags=()):
+    def __init__(self, after_flags=(), risks=(0.2, 0.7), risk=None, after_light="red"):
         self.calls = []
+        self.after_light = after_light
         self.after_flags = list(after_flags)
+        self.risks = risks
+        self.risk = risk
 
     def predict(self, images, metadata=None):
         self.calls.append((images, metadata))
-        return [SimpleNamespace(risk=0.2, malignant=0.1, traffic_light="green", flags=[], flag_reasons={}),
-                SimpleNamespace(risk=0.7, malignant=0.6, traffic_light="grey" if self.after_flags else "red",
+        return [SimpleNamespace(risk=self.risks[0], malignant=0.1, traffic_light="green", flags=[], flag_reasons={}),
+                SimpleNamespace(risk=self.risks[1], malignant=0.6,
+                                traffic_light="grey" if self.after_flags else self.after_light,
                                 flags=self.after_flags, flag_reasons={"blurred": "the image looks out of focus"})]
 
     def raw_outputs(self, images, metadata=None):
@@ -112,6 +117,18 @@ def test_model_risk_and_feature_distance_of_both_visits():
     for key in ("aligned", "area_change", "diameter_change", "risk_before", "risk_after", "flags"):
         assert key in data
     assert data["traffic_light_after"] == "red" and data["risk_comparable"] is True
+
+
+def test_a_risk_within_rounding_of_a_threshold_keeps_the_digits_of_its_light():
+    before, truth = lesion_photo(13, size=160)
+    synthetic = make_follow_up(before, FollowUpParams(angle_deg=5, growth=1.2), truth, seed=13)
+    cfg = RiskConfig(green_below=0.126, yellow_below=0.41797)
+    stub = StubPredictor(risks=(0.2, 0.41796), risk=cfg, after_light="yellow")
+    result = compare_visits(before, synthetic.image, stub)
+    assert result.risk_digits == 5  # 0.418 and 0.4180 would read as red beside "red from 0.418(0)"
+    assert "model risk moved from green to yellow (0.20000 -> 0.41796)" in result.flags
+    plain = compare_visits(before, synthetic.image, StubPredictor(risk=cfg))
+    assert plain.risk_digits == 3 and "model risk moved from green to red (0.200 -> 0.700)" in plain.flags
 
 
 def test_a_visit_the_model_cannot_assess_gets_no_risk_comparison():

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from backend.errors import CheckpointError
-from backend.inference.quality import FLAG_CODES, FeatureStats, QualityConfig, image_flags
+from backend.inference.inputs import prepare_input
+from backend.inference.quality import FLAG_CODES, FeatureStats, QualityConfig, file_flags, image_flags, jpeg_damage
 from tests.inference.tiny import lesions, tiny_predictor
 
 
@@ -75,7 +76,8 @@ def test_blue_cast_dermoscopy_is_skin(lesion):
 
 
 def test_every_flag_code_is_documented(lesion):
-    assert {"tiny", "blank", "too_dark", "too_bright", "blurred", "not_skin", "out_of_distribution"} == set(FLAG_CODES)
+    assert {"damaged", "tiny", "blank", "too_dark", "too_bright", "blurred", "noise", "no_colour", "not_skin",
+            "out_of_distribution"} == set(FLAG_CODES)
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +141,49 @@ def test_the_blur_check_does_not_depend_on_the_files_pixel_size(tmp_path):
     assert min(prepared.image.shape[:2]) >= predictor.quality.blur_side == predictor.decode_side
     from_file, from_pixels = predictor.predict([("blurred.jpg", buffer.getvalue()), blurred])
     assert "blurred" in from_pixels.flags and "blurred" in from_file.flags
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_damaged_jpeg_is_flagged_from_bytes_and_from_a_path(lesion, tmp_path):
+    data = _jpeg(lesion)
+    # The scan cut short and the file closed again: Pillow decodes it without a word (flat lower part).
+    damaged = data[: len(data) * 2 // 3] + b"\xff\xd9"
+    assert prepare_input(("cut.jpg", damaged)).image.shape == lesion.shape
+    assert jpeg_damage(data) is None and "premature end" in jpeg_damage(damaged)
+    cfg = QualityConfig()
+    flags = prepare_input(("cut.jpg", damaged)).flags(cfg)
+    assert flags[0].code == "damaged" and "The file is damaged" in flags[0].reason
+    assert "premature end of data segment" in flags[0].reason
+    assert [f.code for f in prepare_input(("ok.jpg", data)).flags(cfg)] == []
+    (tmp_path / "cut.jpg").write_bytes(damaged)
+    assert "damaged" in {f.code for f in prepare_input(tmp_path / "cut.jpg").flags(cfg)}
+    # Not a JPEG, or no bytes at all (pixels): nothing to check.
+    png = io.BytesIO()
+    Image.fromarray(lesion).save(png, "PNG")
+    assert jpeg_damage(png.getvalue()) is None and file_flags(None) == [] and file_flags(b"") == []
+
+
+def test_noise_and_black_and_white_images_are_flagged(lesion):
+    rng = np.random.default_rng(0)
+    for side in (64, 300):
+        noise = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        assert "noise" in codes(noise), side
+        grey_noise = np.repeat(rng.integers(0, 256, (side, side, 1), dtype=np.uint8), 3, axis=2)
+        assert {"noise", "no_colour"} <= codes(grey_noise), side
+    grey = np.repeat(cv2.cvtColor(lesion, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    assert codes(grey) == {"no_colour"}
+    assert "colour" in image_flags(grey)[0].reason
+    # The lesion itself is neither, and neither limit is near it.
+    assert codes(lesion) == set()
+    assert codes(lesion, QualityConfig(noise_ratio=1e9, min_chroma=0)) == set()
+
+
+def test_a_noise_image_never_gets_a_risk_colour():
+    noise = np.random.default_rng(1).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    [result] = tiny_predictor().predict([noise])
+    assert result.traffic_light == "grey" and "noise" in result.flag_reasons
