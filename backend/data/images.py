@@ -12,7 +12,9 @@ Everything that reads pixels (dataset, preprocessing cache, the Streamlit app) g
   (``F``) in ``[0, 1]`` are scaled by 255; other float or out-of-range integer data is min-max
   stretched.
 * Images larger than :data:`MAX_PIXELS` are refused from the header, before any pixel is decoded
-  (decompression bombs), and so are the ones Pillow itself flags.
+  (decompression bombs), and so are the ones Pillow itself flags. So are strips longer than
+  :data:`MAX_ASPECT` times their width: no photo of a lesion, and a network resizing the short
+  side would blow a 1 x 20,000 px strip up to gigabytes.
 * Any decoding failure becomes :class:`~backend.errors.ImageLoadError` naming the file and the reason;
   no raw Pillow/OS error escapes.
 
@@ -39,6 +41,8 @@ from backend.errors import ConfigError, ImageLoadError
 
 #: Largest accepted image, in pixels (64 MP: ~192 MB decoded RGB). Checked from the header only.
 MAX_PIXELS: int = 64_000_000
+#: Largest accepted ratio of the long to the short side (a panorama of 10:1 still passes).
+MAX_ASPECT: int = 10
 
 # Pillow decoders tried; anything else (EPS would start Ghostscript, for one) is refused as unrecognised.
 # (Pillow's JPEG opener also returns the multi-picture "MPO" JPEGs some cameras write.)
@@ -169,6 +173,9 @@ def _open_image(fp: BinaryIO, name: object) -> Iterator[Image.Image]:
                 width, height = im.size
                 if width * height > MAX_PIXELS:
                     raise ImageLoadError(name, _too_large(width * height, f" ({width} x {height} px)"))
+                if max(width, height) > MAX_ASPECT * min(width, height):
+                    raise ImageLoadError(name, f"This picture is a strip of {width} x {height} px, more than "
+                                               f"{MAX_ASPECT} times longer than wide: not a photo of a lesion")
                 yield im
     except ImageLoadError:
         raise

@@ -420,6 +420,8 @@ def segment_lesion(image: np.ndarray, name: str = "image") -> LesionSegmentation
     valid = valid_pixels(image)
     if valid.sum() < 0.25 * valid.size:
         raise FollowUpError("no lesion found: the image is almost entirely black", name)
+    if int(np.ptp(image[valid])) < 2:
+        raise FollowUpError("no lesion found: the picture is one uniform colour", name)
     model = score_model(image, valid)
     mask = lesion_mask(image, model, valid)
     if mask.sum() < MIN_AREA_SHARE * valid.sum():

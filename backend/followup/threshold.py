@@ -13,13 +13,20 @@ from __future__ import annotations
 import numpy as np
 
 
+def _histogram_range(values: np.ndarray) -> tuple[float, float]:
+    """The histogram's range: the values' own, at least 1e-3 wide (a uniform image has one value)."""
+    low = float(values.min())
+    return low, max(float(values.max()) + 1e-6, low + 1e-3)
+
+
 def otsu_threshold(values: np.ndarray) -> tuple[float, float]:
     """Otsu's threshold of 1-D float values and the between-class share of their variance (0-1).
 
     Args:
         values: Scores of the valid pixels.
     """
-    hist, edges = np.histogram(values, bins=256, range=(float(values.min()), float(values.max()) + 1e-6))
+    values = np.asarray(values, dtype=np.float64)  # float32 edges cannot split a narrow range 256 ways
+    hist, edges = np.histogram(values, bins=256, range=_histogram_range(values))
     hist = hist.astype(np.float64)
     centres = (edges[:-1] + edges[1:]) / 2
     weight0 = np.cumsum(hist)
@@ -46,7 +53,8 @@ def minimum_error_threshold(values: np.ndarray, low: float, high: float, min_sha
         high: Highest threshold considered.
         min_share: Smallest share of the pixels each class must hold.
     """
-    hist, edges = np.histogram(values, bins=256, range=(float(values.min()), float(values.max()) + 1e-6))
+    values = np.asarray(values, dtype=np.float64)  # float32 edges cannot split a narrow range 256 ways
+    hist, edges = np.histogram(values, bins=256, range=_histogram_range(values))
     p = hist.astype(np.float64) / max(1, hist.sum())
     x = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(p)

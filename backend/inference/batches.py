@@ -22,7 +22,13 @@ from torch.utils.data import Dataset
 
 from backend.data.metadata import MetadataEncoder
 from backend.errors import ConfigError, DermaLensError, ImageLoadError
-from backend.inference.inputs import PreparedInput, Preprocessor, encode_metadata_row, prepare_input
+from backend.inference.inputs import (
+    PreparedInput,
+    Preprocessor,
+    check_metadata_rows,
+    encode_metadata_row,
+    prepare_input,
+)
 from backend.inference.quality import QualityConfig, QualityFlag
 from backend.inference.records import Prediction, RawOutputs
 
@@ -89,9 +95,9 @@ class InputDataset(Dataset):
     def __init__(self, images: Sequence[Any], metadata: Sequence[dict[str, Any] | None] | None,
                  names: Sequence[str] | None, target_size: int, preprocessor: Preprocessor,
                  encoder: MetadataEncoder | None, quality: QualityConfig | None, keep_inputs: bool = False) -> None:
-        for what, values in (("metadata rows", metadata), ("names", names)):
-            if values is not None and len(values) != len(images):
-                raise ConfigError(f"{len(values)} {what} for {len(images)} images")
+        check_metadata_rows(metadata, len(images))
+        if names is not None and len(names) != len(images):
+            raise ConfigError(f"{len(names)} names for {len(images)} images")
         self.images, self.metadata, self.names = images, metadata, names
         self.target_size, self.preprocessor, self.encoder = target_size, preprocessor, encoder
         self.quality, self.keep_inputs = quality, keep_inputs

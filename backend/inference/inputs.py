@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import astuple, dataclass, field
 from typing import Any
 
@@ -210,16 +210,35 @@ def encode_metadata_row(encoder: MetadataEncoder, entry: dict[str, Any] | None) 
     return encoder.encode(fields["age_approx"], fields["sex"], fields["anatom_site_general"]), used
 
 
+def check_metadata_rows(metadata: Any, n: int) -> None:
+    """Refuse metadata that is not one dict (or None) per image, naming what was given instead.
+
+    Raises:
+        ConfigError: A single dict for a batch, a non-sequence, another length, or a row that is
+            neither a dict nor None.
+    """
+    if metadata is None:
+        return
+    if isinstance(metadata, (Mapping, str, bytes)) or not isinstance(metadata, Sequence):
+        raise ConfigError(f"metadata must be a list with one dict (or None) per image, got a "
+                          f"{type(metadata).__name__}; for one image in a list pass [metadata]")
+    if len(metadata) != n:
+        raise ConfigError(f"{len(metadata)} metadata rows for {n} images")
+    for i, row in enumerate(metadata):
+        if row is not None and not isinstance(row, Mapping):
+            raise ConfigError(f"metadata row {i} must be a dict or None, got {type(row).__name__} {row!r}")
+
+
 def encode_metadata(encoder: MetadataEncoder | None, metadata: Sequence[dict[str, Any] | None] | None, n: int
                     ) -> tuple[np.ndarray | None, np.ndarray]:
     """Encoded metadata ``(n, dim)`` (None without an encoder: image-only models) and the per-row "given" mask.
 
     Raises:
-        ConfigError: Wrong number of rows, unknown keys or values outside the vocabulary.
+        ConfigError: Metadata that is not one dict (or None) per image, unknown keys or values
+            outside the vocabulary.
     """
     used = np.zeros(n, dtype=bool)
-    if metadata is not None and len(metadata) != n:
-        raise ConfigError(f"{len(metadata)} metadata rows for {n} images")
+    check_metadata_rows(metadata, n)
     if encoder is None:
         return None, used
     rows = np.zeros((n, encoder.dim), dtype=np.float32)

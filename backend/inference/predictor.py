@@ -489,10 +489,11 @@ class Predictor:
             return []
         meta, _ = self.encode_metadata(metadata, len(prepared))
         x = self._stack([self.preprocessor.of(p) for p in prepared])
-        if target is None and self.class_offsets is not None:
-            # "The predicted class" is the suggested one (the class-balanced decision), which the
-            # folded offsets may rank below a common class: explain that class, not the top logit.
-            probs = self.forward(x, meta).probs
+        if target is None:
+            # "The predicted class" is the one predict() reports: the class-balanced decision (which
+            # the folded offsets may rank below a common class), of the TTA-averaged probabilities
+            # when the model predicts with TTA. Not the top logit of the single plain view.
+            probs = self.forward(x, meta, tta=self.tta).probs
             head, targets = cam_targets(None, len(prepared),
                                         balanced_decision_scores(probs, self.class_offsets).argmax(axis=1))
         else:

@@ -99,6 +99,18 @@ def test_our_pixel_limit_is_checked_from_the_header(tmp_path, monkeypatch):
         load_image(path)
 
 
+def test_a_long_strip_is_refused_from_the_header_and_a_panorama_is_not():
+    strip = io.BytesIO()
+    Image.new("RGB", (20_000, 1)).save(strip, "PNG")
+    assert len(strip.getvalue()) < 1000  # a few hundred bytes that a resize of the short side would blow up
+    with pytest.raises(ImageLoadError, match=r"strip.png: This picture is a strip of 20000 x 1 px, more than 10 "
+                                             r"times longer than wide"):
+        decode_image_bytes(strip.getvalue(), "strip.png")
+    wide = io.BytesIO()
+    Image.fromarray(make_lesion_image(np.random.default_rng(0), 40)).resize((400, 40)).save(wide, "PNG")
+    assert decode_image_bytes(wide.getvalue(), "wide.png").shape == (40, 400, 3)
+
+
 def test_pillow_bomb_warning_is_turned_into_an_error(tmp_path, monkeypatch):
     # 10000 x 10000 = 1e8 pixels: between Pillow's warning and error limits; our own limit lifted, so
     # only Pillow's warning can stop it (else decoding would start and fail as "truncated").

@@ -139,3 +139,13 @@ def test_a_visit_the_model_cannot_assess_gets_no_risk_comparison():
     assert not any("model risk" in f for f in result.flags)  # no "moved from green to ..." for a grey image
     assert any("follow-up image" in f and "out of focus" in f for f in result.flags)
     assert result.to_dict()["risk_comparable"] is False
+
+
+def test_a_uniform_photo_is_named_as_such_not_a_numpy_error():
+    before, _ = lesion_photo(6, size=160)
+    flat = np.full((160, 160, 3), 128, np.uint8)
+    result = compare_visits(before, flat, before_name="v1.jpg", after_name="v2.jpg")
+    assert not result.aligned
+    assert "v2.jpg: no lesion found: the picture is one uniform colour" in result.flags
+    both = compare_visits(flat, flat, before_name="v1.jpg", after_name="v2.jpg")
+    assert sum("uniform colour" in f for f in both.flags) == 2

@@ -7,6 +7,7 @@ import pytest
 
 from backend.errors import FollowUpError
 from backend.followup.segmentation import segment_lesion, valid_pixels
+from backend.followup.threshold import minimum_error_threshold, otsu_threshold
 from tests.conftest import make_lesion_image
 from tests.followup.conftest import LESION, lesion_photo
 
@@ -58,3 +59,10 @@ def test_black_dermatoscope_frame_is_not_lesion():
     seg = segment_lesion(framed, "framed.png")
     assert not seg.mask[:, :10].any() and not seg.mask[-8:].any()
     assert abs(seg.area_px / truth.sum() - 1) <= 0.03
+
+
+def test_thresholds_of_a_single_value_do_not_fail():
+    constant = np.full(500, 128, np.float32)
+    threshold, share = otsu_threshold(constant)
+    assert threshold == pytest.approx(128, abs=1e-2) and share == 0.0
+    assert minimum_error_threshold(constant, 128, 128) is None

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from backend.data.schema import DIAGNOSES
 from backend.errors import ConfigError
 from backend.inference.explain import ClassTarget, LesionCAM, ThicknessTarget, heatmap_to_image, overlay
 from backend.models.registry import list_backbones
@@ -149,3 +150,26 @@ def test_200_consecutive_cams_do_not_grow_memory():
     assert growth < 50, f"RSS grew by {growth:.1f} MB over 200 Grad-CAM calls"
     assert no_hooks(predictor)
     assert torch.is_grad_enabled()
+
+
+def test_default_target_is_the_class_predict_reports_with_tta(predictor, monkeypatch):
+    img = lesions(1, seed=21)[0]
+    plain_class = predictor.predict([img])[0].top_class
+    forward = predictor.forward
+
+    def tta_votes_otherwise(x, meta=None, tta=False):
+        # A model whose averaged views call another class than its plain view (as happens near a boundary).
+        out = forward(x, meta, tta=False)
+        if tta:
+            probs = np.full_like(out.probs, 0.01)
+            probs[:, (DIAGNOSES.index(plain_class) + 1) % len(DIAGNOSES)] = 0.93
+            out = out._replace(probs=probs)
+        return out
+
+    monkeypatch.setattr(predictor, "forward", tta_votes_otherwise)
+    monkeypatch.setattr(predictor, "tta", True)
+    reported = predictor.predict([img])[0].top_class
+    assert reported != plain_class
+    explained = predictor.explain(img)
+    np.testing.assert_allclose(explained, predictor.explain(img, target=reported), atol=1e-6)
+    assert not np.allclose(explained, predictor.explain(img, target=plain_class), atol=1e-3)

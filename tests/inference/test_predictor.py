@@ -131,6 +131,13 @@ def test_metadata_rows_use_their_own_path(from_ckpt, images):
         from_ckpt.predict(images[:2], META[:1])
     with pytest.raises(ConfigError, match="unknown metadata key"):
         from_ckpt.predict(images[:1], [{"weight": 70}])
+    # One dict for a list of images (even of the dict's length) is refused by name, not indexed as rows.
+    for call in (from_ckpt.predict, from_ckpt.explain_batch, from_ckpt.raw_outputs):
+        with pytest.raises(ConfigError, match=r"one dict \(or None\) per image, got a dict"):
+            call(images[:1], metadata={"sex": "male"})
+    with pytest.raises(ConfigError, match="metadata row 1 must be a dict or None, got str 'male'"):
+        from_ckpt.predict(images[:2], [None, "male"])
+    assert from_ckpt.predict(images[0], {"sex": "male"})[0].metadata_used  # one image, one dict
 
 
 def test_batch_size_does_not_change_results(trained, from_ckpt, images):
