@@ -522,6 +522,7 @@ def render_similar_cases(result: Any, per_row: int = 5) -> None:
                 with column:
                     name = CLASS_NAMES.get(neighbour.diagnosis, neighbour.diagnosis or "diagnosis unknown")
                     st.image(neighbour.thumbnail, width="stretch",
-                             caption=f"{neighbour_caption(neighbour)} · {name} · image {neighbour.image}"
-                                     + (f" · lesion {neighbour.lesion_id}" if neighbour.lesion_id else ""),
+                             # The case's id, never its folders nor its patient's or lesion's ids: those
+                             # belong to another patient's record, not to this screen.
+                             caption=f"{neighbour_caption(neighbour)} · {name} · case {neighbour.image_id}",
                              alt=f"Similar case {neighbour.rank}, enlarged")

@@ -14,7 +14,7 @@ words, in the same order, separated by ``"; "``; both are empty for an image the
 ``model_light`` is the model's own light from the risk alone.
 With ``--reference LIBRARY`` (built by ``scripts.build_reference`` with the same model) three
 columns follow: ``knn_malignant`` (share of the ``--k`` most similar confirmed cases that are
-malignant), ``knn_diagnosis`` (their most common diagnosis) and ``neighbours`` (their image names,
+malignant), ``knn_diagnosis`` (their most common diagnosis) and ``neighbours`` (their image ids,
 most similar first, joined by ``;``). A CSV input's ``lesion_id``/``patient_id`` columns keep an
 image's own lesion and patient out of its neighbours, as are library copies of the image itself.
 Rows are appended batch by batch, so an interrupted run keeps what it did and a rerun skips the

@@ -117,8 +117,12 @@ class SimilarCases:
 
     @property
     def neighbour_names(self) -> list[str]:
-        """The neighbours' image names, most similar first."""
-        return [n.image for n in self.neighbours]
+        """The neighbours' image ids, most similar first.
+
+        Ids, not file names: a reference image's folders (``Doe_Jane_1961/visit1.jpg``) often carry
+        another patient's name, which neither a screen nor an export should show.
+        """
+        return [n.image_id for n in self.neighbours]
 
     def to_row(self) -> dict[str, Any]:
         """The :data:`RETRIEVAL_COLUMNS` of a predictions CSV row.

@@ -210,11 +210,11 @@ def test_reference_adds_neighbour_columns_without_the_image_itself(ckpt, folder,
                  str(library), "--k", "4"]) == 0
     header, rows = read(out)
     assert header == EXPECTED_COLUMNS + RETRIEVAL_COLUMNS
-    index = ReferenceLibrary.load(library).rows.set_index("image")
+    index = ReferenceLibrary.load(library).rows.set_index("image_id")
     assert [r[0] for r in rows] == ["case_0.png", "case_1.png", "case_2.png"]
     for row in rows:
-        neighbours = row[-1].split(";")
-        assert len(neighbours) == 4 and row[0] not in neighbours  # its own library copy is left out
+        neighbours = row[-1].split(";")  # image ids: no file names, no folders
+        assert len(neighbours) == 4 and row[0].removesuffix(".png") not in neighbours  # its own copy left out
         picked = index.loc[neighbours]
         assert float(row[-3]) == pytest.approx(picked["malignant"].mean(), abs=1e-6)
         counts = picked["diagnosis"].value_counts()
@@ -240,8 +240,8 @@ def test_reference_csv_lesion_and_patient_ids_are_left_out(ckpt, folder, tmp_pat
                  "--reference", str(library), "--k", "12"]) == 0
     _, rows = read(out)
     first, second = (r[-1].split(";") for r in rows)
-    assert "case_0.png" not in first and "case_1.png" not in first and len(first) == 10
-    assert "case_2.png" not in second and "case_1.png" in second and len(second) == 11
+    assert "case_0" not in first and "case_1" not in first and len(first) == 10
+    assert "case_2" not in second and "case_1" in second and len(second) == 11
 
 
 def test_reference_built_with_another_model_is_refused(ckpt, folder, tmp_path, capsys):

@@ -55,7 +55,7 @@ def test_neighbour_thumbnails_and_vote_agree_with_the_library(twin_library, pred
     rows = [n.row for n in result.neighbours]
     assert result.vote.n_malignant == int(library.malignant[rows].sum())
     assert result.vote.summary() == f"{result.vote.n_malignant} of 10 most similar were malignant"
-    assert result.to_row()["neighbours"] == ";".join(library.rows["image"].iloc[rows])
+    assert result.to_row()["neighbours"] == ";".join(library.rows["image_id"].iloc[rows])
     assert result.to_row()["knn_malignant"] == pytest.approx(result.vote.n_malignant / 10)
 
 
