@@ -6,8 +6,11 @@ then ``key=value`` overrides of any config key (``optim.final_momentum=0.999``).
 ``scripts.train`` are spelled alike (``scripts/run_flags.py``); the old hyphenated spellings
 (``--model-cfg``, ``--max-epochs``...) still work with a deprecation message. Examples::
 
-    python -m scripts.pretrain_byol --config cfgs/byol/cpu_small.yaml --data_dirs ../shared/data/images
-    python -m scripts.pretrain_byol --config cfgs/byol/cpu_small.yaml --data_dirs ../shared/data/images --resume
+    python -m scripts.pretrain_byol --config cfgs/byol/cpu_small.yaml --data_dirs ../shared/data/images \
+        --exclude_list val_test.txt
+    # after an interruption: the same command plus --resume (a changed image setting is refused)
+    python -m scripts.pretrain_byol --config cfgs/byol/cpu_small.yaml --data_dirs ../shared/data/images \
+        --exclude_list val_test.txt --resume
     python -m scripts.pretrain_byol --export_only runs/byol/cpu_small/version_0/ckpts/last.ckpt
     python -m scripts.train --pretrain_ckpt runs/byol/cpu_small/version_0/backbone.safetensors ...
 

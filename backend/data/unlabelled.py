@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +29,8 @@ from backend.data.preprocess import find_images
 from backend.data.schema import IMAGE_EXTENSIONS
 from backend.data.transforms import build_byol_transforms, preprocessing_dict, shades_of_gray
 from backend.errors import ConfigError, DataFormatError, ImageLoadError
+
+log = logging.getLogger(__name__)
 
 #: How many following images to try before giving up when images fail to decode.
 MAX_REPLACEMENTS = 16
@@ -76,6 +79,13 @@ def scan_image_dirs(
             raise ConfigError(f"image folder not found: {folder} (data.dirs / --data_dirs)")
         found.update(path for path, _ in find_images(folder))
     paths = sorted(p for p in found if not exclude or p.stem not in exclude)
+    if exclude:
+        left_out = len(found) - len(paths)
+        if left_out == 0:
+            log.warning("data.exclude_list names %d images and none of them is under %s: check the list "
+                        "(nothing was left out)", len(exclude), ", ".join(str(d) for d in dirs))
+        else:
+            log.info("data.exclude_list: left out %d of the %d images it names", left_out, len(exclude))
     if not paths:
         excluded = f" after excluding {len(found)} listed in data.exclude_list" if found else ""
         raise ConfigError(
@@ -116,8 +126,9 @@ class UnlabelledImageDataset(Dataset):
         self._reported: set[str] = set()
 
     @classmethod
-    def from_config(cls, data_cfg: Any, seed: int = 0) -> UnlabelledImageDataset:
-        """Scan ``data_cfg.dirs`` and pair the images with BYOL's two views.
+    def from_config(cls, data_cfg: Any, seed: int = 0, paths: Sequence[str | Path] | None = None
+                    ) -> UnlabelledImageDataset:
+        """Scan ``data_cfg.dirs`` (or take ``paths``) and pair the images with BYOL's two views.
 
         Colour constancy, deterministic and the slowest step of the pipeline, runs once per image
         here instead of once per view inside the transforms (same pixels, half the cost).
@@ -125,9 +136,11 @@ class UnlabelledImageDataset(Dataset):
         Args:
             data_cfg: A :class:`backend.training.byol_config.UnlabelledDataConfig`.
             seed: Seed of the ``max_images`` subset.
+            paths: The images to use instead of scanning (a resumed run's own ``images.txt``).
         """
-        exclude = read_exclude_list(data_cfg.exclude_list) if data_cfg.exclude_list else None
-        paths = scan_image_dirs(data_cfg.dirs, exclude=exclude, max_images=data_cfg.max_images, seed=seed)
+        if paths is None:
+            exclude = read_exclude_list(data_cfg.exclude_list) if data_cfg.exclude_list else None
+            paths = scan_image_dirs(data_cfg.dirs, exclude=exclude, max_images=data_cfg.max_images, seed=seed)
         data = data_cfg.as_data_config()
         pre = preprocessing_dict(data)
         power = float(pre["color_constancy_power"]) if pre["color_constancy"] else None

@@ -101,6 +101,19 @@ class ModelConfig:
         if not 0.0 <= self.meta_dropout <= 1.0:
             raise ConfigError(f"model.meta_dropout must be in [0, 1], got {self.meta_dropout}")
 
+    #: Where training starts from (not what the network is): a resumed run keeps its own, and never
+    #: reads them again, because its checkpoint holds every weight.
+    START_WEIGHT_KEYS: ClassVar[tuple[str, ...]] = ("pretrained_path", "pretrained_prefix", "pretrained",
+                                                    "bn_reestimate_batches")
+
+    def without_start_weights(self) -> ModelConfig:
+        """A copy that builds the same network without reading or downloading start weights."""
+        import copy
+
+        other = copy.deepcopy(self)
+        other.drop_start_weights()
+        return other
+
     def drop_start_weights(self) -> None:
         """Forget where training started from: a saved model's own weights replace them.
 

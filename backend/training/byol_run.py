@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,21 +106,48 @@ def resolve_run_dir(cfg: ByolConfig) -> tuple[Path, Path | None]:
     return next_version_dir(root), None
 
 
-def _network_keys(cfg: ByolConfig) -> dict[str, Any]:
-    """What shapes the network: the model section and the input size it is built for."""
-    return {**{f"model.{k}": v for k, v in to_dict(cfg.model).items()}, "data.img_size": cfg.data.img_size}
+#: Data settings a resumed run must share with its start: which images it learns from, and how it sees them.
+_RESUME_DATA_KEYS: tuple[str, ...] = ("dirs", "exclude_list", "max_images", "img_size", "color_constancy")
+
+
+def _resume_keys(cfg: ByolConfig) -> dict[str, Any]:
+    """What a resumed run must share with its start: the network (not its start weights) and its images."""
+    data = to_dict(cfg.data)
+    keys = {f"model.{k}": v for k, v in to_dict(cfg.model).items() if k not in cfg.model.START_WEIGHT_KEYS}
+    keys.update({f"data.{k}": data[k] for k in _RESUME_DATA_KEYS})
+    keys["seed"] = cfg.seed  # draws the max_images subset
+    return keys
 
 
 def check_resume_config(cfg: ByolConfig, run_dir: Path) -> None:
-    """Refuse to resume a run whose saved model section or input size differs (its checkpoint would not fit).
+    """Refuse to resume a run whose network or images would differ, and take the rest of its record.
+
+    The network (model section, input size) must fit the checkpoint; the images (folders, the
+    exclusion list that keeps validation and test images out, the subset) must be the run's, or a
+    resume could pretrain on images it was told to leave out. The run's start weights and input
+    normalisation are kept as recorded: the checkpoint holds every weight, so a start file moved
+    since does not matter.
 
     Raises:
         ConfigError: Naming the keys that differ.
     """
     saved_path = run_dir / "config.yaml"
-    if saved_path.is_file():
-        refuse_changed_settings(run_dir, _network_keys(from_dict(ByolConfig, read_yaml(saved_path))),
-                                _network_keys(cfg))
+    if not saved_path.is_file():
+        return
+    run_cfg = from_dict(ByolConfig, read_yaml(saved_path))
+    refuse_changed_settings(run_dir, _resume_keys(run_cfg), _resume_keys(cfg))
+    for key in cfg.model.START_WEIGHT_KEYS:
+        setattr(cfg.model, key, getattr(run_cfg.model, key))
+    if cfg.data.mean is None and cfg.data.std is None:
+        cfg.data.mean, cfg.data.std = run_cfg.data.mean, run_cfg.data.std
+
+
+def _run_images(run_dir: Path) -> list[str] | None:
+    """The images a run started with (its ``images.txt``), or None when it has none."""
+    listed = run_dir / "images.txt"
+    if not listed.is_file():
+        return None
+    return [line for line in listed.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 # -- checkpoints and export -----------------------------------------------------------------------
@@ -351,21 +378,25 @@ def pretrain(cfg: ByolConfig, callbacks: list[Any] | None = None) -> PretrainRes
     from torch.utils.data import DataLoader
 
 
-    set_backbone_normalisation(cfg)
     run_dir, resume_ckpt = resolve_run_dir(cfg)
     if resume_ckpt is not None:
         check_resume_config(cfg, run_dir)
+    # A resumed run's checkpoint replaces the start weights: never read (or download) them again.
+    build_cfg = cfg if resume_ckpt is None else replace(cfg, model=cfg.model.without_start_weights())
+    set_backbone_normalisation(build_cfg)  # shares cfg's data section: fills cfg.data.mean/std too
     os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the DDP workers Lightning launches
     L.seed_everything(cfg.seed, workers=True)
 
-    dataset = UnlabelledImageDataset.from_config(cfg.data, seed=cfg.seed)
+    # A resumed run learns from exactly the images it started with, even if the folders changed since.
+    dataset = UnlabelledImageDataset.from_config(cfg.data, seed=cfg.seed,
+                                                 paths=_run_images(run_dir) if resume_ckpt is not None else None)
     if len(dataset) < cfg.data.batch_size:
         raise ConfigError(f"only {len(dataset)} images under {cfg.data.dirs}: fewer than data.batch_size "
                           f"({cfg.data.batch_size}); lower --batch_size")
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
                         num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
                         worker_init_fn=seed_worker_augmentations if cfg.data.num_workers > 0 else None)
-    module = BYOLModule(to_dict(cfg))
+    module = BYOLModule(to_dict(build_cfg))
     if resume_ckpt is None and cfg.model.bn_reestimate_batches > 0 and (cfg.model.pretrained_path
                                                                          or cfg.model.pretrained):
         reestimate_start_batchnorm(module, dataset, cfg)
@@ -381,7 +412,7 @@ def pretrain(cfg: ByolConfig, callbacks: list[Any] | None = None) -> PretrainRes
         part = len(list(run_dir.glob("metrics.part*.csv")))
         os.replace(metrics_csv, run_dir / f"metrics.part{part}.csv")
     trainer = build_trainer(cfg, run_dir, [*own, *(callbacks or [])])
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and resume_ckpt is None:  # a resumed run keeps the record it started with
         (run_dir / "ckpts").mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "images.txt").write_text("\n".join(dataset.paths) + "\n", encoding="utf-8")

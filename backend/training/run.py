@@ -87,10 +87,11 @@ def _resume_settings(cfg: ExperimentConfig) -> dict:
     """``{dotted key: value}`` of what a resumed run must share with its start: the model and the data keys above.
 
     Training length, optimiser, loss and logging may change on resume (e.g. more epochs); an unset
-    ``data.mean``/``std`` is filled from the backbone, as at the start, so it is left out.
+    ``data.mean``/``std`` is taken from the run, and so are the start weights (the checkpoint holds
+    every weight, so a start file moved since does not matter), so they are left out.
     """
     data = to_dict(cfg.data)
-    keys = {f"model.{k}": v for k, v in to_dict(cfg.model).items()}
+    keys = {f"model.{k}": v for k, v in to_dict(cfg.model).items() if k not in cfg.model.START_WEIGHT_KEYS}
     keys.update({f"data.{k}": data[k] for k in _RESUME_DATA_KEYS if not (k in ("mean", "std") and data[k] is None)})
     return keys
 
@@ -107,9 +108,13 @@ def prepare_resume(cfg: ExperimentConfig, run_dir: Path) -> None:
     """
     saved_path = run_dir / "config.yaml"
     if saved_path.is_file():
-        saved = _resume_settings(from_dict(ExperimentConfig, read_yaml(saved_path)))
-        current = _resume_settings(cfg)
+        run_cfg = from_dict(ExperimentConfig, read_yaml(saved_path))
+        saved, current = _resume_settings(run_cfg), _resume_settings(cfg)
         refuse_changed_settings(run_dir, {k: saved.get(k) for k in current}, current)
+        for key in cfg.model.START_WEIGHT_KEYS:  # the run's record of where it started stays true
+            setattr(cfg.model, key, getattr(run_cfg.model, key))
+        if cfg.data.mean is None and cfg.data.std is None:
+            cfg.data.mean, cfg.data.std = run_cfg.data.mean, run_cfg.data.std
     splits = run_dir / "splits.csv"
     if splits.is_file():
         cfg.data.split_csv = str(splits)
@@ -262,10 +267,6 @@ def fit(cfg: ExperimentConfig, test: bool = True) -> RunResult:
     run_dir, resume_ckpt = resolve_run_dir(cfg)
     if resume_ckpt is not None:
         prepare_resume(cfg, run_dir)
-    if resume_ckpt is not None and os.environ.get("LOCAL_RANK", "0") == "0":
-
-        remove_stale_temp_files(resume_ckpt.parent)  # half-written files of a killed run
-        keep_metrics_csv(run_dir)  # Lightning's CSVLogger would delete the curves logged before the resume
     os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the DDP workers Lightning launches
     L.seed_everything(cfg.seed, workers=True)
 
@@ -276,7 +277,9 @@ def fit(cfg: ExperimentConfig, test: bool = True) -> RunResult:
     train_table = datamodule.train_table
     scaler = ThicknessScaler.fit(train_table["thickness_lo_mm"].to_numpy(), train_table["thickness_hi_mm"].to_numpy())
 
-    net = build_experiment_model(cfg.model, cfg.data, encoder)
+    # A resumed run's checkpoint replaces the start weights: never read (or download) them again.
+    net = build_experiment_model(cfg.model if resume_ckpt is None else cfg.model.without_start_weights(),
+                                 cfg.data, encoder)
     resolve_input_normalisation(cfg, net)
     if resume_ckpt is None and cfg.model.bn_reestimate_batches > 0:
         reestimate_start_batchnorm(cfg, net, datamodule)
@@ -289,6 +292,10 @@ def fit(cfg: ExperimentConfig, test: bool = True) -> RunResult:
         metadata_encoder=encoder.to_dict() if encoder is not None else None,
         preprocessing=preprocessing_dict(cfg.data),
     )
+    if resume_ckpt is not None and os.environ.get("LOCAL_RANK", "0") == "0":
+        # Here, after everything that can refuse the resume: a refused one leaves the run folder as it was.
+        remove_stale_temp_files(resume_ckpt.parent)  # half-written files of a killed run
+        keep_metrics_csv(run_dir)  # Lightning's CSVLogger would delete the curves logged before the resume
     trainer = build_trainer(cfg, run_dir)
     if trainer.is_global_zero and resume_ckpt is None:  # a resumed run keeps the files it started with
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +256,34 @@ def test_tiny_run_saves_often_exports_and_resumes(image_dir, tmp_path):
         pretrain(tiny_cfg([image_dir], tmp_path, resume_version=4))
     with pytest.raises(ConfigError, match=r"other settings: model.proj_dim: run has 16, now 8"):
         pretrain(tiny_cfg([image_dir], tmp_path, resume_version=0, model={"proj_dim": 8}))
+
+
+def test_resume_learns_from_the_runs_own_images_only(image_dir, tmp_path, caplog):
+    folder = tmp_path / "images"
+    shutil.copytree(image_dir, folder)
+    held_out = tmp_path / "val_test.txt"
+    held_out.write_text("img_00.png\nimg_01.png\nimg_02.png\n")
+    cfg = tiny_cfg([folder], tmp_path, data={"exclude_list": str(held_out)})
+    first = pretrain(cfg)
+    listed = (first.run_dir / "images.txt").read_text()
+    record = (first.run_dir / "config.yaml").read_bytes()
+    assert len(listed.split()) == 10 and "img_00" not in listed
+    # Resuming without the exclusion list would pretrain on the held-out images: refused, by name.
+    with pytest.raises(ConfigError, match=r"data.exclude_list: run has '.*val_test.txt', now None"):
+        pretrain(tiny_cfg([folder], tmp_path, trainer={"max_epochs": 2}, resume=True))
+    # Images added to the folder since do not join a resumed run, and its record is not rewritten.
+    Image.fromarray(make_lesion_image(np.random.default_rng(5), 48)).save(folder / "img_99.png")
+    resumed = pretrain(tiny_cfg([folder], tmp_path, trainer={"max_epochs": 2}, resume=True,
+                                data={"exclude_list": str(held_out)}))
+    assert resumed.run_dir == first.run_dir and resumed.global_step == 2 * first.global_step
+    assert (first.run_dir / "images.txt").read_text() == listed
+    assert (first.run_dir / "config.yaml").read_bytes() == record
+    # An exclusion list that names none of the images is said, not silently ignored.
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("FOO_1.jpg\n")
+    with caplog.at_level("WARNING", logger="backend.data.unlabelled"):
+        assert len(scan_image_dirs([folder], exclude=read_exclude_list(wrong))) == 14
+    assert "names 1 images and none of them is under" in caplog.text
 
 
 @pytest.mark.integration

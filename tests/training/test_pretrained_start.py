@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from backend.errors import ConfigError
 from backend.io.bundle import read_card
 from backend.io.checkpoint import load_lesion_checkpoint
 from backend.models.registry import create_backbone
@@ -70,3 +71,28 @@ def test_explicit_normalisation_wins_over_the_backbone(dataset, tmp_path, start_
     cfg.data.mean, cfg.data.std = [0.4, 0.4, 0.4], [0.3, 0.3, 0.3]
     result = fit(cfg, test=False)
     assert load_lesion_checkpoint(result.best_ckpt).preprocessing["mean"] == [0.4, 0.4, 0.4]
+
+
+def test_resume_never_reads_the_start_weights_again(dataset, tmp_path, start_weights):
+    moved = tmp_path / "start.safetensors"
+    moved.write_bytes(start_weights.read_bytes())
+    first = fit(mobilenet_cfg(dataset, tmp_path, moved), test=False)
+    config_before = (first.run_dir / "config.yaml").read_bytes()
+    moved.unlink()  # the start file is gone (another machine, a tidied folder): last.ckpt holds every weight
+    version = int(first.run_dir.name.split("_")[1])
+    for given in (str(moved), None):  # the old path, or none at all: both resume
+        cfg = mobilenet_cfg(dataset, tmp_path, moved, max_epochs=2 if given else 3)
+        cfg.model.pretrained_path, cfg.resume_version = given, version
+        resumed = fit(cfg, test=False)
+        assert resumed.run_dir == first.run_dir
+        loaded = load_lesion_checkpoint(resumed.last_ckpt)
+        assert loaded.preprocessing["mean"] == [0.5, 0.5, 0.5]  # the run's normalisation, not a default
+        assert loaded.config["model"]["pretrained_path"] == str(moved)  # where the run started, as recorded
+    assert (first.run_dir / "config.yaml").read_bytes() == config_before
+    # A refused resume leaves the run folder as it was: its curves are not set aside.
+    curves = sorted(p.name for p in first.run_dir.glob("metrics*.csv"))
+    cfg = mobilenet_cfg(dataset, tmp_path, moved, max_epochs=4)
+    cfg.resume_version, cfg.data.img_size = version, 48
+    with pytest.raises(ConfigError, match="data.img_size: run has 32, now 48"):
+        fit(cfg, test=False)
+    assert sorted(p.name for p in first.run_dir.glob("metrics*.csv")) == curves
