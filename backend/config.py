@@ -151,6 +151,20 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _count_or_fraction(value: Any, key: str) -> int | float:
+    """An ``int | float`` value (e.g. Lightning's ``limit_train_batches``): ``1`` stays the count 1, ``1.0`` is 100%."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"config key '{key}' must be a count or a fraction, got {value!r}")
+    if isinstance(value, str):
+        for parse in (int, float):
+            try:
+                return parse(value)
+            except ValueError:
+                continue
+        raise ConfigError(f"config key '{key}' must be a count or a fraction, got {value!r}")
+    return value
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a YAML/override value to the annotated type, or raise naming the key."""
     inner, optional = _strip_optional(tp)
@@ -174,8 +188,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         fixed = origin is tuple and bool(args) and Ellipsis not in args  # tuple[float, float]: exactly two
         if fixed and len(value) != len(args):
             raise ConfigError(f"config key '{key}' must hold {len(args)} values, got {len(value)}: {list(value)!r}")
-        types = list(args) if fixed else [args[0] if args else Any] * len(value)
-        items = [_coerce(v, tp, f"{key}[{i}]") for i, (v, tp) in enumerate(zip(value, types, strict=True))]
+        item_types = list(args) if fixed else [args[0] if args else Any] * len(value)
+        items = [_coerce(v, tp, f"{key}[{i}]") for i, (v, tp) in enumerate(zip(value, item_types, strict=True))]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
@@ -192,6 +206,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if origin in (typing.Union, types.UnionType) and set(typing.get_args(inner)) == {int, float}:
+        return _count_or_fraction(value, key)
     if inner in (int, float):
         if isinstance(value, bool):
             raise ConfigError(f"config key '{key}' must be a number, got {value!r}")

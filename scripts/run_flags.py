@@ -9,6 +9,7 @@ ones BYOL used (``--model-cfg``, ``--max-epochs``...) and the supervised CLI's `
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -77,10 +78,29 @@ def add_run_flags(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--resume_version", type=int, help="continue <log_dir>/<experiment_name>/version_N")
 
 
+#: A ``key=value`` config override (``optim.lr=3e-4``), as opposed to a path or a flag value.
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
+
+
 def parse_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """``p.parse_args`` after old flag spellings are mapped to the current ones (with a deprecation message)."""
+    """Parse the flags, with ``key=value`` overrides accepted anywhere among them.
+
+    Old flag spellings are mapped to the current ones first (with a deprecation message). Overrides
+    may come before, between or after flags (``optim.lr=3e-4 --max_epochs 1 trainer.fast_dev_run=true``);
+    one that a list flag (``--data_dirs a b``) swallowed is given back to the overrides.
+    """
     known = [s for action in p._actions for s in action.option_strings]
-    return p.parse_args(rename_legacy_flags(list(sys.argv[1:] if argv is None else argv), known, LEGACY_FLAGS))
+    args = p.parse_intermixed_args(rename_legacy_flags(list(sys.argv[1:] if argv is None else argv), known,
+                                                       LEGACY_FLAGS))
+    if hasattr(args, "overrides"):
+        for action in p._actions:
+            values = getattr(args, action.dest, None)
+            if action.option_strings and action.nargs in ("+", "*") and isinstance(values, list):
+                swallowed = [v for v in values if isinstance(v, str) and _OVERRIDE.match(v)]
+                if swallowed:
+                    setattr(args, action.dest, [v for v in values if v not in swallowed] or None)
+                    args.overrides = [*args.overrides, *swallowed]
+    return args
 
 
 def flag_values(args: argparse.Namespace, table: dict[str, str]) -> dict[str, Any]:

@@ -112,7 +112,8 @@ class TrainerConfig:
         precision: ``32``, ``16-mixed`` or ``bf16-mixed`` (bf16 is much slower on CPUs without bf16).
         gradient_clip_val: Clip gradients to this global norm (0 = off).
         accumulate_grad_batches: Gradient accumulation steps.
-        limit_train_batches: Fraction or count of train batches per epoch.
+        limit_train_batches: Fraction (a float: 1.0 is every batch) or count (an int: 1 is one batch) of
+            train batches per epoch, as Lightning reads it.
         log_every_n_steps: Logging interval.
         checkpoint_every_n_steps: Also refresh ``last.ckpt`` every this many optimiser steps (0 = once
             per epoch), so a long epoch interrupted midway loses little.
@@ -133,7 +134,7 @@ class TrainerConfig:
     precision: str = "32"
     gradient_clip_val: float = 1.0
     accumulate_grad_batches: int = 1
-    limit_train_batches: float = 1.0
+    limit_train_batches: int | float = 1.0
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int = 0
     deterministic: bool = False
@@ -179,7 +180,8 @@ class SupervisedTrainerConfig(TrainerConfig):
         monitor: Metric that picks ``best.ckpt``.
         early_stop_metric: Metric watched by early stopping.
         early_stop: Early-stopping patience in epochs (0 = off).
-        limit_val_batches: Fraction or count of validation batches per epoch.
+        limit_val_batches: Fraction (float) or count (int) of validation batches per epoch, as for
+            ``limit_train_batches``.
         fast_dev_run: Run one batch of train/val to smoke-test a config.
         ema_decay: Keep an exponential moving average of the weights with this decay per optimiser
             step (0 = off; Lightning's ``EMAWeightAveraging``): validation, ``best.ckpt`` and
@@ -193,7 +195,7 @@ class SupervisedTrainerConfig(TrainerConfig):
     monitor: str = "val/auroc_malignant"
     early_stop_metric: str = "val/balanced_accuracy"
     early_stop: int = 0
-    limit_val_batches: float = 1.0
+    limit_val_batches: int | float = 1.0
     fast_dev_run: bool = False
     ema_decay: float = 0.0
     on_nonfinite: str = "stop"

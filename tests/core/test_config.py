@@ -238,3 +238,16 @@ def test_an_old_key_in_a_later_layer_beats_the_new_key_of_an_earlier_one(tmp_pat
     assert cfg.log_dir == "elsewhere" and cfg.trainer.max_epochs == 7
     with pytest.warns(DeprecationWarning, match="output_dir"):
         assert recipe({"log_dir": "runs"}, ["output_dir=moved"]).log_dir == "moved"
+
+
+def test_a_batch_limit_keeps_a_count_a_count_and_a_fraction_a_fraction():
+    def limit(value):
+        return from_dict(ExperimentConfig, {"trainer": {"limit_train_batches": value}}).trainer.limit_train_batches
+
+    # Lightning reads the int 1 as one batch and the float 1.0 as every batch: the type must survive.
+    assert limit(1) == 1 and type(limit(1)) is int
+    assert limit("1") == 1 and type(limit("1")) is int  # a key=value override
+    assert limit(0.25) == 0.25 and limit("0.25") == 0.25 and type(limit(1.0)) is float
+    for bad in (True, "half", [1]):
+        with pytest.raises(ConfigError, match="trainer.limit_train_batches' must be a count or a fraction"):
+            limit(bad)

@@ -177,3 +177,11 @@ def test_byol_cli_flags_and_bad_input(tmp_path, capsys):
     for name in ("cpu_small", "default"):
         cfg, _ = parse_config(["--config", str(REPO_ROOT / "cfgs" / "byol" / f"{name}.yaml")])
         assert cfg.trainer.precision == "32" and cfg.optim.final_momentum == 1.0
+
+
+def test_byol_overrides_after_the_image_folders_are_overrides(tmp_path):
+    cfg, args = parse_config(["--data_dirs", str(tmp_path / "a"), str(tmp_path / "b"), "model.proj_dim=16",
+                              "--max_epochs", "3", "optim.lr=0.01"])
+    assert cfg.data.dirs == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert (cfg.model.proj_dim, cfg.trainer.max_epochs, cfg.optim.lr) == (16, 3, 0.01)
+    assert sorted(args.overrides) == ["model.proj_dim=16", "optim.lr=0.01"]

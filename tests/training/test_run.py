@@ -187,6 +187,11 @@ def test_cli_flags_map_onto_the_config(dataset, tmp_path):
         9, 2, 0.5, 0.0)
     with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
         parse_config(["optim.lrr=1"])
+    # Overrides anywhere among the flags, as Hydra-style commands are written.
+    cfg, _ = parse_config(["optim.lr=3e-4", "--max_epochs", "2", "trainer.fast_dev_run=true", "--seed", "5",
+                           "data.img_size=48"])
+    assert (cfg.optim.lr, cfg.trainer.max_epochs, cfg.trainer.fast_dev_run, cfg.seed, cfg.data.img_size) == (
+        3e-4, 2, True, 5, 48)
 
 
 def test_cli_old_spellings_still_work_with_a_deprecation_warning(dataset, tmp_path):
@@ -265,3 +270,9 @@ def test_ddp_two_cpu_processes(dataset, tmp_path):
     assert not list((tmp_path / "ddp" / "cpu_tiny").glob("version_1"))  # both ranks wrote one run folder
     loaded = load_lesion_checkpoint(runs["ddp"] / "ckpts" / "last.ckpt")
     assert loaded.net(torch.zeros(1, 3, 32, 32)).diagnosis_logits.shape == (1, 8)
+
+
+def test_a_batch_limit_of_one_trains_one_batch(dataset, tmp_path):
+    result = fit(tiny_cfg(dataset, tmp_path, trainer={"max_epochs": 1, "limit_train_batches": 1,
+                                                      "limit_val_batches": 1}), test=False)
+    assert safe_torch_load(result.last_ckpt)["global_step"] == 1  # not the whole epoch (1.0 would be)
