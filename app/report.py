@@ -38,6 +38,8 @@ EXPORT_COLUMNS: tuple[str, ...] = (
 CSV_DECIMALS = 3
 REPORT_FORMATS: dict[str, str] = {"png": "image/png", "pdf": "application/pdf"}
 _PAGE = (1240, 1754)  # A4 at 150 dpi
+#: Smallest height of the report's pictures, in pixels, when the result needs the room.
+_MIN_PICTURE = 260
 _LIGHT_RGB = {"green": (46, 125, 50), "yellow": (249, 168, 37), "red": (198, 40, 40), "grey": (117, 117, 117)}
 _FONT_FILES = ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 _BOLD_FILES = ("DejaVuSans-Bold.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
@@ -173,16 +175,22 @@ def _paste_fitted(canvas: Any, image: np.ndarray, box: tuple[int, int, int, int]
 
 
 def _wrap(draw: Any, text: str, font: Any, width: int) -> list[str]:
+    """``text`` broken into lines no wider than ``width``: at spaces, and inside a word too long for a line."""
     lines: list[str] = []
     for paragraph in text.split("\n"):
         words, line = paragraph.split(), ""
         for word in words:
             trial = f"{line} {word}".strip()
-            if draw.textlength(trial, font=font) <= width or not line:
+            if draw.textlength(trial, font=font) <= width:
                 line = trial
-            else:
+                continue
+            if line:
                 lines.append(line)
-                line = word
+            while draw.textlength(word, font=font) > width:  # a file name without spaces, say
+                cut = next((i for i in range(len(word), 0, -1) if draw.textlength(word[:i], font=font) <= width), 1)
+                lines.append(word[:cut])
+                word = word[cut:]
+            line = word
         lines.append(line)
     return lines
 
@@ -216,11 +224,12 @@ def render_report(
     y = 60
     draw.text((margin, y), "DermaLens lesion report", font=title, fill=(20, 20, 20))
     y += 70
-    for line in (f"Image: {printable(image_name)}",
+    for text in (f"Image: {printable(image_name)}",
                  f"Model: {printable(model_name)} (version {printable(model_version, 40)})",
                  f"Generated: {created.astimezone(timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}"):
-        draw.text((margin, y), line, font=body, fill=(40, 40, 40))
-        y += 34
+        for line in _wrap(draw, text, body, width):  # a long file name wraps instead of running off the page
+            draw.text((margin, y), line, font=body, fill=(40, 40, 40))
+            y += 34
     y += 6
     for line in _wrap(draw, "Decision support, not a diagnosis: to be interpreted by a qualified clinician.",
                       small, width):
@@ -231,23 +240,32 @@ def render_report(
     hidden = result_hidden(prediction, show_model_result)
     if hidden:
         overlay = None  # a Grad-CAM is part of the result the report leaves out
-    half = (width - 30) // 2
-    _paste_fitted(page, image, (margin, y, half, 480))
-    draw.text((margin, y + 488), "Image", font=small, fill=(60, 60, 60))
-    if overlay is not None:
-        _paste_fitted(page, overlay, (margin + half + 30, y, half, 480))
-        draw.text((margin + half + 30, y + 488), f"Grad-CAM overlay: {cam_target}", font=small, fill=(60, 60, 60))
-    else:
-        draw.text((margin + half + 30, y + 220), "Grad-CAM not reported" if hidden else "Grad-CAM not available",
-                  font=body, fill=(120, 120, 120))
-    y += 530
-
     pred = prediction
+    fields = report_fields(pred, metadata, light_meaning, patient_id=patient_id, lesion_id=lesion_id,
+                           show_model_result=show_model_result, risk_cfg=risk_cfg)
+    weights = dict(risk_cfg.weights) if risk_cfg is not None and not hidden else {}
+    # Everything below the pictures must fit on the page, every diagnosis included: the pictures
+    # give up height (down to _MIN_PICTURE) before any line of the result is left out.
+    below = (44 if pred.traffic_light == "grey" else 0) + sum(
+        32 * len(_wrap(draw, f"{name}: {value}", body, width - 40)) + 6 for name, value in fields)
+    if not hidden:
+        below += (36 if weights else 0) + 44 + 36 * len(pred.probabilities)
+    picture = max(_MIN_PICTURE, min(480, _PAGE[1] - 40 - y - 50 - below))
+    half = (width - 30) // 2
+    _paste_fitted(page, image, (margin, y, half, picture))
+    draw.text((margin, y + picture + 8), "Image", font=small, fill=(60, 60, 60))
+    if overlay is not None:
+        _paste_fitted(page, overlay, (margin + half + 30, y, half, picture))
+        draw.text((margin + half + 30, y + picture + 8), f"Grad-CAM overlay: {cam_target}", font=small,
+                  fill=(60, 60, 60))
+    else:
+        draw.text((margin + half + 30, y + picture // 2 - 20),
+                  "Grad-CAM not reported" if hidden else "Grad-CAM not available", font=body, fill=(120, 120, 120))
+    y += picture + 50
+
     if pred.traffic_light == "grey":
         draw.text((margin, y), "Not assessable: retake the image.", font=head, fill=(90, 90, 90))
         y += 44
-    fields = report_fields(pred, metadata, light_meaning, patient_id=patient_id, lesion_id=lesion_id,
-                           show_model_result=show_model_result, risk_cfg=risk_cfg)
     for name, value in fields:
         if name == "Risk light":
             colour = _LIGHT_RGB.get(pred.traffic_light, (150, 150, 150))
@@ -259,7 +277,6 @@ def render_report(
         y += 6
     if hidden:
         return page
-    weights = dict(risk_cfg.weights) if risk_cfg is not None else {}
     if weights:
         formula = "Risk index = " + " + ".join(f"{w:g} × P({n})" for n, w in weights.items()) + ", clipped to [0, 1]"
         draw.text((margin + 40, y), formula, font=small, fill=(80, 80, 80))
@@ -267,8 +284,11 @@ def render_report(
     draw.text((margin, y), "Probability of each diagnosis", font=head, fill=(20, 20, 20))
     y += 44
     bar_left, bar_width = margin + 420, width - 420 - 110
-    for code, p in sorted(pred.probabilities.items(), key=lambda kv: -kv[1]):
-        if y > _PAGE[1] - 50:
+    ranked = sorted(pred.probabilities.items(), key=lambda kv: -kv[1])
+    for i, (code, p) in enumerate(ranked):
+        if y > _PAGE[1] - 40 - 36 and i < len(ranked) - 1:  # never silently: say what did not fit
+            rest = ", ".join(f"{c} {q:.1%}" for c, q in ranked[i:])
+            draw.text((margin, y), f"Not drawn for lack of room: {rest}", font=small, fill=(150, 30, 30))
             break
         draw.text((margin, y), f"{CLASS_NAMES.get(code, code)} ({code})", font=body, fill=(30, 30, 30))
         draw.rectangle((bar_left, y + 4, bar_left + bar_width, y + 26), fill=(236, 236, 236))

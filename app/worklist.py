@@ -17,7 +17,9 @@ LIGHT_CHOICES: tuple[str, ...] = ("red", "yellow", "green", "grey", NOT_ANALYSED
 LIGHT_WORDS: dict[str, str] = {"red": "high risk", "yellow": "medium risk", "green": "low risk",
                                "grey": "not assessable", NOT_ANALYSED: "not analysed"}
 
-_LIGHT_RANK = {light: rank for rank, light in enumerate(LIGHT_CHOICES)}
+#: Sorting by light or risk: an image to retake (grey) right after red, above any yellow or green one,
+#: because its risk is unknown, not low, and it is best retaken while the patient is still there.
+_SORT_RANK = {"red": 0, "grey": 1, "yellow": 2, "green": 3, NOT_ANALYSED: 4}
 
 Item = tuple[Any, Any]
 
@@ -29,11 +31,16 @@ def light_of(pred: Any) -> str:
 
 def sort_items(items: list[Item], how: str) -> list[Item]:
     """``items`` in the order ``how`` (one of :data:`SORTS`); ties keep upload order."""
-    if how == "Risk (highest first)":  # not assessable next (its risk is not shown), unanalysed last
-        return sorted(items, key=lambda it: (2, 0.0) if it[1] is None else (1, 0.0) if light_of(it[1]) == "grey"
-                      else (0, -float(it[1].risk)))
+    if how == "Risk (highest first)":  # red by risk, then not assessable (risk not shown), the rest by risk
+        def by_risk(it: Item) -> tuple[int, float]:
+            light = light_of(it[1])
+            if light in ("grey", NOT_ANALYSED):
+                return _SORT_RANK[light], 0.0
+            return (0 if light == "red" else 2), -float(it[1].risk)
+
+        return sorted(items, key=by_risk)
     if how == "Traffic light":
-        return sorted(items, key=lambda it: _LIGHT_RANK.get(light_of(it[1]), len(_LIGHT_RANK)))
+        return sorted(items, key=lambda it: _SORT_RANK.get(light_of(it[1]), len(_SORT_RANK)))
     if how == "Quality flags first":  # the images to retake first, most flags first
         return sorted(items, key=lambda it: -len(getattr(it[1], "flags", None) or []))
     if how == "Name":

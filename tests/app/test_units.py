@@ -182,6 +182,29 @@ def test_report_formats_and_errors():
         report.build_report(image, None, _prediction(), fmt="jpeg", **kwargs)
 
 
+def test_png_report_draws_every_diagnosis_even_with_a_long_result(monkeypatch):
+    from PIL import ImageDraw
+
+    drawn: list[str] = []
+    real_text = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text",
+                        lambda self, xy, text, *a, **k: drawn.append(str(text)) or real_text(self, xy, text, *a, **k))
+    image = np.full((450, 600, 3), 170, np.uint8)
+    meaning = ("On the test split, 22.6% of yellow lesions were malignant; yellow or red caught 92.9% of "
+               "malignant lesions, with 72.9% of benign lesions green. ") * 2
+    png = report.build_report(image, image, _prediction("yellow", risk=0.3), image_name="x" * 180 + ".jpg",
+                              model_name="M", model_version="2", cam_target="MEL", light_meaning=meaning,
+                              metadata={"age_approx": 55, "sex": "female", "anatom_site_general": "back"},
+                              patient_id="P-1", lesion_id="L-2",
+                              risk_cfg=RiskConfig(weights={"MEL": 1.0, "BCC": 1.0, "SCC": 1.0}))
+    assert Image.open(io.BytesIO(png)).size == (1240, 1754)  # still one A4 page
+    text = "\n".join(drawn)
+    for code in ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"):
+        assert f"({code})" in text, code
+    assert "Not drawn for lack of room" not in text
+    assert len([line for line in drawn if "xxxx" in line]) >= 2  # the long name wraps instead of running off
+
+
 def _pdf_text(data: bytes) -> str:
     from pypdf import PdfReader
 

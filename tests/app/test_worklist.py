@@ -190,8 +190,11 @@ def test_worklist_sort_filter_summary_units():
     items = [item("b", "green", 0.1), item("A", "red", 0.9), item("c", "grey", 0.5, ["blurred"]), item("d", None, 0)]
     names = lambda its: [it[0].name for it in its]  # noqa: E731
     assert names(worklist.sort_items(items, "Name")) == ["A", "b", "c", "d"]
-    assert names(worklist.sort_items(items, "Risk (highest first)")) == ["A", "b", "c", "d"]  # grey c: risk hidden
-    assert names(worklist.sort_items(items, "Traffic light")) == ["A", "b", "c", "d"]
+    # An image to retake comes right after red, above green: its risk is unknown, not low.
+    assert names(worklist.sort_items(items, "Risk (highest first)")) == ["A", "c", "b", "d"]
+    assert names(worklist.sort_items(items, "Traffic light")) == ["A", "c", "b", "d"]
+    more = [*items, item("y", "yellow", 0.3), item("r", "red", 0.95)]
+    assert names(worklist.sort_items(more, "Risk (highest first)")) == ["r", "A", "c", "y", "b", "d"]
     assert names(worklist.sort_items(items, "Upload order")) == ["b", "A", "c", "d"]
     items.append(item("e", "grey", 0.2, ["blurred", "too_dark"]))
     assert names(worklist.sort_items(items, "Quality flags first")) == ["e", "c", "b", "A", "d"]
