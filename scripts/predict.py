@@ -18,7 +18,9 @@ malignant), ``knn_diagnosis`` (their most common diagnosis) and ``neighbours`` (
 most similar first, joined by ``;``). A CSV input's ``lesion_id``/``patient_id`` columns keep an
 image's own lesion and patient out of its neighbours, as are library copies of the image itself.
 Rows are appended batch by batch, so an interrupted run keeps what it did and a rerun skips the
-images already in the output. Unreadable files and bad metadata rows are reported on stderr and
+images already in the output; the model, TTA setting, calibration, side and library it was written
+with are kept beside it (``preds.csv.json``), and a rerun with others is refused rather than mixing two
+models' rows in one file. Unreadable files and bad metadata rows are reported on stderr and
 skipped; they never stop the run. Examples::
 
     python -m scripts.predict --input ../shared/data/images --output preds.csv --tta
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +153,38 @@ def _done_images(output: Path, columns: tuple[str, ...] | None = None) -> set[st
         return {row[0] for row in reader if row}
 
 
+def _settings_file(output: Path) -> Path:
+    """Where the settings an output was written with are kept: ``preds.csv`` -> ``preds.csv.json``."""
+    return output.with_name(output.name + ".json")
+
+
+def check_output_settings(output: Path, settings: dict[str, Any], has_rows: bool) -> None:
+    """Refuse to append to an output another model (or TTA, calibration, side, library) wrote.
+
+    A resumed run adds rows to ``output``; rows of two models in one file could not be told apart.
+    The settings are recorded beside it (:func:`_settings_file`) when the file is started.
+
+    Raises:
+        DataFormatError: The recorded settings differ, naming each difference.
+    """
+    from backend.errors import DataFormatError
+
+    record = _settings_file(output)
+    if not has_rows or not record.is_file():
+        if has_rows:
+            print(f"warning: {output} has no {record.name}: cannot check which model wrote its rows", file=sys.stderr)
+        return
+    try:
+        saved = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataFormatError(record, f"unreadable settings record ({err}); choose another --output") from None
+    changed = [f"{key}: {saved.get(key)!r} then, {value!r} now" for key, value in settings.items()
+               if saved.get(key) != value]
+    if changed:
+        raise DataFormatError(output, "was written with other settings, so its rows would mix two models' "
+                                      f"results ({'; '.join(changed)}): choose another --output")
+
+
 def _cam_file(cam_dir: Path, name: str) -> Path:
     """``<safe stem>_<8 hex of the name's SHA-256>_cam.png``, directly in ``cam_dir``.
 
@@ -189,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
     from backend.inference.predictor import Predictor
     from backend.inference.records import OUTPUT_COLUMNS, csv_value
     from backend.model_store import DEFAULT_MODEL_DIR, describe_model_dir
+    from backend.retrieval.library import model_identity
 
     if not 0.0 <= args.opacity <= 1.0:
         raise ConfigError(f"--opacity must be in [0, 1], got {args.opacity}")
@@ -213,12 +249,18 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"no default model ({status.reason}); pass --checkpoint")
         args.checkpoint = str(DEFAULT_MODEL_DIR)
     predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
+    identity = model_identity(predictor)
+    settings = {"model": identity.name, "version": identity.version, "weights_sha256": identity.sha256,
+                "tta": predictor.tta if args.tta is None else bool(args.tta),
+                "temperature": float(predictor.temperature), "img_size": int(predictor.img_size),
+                "reference": str(Path(args.reference).resolve()) if args.reference else None}
+    check_output_settings(output, settings, bool(done))
     library = None
     if args.reference:
-        from backend.retrieval.library import ReferenceLibrary, model_identity
+        from backend.retrieval.library import ReferenceLibrary
 
         library = ReferenceLibrary.load(args.reference)
-        library.check_model(model_identity(predictor), str(Path(args.checkpoint).resolve()))
+        library.check_model(identity, str(Path(args.checkpoint).resolve()))
     cam_dir = Path(args.cam_dir) if args.cam_dir else None
     if cam_dir:
         cam_dir.mkdir(parents=True, exist_ok=True)
@@ -233,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
         writer = csv.writer(fh)
         if new_file:
             writer.writerow(columns)
+            atomic_write_bytes(_settings_file(output), json.dumps(settings, indent=2).encode("utf-8"))
         for batch in batches:
             for failure in batch.failures:
                 job = todo[failure.index]

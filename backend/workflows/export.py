@@ -250,6 +250,10 @@ def export_bundle(
     )
     card = read_card(out)
     onnx_path = None
+    if not onnx:
+        # A model.onnx left by an earlier export into this folder belongs to other weights or another
+        # calibration: it must not travel with the new bundle (copies of the folder, benchmarks).
+        (out / ONNX_FILE).unlink(missing_ok=True)
     if onnx:
 
         onnx_path = export_onnx(loaded.net, out / ONNX_FILE, int(loaded.preprocessing["img_size"]), temperature=temp,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES
 from backend.inference.predictor import OUTPUT_COLUMNS, Predictor
 from backend.retrieval.build import build_library
 from backend.retrieval.library import ReferenceLibrary
+from backend.workflows.export import export_bundle
 from scripts.predict import main
 from tests.conftest import REPO_ROOT
 from tests.inference.tiny import lesions, train_tiny_checkpoint
@@ -67,6 +69,26 @@ def test_folder_with_a_corrupt_file_then_rerun(ckpt, folder, tmp_path, capsys):
     _, rows2 = read(out)
     assert [r[0] for r in rows2] == ["case_0.png", "case_1.png", "case_2.png", "case_3.png"]
     assert rows2[:3] == rows
+
+
+def test_a_rerun_with_another_model_or_tta_is_refused_not_mixed_in(ckpt, folder, tmp_path, capsys):
+    out = tmp_path / "preds.csv"
+    assert main(["--input", str(folder), "--output", str(out), "--checkpoint", str(ckpt)]) == 0
+    settings = json.loads((tmp_path / "preds.csv.json").read_text())
+    assert settings["tta"] is False and len(settings["weights_sha256"]) == 64
+    before = out.read_bytes()
+    Image.fromarray(lesions(1, size=72, seed=9)[0]).save(folder / "case_3.png")
+    capsys.readouterr()
+    assert main(["--input", str(folder), "--output", str(out), "--checkpoint", str(ckpt), "--tta"]) == 2
+    err = capsys.readouterr().err
+    assert "was written with other settings" in err and "tta: False then, True now" in err
+    bundle = export_bundle(ckpt, tmp_path / "bundle", temperature=2.0).bundle_dir  # another calibration
+    assert main(["--input", str(folder), "--output", str(out), "--checkpoint", str(bundle)]) == 2
+    err = capsys.readouterr().err
+    assert "temperature: 1.0 then, 2.0 now" in err and "weights_sha256" in err
+    assert out.read_bytes() == before  # nothing appended by a refused run
+    assert main(["--input", str(folder), "--output", str(out), "--checkpoint", str(ckpt)]) == 0  # same: resumes
+    assert "1 predicted, 3 already" in capsys.readouterr().err
 
 
 def test_interrupted_last_line_is_repaired(ckpt, folder, tmp_path, capsys):

@@ -301,3 +301,12 @@ def test_export_reads_the_table_as_asked_and_names_a_missing_image(trained, tmp_
     assert err.startswith("error: ") and "gone.png" in err and "Traceback" not in err
     assert export_main([*argv, "--skip-missing"]) == 0  # the flag the error suggests exists
     assert read_card(tmp_path / "b")["calibration"]["fitted_on"].startswith("val split")
+
+
+def test_re_export_without_onnx_removes_the_earlier_onnx_file(trained, tmp_path):
+    out = tmp_path / "bundle"
+    export_bundle(trained["ckpt"], out, onnx=True)
+    assert (out / "model.onnx").is_file()
+    export_bundle(trained["ckpt"], out, temperature=1.5)  # another calibration, no ONNX asked for
+    assert not (out / "model.onnx").exists() and "onnx" not in read_card(out)
+    assert Predictor.from_checkpoint(out).onnx_engine is None
