@@ -26,7 +26,7 @@ from backend.data.dataset import encode_targets
 from backend.data.formats import load_table
 from backend.data.schema import MALIGNANT_INDICES
 from backend.data.splits import read_splits
-from backend.errors import ConfigError
+from backend.errors import ConfigError, DataFormatError
 from backend.evaluation.isic_format import write_predictions_csv
 from backend.evaluation.split_eval import row_metadata
 from backend.inference.predictor import Predictor
@@ -100,6 +100,24 @@ def _split_rows(table: pd.DataFrame, splits_csv: str | Path | None, split: str |
     return rows
 
 
+def _calibration_splits(table: pd.DataFrame, splits_csv: Path, calibrate_split: str, csv: str | Path
+                        ) -> Path | None:
+    """The run's split file when it fits the evaluated table, else None (calibration skipped, and said).
+
+    Evaluating a run's checkpoint on an external table (another clinic's images) finds the run's
+    ``splits.csv`` beside it, whose images are not in that table: the temperature cannot be fitted
+    on the run's validation split then, and that is no reason to refuse the evaluation.
+    """
+    try:
+        read_splits(splits_csv, table)
+    except DataFormatError:
+        log.warning("%s names images that are not in %s (an external table?): temperature scaling on its '%s' "
+                    "split skipped; pass --splits_csv to calibrate, or --calibrate_split none to silence this",
+                    splits_csv, csv, calibrate_split)
+        return None
+    return splits_csv
+
+
 def default_splits_csv(checkpoint: str | Path) -> Path | None:
     """``<run>/splits.csv`` for a checkpoint at ``<run>/ckpts/*.ckpt``, when it exists."""
     candidate = Path(checkpoint).resolve().parent.parent / "splits.csv"
@@ -140,7 +158,10 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     predictor = Predictor.from_checkpoint(checkpoint, engine="torch", batch_size=batch_size)
     table = load_table(csv, img_dir=img_dir, skip_missing=skip_missing)
+    explicit_splits = splits_csv is not None
     splits_csv = splits_csv or (default_splits_csv(checkpoint) if split or calibrate_split else None)
+    if calibrate_split and splits_csv is not None and split is None and not explicit_splits:
+        splits_csv = _calibration_splits(table, splits_csv, calibrate_split, csv)
     preds = predict_table(predictor, _split_rows(table, splits_csv, split), num_workers, use_metadata)
     rows = preds.rows
     targets = encode_targets(rows)

@@ -9,6 +9,7 @@ import pytest
 from backend.data.dataset import encode_targets
 from backend.data.formats import load_table
 from backend.data.splits import read_splits
+from backend.errors import DataFormatError
 from backend.evaluation.evaluate import evaluate
 from backend.evaluation.isic_format import ISIC_COLUMNS
 from backend.metrics.calibration import expected_calibration_error
@@ -98,3 +99,21 @@ def test_cli_prints_metrics_and_reports_errors(trained, tmp_path, capsys):
     assert evaluate_main(["--checkpoint", str(run.best_ckpt), "--csv", str(csv), "--split", "holdout",
                           "--output_dir", str(tmp_path)]) == 2
     assert "holdout" in capsys.readouterr().err
+
+
+def test_an_external_table_is_evaluated_without_the_runs_calibration(trained, tmp_path, caplog):
+    _, run = trained
+    # Another clinic's images: none of them is in the run's splits.csv beside the checkpoint.
+    external = write_synthetic_dataset(tmp_path / "ext", n=16, size=40, seed=3)
+    frame = pd.read_csv(external)
+    frame["image"] = "EXT_" + frame["image"]
+    for name in frame["image"]:
+        (tmp_path / "ext" / "images" / name.removeprefix("EXT_")).rename(tmp_path / "ext" / "images" / name)
+    frame.to_csv(external, index=False)
+    with caplog.at_level("WARNING", logger="backend.evaluation.evaluate"):
+        result = evaluate(run.best_ckpt, external, tmp_path / "out", calibrate_split="val")
+    assert result.temperature is None and len(pd.read_csv(tmp_path / "out" / "predictions.csv")) == 16
+    assert "names images that are not in" in caplog.text and "--calibrate_split none" in caplog.text
+    # An explicit split of the external table still needs a split file that fits it: refused by name.
+    with pytest.raises(DataFormatError, match="not in the lesion table"):
+        evaluate(run.best_ckpt, external, tmp_path / "out2", split="test")
