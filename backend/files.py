@@ -31,12 +31,18 @@ def safe_torch_load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if not head.startswith(b"PK") and not head.startswith(b"\x80"):  # torch's zip format, or a legacy pickle
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (a .ckpt or .pt file is a zip archive; this "
+                              f"file starts with {head!r})")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, i.e. running the file's code: never say that.
         raise CheckpointError(
-            f"{path}: refused to load: it holds objects other than tensors and plain data "
-            f"(weights_only=True): {str(err).splitlines()[0]}"
+            f"{path}: refused to load: it holds Python objects other than tensors and plain data, which "
+            "could run code when loaded; DermaLens reads only weights (torch.load(weights_only=True))"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, AttributeError,
             struct.error, zipfile.BadZipFile) as err:

@@ -52,6 +52,10 @@ def load_lesion_checkpoint(path: str | Path) -> LoadedModel:
     state = ckpt.get("state_dict")
     if not isinstance(hparams, dict) or "config" not in hparams or not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a DermaLens training checkpoint (no embedded config or state_dict)")
+    if any(key.startswith("online_backbone.") for key in state):
+        raise CheckpointError(f"{path}: a BYOL pretraining checkpoint, not a trained lesion model: start a "
+                              "supervised run from it (scripts.train --pretrain_ckpt, after "
+                              "scripts.pretrain_byol --export_only for a backbone.safetensors)")
     try:
         cfg = from_dict(ExperimentConfig, hparams["config"])
     except ConfigError as err:

@@ -52,6 +52,19 @@ def test_foreign_and_garbage_files_are_checkpoint_errors(tmp_path):
         Predictor.from_checkpoint(garbage)
 
 
+def test_a_table_or_a_byol_checkpoint_is_named_for_what_it_is(tmp_path):
+    table = tmp_path / "labels.csv"
+    table.write_text("image,label\na.png,1\n")
+    with pytest.raises(CheckpointError, match=r"labels.csv: not a PyTorch checkpoint") as info:
+        safe_torch_load(table)
+    assert "weights_only=False" not in str(info.value)  # torch's advice to run the file's code is never repeated
+    byol = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"online_backbone.model.conv1.weight": torch.zeros(1)},
+                "hyper_parameters": {"config": {"export_name": "backbone.safetensors"}}}, byol)
+    with pytest.raises(CheckpointError, match="a BYOL pretraining checkpoint, not a trained lesion model"):
+        Predictor.from_checkpoint(byol)
+
+
 def test_atomic_torch_save_round_trips_with_weights_only(tmp_path):
     path = atomic_torch_save({"a": torch.arange(3), "b": [1, "x"]}, tmp_path / "sub" / "x.pt")
     loaded = safe_torch_load(path)
