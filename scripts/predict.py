@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="folder of images, or a CSV with an 'image' column")
     p.add_argument("--output", default="preds.csv", help="predictions CSV (appended to; default preds.csv)")
     p.add_argument("--checkpoint", help="model bundle folder or .ckpt (default: the bundled default model)")
-    p.add_argument("--img_dir", help="folder relative image paths of a CSV resolve against (default: its folder)")
+    p.add_argument("--img_dir", help="folder relative image paths of a CSV resolve against (default: images/ "
+                   "beside the CSV when there is one, else its folder, as training reads it)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average over the 8 flips/rotations (slower, steadier); default: as the model's card was "
                         "measured (a bundle's inference.tta)")
@@ -89,6 +90,7 @@ def collect_jobs(input_path: str | Path, img_dir: str | Path | None = None, use_
         ConfigError: ``input_path`` is neither a folder nor a file.
     """
     from backend.data.csv_rows import LINE, read_csv_rows
+    from backend.data.image_paths import default_img_dir
     from backend.data.schema import IMAGE_EXTENSIONS
     from backend.errors import ConfigError
 
@@ -99,7 +101,8 @@ def collect_jobs(input_path: str | Path, img_dir: str | Path | None = None, use_
     if not path.is_file():
         raise ConfigError(f"--input {path}: no such folder or CSV file")
     raw = read_csv_rows(path, required=("image",))
-    base = Path(img_dir) if img_dir else path.parent
+    # As training reads a label file: images/ beside it when there is one, else its own folder.
+    bases = [Path(img_dir)] if img_dir else list(dict.fromkeys([default_img_dir(path), path.parent]))
     meta_cols = [c for c in METADATA_COLUMNS if c in raw.columns] if use_metadata else []
     jobs, problems, seen = [], [], set()
     for _, row in raw.iterrows():
@@ -112,7 +115,8 @@ def collect_jobs(input_path: str | Path, img_dir: str | Path | None = None, use_
             problems.append(f"{where}, field 'image': {name!r} is listed again; predicted once")
             continue
         seen.add(name)
-        file = Path(name) if Path(name).is_absolute() else base / name
+        file = Path(name) if Path(name).is_absolute() else next(
+            (b / name for b in bases if (b / name).is_file()), bases[0] / name)
         meta = {c: row[c] for c in meta_cols} if meta_cols else None
         groups = {c: (str(row[c]).strip() or None) if c in raw.columns else None for c in GROUP_COLUMNS}
         jobs.append(Job(name, file, meta, where, **groups))
@@ -305,11 +309,17 @@ def run(args: argparse.Namespace) -> int:
             fh.flush()
             written += len(batch.indices)
     print(f"{written} predicted, {len(jobs) - len(todo)} already in {output}, {skipped} skipped", file=sys.stderr)
+    if written == 0 and skipped and not done:
+        print(f"error: none of the {skipped} images could be predicted (see the messages above)", file=sys.stderr)
+        return 1
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code (0 even when some images were skipped)."""
+    """Entry point; returns the exit code.
+
+    0 done (some images may be skipped), 1 not one image could be predicted, 2 bad input or options.
+    """
     return run_reporting_errors(run, build_parser().parse_args(argv))
 
 

@@ -10,8 +10,8 @@ other settings is refused. Examples::
     python -m scripts.preprocess --input ../shared/data/labels.csv --img-dir ../shared/data/images \
         --output cache/256-hairless --hair-removal --workers 2
 
-Exit codes: 0 when the run completed (failed images are listed, not fatal), 2 on bad arguments,
-settings or input table.
+Exit codes: 0 when the run completed (failed images are listed, not fatal), 1 when every image
+failed, 2 on bad arguments, settings or input table.
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         print(error_line(err), file=sys.stderr)
         return ERROR_EXIT
     print(summary.describe())
+    if summary.failed and not summary.processed and not summary.skipped:
+        print(f"error: none of the {summary.failed} images could be read or written (see {summary.report})",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from backend.data.hair import check_hair_params, remove_hair
+from backend.data.image_paths import default_img_dir
 from backend.data.images import load_image
 from backend.data.schema import IMAGE_EXTENSIONS
 from backend.errors import ConfigError, DataFormatError, ImageLoadError
@@ -159,14 +160,16 @@ def find_images(input_path: str | os.PathLike[str], img_dir: str | os.PathLike[s
             found.append((path, path.relative_to(source)))
         return sorted(found)
     if source.is_file() and source.suffix.lower() == ".csv":
-        base = Path(img_dir) if img_dir is not None else source.parent
-        return _images_from_csv(source, base)
+        # As training reads a label file: images/ beside it when there is one, else its own folder.
+        bases = [Path(img_dir)] if img_dir is not None else list(dict.fromkeys([default_img_dir(source),
+                                                                                source.parent]))
+        return _images_from_csv(source, bases)
     missing = "" if source.exists() else " (not found)"
     raise ConfigError(f"preprocess input {source}: not a folder or a .csv file{missing}")
 
 
-def _images_from_csv(csv_path: Path, base: Path) -> list[tuple[Path, Path]]:
-    """Resolve a CSV's ``image`` column against ``base`` (see :func:`find_images`)."""
+def _images_from_csv(csv_path: Path, bases: list[Path]) -> list[tuple[Path, Path]]:
+    """Resolve a CSV's ``image`` column against the first of ``bases`` holding each file (see :func:`find_images`)."""
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -176,13 +179,13 @@ def _images_from_csv(csv_path: Path, base: Path) -> list[tuple[Path, Path]]:
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataFormatError(csv_path, f"cannot read CSV: {err}") from None
     pairs: dict[Path, Path] = {}
-    base_resolved = base.resolve()
     for line, name in names:
         if not name:
             raise DataFormatError(csv_path, "empty image path", line=line, field="image")
-        path = _with_extension(base / name)
+        candidates = [(_with_extension(base / name), base) for base in bases]
+        path, base = next((c for c in candidates if c[0].exists()), candidates[0])
         try:
-            rel = path.resolve().relative_to(base_resolved)
+            rel = path.resolve().relative_to(base.resolve())
         except ValueError:
             rel = Path(path.name)
         pairs.setdefault(path, rel)

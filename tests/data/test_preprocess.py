@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,18 @@ def test_csv_input_with_stems_and_relative_paths(image_folder, tmp_path):
     # without --img-dir, paths are relative to the CSV's folder
     (image_folder / "list.csv").write_text("image\nc\n")
     assert [rel for _, rel in find_images(image_folder / "list.csv")] == [Path("c.bmp")]
+    # ... or, as training reads a label file, to images/ beside it when there is one
+    beside = tmp_path / "dataset"
+    (beside / "images").mkdir(parents=True)
+    shutil.copy(image_folder / "c.bmp", beside / "images" / "c.bmp")
+    (beside / "labels.csv").write_text("image\nc\n")
+    assert find_images(beside / "labels.csv") == [(beside / "images" / "c.bmp", Path("c.bmp"))]
+
+
+def test_a_run_where_every_image_fails_exits_1(tmp_path, capsys):
+    (tmp_path / "labels.csv").write_text("image\nnope_1\nnope_2\n")
+    assert main(["--input", str(tmp_path / "labels.csv"), "--output", str(tmp_path / "out")]) == 1
+    assert "none of the 2 images could be read or written" in capsys.readouterr().err
 
 
 def test_csv_without_image_column_is_a_format_error(tmp_path):

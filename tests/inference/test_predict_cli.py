@@ -277,3 +277,16 @@ def test_reference_built_with_another_model_is_refused(ckpt, folder, tmp_path, c
     assert "built with model" in err and "python -m scripts.build_reference" in err and "--rebuild" in err
     assert f"--checkpoint {ckpt}" in err
     assert not out.exists()
+
+
+def test_a_csv_beside_an_images_folder_and_a_run_with_nothing_predicted(ckpt, folder, tmp_path, capsys):
+    # As training reads it: names resolve in images/ beside the CSV (here tmp_path/images).
+    table = tmp_path / "cases.csv"
+    table.write_text("image\ncase_0.png\ncase_1.png\n")
+    assert main(["--input", str(table), "--output", str(tmp_path / "p.csv"), "--checkpoint", str(ckpt)]) == 0
+    assert [r[0] for r in read(tmp_path / "p.csv")[1]] == ["case_0.png", "case_1.png"]
+    # Not one image could be predicted: exit 1, not a silent success.
+    table.write_text("image\nnope_1.png\nnope_2.png\n")
+    capsys.readouterr()
+    assert main(["--input", str(table), "--output", str(tmp_path / "q.csv"), "--checkpoint", str(ckpt)]) == 1
+    assert "none of the 2 images could be predicted" in capsys.readouterr().err
