@@ -282,21 +282,22 @@ def upgrade_keys(cls: type, data: dict[str, Any], prefix: str = "") -> dict[str,
 
 
 def check_layer_keys(cls: type, layer: dict[str, Any], source: str | Path) -> None:
-    """Refuse a config file with a key ``cls`` does not have, naming the file as well as the key.
+    """Refuse a config file with a key ``cls`` does not have, or a value of the wrong type, naming the file.
 
-    Once layers are merged, an unknown key no longer says which file it came from; checking each
-    file on its own first does. Only unknown keys are judged here: a layer is partial, so its
-    values are checked on the merged config.
+    Once layers are merged, a key no longer says which file it came from; checking each file on
+    its own first does. Unknown keys and wrong types are judged here (each depends on the value
+    alone); rules between settings wait for the merged config, since a layer is partial.
 
     Raises:
-        ConfigError: ``<file>: unknown config key 'a.b'; valid keys here: ...``.
+        ConfigError: ``<file>: unknown config key 'a.b'; valid keys here: ...`` or
+            ``<file>: config key 'a.b' must be int, got 'abc'``.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # warned once, when the merged config loads
         try:
             _from_dict(cls, dict(layer))
         except ConfigError as err:
-            if str(err).startswith("unknown config key"):
+            if str(err).startswith(("unknown config key", "config key '")):
                 raise ConfigError(f"{source}: {err}") from None
 
 

@@ -80,6 +80,10 @@ def test_an_unknown_key_names_the_file_it_came_from(tmp_path):
     # A partial file is judged on its keys only: its values are checked once the layers are merged.
     (tmp_path / "partial.yaml").write_text("trainer:\n  max_epochs: 3\n")
     assert cli_layers([str(tmp_path / "partial.yaml")], cls=ExperimentConfig)["trainer"]["max_epochs"] == 3
+    # A value of the wrong type is named with its file too (with several files, which one matters).
+    (tmp_path / "typo.yaml").write_text("trainer:\n  max_epochs: abc\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml: config key 'trainer\.max_epochs' must be int, got 'abc'"):
+        cli_layers([str(tmp_path / "partial.yaml"), str(tmp_path / "typo.yaml")], cls=ExperimentConfig)
 
 
 def test_fixed_length_tuples_must_hold_that_many_values():
