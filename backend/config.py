@@ -326,10 +326,14 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``update`` into a copy of ``base``; nested mappings merge, other values replace."""
+    """Merge ``update`` into a copy of ``base``; nested mappings merge, other values replace.
+
+    An explicit empty mapping replaces (``model.backbone_kwargs={}`` clears the keyword arguments an
+    earlier layer set); merging it would change nothing, which is never what was meant.
+    """
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
@@ -421,7 +425,8 @@ def cli_layers(
 ) -> dict[str, Any]:
     """The merged config tree of a training CLI, before typing.
 
-    Layers, last wins: each ``--config`` YAML, the ``--model_cfg`` YAML as the ``model`` section,
+    Layers, last wins: each ``--config`` YAML, the ``--model_cfg`` YAML as the ``model`` section
+    (replacing the config files' own model section, not merged into it),
     flag values given as ``{"dotted.key": value}`` (None = flag not given), then ``key=value``
     overrides. With ``cls`` (the config dataclass), old keys are upgraded layer by layer
     (:func:`upgrade_keys`), so a later layer wins whichever spelling it uses.
@@ -429,6 +434,9 @@ def cli_layers(
     layers = [read_yaml(file) for file in files]
     sources = list(files)
     if model_file:
+        # A model file is a whole model: it replaces the --config files' model section rather than
+        # merging into it (a ResNet-50 must not inherit a MobileNet's padding or start weights).
+        layers = [{k: v for k, v in layer.items() if k != "model"} for layer in layers]
         layers.append({"model": read_yaml(model_file)})
         sources.append(model_file)
     if cls is not None:

@@ -1,7 +1,8 @@
 """BYOL self-supervised pretraining of a backbone on unlabelled images: ``python -m scripts.pretrain_byol``.
 
 Config layers, last wins: built-in defaults, ``--config`` YAML files (``cfgs/byol/*.yaml``),
-``--model_cfg`` (a model section such as ``cfgs/model/dermaresnet_se_tiny.yaml``), the flags below,
+``--model_cfg`` (a model section such as ``cfgs/model/dermaresnet_se_tiny.yaml``, replacing the config
+files' own), the flags below,
 then ``key=value`` overrides of any config key (``optim.final_momentum=0.999``). The flags shared with
 ``scripts.train`` are spelled alike (``scripts/run_flags.py``); the old hyphenated spellings
 (``--model-cfg``, ``--max-epochs``...) still work with a deprecation message. Examples::

@@ -1,8 +1,8 @@
 r"""Train the multi-task lesion model: ``python -m scripts.train [flags] [key=value ...]``.
 
 Config layers, last wins: built-in defaults, ``--config`` YAML files, ``--model_cfg`` (the model
-section, e.g. ``cfgs/model/dermaresnet_se_18.yaml``), the flags below, then ``key=value``
-overrides of any config key (``optim.lr=3e-4``). The flags shared with ``scripts.pretrain_byol``
+section, e.g. ``cfgs/model/dermaresnet_se_18.yaml``, replacing the config files' own), the
+flags below, then ``key=value`` overrides of any config key (``optim.lr=3e-4``). The flags shared with ``scripts.pretrain_byol``
 are spelled alike (``scripts/run_flags.py``); old spellings (``--epochs``, ``--output_dir``) still
 work with a deprecation message. Examples::
 

@@ -255,3 +255,16 @@ def test_a_batch_limit_keeps_a_count_a_count_and_a_fraction_a_fraction():
     for bad in (True, "half", [1]):
         with pytest.raises(ConfigError, match="trainer.limit_train_batches' must be a count or a fraction"):
             limit(bad)
+
+
+def test_a_model_file_replaces_the_config_files_model_section(tmp_path):
+    (tmp_path / "study.yaml").write_text("model:\n  backbone: mobilenetv2_100\n  backbone_kwargs: {pad_type: same}\n"
+                                        "  pretrained_path: start.safetensors\ntrainer:\n  max_epochs: 2\n")
+    (tmp_path / "resnet.yaml").write_text("backbone: resnet50\n")
+    merged = cli_layers([str(tmp_path / "study.yaml")], model_file=str(tmp_path / "resnet.yaml"), cls=ExperimentConfig)
+    cfg = from_dict(ExperimentConfig, merged)
+    assert cfg.model.backbone == "resnet50" and cfg.model.backbone_kwargs == {} and cfg.model.pretrained_path is None
+    assert cfg.trainer.max_epochs == 2  # the rest of the config file stays
+    # An explicit empty mapping clears what an earlier layer set, instead of merging nothing into it.
+    cleared = cli_layers([str(tmp_path / "study.yaml")], overrides=["model.backbone_kwargs={}"], cls=ExperimentConfig)
+    assert cleared["model"]["backbone_kwargs"] == {} and cleared["model"]["backbone"] == "mobilenetv2_100"
