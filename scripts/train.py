@@ -2,9 +2,10 @@ r"""Train the multi-task lesion model: ``python -m scripts.train [flags] [key=va
 
 Config layers, last wins: built-in defaults, ``--config`` YAML files, ``--model_cfg`` (the model
 section, e.g. ``cfgs/model/dermaresnet_se_18.yaml``, replacing the config files' own), the
-flags below, then ``key=value`` overrides of any config key (``optim.lr=3e-4``). The flags shared with ``scripts.pretrain_byol``
-are spelled alike (``scripts/run_flags.py``); old spellings (``--epochs``, ``--output_dir``) still
-work with a deprecation message. Examples::
+flags below, then ``key=value`` overrides of any config key (``optim.lr=3e-4``), anywhere among
+the flags. The flags shared with ``scripts.pretrain_byol`` are spelled alike
+(``scripts/run_flags.py``); old spellings (``--epochs``, ``--output_dir``) still work with a
+deprecation message. Examples::
 
     python -m scripts.train --csv ../shared/data/labels.csv --img_dir ../shared/data/images \
         --model_cfg cfgs/model/dermaresnet_se_tiny.yaml --img_size 128 --max_epochs 10
