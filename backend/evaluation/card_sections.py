@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from scipy.stats import binomtest
+
 from backend.inference.risk import format_risk
 
 #: Headline figures in the variants table, with their names in the card's words.
@@ -168,29 +170,42 @@ def test_resolution_line(card: dict[str, Any]) -> str | None:
             f"{record.get('batchnorm')}), the side with the best {record.get('chosen_by')} ({scores}).")
 
 
+def _share(k: int, n: int, what: str, measure: str = "") -> str:
+    """``"29 of the 1,304 green lesions (2.2%, 95% interval 1.6-3.2%)"``: a count, its share and interval."""
+    if n <= 0:
+        return f"none of the 0 {what}"
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
+    named = f"; {measure}" if measure else ""
+    interval = f"95% interval {100 * ci.low:.1f}-{100 * ci.high:.1f}%"
+    return f"{k:,} of the {n:,} {what} ({100 * k / n:.1f}%, {interval}{named})"
+
+
 def light_meaning(card: dict[str, Any], light: str) -> str:
     """One sentence, in a clinician's words, on what ``light`` meant on the model's test split.
 
-    Empty when the card has no test-split operating points (older bundles, raw checkpoints).
+    Every share is given as a count out of its total, with a 95% Wilson interval (images counted
+    as independent; the card's patient-resampled intervals are wider where a patient has many
+    images). Empty when the card has no test-split operating points (older bundles, raw checkpoints).
     """
     test = (card.get("operating_points") or {}).get("test") or {}
-    row = (test.get("lights") or {}).get(light)
-    if not row:
+    lights = test.get("lights") or {}
+    if not lights.get(light):
         return ""
-    share = _pct(row.get("share_malignant"))
-    ng, red = test.get("not_green") or {}, test.get("red") or {}
-    caught = (f"yellow or red caught {_pct(ng.get('sensitivity'))} of the malignant lesions (sensitivity) while "
-              f"{_pct(ng.get('specificity'))} of benign lesions were green (specificity)")
+    mal = {name: int((lights.get(name) or {}).get("malignant") or 0) for name in ("green", "yellow", "red")}
+    ben = {name: int((lights.get(name) or {}).get("benign") or 0) for name in ("green", "yellow", "red")}
+    malignant, benign = sum(mal.values()), sum(ben.values())
+    share = _share(mal[light], mal[light] + ben[light], f"{light} lesions")
+    caught = (f"yellow or red caught {_share(malignant - mal['green'], malignant, 'malignant lesions', 'sensitivity')}"
+              f", and {_share(ben['green'], benign, 'benign lesions', 'specificity')} were green")
     if light == "green":
-        return f"Green: on this model's test split, {share} of green lesions were malignant; {caught}."
+        return f"Green: on this model's test split, {share} were malignant; {caught}."
     if light == "red":
-        return (f"Red: on this model's test split, {share} of red lesions were malignant; red was given to "
-                f"{_pct(red.get('sensitivity'))} of malignant and {_pct(1 - red['specificity'])} of benign lesions."
-                if red.get("specificity") is not None else f"Red: {share} of red lesions were malignant.")
-    shares = {name: _pct(((test.get("lights") or {}).get(name) or {}).get("share_malignant"))
-              for name in ("green", "red")}
-    return (f"Yellow: between the two thresholds; on this model's test split {share} of yellow lesions were "
-            f"malignant (green {shares['green']}, red {shares['red']}); {caught}. Review it clinically.")
+        return (f"Red: on this model's test split, {share} were malignant; red was given to "
+                f"{_share(mal['red'], malignant, 'malignant lesions')} and "
+                f"{_share(ben['red'], benign, 'benign lesions')}.")
+    return (f"Yellow: between the two thresholds; on this model's test split {share} were malignant (green "
+            f"{_pct((lights.get('green') or {}).get('share_malignant'))}, red "
+            f"{_pct((lights.get('red') or {}).get('share_malignant'))}); {caught}. Review it clinically.")
 
 
 def band_accuracy_sentence(card: dict[str, Any]) -> str:

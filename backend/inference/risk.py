@@ -239,13 +239,15 @@ def thresholds_sentence(cfg: RiskConfig | None = None, digits: int = RISK_DECIMA
     """What the lights mean in numbers, and where the thresholds come from, for a clinician.
 
     Example: ``Green below 0.126, yellow from 0.126 to below 0.418, red from 0.418 (chosen for this
-    model on its validation split so that yellow or red catches at least 95% of malignant lesions and
-    red leaves at least 90% of benign lesions out).``
+    model on its validation split, where yellow or red caught at least 95% of malignant lesions and
+    red left at least 90% of benign lesions out; a target on that split, not a guarantee: the test
+    split's figures say what each light meant on new images).``
     """
     cfg = cfg or RiskConfig()
     low, high = format_risk(cfg.green_below, digits), format_risk(cfg.yellow_below, digits)
-    source = ("chosen for this model on its validation split so that yellow or red catches at least 95% of "
-              "malignant lesions and red leaves at least 90% of benign lesions out" if cfg.chosen_on else
+    source = ("chosen for this model on its validation split, where yellow or red caught at least 95% of "
+              "malignant lesions and red left at least 90% of benign lesions out; a target on that split, not a "
+              "guarantee: the test split's figures say what each light meant on new images" if cfg.chosen_on else
               "the clinic's fixed policy in cfgs/inference/risk.yaml")
     return f"Green below {low}, yellow from {low} to below {high}, red from {high} ({source})."
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 
 from backend.errors import ConfigError
 from backend.evaluation.card_sections import light_meaning, operating_points_markdown
@@ -86,16 +87,22 @@ def test_each_light_is_explained_in_words_from_the_test_split():
     risk, label = separable(seed=4)
     cfg, record = choose_operating_points(risk, label)
     card = {"risk": cfg.to_dict(), "operating_points": {"validation": record, "test": light_summary(risk, label, cfg)}}
-    red_share = label[risk >= cfg.yellow_below].mean()
-    assert f"{100 * red_share:.1f}% of red lesions were malignant" in light_meaning(card, "red")
+    red = risk >= cfg.yellow_below
+    red_k, red_n = int(label[red].sum()), int(red.sum())
+    ci = binomtest(red_k, red_n).proportion_ci(method="wilson")
+    assert (f"{red_k} of the {red_n} red lesions ({100 * red_k / red_n:.1f}%, 95% interval {100 * ci.low:.1f}-"
+            f"{100 * ci.high:.1f}%) were malignant") in light_meaning(card, "red")
     assert "caught" in light_meaning(card, "green") and "yellow" in light_meaning(card, "yellow").lower()
     test = card["operating_points"]["test"]
     sens, spec = (f"{100 * test['not_green'][k]:.1f}%" for k in ("sensitivity", "specificity"))
-    for light in ("green", "yellow"):  # each names the sensitivity and specificity of "not green"
-        assert f"{sens} of the malignant lesions (sensitivity)" in light_meaning(card, light)
-        assert f"{spec} of benign lesions were green (specificity)" in light_meaning(card, light)
+    n_mal, n_ben = int(label.sum()), int((label == 0).sum())
+    for light in ("green", "yellow"):  # each names the sensitivity and specificity of "not green", with counts
+        assert f"of the {n_mal} malignant lesions ({sens}, 95% interval" in light_meaning(card, light)
+        assert "; sensitivity)" in light_meaning(card, light)
+        assert "; specificity) were green" in light_meaning(card, light)
+        assert f"of the {n_ben} benign lesions ({spec}, 95% interval" in light_meaning(card, light)
     yellow_share = test["lights"]["yellow"]["share_malignant"]
-    assert f"{100 * yellow_share:.1f}% of yellow lesions were malignant" in light_meaning(card, "yellow")
+    assert f"yellow lesions ({100 * yellow_share:.1f}%, 95% interval" in light_meaning(card, "yellow")
     assert light_meaning({}, "red") == ""  # an older bundle without operating points says nothing rather than guess
     text = "\n".join(operating_points_markdown(card))
     assert "| red |" in text and "chosen on the validation split" in text

@@ -181,4 +181,5 @@ def test_thresholds_sentence_says_where_the_thresholds_come_from():
                      "policy in cfgs/inference/risk.yaml).")
     chosen = thresholds_sentence(RiskConfig(green_below=0.126, yellow_below=0.418, chosen_on="validation split"))
     assert chosen.startswith("Green below 0.126, yellow from 0.126 to below 0.418, red from 0.418 (chosen for this "
-                             "model on its validation split so that yellow or red catches at least 95%")
+                             "model on its validation split, where yellow or red caught at least 95%")
+    assert "a target on that split, not a guarantee" in chosen
