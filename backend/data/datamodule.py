@@ -21,6 +21,7 @@ from backend.data.config import DataConfig
 from backend.data.dataset import LesionDataset, encode_targets
 from backend.data.formats import load_table
 from backend.data.metadata import MetadataEncoder
+from backend.data.preprocess import SETTINGS_FILE, cache_hair_removal
 from backend.data.schema import DIAGNOSES
 from backend.data.splits import assign_splits, read_splits, write_splits
 from backend.data.transforms import build_eval_transform, build_train_transform, preprocessing_dict
@@ -101,6 +102,7 @@ class LesionDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         self._given_table = table
+        self._cache_hairless = False  # set by setup(): data.img_dir is a cache made with hair removal
         self.table: pd.DataFrame | None = None
         self.splits: pd.Series | None = None
         self.metadata_encoder: MetadataEncoder | None = None
@@ -113,6 +115,13 @@ class LesionDataModule(L.LightningDataModule):
             return
 
         cfg = self.cfg
+        self._cache_hairless = cache_hair_removal(cfg.img_dir)
+        if self._cache_hairless and not cfg.hair_removal:
+            raise ConfigError(
+                f"data.img_dir {cfg.img_dir} is a cache made with hair removal ({SETTINGS_FILE}), but "
+                "data.hair_removal is false: the model would learn on hairless images and predict on hairy "
+                "ones. Set data.hair_removal=true (the model then removes hair when it predicts; the cache's "
+                "images are used as they are), or train on the original images")
         if self._given_table is not None:
             table = self._given_table.reset_index(drop=True)
         else:
@@ -161,7 +170,9 @@ class LesionDataModule(L.LightningDataModule):
         table = self.split_table(split) if isinstance(split, str) else split.reset_index(drop=True)
         transform = build_train_transform(self.cfg) if train else build_eval_transform(preprocessing_dict(self.cfg))
         meta = self.metadata_encoder.encode_table(table) if self.cfg.use_metadata else None
-        return LesionDataset(table, transform, self.cfg.img_size, metadata=meta, hair_removal=self.cfg.hair_removal)
+        # A hairless cache already removed the hair: not twice (the model's preprocessing still records it).
+        hair = self.cfg.hair_removal and not self._cache_hairless
+        return LesionDataset(table, transform, self.cfg.img_size, metadata=meta, hair_removal=hair)
 
     def _loader(
         self, dataset: LesionDataset, shuffle: bool, sampler: Any = None, drop_last: bool = False

@@ -203,6 +203,18 @@ def _with_extension(path: Path) -> Path:
     return path
 
 
+def cache_hair_removal(img_dir: str | os.PathLike[str] | None) -> bool:
+    """Whether ``img_dir`` is a cache this module built with hair removal (False for any other folder)."""
+    if img_dir is None:
+        return False
+    settings_path = Path(img_dir) / SETTINGS_FILE
+    try:
+        record = json.loads(settings_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and bool(record.get("hair_removal"))
+
+
 def check_settings(output_dir: Path, settings: PreprocessSettings) -> None:
     """Record ``settings`` in a new cache, or refuse a cache that was built with different ones."""
     record = settings.to_record()

@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from backend.data import dataset as dataset_module
 from backend.data.config import DataConfig
 from backend.data.datamodule import LesionDataModule, class_priors, class_weights, sample_weights
 from backend.data.dataset import encode_targets
 from backend.data.formats import load_table
+from backend.data.preprocess import PreprocessSettings, preprocess_images
 from backend.data.schema import DIAGNOSES
-from backend.errors import ImageLoadError
+from backend.data.transforms import preprocessing_dict
+from backend.errors import ConfigError, ImageLoadError
 from tests.conftest import write_synthetic_dataset
 
 
@@ -115,3 +118,27 @@ def test_unreadable_image_is_reported_once_and_replaced(csv, tmp_path):
     with pytest.raises(ImageLoadError, match="unreadable"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dataset[0]
+
+
+def test_a_hairless_cache_needs_hair_removal_recorded_in_the_model(csv, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    preprocess_images(csv.parent / "images", cache, PreprocessSettings(size=40, hair_removal=True), workers=1,
+                      progress=False)
+
+    def module(img_dir, hair_removal):
+        return LesionDataModule(DataConfig(csv=str(csv), img_dir=str(img_dir), img_size=32, batch_size=4,
+                                           num_workers=0, hair_removal=hair_removal))
+
+    with pytest.raises(ConfigError, match=r"is a cache made with hair removal .* data.hair_removal is false"):
+        module(cache, False).setup()
+    removed = []
+    monkeypatch.setattr(dataset_module, "remove_hair", lambda image: removed.append(1) or image)
+    dm = module(cache, True)
+    dm.setup()
+    assert preprocessing_dict(dm.cfg)["hair_removal"] is True  # the model removes hair when it predicts
+    dm.dataset("train").load(0)
+    assert removed == []  # ... but the cache's images are not de-haired twice
+    plain = module(csv.parent / "images", True)
+    plain.setup()
+    plain.dataset("train").load(0)
+    assert removed == [1]  # original images: removed when decoded
