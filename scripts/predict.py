@@ -215,7 +215,8 @@ def _neighbours(library: Any, batch: Any, jobs: list[Job], k: int) -> list[Any]:
 
     exclude = [excluded_rows(library, job.lesion_id, job.patient_id, file_sha256(job.path), pixels_sha256(item.image))
                for job, item in zip(jobs, batch.inputs, strict=True)]
-    return search(library, batch.raw.features, k, exclude, batch.names, thumbnails=False)
+    return search(library, batch.raw.features, k, exclude, batch.names, thumbnails=False,
+                  images=[item.image for item in batch.inputs])
 
 
 def run(args: argparse.Namespace) -> int:

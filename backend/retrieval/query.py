@@ -22,11 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from backend.retrieval.build import normalise, pixels_sha256
+from backend.retrieval.build import normalise, pixels_sha256, thumbnail_array
 from backend.retrieval.library import LibraryModelMismatchError, ReferenceLibrary, model_identity
 
 #: Neighbours returned by default.
 DEFAULT_K = 10
+#: Neighbours at least this similar are compared with the query's pixels (a copy scores 0.99-1.0).
+COPY_SIMILARITY = 0.98
+#: Mean absolute difference (grey levels, 0-255) of two 32 x 32 grey thumbnails below which a
+#: neighbour is the query's own picture re-encoded, resized or re-saved, not another photograph.
+#: Copies of 40 development images (PNG at twice the size, JPEG quality 60, half size) differed by
+#: at most 0.75; a second shot of a lesion by 5.6 and more.
+COPY_PIXEL_DIFFERENCE = 2.0
 #: Columns ``scripts/predict.py --reference`` adds to a predictions CSV (see :meth:`SimilarCases.to_row`).
 RETRIEVAL_COLUMNS: tuple[str, ...] = ("knn_malignant", "knn_diagnosis", "neighbours")
 
@@ -206,9 +213,55 @@ def _one_per_lesion(library: ReferenceLibrary, q: np.ndarray, k: int,
         fetch = min(n, fetch * 4)
 
 
+def _grey_thumb(jpeg_or_image: bytes | np.ndarray) -> np.ndarray:
+    """A 32 x 32 grey float picture of a thumbnail JPEG or an RGB array, for comparing pixels."""
+    import cv2
+
+    if isinstance(jpeg_or_image, bytes):
+        image = cv2.imdecode(np.frombuffer(jpeg_or_image, np.uint8), cv2.IMREAD_GRAYSCALE)
+    else:
+        image = cv2.cvtColor(np.ascontiguousarray(thumbnail_array(jpeg_or_image)), cv2.COLOR_RGB2GRAY)
+    return cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def _copies(library: ReferenceLibrary, image: np.ndarray, rows: np.ndarray, sims: np.ndarray) -> list[int]:
+    """Which of a query's neighbours are its own picture again (re-encoded, resized, re-saved).
+
+    A copy the file and pixel hashes miss (a JPEG exported as PNG decodes to other pixels) would
+    come back as the query's most similar "confirmed case" and vote for itself. Only neighbours
+    scoring :data:`COPY_SIMILARITY` are compared, on the library's thumbnails: same shape and
+    pixels within :data:`COPY_PIXEL_DIFFERENCE` grey levels. Another photograph of a lesion,
+    taken again, differs by far more.
+    """
+    h, w = image.shape[:2]
+    query = None
+    found = []
+    for row, sim in zip(rows.tolist(), sims.tolist(), strict=True):
+        if row < 0 or sim < COPY_SIMILARITY:
+            continue
+        thumb = library.thumbnail(row)
+        th, tw = _thumb_shape(thumb)
+        if abs(tw / th - w / h) > 0.02:
+            continue
+        query = _grey_thumb(image) if query is None else query
+        if float(np.abs(_grey_thumb(thumb) - query).mean()) < COPY_PIXEL_DIFFERENCE:
+            found.append(int(row))
+    return found
+
+
+def _thumb_shape(jpeg: bytes) -> tuple[int, int]:
+    """``(height, width)`` of a thumbnail JPEG from its header."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(jpeg)) as picture:
+        return picture.height, picture.width
+
+
 def search(library: ReferenceLibrary, features: np.ndarray, k: int = DEFAULT_K,
            exclude: Sequence[np.ndarray | None] | None = None, names: Sequence[str] | None = None,
-           thumbnails: bool = True) -> list[SimilarCases]:
+           thumbnails: bool = True, images: Sequence[np.ndarray | None] | None = None) -> list[SimilarCases]:
     """Neighbours and vote of already computed query features.
 
     Args:
@@ -218,6 +271,8 @@ def search(library: ReferenceLibrary, features: np.ndarray, k: int = DEFAULT_K,
         exclude: Per query, rows never to return (:func:`excluded_rows`).
         names: Per query, its name (default ``query_<i>``).
         thumbnails: Attach each neighbour's thumbnail bytes.
+        images: Per query, its decoded RGB pixels (or None): a neighbour that is the query's own
+            picture again (:func:`_copies`) is left out like an excluded row.
 
     Raises:
         LibraryModelMismatchError: The features' length is not the library's.
@@ -230,6 +285,15 @@ def search(library: ReferenceLibrary, features: np.ndarray, k: int = DEFAULT_K,
                                         f"embeddings, the query has {q.shape[1]}: it was built with another model")
     else:
         sims, rows = _one_per_lesion(library, q, int(k), exclude)
+        if images is not None:
+            exclude = [None if e is None else np.asarray(e, np.int64) for e in (exclude or [None] * len(q))]
+            for i, image in enumerate(images):
+                copies = [] if image is None else _copies(library, image, rows[i], sims[i])
+                if copies:  # search again without them (their lesion's other photos may stay)
+                    exclude[i] = np.unique(np.concatenate([exclude[i] if exclude[i] is not None else
+                                                           np.zeros(0, np.int64), np.asarray(copies, np.int64)]))
+                    s_i, r_i = _one_per_lesion(library, q[i : i + 1], int(k), [exclude[i]])
+                    sims[i], rows[i] = s_i[0], r_i[0]
     meta = library.rows
     results = []
     for i in range(len(q)):
@@ -307,4 +371,4 @@ def similar_cases(predictor: Any, image: Any, library: ReferenceLibrary | str | 
     prepared = predictor.prepare(image)  # a prepared upload keeps its decode and network input
     raw, _, _ = predictor.raw_outputs([prepared])
     exclude = excluded_rows(library, lesion_id, patient_id, file_sha256(image), pixels_sha256(prepared.image))
-    return search(library, raw.features, k, [exclude], [prepared.name])[0]
+    return search(library, raw.features, k, [exclude], [prepared.name], images=[prepared.image])[0]
