@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.retrieval.build import normalise, pixels_sha256, thumbnail_array
+from backend.retrieval.build import normalise, pixels_sha256
 from backend.retrieval.library import LibraryModelMismatchError, ReferenceLibrary, model_identity
 
 #: Neighbours returned by default.
@@ -219,8 +219,8 @@ def _grey_thumb(jpeg_or_image: bytes | np.ndarray) -> np.ndarray:
 
     if isinstance(jpeg_or_image, bytes):
         image = cv2.imdecode(np.frombuffer(jpeg_or_image, np.uint8), cv2.IMREAD_GRAYSCALE)
-    else:
-        image = cv2.cvtColor(np.ascontiguousarray(thumbnail_array(jpeg_or_image)), cv2.COLOR_RGB2GRAY)
+    else:  # straight to 32 x 32 by area averaging: as the library's thumbnail would give, a few times faster
+        image = cv2.cvtColor(np.ascontiguousarray(jpeg_or_image), cv2.COLOR_RGB2GRAY)
     return cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
