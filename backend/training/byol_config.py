@@ -65,7 +65,8 @@ class UnlabelledDataConfig:
         """The supervised :class:`DataConfig` with the same image size and colour handling.
 
         The transforms (``build_byol_transforms``) and the exported preprocessing description are
-        built from it, so a fine-tune sees exactly the preprocessing the backbone was pretrained with.
+        built from it; a fine-tune from the export with other preprocessing is warned about
+        (``backend.training.run.start_preprocessing_differences``).
         """
         return DataConfig(img_size=self.img_size, batch_size=self.batch_size, num_workers=self.num_workers,
                           color_constancy=self.color_constancy, mean=self.mean, std=self.std)

@@ -18,10 +18,13 @@ intact ``last.ckpt``, and a ``last.ckpt`` carrying pickled code is refused befor
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
 
 from backend.config import from_dict, read_yaml, save_config, to_dict
 from backend.data.datamodule import LesionDataModule
@@ -231,6 +234,34 @@ def resolve_input_normalisation(cfg: ExperimentConfig, net) -> None:
         cfg.data.std = [float(v) for v in net.backbone.input_std]
 
 
+#: Preprocessing a backbone learns to expect: a fine-tune that differs sees inputs its start never saw.
+_START_PREPROCESSING_KEYS: tuple[str, ...] = ("color_constancy", "color_constancy_power", "mean", "std",
+                                              "hair_removal")
+
+
+def start_preprocessing_differences(cfg: ExperimentConfig) -> list[str]:
+    """How this run's preprocessing differs from what a DermaLens export it starts from was pretrained with.
+
+    A BYOL export (``backbone.safetensors``) records its preprocessing in its header. Starting from
+    it with colour constancy off, or other normalisation, feeds the backbone inputs it never saw:
+    allowed (it may be meant), but said. Other start files record nothing and give no difference.
+    """
+    path = cfg.model.pretrained_path
+    if not path or not str(path).endswith(".safetensors"):
+        return []
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+        recorded = json.loads(header.get("preprocessing") or "null")
+    except (OSError, ValueError, SafetensorError):
+        return []  # unreadable here: loading the weights reports it
+    if not isinstance(recorded, dict):
+        return []
+    mine = preprocessing_dict(cfg.data)
+    return [f"{key}: pretrained with {recorded[key]!r}, fine-tuned with {mine[key]!r}"
+            for key in _START_PREPROCESSING_KEYS if key in recorded and key in mine and recorded[key] != mine[key]]
+
+
 def reestimate_start_batchnorm(cfg: ExperimentConfig, net, datamodule) -> int:
     """Re-estimate the start weights' BatchNorm statistics on the first training images (eval transform).
 
@@ -281,6 +312,9 @@ def fit(cfg: ExperimentConfig, test: bool = True) -> RunResult:
     net = build_experiment_model(cfg.model if resume_ckpt is None else cfg.model.without_start_weights(),
                                  cfg.data, encoder)
     resolve_input_normalisation(cfg, net)
+    if resume_ckpt is None:
+        for difference in start_preprocessing_differences(cfg):
+            log.warning("start weights %s: %s", cfg.model.pretrained_path, difference)
     if resume_ckpt is None and cfg.model.bn_reestimate_batches > 0:
         reestimate_start_batchnorm(cfg, net, datamodule)
     module = LesionModule(

@@ -113,6 +113,13 @@ def test_train_cli_starts_from_the_export(byol_run, labelled, tmp_path, capsys, 
     assert all(torch.equal(loaded.net.backbone.state_dict()[k], v) for k, v in state.items())
     saved = read_yaml(tmp_path / "ok" / "cpu_tiny" / "version_0" / "config.yaml")
     assert saved["model"]["pretrained_path"] == str(export)
+    assert "pretrained with" not in caplog.text  # same preprocessing as the pretraining: nothing to say
+    # A fine-tune that sees other inputs than the pretraining did is allowed, and said.
+    with caplog.at_level(logging.WARNING, logger="backend.training.run"):
+        code = train_main([*common, "--pretrain_ckpt", str(export), "--log_dir", str(tmp_path / "other"),
+                           "data.color_constancy=false", "trainer.fast_dev_run=true"])
+    assert code == 0
+    assert "color_constancy: pretrained with True, fine-tuned with False" in caplog.text
 
     unrelated = tmp_path / "unrelated.pt"
     torch.save({"encoder.weight": torch.zeros(3, 3)}, unrelated)
