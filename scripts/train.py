@@ -9,7 +9,10 @@ deprecation message. Examples::
 
     python -m scripts.train --csv ../shared/data/labels.csv --img_dir ../shared/data/images \
         --model_cfg cfgs/model/dermaresnet_se_tiny.yaml --img_size 128 --max_epochs 10
-    python -m scripts.train --config cfgs/debug/cpu_tiny.yaml --resume_version 0
+    # after an interruption: the same command plus --resume_version N (a changed model or data
+    # setting is refused, naming it; more epochs are fine)
+    python -m scripts.train --csv ../shared/data/labels.csv --img_dir ../shared/data/images \
+        --model_cfg cfgs/model/dermaresnet_se_tiny.yaml --img_size 128 --max_epochs 12 --resume_version 0
     srun python -m scripts.train --accelerator gpu --devices 4 --num_nodes 2 --strategy ddp ...
 """
 

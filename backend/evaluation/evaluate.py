@@ -154,6 +154,8 @@ def evaluate(
         use_metadata: Feed patient metadata to fusion models.
         skip_missing: Drop rows whose image file is missing (one warning with the count).
     """
+    if not 0.0 < threshold < 1.0:
+        raise ConfigError(f"--threshold is a probability of malignancy and must be between 0 and 1, got {threshold}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     predictor = Predictor.from_checkpoint(checkpoint, engine="torch", batch_size=batch_size)

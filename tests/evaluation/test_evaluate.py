@@ -99,6 +99,11 @@ def test_cli_prints_metrics_and_reports_errors(trained, tmp_path, capsys):
     assert evaluate_main(["--checkpoint", str(run.best_ckpt), "--csv", str(csv), "--split", "holdout",
                           "--output_dir", str(tmp_path)]) == 2
     assert "holdout" in capsys.readouterr().err
+    assert evaluate_main(["--checkpoint", str(run.best_ckpt), "--csv", str(csv), "--threshold", "2",
+                          "--output_dir", str(tmp_path / "t")]) == 2
+    assert "--threshold is a probability of malignancy and must be between 0 and 1, got 2.0" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "t").exists()  # refused before anything was written
 
 
 def test_an_external_table_is_evaluated_without_the_runs_calibration(trained, tmp_path, caplog):
