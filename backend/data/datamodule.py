@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler, get_worker_info
 from backend.data.config import DataConfig
 from backend.data.dataset import LesionDataset, encode_targets
 from backend.data.formats import load_table
+from backend.data.image_paths import default_img_dir
 from backend.data.metadata import MetadataEncoder
 from backend.data.preprocess import SETTINGS_FILE, cache_hair_removal
 from backend.data.schema import DIAGNOSES
@@ -115,7 +116,7 @@ class LesionDataModule(L.LightningDataModule):
             return
 
         cfg = self.cfg
-        self._cache_hairless = cache_hair_removal(cfg.img_dir)
+        self._cache_hairless = cache_hair_removal(cfg.img_dir or (default_img_dir(cfg.csv) if cfg.csv else None))
         if self._cache_hairless and not cfg.hair_removal:
             raise ConfigError(
                 f"data.img_dir {cfg.img_dir} is a cache made with hair removal ({SETTINGS_FILE}), but "

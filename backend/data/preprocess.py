@@ -15,6 +15,7 @@ the settings so a rerun with different ones is refused rather than mixing two ca
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -213,6 +214,18 @@ def cache_hair_removal(img_dir: str | os.PathLike[str] | None) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(record, dict) and bool(record.get("hair_removal"))
+
+
+@functools.lru_cache(maxsize=256)
+def _hairless_folder(folder: str) -> bool:
+    """Whether ``folder`` or one of its parents (up to 4 levels) is a cache made with hair removal."""
+    path = Path(folder)
+    return any(cache_hair_removal(p) for p in [path, *list(path.parents)[:4]])
+
+
+def in_hairless_cache(image_path: str | os.PathLike[str]) -> bool:
+    """Whether an image file lies in a cache made with hair removal (its hair is gone already)."""
+    return _hairless_folder(str(Path(image_path).resolve().parent))
 
 
 def check_settings(output_dir: Path, settings: PreprocessSettings) -> None:

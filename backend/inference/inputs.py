@@ -31,6 +31,7 @@ import torch
 from backend.data.hair import remove_hair
 from backend.data.images import decode_image_bytes, load_image
 from backend.data.metadata import MetadataEncoder
+from backend.data.preprocess import in_hairless_cache
 from backend.data.transforms import build_eval_transform
 from backend.errors import ConfigError
 from backend.inference.quality import QualityConfig, QualityFlag, file_flags, image_flags
@@ -171,8 +172,18 @@ class Preprocessor:
         return self.transform(image=np.ascontiguousarray(image))["image"]
 
     def of(self, prepared: PreparedInput) -> torch.Tensor:
-        """The network input of a prepared image, computed once per preprocessing."""
+        """The network input of a prepared image, computed once per preprocessing.
+
+        An image read from a cache made with hair removal (``scripts.preprocess --hair-removal``,
+        what such a model was trained on) has no hair left to remove: it is not de-haired twice.
+        """
+        if self.hair_removal and prepared.path is not None and in_hairless_cache(prepared.path):
+            return prepared.derived((*self.key, "hairless cache"), self.transform_only)
         return prepared.derived(self.key, self)
+
+    def transform_only(self, image: np.ndarray) -> torch.Tensor:
+        """The eval transform alone, without hair removal."""
+        return self.transform(image=np.ascontiguousarray(image))["image"]
 
 
 def _missing(value: Any) -> bool:

@@ -31,6 +31,7 @@ noise ratio 6.2 against the limit 10; least colour 4.1 grey levels against 1.5);
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,8 +104,16 @@ class QualityFlag:
     reason: str
 
 
-#: The decoder's words for damaged compressed data (libjpeg-turbo's warnings under ``strict``).
-_DAMAGE_WORDS = ("corrupt", "premature end", "bad huffman", "invalid", "inconsistent")
+#: libjpeg-turbo warnings (raised under ``strict``) that mean picture data is missing or garbled.
+#: Harmless ones are not among them: "Invalid SOS parameters for sequential JPEG" (many phone
+#: cameras) decodes to the full, right picture.
+_DAMAGE_WORDS = ("premature end of data segment", "premature end of jpeg file", "bad huffman code",
+                 "instead of rst")
+#: "N extraneous bytes before marker 0xd0-0xd9": the decoder stopped N bytes short of the end of
+#: the scan, i.e. it lost its place in damaged data. Some cameras pad the end of a scan with a
+#: byte or two, harmlessly; damaged files of 300 flipped-byte trials left 7 to 208 bytes.
+_EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker 0xd[0-9]", re.IGNORECASE)
+_PADDING_BYTES = 4
 
 
 def jpeg_damage(data: bytes) -> str | None:
@@ -123,6 +132,9 @@ def jpeg_damage(data: bytes) -> str | None:
                                min_height=1, min_width=1)
     except ValueError as err:
         message = str(err)
+        extraneous = _EXTRANEOUS.search(message)
+        if extraneous:
+            return message if int(extraneous.group(1)) > _PADDING_BYTES else None
         return message if any(word in message.lower() for word in _DAMAGE_WORDS) else None
     return None
 

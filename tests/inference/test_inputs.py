@@ -10,7 +10,10 @@ import torch
 from PIL import Image
 
 import backend.inference.inputs as inputs
+from backend.data.config import DataConfig
+from backend.data.preprocess import PreprocessSettings, preprocess_images
 from backend.data.schema import DIAGNOSES
+from backend.data.transforms import preprocessing_dict
 from backend.errors import ConfigError, ImageLoadError
 from backend.inference.batches import InputFailure
 from backend.inference.inputs import PreparedInput, Preprocessor, prepare_input
@@ -159,3 +162,19 @@ def test_failures_and_records_are_plain_data():
     assert pickle.loads(pickle.dumps(PreparedInput("a", np.zeros((1, 1, 3), np.uint8)))).name == "a"
     assert RawOutputs.concatenate([]).probs.shape == (0, len(DIAGNOSES))
     assert [csv_value(v) for v in (0.5, None, "x", 3)] == ["0.500000", "", "x", "3"]
+
+
+def test_an_image_from_a_hairless_cache_is_not_de_haired_twice(tmp_path, monkeypatch):
+    originals = tmp_path / "images"
+    originals.mkdir()
+    Image.fromarray(lesions(1, size=64, seed=2)[0]).save(originals / "a.png")
+    preprocess_images(originals, tmp_path / "cache", PreprocessSettings(size=64, hair_removal=True), workers=1,
+                      progress=False)
+    removed = []
+    monkeypatch.setattr(inputs, "remove_hair", lambda image: removed.append(1) or image)
+    pre = Preprocessor(preprocessing_dict(DataConfig(img_size=32, hair_removal=True)))
+    pre.of(prepare_input(tmp_path / "cache" / "a.png"))
+    assert removed == []  # the cache removed the hair already (the model was trained on these images)
+    pre.of(prepare_input(originals / "a.png"))
+    pre.of(prepare_input(("upload.png", (originals / "a.png").read_bytes())))
+    assert removed == [1, 1]  # an original file, and an upload: removed, as the model expects

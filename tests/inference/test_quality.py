@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from backend.errors import CheckpointError
+from backend.inference import quality
 from backend.inference.inputs import prepare_input
 from backend.inference.quality import FLAG_CODES, FeatureStats, QualityConfig, file_flags, image_flags, jpeg_damage
 from tests.inference.tiny import lesions, tiny_predictor
@@ -187,3 +188,19 @@ def test_a_noise_image_never_gets_a_risk_colour():
     noise = np.random.default_rng(1).integers(0, 256, (96, 96, 3), dtype=np.uint8)
     [result] = tiny_predictor().predict([noise])
     assert result.traffic_light == "grey" and "noise" in result.flag_reasons
+
+
+@pytest.mark.parametrize(("warning", "damaged"), [
+    ("Corrupt JPEG data: premature end of data segment", True),
+    ("Corrupt JPEG data: bad Huffman code", True),
+    ("Corrupt JPEG data: 157 extraneous bytes before marker 0xd9", True),  # lost its place in the scan
+    ("Corrupt JPEG data: 2 extraneous bytes before marker 0xd9", False),  # a camera's padding
+    ("Invalid SOS parameters for sequential JPEG", False),  # many phone photos: the picture is whole
+    ("Unsupported color conversion request", False),  # not damage: the normal decoder decides
+])
+def test_only_decoder_warnings_about_lost_picture_data_mean_damage(lesion, monkeypatch, warning, damaged):
+    def strict_decoder(*args, **kwargs):
+        raise ValueError(warning)
+
+    monkeypatch.setattr(quality.simplejpeg, "decode_jpeg", strict_decoder)
+    assert (jpeg_damage(_jpeg(lesion)) == warning) is damaged
