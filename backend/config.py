@@ -416,6 +416,19 @@ def load_config(
     return from_dict(cls, merge_layers(layers, cls))
 
 
+def _network_keys(cls: type | None) -> set[str] | None:
+    """The keys of ``cls``'s model section that describe the network (None: all of them).
+
+    The section's own dataclass may extend a base one (BYOL's model config adds its heads to the
+    supervised model config): the base's fields are the network's.
+    """
+    model_type = typing.get_type_hints(cls).get("model") if cls is not None else None
+    if not _is_dataclass_type(model_type):
+        return None
+    bases = [b for b in model_type.__mro__[1:] if _is_dataclass_type(b)]
+    return {f.name for f in dataclasses.fields(bases[0] if bases else model_type)}
+
+
 def cli_layers(
     files: list[str] | tuple[str, ...] = (),
     model_file: str | None = None,
@@ -434,9 +447,13 @@ def cli_layers(
     layers = [read_yaml(file) for file in files]
     sources = list(files)
     if model_file:
-        # A model file is a whole model: it replaces the --config files' model section rather than
-        # merging into it (a ResNet-50 must not inherit a MobileNet's padding or start weights).
-        layers = [{k: v for k, v in layer.items() if k != "model"} for layer in layers]
+        # A model file is a whole network: it replaces what the --config files said of the network
+        # rather than merging into it (a ResNet-50 must not inherit a MobileNet's padding or start
+        # weights). Settings of the model section that are not the network's (BYOL's projector and
+        # predictor sizes) stay.
+        network = _network_keys(cls)
+        layers = [{**layer, "model": {k: v for k, v in layer["model"].items() if network and k not in network}}
+                  if isinstance(layer.get("model"), dict) else layer for layer in layers]
         layers.append({"model": read_yaml(model_file)})
         sources.append(model_file)
     if cls is not None:

@@ -294,7 +294,9 @@ def run(args: argparse.Namespace) -> int:
             kept = [todo[i] for i in batch.indices]
             if cam_dir:  # written before the rows: an image whose row is in the output has its overlay too
                 try:
-                    heatmaps = predictor.explain_batch(batch.inputs, None, [job.metadata for job in kept])
+                    # The class each row reports (with this run's --tta/--no-tta), not recomputed.
+                    heatmaps = predictor.explain_batch(batch.inputs, [p.top_class for p in batch.predictions],
+                                                       [job.metadata for job in kept])
                 except DermaLensError as err:
                     bar.write(f"Grad-CAM skipped for this batch: {err}", file=sys.stderr)
                 else:

@@ -111,6 +111,12 @@ def _calibration_splits(table: pd.DataFrame, splits_csv: Path, calibrate_split: 
     try:
         read_splits(splits_csv, table)
     except DataFormatError:
+        try:
+            listed = set(pd.read_csv(splits_csv, usecols=["image_id"], dtype=str)["image_id"])
+        except (OSError, ValueError):
+            listed = set()
+        if listed & set(table["image_id"].astype(str)):
+            raise  # the run's own table with a broken split file: that is an error, not an external table
         log.warning("%s names images that are not in %s (an external table?): temperature scaling on its '%s' "
                     "split skipped; pass --splits_csv to calibrate, or --calibrate_split none to silence this",
                     splits_csv, csv, calibrate_split)

@@ -469,7 +469,7 @@ class Predictor:
 
     # -- explanation --------------------------------------------------------------------------
 
-    def explain_batch(self, images: Sequence[Any], target: str | int | None = None,
+    def explain_batch(self, images: Sequence[Any], target: str | int | Sequence[str] | None = None,
                       metadata: Sequence[dict[str, Any] | None] | None = None) -> list[np.ndarray]:
         """Grad-CAM heatmaps, one ``(H, W)`` float32 array in ``[0, 1]`` per image at its decoded size.
 
@@ -480,8 +480,10 @@ class Predictor:
             images: As for :meth:`predict` (arrays keep their size; paths and uploads are decoded
                 like :meth:`prepare`, i.e. at reduced size when large).
             target: A diagnosis name or index, ``"thickness"`` (the regression output),
-                ``"malignant"`` (log-odds of P(malignant)) or None (each image's predicted class);
-                see :func:`~backend.inference.explain.cam_targets`.
+                ``"malignant"`` (log-odds of P(malignant)), None (each image's predicted class, as
+                :meth:`predict` with the predictor's TTA setting calls it), or a list of one diagnosis
+                name per image (e.g. the classes a prediction reported); see
+                :func:`~backend.inference.explain.cam_targets`.
             metadata: As for :meth:`predict`.
         """
         prepared = [self.prepare(item, i) for i, item in enumerate(images)]
@@ -489,7 +491,13 @@ class Predictor:
             return []
         meta, _ = self.encode_metadata(metadata, len(prepared))
         x = self._stack([self.preprocessor.of(p) for p in prepared])
-        if target is None:
+        if isinstance(target, (list, tuple)):
+            # One diagnosis per image, e.g. the classes predict() reported: explained as they are.
+            if len(target) != len(prepared) or any(t not in DIAGNOSES for t in target):
+                raise ConfigError(f"Grad-CAM targets must be one diagnosis of {list(DIAGNOSES)} per image "
+                                  f"({len(prepared)}), got {list(target)!r}")
+            head, targets = cam_targets(None, len(prepared), [DIAGNOSES.index(t) for t in target])
+        elif target is None:
             # "The predicted class" is the one predict() reports: the class-balanced decision (which
             # the folded offsets may rank below a common class), of the TTA-averaged probabilities
             # when the model predicts with TTA. Not the top logit of the single plain view.

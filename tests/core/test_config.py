@@ -265,6 +265,12 @@ def test_a_model_file_replaces_the_config_files_model_section(tmp_path):
     cfg = from_dict(ExperimentConfig, merged)
     assert cfg.model.backbone == "resnet50" and cfg.model.backbone_kwargs == {} and cfg.model.pretrained_path is None
     assert cfg.trainer.max_epochs == 2  # the rest of the config file stays
+    # BYOL's model section also holds its projector and predictor: those are not the network's, and stay.
+    byol = cli_layers([str(REPO_ROOT / "cfgs" / "byol" / "cpu_small.yaml")],
+                      model_file=str(REPO_ROOT / "cfgs" / "model" / "dermaresnet_se_tiny.yaml"), cls=ByolConfig)
+    heads = from_dict(ByolConfig, byol).model
+    assert (heads.proj_hidden_dim, heads.proj_dim, heads.pred_hidden_dim) == (1024, 128, 1024)
+    assert heads.backbone == "dermaresnet_se_tiny"
     # An explicit empty mapping clears what an earlier layer set, instead of merging nothing into it.
     cleared = cli_layers([str(tmp_path / "study.yaml")], overrides=["model.backbone_kwargs={}"], cls=ExperimentConfig)
     assert cleared["model"]["backbone_kwargs"] == {} and cleared["model"]["backbone"] == "mobilenetv2_100"

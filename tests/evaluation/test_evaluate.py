@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -107,7 +109,7 @@ def test_cli_prints_metrics_and_reports_errors(trained, tmp_path, capsys):
 
 
 def test_an_external_table_is_evaluated_without_the_runs_calibration(trained, tmp_path, caplog):
-    _, run = trained
+    csv, run = trained
     # Another clinic's images: none of them is in the run's splits.csv beside the checkpoint.
     external = write_synthetic_dataset(tmp_path / "ext", n=16, size=40, seed=3)
     frame = pd.read_csv(external)
@@ -119,6 +121,15 @@ def test_an_external_table_is_evaluated_without_the_runs_calibration(trained, tm
         result = evaluate(run.best_ckpt, external, tmp_path / "out", calibrate_split="val")
     assert result.temperature is None and len(pd.read_csv(tmp_path / "out" / "predictions.csv")) == 16
     assert "names images that are not in" in caplog.text and "--calibrate_split none" in caplog.text
+    # The run's own table with a broken split file is an error, not an "external table".
+    broken = tmp_path / "run" / "splits.csv"
+    (tmp_path / "run" / "ckpts").mkdir(parents=True)
+    shutil.copy(run.best_ckpt, tmp_path / "run" / "ckpts" / "best.ckpt")
+    frame = pd.read_csv(run.run_dir / "splits.csv")
+    frame.loc[0, "split"] = "tset"
+    frame.to_csv(broken, index=False)
+    with pytest.raises(DataFormatError, match="tset"):
+        evaluate(tmp_path / "run" / "ckpts" / "best.ckpt", csv, tmp_path / "out3", calibrate_split="val")
     # An explicit split of the external table still needs a split file that fits it: refused by name.
     with pytest.raises(DataFormatError, match="not in the lesion table"):
         evaluate(run.best_ckpt, external, tmp_path / "out2", split="test")

@@ -103,6 +103,12 @@ def test_metadata_and_explain_targets(predictor):
         predictor.explain(img, target="melanoma")
     with pytest.raises(ConfigError, match="class index"):
         predictor.explain(img, target=8)
+    # One diagnosis per image: each explained as given.
+    per_image = predictor.explain_batch([img, img], ["MEL", "NV"])
+    np.testing.assert_allclose(per_image[0], predictor.explain(img, target="MEL"), atol=1e-5)
+    np.testing.assert_allclose(per_image[1], predictor.explain(img, target="NV"), atol=1e-5)
+    with pytest.raises(ConfigError, match="one diagnosis of .* per image"):
+        predictor.explain_batch([img, img], ["MEL"])
 
 
 def test_heatmap_maps_back_onto_the_centre_crop():

@@ -134,6 +134,20 @@ def test_cam_dir_writes_overlays(ckpt, folder, tmp_path):
         assert im.size == (72, 72) and im.mode == "RGB"
 
 
+def test_each_overlay_explains_the_class_its_row_reports_under_the_runs_tta(ckpt, folder, tmp_path, monkeypatch):
+    asked = []
+    explain = Predictor.explain_batch
+    monkeypatch.setattr(Predictor, "explain_batch",
+                        lambda self, images, target=None, metadata=None: asked.append(target)
+                        or explain(self, images, target, metadata))
+    out = tmp_path / "p.csv"
+    assert main(["--input", str(folder), "--output", str(out), "--checkpoint", str(ckpt), "--cam_dir",
+                 str(tmp_path / "cams"), "--tta"]) == 0  # --tta although the model's card says no TTA
+    names = [row[0] for row in read(out)[1]]
+    with_tta = Predictor.from_checkpoint(ckpt).predict([folder / n for n in names], tta=True)
+    assert [c for batch in asked for c in batch] == [r.top_class for r in with_tta]
+
+
 def test_a_run_killed_during_grad_cam_leaves_no_row_without_its_overlay(ckpt, folder, tmp_path, monkeypatch):
     out, cams = tmp_path / "p.csv", tmp_path / "cams"
     argv = ["--input", str(folder), "--output", str(out), "--checkpoint", str(ckpt), "--cam_dir", str(cams),
