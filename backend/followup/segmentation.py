@@ -420,7 +420,7 @@ def segment_lesion(image: np.ndarray, name: str = "image") -> LesionSegmentation
     valid = valid_pixels(image)
     if valid.sum() < 0.25 * valid.size:
         raise FollowUpError("no lesion found: the image is almost entirely black", name)
-    if int(np.ptp(image[valid])) < 2:
+    if int(np.ptp(image[valid], axis=0).max()) < 2:  # per channel: a uniform brown is uniform too
         raise FollowUpError("no lesion found: the picture is one uniform colour", name)
     model = score_model(image, valid)
     mask = lesion_mask(image, model, valid)

@@ -13,6 +13,7 @@ deprecation warning (:data:`DEPRECATED_MODEL_KEYS`, declared by the configs that
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -108,8 +109,6 @@ class ModelConfig:
 
     def without_start_weights(self) -> ModelConfig:
         """A copy that builds the same network without reading or downloading start weights."""
-        import copy
-
         other = copy.deepcopy(self)
         other.drop_start_weights()
         return other

@@ -13,6 +13,7 @@ the query's are never returned, so the vote is never "7 of 10, one of which is t
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -20,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+from PIL import Image
 
 from backend.retrieval.build import normalise, pixels_sha256
 from backend.retrieval.library import LibraryModelMismatchError, ReferenceLibrary, model_identity
@@ -215,8 +218,6 @@ def _one_per_lesion(library: ReferenceLibrary, q: np.ndarray, k: int,
 
 def _grey_thumb(jpeg_or_image: bytes | np.ndarray) -> np.ndarray:
     """A 32 x 32 grey float picture of a thumbnail JPEG or an RGB array, for comparing pixels."""
-    import cv2
-
     if isinstance(jpeg_or_image, bytes):
         image = cv2.imdecode(np.frombuffer(jpeg_or_image, np.uint8), cv2.IMREAD_GRAYSCALE)
     else:  # straight to 32 x 32 by area averaging: as the library's thumbnail would give, a few times faster
@@ -251,10 +252,6 @@ def _copies(library: ReferenceLibrary, image: np.ndarray, rows: np.ndarray, sims
 
 def _thumb_shape(jpeg: bytes) -> tuple[int, int]:
     """``(height, width)`` of a thumbnail JPEG from its header."""
-    import io
-
-    from PIL import Image
-
     with Image.open(io.BytesIO(jpeg)) as picture:
         return picture.height, picture.width
 
@@ -289,9 +286,13 @@ def search(library: ReferenceLibrary, features: np.ndarray, k: int = DEFAULT_K,
             exclude = [None if e is None else np.asarray(e, np.int64) for e in (exclude or [None] * len(q))]
             for i, image in enumerate(images):
                 copies = [] if image is None else _copies(library, image, rows[i], sims[i])
-                if copies:  # search again without them (their lesion's other photos may stay)
+                if copies:  # search again without them, their lesions and their patients
+                    meta = library.rows
+                    same = [library.rows_where(column, str(meta[column].iat[row]))
+                            for row in copies for column in ("lesion_id", "patient_id")]
                     exclude[i] = np.unique(np.concatenate([exclude[i] if exclude[i] is not None else
-                                                           np.zeros(0, np.int64), np.asarray(copies, np.int64)]))
+                                                           np.zeros(0, np.int64), np.asarray(copies, np.int64),
+                                                           *same]).astype(np.int64))
                     s_i, r_i = _one_per_lesion(library, q[i : i + 1], int(k), [exclude[i]])
                     sims[i], rows[i] = s_i[0], r_i[0]
     meta = library.rows

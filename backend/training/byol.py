@@ -82,9 +82,11 @@ class BYOLModule(L.LightningModule):
 
     Args:
         config: The resolved :class:`ByolConfig` as a plain dict (saved in every checkpoint).
+        load_start_weights: Read the config's start weights into the backbone; False for a resumed
+            run, whose checkpoint holds every weight (the config still records where it started).
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], load_start_weights: bool = True) -> None:
         super().__init__()
         from lightly.loss import NegativeCosineSimilarity
         from lightly.models.modules.heads import BYOLPredictionHead, BYOLProjectionHead
@@ -93,7 +95,8 @@ class BYOLModule(L.LightningModule):
         self.cfg: ByolConfig = byol_config_from(config)
         self.save_hyperparameters({"config": to_dict(self.cfg)})
         m = self.cfg.model
-        self.online_backbone = build_backbone(m, self.cfg.data.img_size)
+        self.online_backbone = build_backbone(m if load_start_weights else m.without_start_weights(),
+                                              self.cfg.data.img_size)
         self.online_projector = BYOLProjectionHead(self.online_backbone.feat_dim, m.proj_hidden_dim, m.proj_dim)
         self.predictor = BYOLPredictionHead(m.proj_dim, m.pred_hidden_dim, m.proj_dim)
         self.target_backbone = copy.deepcopy(self.online_backbone)

@@ -396,7 +396,7 @@ def pretrain(cfg: ByolConfig, callbacks: list[Any] | None = None) -> PretrainRes
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
                         num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
                         worker_init_fn=seed_worker_augmentations if cfg.data.num_workers > 0 else None)
-    module = BYOLModule(to_dict(build_cfg))
+    module = BYOLModule(to_dict(cfg), load_start_weights=resume_ckpt is None)
     if resume_ckpt is None and cfg.model.bn_reestimate_batches > 0 and (cfg.model.pretrained_path
                                                                          or cfg.model.pretrained):
         reestimate_start_batchnorm(module, dataset, cfg)

@@ -149,3 +149,7 @@ def test_a_uniform_photo_is_named_as_such_not_a_numpy_error():
     assert "v2.jpg: no lesion found: the picture is one uniform colour" in result.flags
     both = compare_visits(flat, flat, before_name="v1.jpg", after_name="v2.jpg")
     assert sum("uniform colour" in f for f in both.flags) == 2
+    brown = np.empty((160, 160, 3), np.uint8)
+    brown[...] = (200, 120, 90)  # uniform, though not grey
+    assert "v2.jpg: no lesion found: the picture is one uniform colour" in compare_visits(
+        before, brown, before_name="v1.jpg", after_name="v2.jpg").flags

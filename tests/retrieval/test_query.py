@@ -132,3 +132,22 @@ def test_several_photos_of_one_lesion_are_one_neighbour(tmp_path, predictor):
     assert found.vote.k == 4
     sims = [n.similarity for n in found.neighbours]
     assert sims == sorted(sims, reverse=True) and [n.rank for n in found.neighbours] == [1, 2, 3, 4]
+
+
+def test_a_copy_of_the_query_takes_its_lesion_and_patient_out_with_it(tmp_path, predictor):
+    csv = write_twin_dataset(tmp_path, n_pairs=4)
+    rows = pd.read_csv(csv)
+    rows.loc[[2, 3], "lesion_id"] = "LA"  # image 2 and its twin 3: two photos of one lesion
+    rows.loc[[4, 6], "patient_id"] = "PB"  # image 4 and image 6: one patient
+    rows.to_csv(csv, index=False)
+    build_library(load_table(csv, check_images=False), tmp_path / "lib", predictor, progress=False)
+    library = ReferenceLibrary.load(tmp_path / "lib")
+    # (query row, rows that must not come back, neighbours left: one per lesion, LA's two photos one)
+    for query_row, gone, left in ((2, {"IMG_002", "IMG_003"}, 6), (4, {"IMG_004", "IMG_006"}, 5)):
+        copy = io.BytesIO()
+        picture = Image.fromarray(load_png(tmp_path / "images" / rows["image"].iloc[query_row]))
+        picture.resize((96, 96), Image.Resampling.BICUBIC).save(copy, "PNG")  # exported larger, as PNG
+        found = similar_cases(predictor, ("exported.jpg", copy.getvalue()), library, k=10)
+        # The copy's lesion (the same lesion as the query) and patient vote for nothing.
+        assert gone.isdisjoint(n.image_id for n in found.neighbours), query_row
+        assert len(found.neighbours) == left

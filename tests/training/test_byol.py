@@ -11,13 +11,14 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
+from safetensors.torch import save_file
 
 from backend.config import from_dict, read_yaml, to_dict
 from backend.data.schema import IMAGENET_MEAN, IMAGENET_STD
 from backend.data.unlabelled import UnlabelledImageDataset, read_exclude_list, scan_image_dirs
 from backend.errors import ConfigError, DataFormatError
 from backend.files import safe_torch_load
-from backend.training.byol import BYOLModule, ema_update
+from backend.training.byol import BYOLModule, build_backbone, ema_update
 from backend.training.byol_config import ByolConfig
 from backend.training.byol_run import pretrain
 from tests.conftest import make_lesion_image, nan_loss_at_step
@@ -321,3 +322,17 @@ def test_injected_nan_stops_the_run_with_a_dump(image_dir, tmp_path, monkeypatch
     assert all(torch.isfinite(v).all() for v in dump["state_dict"].values() if v.is_floating_point())
     final = safe_torch_load(result.last_ckpt)["state_dict"]
     assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())  # the bad step was skipped
+
+
+def test_resume_never_reads_the_start_weights_again_and_keeps_their_record(image_dir, tmp_path):
+    start = tmp_path / "start.safetensors"
+    save_file({k: v.contiguous() for k, v in build_backbone(tiny_cfg([image_dir], tmp_path).model, 32)
+               .state_dict().items()}, str(start))
+    first = pretrain(tiny_cfg([image_dir], tmp_path, model={"pretrained_path": str(start)}))
+    start.unlink()  # the start file is gone: last.ckpt holds every weight
+    resumed = pretrain(tiny_cfg([image_dir], tmp_path, model={"pretrained_path": str(start)},
+                                trainer={"max_epochs": 2}, resume=True))
+    assert resumed.run_dir == first.run_dir and resumed.global_step == 2 * first.global_step
+    saved = safe_torch_load(resumed.last_ckpt)["hyper_parameters"]["config"]
+    assert saved["model"]["pretrained_path"] == str(start)  # where the run started, still recorded
+    assert json.loads((first.run_dir / "backbone.json").read_text())["config"]["model"]["pretrained_path"] == str(start)

@@ -3,11 +3,13 @@ its folded BatchNorm is re-estimated once, on a fresh run only."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from backend.errors import ConfigError
+from backend.errors import DermaLensError
 from backend.io.bundle import read_card
 from backend.io.checkpoint import load_lesion_checkpoint
 from backend.models.registry import create_backbone
@@ -74,6 +76,8 @@ def test_explicit_normalisation_wins_over_the_backbone(dataset, tmp_path, start_
 
 
 def test_resume_never_reads_the_start_weights_again(dataset, tmp_path, start_weights):
+    shutil.copytree(dataset.parent, tmp_path / "data")  # this test damages its table at the end
+    dataset = tmp_path / "data" / dataset.name
     moved = tmp_path / "start.safetensors"
     moved.write_bytes(start_weights.read_bytes())
     first = fit(mobilenet_cfg(dataset, tmp_path, moved), test=False)
@@ -89,10 +93,12 @@ def test_resume_never_reads_the_start_weights_again(dataset, tmp_path, start_wei
         assert loaded.preprocessing["mean"] == [0.5, 0.5, 0.5]  # the run's normalisation, not a default
         assert loaded.config["model"]["pretrained_path"] == str(moved)  # where the run started, as recorded
     assert (first.run_dir / "config.yaml").read_bytes() == config_before
-    # A refused resume leaves the run folder as it was: its curves are not set aside.
-    curves = sorted(p.name for p in first.run_dir.glob("metrics*.csv"))
+    # A resume refused late (the table went bad since) leaves the run folder as it was: its curves
+    # are not set aside before the refusal.
+    curves = {p.name: p.read_bytes() for p in first.run_dir.glob("metrics*.csv")}
+    dataset.write_text(dataset.read_text() + "no_such_image.png,,,,,\n")
     cfg = mobilenet_cfg(dataset, tmp_path, moved, max_epochs=4)
-    cfg.resume_version, cfg.data.img_size = version, 48
-    with pytest.raises(ConfigError, match="data.img_size: run has 32, now 48"):
+    cfg.resume_version = version
+    with pytest.raises(DermaLensError, match=r"labels.csv, line \d+: expected 11 fields"):
         fit(cfg, test=False)
-    assert sorted(p.name for p in first.run_dir.glob("metrics*.csv")) == curves
+    assert {p.name: p.read_bytes() for p in first.run_dir.glob("metrics*.csv")} == curves
