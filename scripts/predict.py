@@ -90,7 +90,7 @@ def collect_jobs(input_path: str | Path, img_dir: str | Path | None = None, use_
         ConfigError: ``input_path`` is neither a folder nor a file.
     """
     from backend.data.csv_rows import LINE, read_csv_rows
-    from backend.data.image_paths import default_img_dir
+    from backend.data.image_paths import FolderIndex, default_img_dir
     from backend.data.schema import IMAGE_EXTENSIONS
     from backend.errors import ConfigError
 
@@ -103,6 +103,7 @@ def collect_jobs(input_path: str | Path, img_dir: str | Path | None = None, use_
     raw = read_csv_rows(path, required=("image",))
     # As training reads a label file: images/ beside it when there is one, else its own folder.
     bases = [Path(img_dir)] if img_dir else list(dict.fromkeys([default_img_dir(path), path.parent]))
+    index = FolderIndex()  # names with or without extension (ISIC_0000000), as training resolves them
     meta_cols = [c for c in METADATA_COLUMNS if c in raw.columns] if use_metadata else []
     jobs, problems, seen = [], [], set()
     for _, row in raw.iterrows():
@@ -116,7 +117,8 @@ def collect_jobs(input_path: str | Path, img_dir: str | Path | None = None, use_
             continue
         seen.add(name)
         file = Path(name) if Path(name).is_absolute() else next(
-            (b / name for b in bases if (b / name).is_file()), bases[0] / name)
+            (found for b in bases if (found := index.find(str(b), name)) is not None), bases[0] / name)
+        file = Path(file)
         meta = {c: row[c] for c in meta_cols} if meta_cols else None
         groups = {c: (str(row[c]).strip() or None) if c in raw.columns else None for c in GROUP_COLUMNS}
         jobs.append(Job(name, file, meta, where, **groups))
@@ -280,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
         writer = csv.writer(fh)
         if new_file:
             writer.writerow(columns)
+        if not done:  # no rows yet: the rows about to be written are this run's, and so is the record
             atomic_write_bytes(_settings_file(output), json.dumps(settings, indent=2).encode("utf-8"))
         for batch in batches:
             for failure in batch.failures:

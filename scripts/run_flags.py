@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections import Counter
 from typing import Any
 
 from backend.config import rename_legacy_flags
@@ -90,16 +91,24 @@ def parse_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     one that a list flag (``--data_dirs a b``) swallowed is given back to the overrides.
     """
     known = [s for action in p._actions for s in action.option_strings]
-    args = p.parse_intermixed_args(rename_legacy_flags(list(sys.argv[1:] if argv is None else argv), known,
-                                                       LEGACY_FLAGS))
+    tokens = rename_legacy_flags(list(sys.argv[1:] if argv is None else argv), known, LEGACY_FLAGS)
+    args = p.parse_intermixed_args(tokens)
     if hasattr(args, "overrides"):
+        pool = Counter(args.overrides)
         for action in p._actions:
             values = getattr(args, action.dest, None)
             if action.option_strings and action.nargs in ("+", "*") and isinstance(values, list):
                 swallowed = [v for v in values if isinstance(v, str) and _OVERRIDE.match(v)]
                 if swallowed:
                     setattr(args, action.dest, [v for v in values if v not in swallowed] or None)
-                    args.overrides = [*args.overrides, *swallowed]
+                    pool.update(swallowed)
+        # In the order they were written: the last override of a key wins, wherever it stood.
+        ordered = []
+        for token in tokens:
+            if pool[token] > 0:
+                ordered.append(token)
+                pool[token] -= 1
+        args.overrides = ordered
     return args
 
 

@@ -91,6 +91,15 @@ def test_a_rerun_with_another_model_or_tta_is_refused_not_mixed_in(ckpt, folder,
     assert "1 predicted, 3 already" in capsys.readouterr().err
 
 
+def test_an_output_without_rows_takes_this_runs_settings(ckpt, folder, tmp_path):
+    out = tmp_path / "preds.csv"
+    out.write_text(",".join(EXPECTED_COLUMNS) + "\n")  # a run that wrote its header, then died
+    (tmp_path / "preds.csv.json").write_text(json.dumps({"model": "another", "tta": True}))
+    assert main(["--input", str(folder), "--output", str(out), "--checkpoint", str(ckpt)]) == 0
+    settings = json.loads((tmp_path / "preds.csv.json").read_text())
+    assert settings["tta"] is False and settings["model"] != "another"  # the record of the rows now in it
+
+
 def test_interrupted_last_line_is_repaired(ckpt, folder, tmp_path, capsys):
     out = tmp_path / "preds.csv"
     assert main(["--input", str(folder), "--output", str(out), "--checkpoint", str(ckpt)]) == 0
@@ -296,9 +305,9 @@ def test_reference_built_with_another_model_is_refused(ckpt, folder, tmp_path, c
 def test_a_csv_beside_an_images_folder_and_a_run_with_nothing_predicted(ckpt, folder, tmp_path, capsys):
     # As training reads it: names resolve in images/ beside the CSV (here tmp_path/images).
     table = tmp_path / "cases.csv"
-    table.write_text("image\ncase_0.png\ncase_1.png\n")
+    table.write_text("image\ncase_0.png\ncase_1\n")  # with or without extension (ISIC_0000000), as training
     assert main(["--input", str(table), "--output", str(tmp_path / "p.csv"), "--checkpoint", str(ckpt)]) == 0
-    assert [r[0] for r in read(tmp_path / "p.csv")[1]] == ["case_0.png", "case_1.png"]
+    assert [r[0] for r in read(tmp_path / "p.csv")[1]] == ["case_0.png", "case_1"]
     # Not one image could be predicted: exit 1, not a silent success.
     table.write_text("image\nnope_1.png\nnope_2.png\n")
     capsys.readouterr()

@@ -192,3 +192,6 @@ def test_byol_overrides_after_the_image_folders_are_overrides(tmp_path):
     assert cfg.data.dirs == [str(tmp_path / "a"), str(tmp_path / "b")]
     assert (cfg.model.proj_dim, cfg.trainer.max_epochs, cfg.optim.lr) == (16, 3, 0.01)
     assert sorted(args.overrides) == ["model.proj_dim=16", "optim.lr=0.01"]
+    # The last override of a key wins, whether or not a list flag swallowed it first.
+    cfg, args = parse_config(["--data_dirs", str(tmp_path / "a"), "optim.lr=0.1", "--max_epochs", "3", "optim.lr=0.2"])
+    assert cfg.optim.lr == 0.2 and args.overrides == ["optim.lr=0.1", "optim.lr=0.2"]
