@@ -28,6 +28,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def _gap(card: float, reproduced: float) -> float:
+    """|reproduced - card|; infinite when either is missing or not a number (never "reproduced" by NaN)."""
+    try:
+        gap = abs(float(reproduced) - float(card))
+    except (TypeError, ValueError):
+        return math.inf
+    return math.inf if math.isnan(gap) else gap
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The script's flags."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     except DermaLensError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    same_split = split.get("image_ids_sha256") in (None, split_fingerprint(pred.rows["image_id"]))
+    # A card without the fingerprint cannot show the split is its own: not "reproduced".
+    same_split = split.get("image_ids_sha256") == split_fingerprint(pred.rows["image_id"])
     print(f"bundle {args.bundle} ({card.get('name')} {card.get('version')}), data {csv}")
     print(f"test split: {len(pred.rows)} images (card: {split.get('rows')}), same images as the card: {same_split}; "
           f"TTA {predictor.tta}; {len(pred.rows) / seconds:.1f} images/s")
@@ -84,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         a, b = entry.get("value"), got.get("value", math.nan)
         if a is None or (isinstance(a, float) and math.isnan(a)):
             continue
-        worst = max(worst, abs(b - a))
+        worst = max(worst, _gap(a, b))
         ratio = b / a if a else math.nan
         lo, hi = got.get("lo", math.nan), got.get("hi", math.nan)
         print(f"{name:<34}{a:>9.4f}{b:>12.4f}{ratio:>8.3f}   ({lo:.3f}-{hi:.3f})")
@@ -102,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\nwhat each light means (test split): card / reproduced")
         for light, row in ops["lights"].items():
             was = ops_card["lights"][light]
-            worst = max(worst, abs(row["share_of_images"] - was["share_of_images"]))
+            worst = max(worst, _gap(was["share_of_images"], row["share_of_images"]))
             print(f"{light:<8} share of images {was['share_of_images']:.4f} / {row['share_of_images']:.4f}, "
                   f"share malignant {was['share_malignant'] or 0:.4f} / {row['share_malignant'] or 0:.4f}")
         for call in ("not_green", "red"):
             for rate in ("sensitivity", "specificity"):
-                worst = max(worst, abs(ops[call][rate] - ops_card[call][rate]))
+                worst = max(worst, _gap(ops_card[call][rate], ops[call][rate]))
                 print(f"{call} {rate}: {ops_card[call][rate]:.4f} / {ops[call][rate]:.4f}")
     variants = card.get("test_variants") or {}
     reproduced_variants: dict[str, object] = {}
@@ -121,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, entry in variants["metrics"][variant].items():
             if entry.get("value") is None:  # undefined on this split when the card was written
                 continue
-            worst = max(worst, abs(figures[name]["value"] - entry["value"]))
+            worst = max(worst, _gap(entry["value"], figures[name]["value"]))
             was = ((variants.get("changes") or {}).get(variant) or {}).get(name) or {}
             if was.get("value") is not None:
-                worst = max(worst, abs(change[name]["value"] - was["value"]))
+                worst = max(worst, _gap(was["value"], change[name]["value"]))
             got = change[name]
             print(f"{name:<34}{entry['value']:>9.4f}{figures[name]['value']:>12.4f}   "
                   f"{got['value']:+.4f} ({got['lo']:+.3f} to {got['hi']:+.3f})")

@@ -80,10 +80,18 @@ def run_ablation(cfg: AblationConfig) -> pd.DataFrame:
     previous = {str(r["variant"]): r for r in done.to_dict(orient="records")}
     rows = []
     wanted = [(name, False) for name in cfg.variants] + [(name, True) for name in cfg.tta]
+    recipes = {name: recipe(cfg.base_tree(), cfg.variants[name]) for name in cfg.variants}
+    # Before any training: a variant whose start weights are missing would fail hours into the study.
+    missing = [f"{name}: {exp.model.pretrained_path}" for name, exp in recipes.items()
+               if exp.model.pretrained_path and not Path(exp.model.pretrained_path).is_file()]
+    if missing:
+        raise ConfigError(f"start weights not found for {'; '.join(missing)} (make them first, e.g. the BYOL run "
+                          "its config comment names, or leave the variant out)")
     for name, tta in wanted:
         label = f"{name} + TTA" if tta else name
-        exp = recipe(cfg.base_tree(), cfg.variants[name])
-        key = recipe_key(exp)
+        exp = recipe(cfg.base_tree(), cfg.variants[name])  # a fresh one: training fills in its run folder
+        # The row's figures depend on the bootstrap too: another n_boot scores it again.
+        key = f"{recipe_key(exp)}-boot{cfg.n_boot}"
         old = previous.get(label)
         if old is not None and str(old.get("recipe")) == key:
             rows.append(old)

@@ -63,6 +63,8 @@ class LodoConfig(StudyConfig):
         """At least one dataset and one recipe, each recipe valid."""
         if not self.datasets:
             raise ConfigError("lodo.datasets: name at least one dataset to leave out")
+        if self.n_boot < 1:
+            raise ConfigError(f"lodo.n_boot (bootstrap resamples) must be >= 1, got {self.n_boot}")
         self.check_variants("lodo.")
 
 

@@ -48,7 +48,7 @@ from backend.evaluation.card_sections import (
 from backend.evaluation.model_card import metrics_markdown, subgroup_metrics
 from backend.evaluation.operating_points import light_summary
 from backend.evaluation.split_eval import predict_rows, score_change, score_rows
-from backend.files import atomic_write_text
+from backend.files import atomic_write_text, sha256_file
 from backend.inference.predictor import Predictor
 from backend.inference.risk import risk_index
 from backend.io.bundle import read_card, write_card
@@ -137,6 +137,8 @@ class PipelineConfig:
             raise ConfigError(f"adapt_images must be >= 1, got {self.adapt_images}")
         if self.baseline is not None and set(self.baseline) != {"name", "bundle_dir"}:
             raise ConfigError(f"baseline must have exactly the keys name and bundle_dir, got {sorted(self.baseline)}")
+        if self.n_boot < 1:
+            raise ConfigError(f"n_boot (bootstrap resamples of the card's intervals) must be >= 1, got {self.n_boot}")
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
@@ -161,10 +163,11 @@ def _done(cfg: PipelineConfig, stage: str) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-#: Per stage: the config fields it depends on, and the stages whose results it uses (or overwrites in
-#: the bundle: export writes a new card, so card and lodo must write theirs into it again).
+#: Per stage: the config fields it depends on (``a.b`` for a key inside one), and the stages whose
+#: results it uses (or overwrites in the bundle: export writes a new card, so card and lodo must write
+#: theirs into it again).
 _STAGE_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "splits": (("supervised",), ()),
+    "splits": (("supervised.data",), ()),
     "byol": (("byol",), ("splits",)),
     "train": (("supervised",), ("splits", "byol")),
     "export": (("bundle_dir", "name", "version", "onnx", "tta", "test_img_sizes", "adapt_images", "calibration",
@@ -174,16 +177,69 @@ _STAGE_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+def _config_value(cfg: PipelineConfig, field_path: str) -> Any:
+    """``cfg.a`` or, for ``a.b``, the key ``b`` of the mapping ``cfg.a`` (None where absent)."""
+    head, *rest = field_path.split(".")
+    value: Any = getattr(cfg, head)
+    for key in rest:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+#: Config fields naming what a stage writes (the bundle, the card's markdown), not what it reads.
+_WRITTEN_FIELDS = frozenset({"bundle_dir", "card_markdown"})
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def _fingerprint(path: Path) -> str:
+    """SHA-256 of a file, remembered while its size and modification time stay the same."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = sha256_file(path)
+    return _FINGERPRINTS[key]
+
+
+def _input_files(tree: Any) -> dict[str, str | None]:
+    """Contents (SHA-256) of the files a config tree names.
+
+    Every string that is a file (label tables, start weights, recipes) and each bundle folder's card.
+    """
+    found: dict[str, str | None] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str) and value and len(value) < 1000:
+            path = Path(value)
+            if path.is_file():
+                found[value] = _fingerprint(path)
+            elif path.is_dir() and (path / "model_card.json").is_file():
+                found[value] = _fingerprint(path / "model_card.json")
+
+    walk(tree)
+    return found
+
+
 def stage_inputs(cfg: PipelineConfig, stage: str, records: dict[str, Any]) -> str:
-    """A hash of what ``stage`` depends on: its config fields and the records of the stages before it.
+    """A hash of what ``stage`` depends on: its config fields, the files they name, and earlier results.
 
     A stage record is reused only while this hash is the one it was made with: change the supervised
-    recipe and the train stage runs again, and so does every stage after it (their inputs include the
-    new train record), instead of exporting a checkpoint of the old recipe.
+    recipe, a label in the table or the start weights, and the train stage runs again, and so does
+    every stage after it whose inputs changed, instead of exporting a checkpoint of the old recipe.
+    Earlier records count by their results (not by their own input hash), so a stage that ran again
+    and came to the same result (the same split) does not send the later stages round again.
+    Image folders are not read (their size makes it impractical): a changed image needs ``--force``.
     """
     fields, upstream = _STAGE_INPUTS[stage]
-    tree = {"config": {f: getattr(cfg, f) for f in fields},
-            "upstream": {u: {k: v for k, v in (records.get(u) or {}).items() if k != "wall_seconds"}
+    config = {f: _config_value(cfg, f) for f in fields}
+    read = {f: v for f, v in config.items() if f not in _WRITTEN_FIELDS}  # what the stage writes is no input
+    tree = {"config": config, "files": _input_files(read),
+            "upstream": {u: {k: v for k, v in (records.get(u) or {}).items() if k not in ("wall_seconds", "inputs")}
                          for u in upstream}}
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -217,24 +273,25 @@ def stage_splits(cfg: PipelineConfig) -> dict[str, Any]:
     return {"splits_csv": str(splits_csv), "pretrain_exclude": str(exclude), "counts": counts}
 
 
-def stage_byol(cfg: PipelineConfig, splits: dict[str, Any] | None) -> dict[str, Any]:
+def stage_byol(cfg: PipelineConfig, splits: dict[str, Any] | None, inputs: str = "") -> dict[str, Any]:
     """Pretrain (or resume an interrupted pretraining) on training-split images only; export the backbone."""
     byol = from_dict(ByolConfig, cfg.byol)
-    byol.resume_version = _interrupted_version(cfg, "byol", Path(byol.log_dir) / byol.experiment_name)
+    byol.resume_version = _interrupted_version(cfg, "byol", Path(byol.log_dir) / byol.experiment_name, inputs)
     if splits and not byol.data.exclude_list:
         byol.data.exclude_list = splits["pretrain_exclude"]
     result = pretrain(byol)
     return {"run_dir": str(result.run_dir), "export": str(result.export), "global_step": result.global_step}
 
 
-def stage_train(cfg: PipelineConfig, pretrained: str | None, splits: dict[str, Any] | None) -> dict[str, Any]:
+def stage_train(cfg: PipelineConfig, pretrained: str | None, splits: dict[str, Any] | None,
+                inputs: str = "") -> dict[str, Any]:
     """Supervised training from the BYOL export (when there is one), resuming an interrupted run."""
     exp = from_dict(ExperimentConfig, cfg.supervised)
     if splits:
         exp.data.split_csv = splits["splits_csv"]
     if pretrained:
         exp.model.pretrained_path = pretrained
-    exp.resume_version = _interrupted_version(cfg, "train", Path(exp.log_dir) / exp.experiment_name)
+    exp.resume_version = _interrupted_version(cfg, "train", Path(exp.log_dir) / exp.experiment_name, inputs)
     result = fit(exp, test=False)
     if result.best_ckpt is None:
         raise ConfigError(f"training in {result.run_dir} produced no best.ckpt")
@@ -298,8 +355,11 @@ def stage_card(cfg: PipelineConfig, train: dict[str, Any]) -> dict[str, Any]:
         changes[variant] = score_change(pred, perturbed, n_boot=cfg.n_boot, only=CARD_HEADLINE)
     card["test_variants"] = {"descriptions": {v: DESCRIPTIONS[v] for v in variants}, "metrics": variants,
                              "changes": changes}
-    if cfg.baseline and Path(cfg.baseline["bundle_dir"]).is_dir():
+    if cfg.baseline and (Path(cfg.baseline["bundle_dir"]) / "model_card.json").is_file():
         card["baseline"] = score_baseline(cfg, test_rows)
+    elif cfg.baseline:
+        log.warning("baseline %s: no bundle in %s, so the card has no baseline columns (make default-model "
+                    "copies v0.2 there from git history)", cfg.baseline["name"], cfg.baseline["bundle_dir"])
     if cfg.status:
         card["status"] = cfg.status
     card["test_split"] = {"rows": len(rows), "unreadable": len(skipped), "source": str(exp.data.csv),
@@ -463,18 +523,26 @@ def _lodo_calibration_line(method: str | None) -> str:
             "as export calibrates the bundle.")
 
 
-def _interrupted_version(cfg: PipelineConfig, stage: str, root: Path) -> int | None:
+def _interrupted_version(cfg: PipelineConfig, stage: str, root: Path, inputs: str) -> int | None:
     """The run version an interrupted ``stage`` (train or byol) left under ``root``, or None for a new one.
 
-    The newest version with a ``last.ckpt`` is resumed unless it is the run the stage's last *finished*
-    record names (current or superseded): a rerun after changing the recipe must not continue a
-    finished run, while an interrupted rerun resumes its own new version.
+    The newest version with a ``last.ckpt`` is resumed only when the stage started it with the same
+    inputs (``<work_dir>/<stage>.started.json``, written before the run starts): a rerun after
+    changing the recipe starts a new run instead of continuing the old one under the new settings.
+    The run the stage's last *finished* record names (current or superseded) is never continued.
     """
     version = latest_resumable_version(root)
     finished = (_done(cfg, stage) or _done(cfg, f"{stage}.superseded") or {}).get("run_dir")
     if version is not None and finished and Path(finished).resolve() == (root / f"version_{version}").resolve():
         log.info("%s: %s is a finished run; starting a new version", stage, finished)
-        return None
+        version = None
+    started = _done(cfg, f"{stage}.started")
+    if version is not None and started is not None and started.get("inputs") != inputs:
+        log.info("%s: version_%d was started with other settings or inputs; starting a new version", stage, version)
+        version = None
+    path = _record(cfg, f"{stage}.started")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"inputs": inputs}) + "\n")
     return version
 
 
@@ -492,6 +560,10 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None, force: bo
     for stage in STAGES:
         if stage not in wanted:
             records[stage] = _done(cfg, stage)
+            if records[stage] is not None and records[stage].get("inputs") != stage_inputs(cfg, stage, records):
+                log.warning("stage %s was not asked for, and its record %s was made from other settings or "
+                            "inputs: the stages after it use that old result (run it too, or leave --stages out)",
+                            stage, _record(cfg, stage))
             continue
         inputs = stage_inputs(cfg, stage, records)
         previous = _done(cfg, stage)
@@ -510,7 +582,7 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None, force: bo
         if stage in ("export", "card") and not records.get("train"):
             raise ConfigError(f"stage {stage} needs a finished train stage ({_record(cfg, 'train')})")
         started = time.monotonic()
-        result = _run_stage(cfg, stage, records)
+        result = _run_stage(cfg, stage, records, inputs)
         # Wall time of the invocation that finished the stage (a resumed stage counts its last part).
         result["wall_seconds"] = round(time.monotonic() - started, 1)
         result["inputs"] = inputs
@@ -518,13 +590,13 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None, force: bo
     return records
 
 
-def _run_stage(cfg: PipelineConfig, stage: str, records: dict[str, Any]) -> dict[str, Any]:
+def _run_stage(cfg: PipelineConfig, stage: str, records: dict[str, Any], inputs: str) -> dict[str, Any]:
     if stage == "splits":
         return stage_splits(cfg)
     if stage == "byol":
-        return stage_byol(cfg, records.get("splits"))
+        return stage_byol(cfg, records.get("splits"), inputs)
     if stage == "train":
-        return stage_train(cfg, (records.get("byol") or {}).get("export"), records.get("splits"))
+        return stage_train(cfg, (records.get("byol") or {}).get("export"), records.get("splits"), inputs)
     if stage == "lodo":
         return stage_lodo(cfg, records.get("splits"))
     fn = stage_export if stage == "export" else stage_card

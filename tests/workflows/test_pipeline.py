@@ -128,6 +128,11 @@ def test_split_stage_fixes_the_split_for_training_and_keeps_held_out_images_from
     (tmp_path / "bundle" / "model_card.json").write_text(json.dumps(card))
     assert bench.main(["--bundle", str(tmp_path / "bundle"), "--n-boot", "20"]) == 1
     assert bench.main(["--bundle", str(tmp_path / "bundle"), "--n-boot", "20", "--no-variants"]) == 0
+    # A card that cannot show its split is the one rebuilt is not "reproduced".
+    del card["test_split"]["image_ids_sha256"]
+    (tmp_path / "bundle" / "model_card.json").write_text(json.dumps(card))
+    assert bench.main(["--bundle", str(tmp_path / "bundle"), "--n-boot", "20", "--no-variants"]) == 1
+    assert bench._gap(0.921, float("nan")) == float("inf") and bench._gap(0.5, 0.5) == 0
 
 
 def _load_script(path):
@@ -229,6 +234,36 @@ def test_forced_byol_rerun_starts_a_new_run_and_an_interrupted_one_resumes(tmp_p
     record.write_text(first_record)  # as if version_1 had been interrupted
     run_pipeline(cfg, force=True)
     assert asked == [None, None, 1]
+
+
+def test_a_changed_label_file_reruns_the_split_and_a_changed_optimiser_does_not(tmp_path, caplog):
+    cfg = tiny_pipeline(tmp_path, ["splits"])
+    first = run_pipeline(cfg)["splits"]
+    cfg.supervised["optim"]["lr"] = 0.123  # a training setting: the split does not depend on it
+    assert run_pipeline(cfg)["splits"] == first
+    csv = tmp_path / "data" / "labels.csv"
+    csv.write_text(csv.read_text().replace("SYN_0003.png,AK", "SYN_0003.png,BKL", 1))  # a label corrected
+    again = run_pipeline(cfg)["splits"]
+    assert again["inputs"] != first["inputs"]  # made again from the corrected table
+    # Asked for a later stage only, a stale earlier record is named rather than silently used.
+    csv.write_text(csv.read_text().replace("SYN_0003.png,BKL", "SYN_0003.png,AK", 1))
+    with caplog.at_level("WARNING", logger="backend.workflows.pipeline"):
+        run_pipeline(cfg, stages=["lodo"])
+    assert "stage splits was not asked for, and its record" in caplog.text
+
+
+def test_an_interrupted_run_is_resumed_only_with_the_inputs_it_started_with(tmp_path):
+    cfg = tiny_pipeline(tmp_path, ["train"])
+    root = tmp_path / "runs" / "exp"
+    (root / "version_0" / "ckpts").mkdir(parents=True)
+    (root / "version_0" / "ckpts" / "last.ckpt").write_bytes(b"interrupted")
+    assert pipeline_module._interrupted_version(cfg, "train", root, "recipe-a") == 0  # no record yet: resumed
+    assert pipeline_module._interrupted_version(cfg, "train", root, "recipe-a") == 0  # same inputs: resumed
+    # The recipe changed since version_0 started: a new run, not version_0 under the new settings.
+    assert pipeline_module._interrupted_version(cfg, "train", root, "recipe-b") is None
+    (root / "version_1" / "ckpts").mkdir(parents=True)
+    (root / "version_1" / "ckpts" / "last.ckpt").write_bytes(b"interrupted")
+    assert pipeline_module._interrupted_version(cfg, "train", root, "recipe-b") == 1  # its own run resumes
 
 
 def test_card_markdown_names_the_calibration_offsets():

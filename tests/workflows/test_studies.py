@@ -192,3 +192,12 @@ def test_lodo_runs_are_calibrated_on_their_own_validation_split_as_export_does(d
     np.testing.assert_allclose(got, calibrated_probs(logits, temperature, offsets), atol=1e-5)
     with pytest.raises(ConfigError, match="no validation image with a diagnosis"):
         calibrated_predictor(ckpt, val.iloc[:0], "temperature")
+
+
+def test_ablation_refuses_missing_start_weights_before_training_anything(data, tmp_path, monkeypatch):
+    csv, splits_csv = data
+    cfg = AblationConfig(base=tiny_base(csv, splits_csv), output_dir=str(tmp_path), n_boot=20,
+                         variants={"baseline": [], "byol": [f"model.pretrained_path={tmp_path / 'nope.safetensors'}"]})
+    monkeypatch.setattr(ablation, "train_once", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    with pytest.raises(ConfigError, match=r"start weights not found for byol: .*nope.safetensors"):
+        run_ablation(cfg)
