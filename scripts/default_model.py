@@ -2,9 +2,12 @@
 
 Runs the stages of ``cfgs/default.yaml`` (the grouped split, BYOL when configured, supervised
 training, bundle export with calibration, model card on the test split, leave-one-dataset-out
-check) and writes ``assets/models/default/``. Finished stages
-are skipped and an interrupted training stage resumes from its ``last.ckpt``, so the recipe can
-be stopped at any moment and run again. Never run it in CI: it trains for hours on a CPU.
+check) and writes ``assets/models/default/``. A finished stage is skipped while its settings, the
+files they name (label table, start weights, recipes; not the image folders) and the results it
+used are unchanged, else it runs again, and so does every later stage whose inputs changed. An
+interrupted training stage resumes from its ``last.ckpt`` when started with the same inputs, so
+the recipe can be stopped at any moment and run again. With ``make default-model`` (which first
+copies the v0.2 baseline from git history). Never run it in CI: it trains for hours on a CPU.
 """
 
 from __future__ import annotations
