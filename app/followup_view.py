@@ -73,7 +73,7 @@ def risk_sentences(result: Any) -> list[str]:
         return [f"The model cannot assess the {' and the '.join(unreadable)} photo (see the quality warning "
                 "below), so no risk is given for this pair: retake that photo to compare the model's risk."]
     digits = result.risk_digits
-    lines = [f"The model's risk index went from {format_risk(result.risk_before, digits)} ({result.light_before}) "
+    lines = [f"The model's risk score went from {format_risk(result.risk_before, digits)} ({result.light_before}) "
              f"at the first visit to {format_risk(result.risk_after, digits)} ({result.light_after}) now."]
     if result.embedding_distance is not None:
         distance = result.embedding_distance

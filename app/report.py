@@ -278,7 +278,7 @@ def render_report(
     if hidden:
         return page
     if weights:
-        formula = "Risk index = " + " + ".join(f"{w:g} × P({n})" for n, w in weights.items()) + ", clipped to [0, 1]"
+        formula = "Risk score = " + " + ".join(f"{w:g} × P({n})" for n, w in weights.items()) + ", clipped to [0, 1]"
         draw.text((margin + 40, y), formula, font=small, fill=(80, 80, 80))
         y += 36
     draw.text((margin, y), "Probability of each diagnosis", font=head, fill=(20, 20, 20))
@@ -316,7 +316,7 @@ def build_report(image: np.ndarray, overlay: np.ndarray | None, prediction: Any,
         fmt: ``png`` or ``pdf``.
         **kwargs: ``image_name``, ``model_name``, ``model_version`` (required), ``cam_target``,
             ``metadata``, ``risk_cfg`` (the model's ``RiskConfig``: weights, thresholds and where they
-            come from, printed beside the risk index), ``created``, ``light_meaning`` (what the light meant on the
+            come from, printed beside the risk score), ``created``, ``light_meaning`` (what the light meant on the
             model's test split, added to the plain meaning; see :func:`render_report`), ``patient_id``,
             ``lesion_id`` and ``show_model_result`` (a not-assessable image's result is left out of the
             report unless True, as on screen).

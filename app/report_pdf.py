@@ -26,9 +26,9 @@ LIGHT_WORDS: dict[str, str] = {
 }
 #: What each light means, in a clinician's words (a model card may add its test-split figures).
 LIGHT_MEANINGS: dict[str, str] = {
-    "green": "The risk index is below the model's lower threshold.",
-    "yellow": "The risk index lies between the model's two thresholds: review the lesion clinically.",
-    "red": "The risk index is above the model's upper threshold: prioritise the review of this lesion.",
+    "green": "The risk score is below the model's lower threshold.",
+    "yellow": "The risk score lies between the model's two thresholds: review the lesion clinically.",
+    "red": "The risk score is above the model's upper threshold: prioritise the review of this lesion.",
     "grey": "The image quality is too poor for the model's result to be trusted: retake the image and "
             "analyse it again.",
 }
@@ -87,7 +87,7 @@ def thickness_field(prediction: Any) -> str:
 
 
 def risk_field(risk: float, risk_cfg: Any = None) -> str:
-    """The risk index with its scale and, given the model's :class:`RiskConfig`, the thresholds and their origin."""
+    """The risk score with its scale and, given the model's :class:`RiskConfig`, the thresholds and their origin."""
     if risk_cfg is None:
         return f"{format_risk(risk)} on a scale of 0 to 1"
     digits = risk_decimals(risk, risk_cfg)
@@ -124,7 +124,7 @@ def report_fields(prediction: Any, metadata: dict[str, Any] | None = None, light
                                 + (f". {note}" if (note := suggestion_note(pred)) else "")),
         ("Probability of malignancy", f"{pred.malignant:.1%} (melanoma + basal cell carcinoma + squamous cell "
                                       f"carcinoma); benign {pred.benign:.1%}"),
-        ("Risk index", risk_field(pred.risk, risk_cfg)),
+        ("Risk score", risk_field(pred.risk, risk_cfg)),
         ("Risk light", light),
         ("What the light means", meaning),
         ("Estimated Breslow thickness", thickness_field(pred)),
@@ -236,7 +236,7 @@ def pdf_report(image: np.ndarray, overlay: np.ndarray | None, prediction: Any, *
     weights = dict(risk_cfg.weights) if risk_cfg is not None else {}
     if weights:
         formula = " + ".join(f"{w:g} × P({n})" for n, w in weights.items())
-        out.line(f"Risk index = {formula}, clipped to 0 to 1.", size=8, colour=(90, 90, 90))
+        out.line(f"Risk score = {formula}, clipped to 0 to 1.", size=8, colour=(90, 90, 90))
     pdf.ln(2)
     out.line("Probability of each diagnosis", size=12, bold=True, height=7)
     ranked = sorted(prediction.probabilities.items(), key=lambda kv: -kv[1])

@@ -103,7 +103,7 @@ def main() -> None:
     _section("Limitations", card.get("limitations"))
     _test_figures(card)
     _validation_metrics(card.get("validation_metrics") or {})
-    st.subheader("Risk index and traffic light")
+    st.subheader("Risk score and traffic light")
     weights = dict(predictor.risk.weights)
     st.markdown("risk = " + " + ".join(f"{w:g} × P({n})" for n, w in weights.items())
                 + f", clipped to [0, 1]. {thresholds_sentence(predictor.risk)}")

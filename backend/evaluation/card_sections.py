@@ -55,7 +55,7 @@ def operating_points_markdown(card: dict[str, Any]) -> list[str]:
     if val:
         targets, got = val.get("targets", {}), val.get("achieved", {})
         lines += [
-            f"Thresholds on the risk index, chosen on the {val.get('chosen_on')}: green below "
+            f"Thresholds on the risk score, chosen on the {val.get('chosen_on')}: green below "
             f"{format_risk(risk.get('green_below', float('nan')))}, "
             f"red from {format_risk(risk.get('yellow_below', float('nan')))}. "
             f"Targets: \"not green\" catches at least {_pct(targets.get('not_green_sensitivity'))} of malignant "

@@ -157,13 +157,13 @@ def test_model_page_reads_the_bundled_card_in_words(tmp_path, monkeypatch):
     cells = _cells(at)
     # The risk section gives its thresholds to 4 decimals on purpose (a cut-off, not a score): only it may.
     prose = [str(e.value) for e in [*at.markdown, *at.caption, *at.warning, *at.subheader]
-             if "risk index" not in str(e.value) and "risk =" not in str(e.value)]
+             if "risk score" not in str(e.value) and "risk =" not in str(e.value)]
     shown = "\n".join([*cells, *prose])
     for raw in RAW:
         assert raw not in shown, raw
     assert not LONG_FLOAT.findall(shown)
     assert len(at.json) == 0
-    chosen = "\n".join(str(e.value) for e in at.markdown if "risk index" in str(e.value))
+    chosen = "\n".join(str(e.value) for e in at.markdown if "risk score" in str(e.value))
     assert "chosen on the validation split (2158 images)" in chosen and "runs/" not in chosen
 
     metrics = {r: v for t in (df.value for df in at.dataframe) if list(t.columns) == ["metric", "value"]
@@ -196,9 +196,9 @@ def test_model_page_reads_the_bundled_card_in_words(tmp_path, monkeypatch):
     assert settings["Fitted on"] in ("the validation split (1974 images with a diagnosis)",
                                      "the training split (5000 images)")
     assert settings["Out-of-distribution threshold"] == f"{card['ood']['threshold']:.3f}"
-    # what stays: status, intended use, limitations, test figures, the risk index
+    # what stays: status, intended use, limitations, test figures, the risk score
     assert "Decision support for trying the tool" in texts(at.warning)
-    assert {"Intended use", "Limitations", "Test-split figures", "Risk index and traffic light"} <= set(headers)
+    assert {"Intended use", "Limitations", "Test-split figures", "Risk score and traffic light"} <= set(headers)
 
 
 def test_card_sections_in_words():

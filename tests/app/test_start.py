@@ -84,7 +84,7 @@ def test_model_page_shows_card_and_triage_keeps_session(app_env):
     assert not at.exception
     assert at.title[0].value == "Model card"
     headers = [h.value for h in at.subheader]
-    assert "Intended use" in headers and "Limitations" in headers and "Risk index and traffic light" in headers
+    assert "Intended use" in headers and "Limitations" in headers and "Risk score and traffic light" in headers
     body = texts(at.main.markdown)
     assert "Tiny fusion" in body and "1.5 × P(MEL)" in body and "Not a diagnosis" in body
     at.switch_page("pages/triage.py").run()  # back: the gallery and the Grad-CAM switch are as left

@@ -223,8 +223,8 @@ def test_pdf_report_has_a_text_layer_with_human_field_names():
                                                    chosen_on="validation split"),
                                light_meaning="Red: on this model's test split, 40% of red lesions were malignant.")
     text = " ".join(_pdf_text(data).split())
-    # The printed risk index says what it is measured against: the model's thresholds and how they were chosen.
-    assert "Risk index 0.750 on a scale of 0 to 1. Green below 0.126, yellow from 0.126 to below 0.418, red from " \
+    # The printed risk score says what it is measured against: the model's thresholds and how they were chosen.
+    assert "Risk score 0.750 on a scale of 0 to 1. Green below 0.126, yellow from 0.126 to below 0.418, red from " \
            "0.418 (chosen for this model on its validation split" in text
     for name in ("Suggested diagnosis", "Probability of malignancy", "Risk light", "What the light means",
                  "Estimated Breslow thickness", "Image quality", "Patient metadata"):
@@ -252,7 +252,7 @@ def test_pdf_report_of_a_not_assessable_image_says_so():
     assert "Not assessable: retake the image" in text and "Grey: not assessable" in text
     assert "The image is too dark or blank to assess" in text and "Model's result Not reported" in text
     assert "Patient ID P-17" in text and "Lesion ID back 3" in text
-    for hidden in ("Suggested diagnosis", "Red: high risk", "Risk index", "Breslow", "40.0%"):
+    for hidden in ("Suggested diagnosis", "Red: high risk", "Risk score", "Breslow", "40.0%"):
         assert hidden not in text, hidden
     assert len(PdfReader(io.BytesIO(data)).pages[0].images) == 1  # the image, not its Grad-CAM
     text = " ".join(_pdf_text(report.build_report(image, None, pred, show_model_result=True, **kwargs)).split())

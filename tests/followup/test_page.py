@@ -59,7 +59,7 @@ def test_uploaded_pair_shows_aligned_views_and_measures(app_env, visits, monkeyp
     words = texts(at.markdown)
     assert "larger in area than at the first visit" in words
     assert "supports, not replaces, clinical judgement" in words
-    assert "The model's risk index went from" in words  # the sidebar's (tiny default) model was used
+    assert "The model's risk score went from" in words  # the sidebar's (tiny default) model was used
     assert "Aligned photos" in texts(at.subheader) and "Change map" in texts(at.subheader)
     shown = captions(at)
     assert len(shown) == 3 and shown[1] == "Blend: 50% follow-up"  # side by side, blend, change map

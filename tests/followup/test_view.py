@@ -18,7 +18,7 @@ def _result(light_before: str, light_after: str) -> FollowUpResult:
 def test_risk_of_two_assessable_visits_is_compared_with_its_change():
     result = _result("green", "red")
     assert view.risk_sentences(result) == [
-        "The model's risk index went from 0.120 (green) at the first visit to 0.550 (red) now."]
+        "The model's risk score went from 0.120 (green) at the first visit to 0.550 (red) now."]
     assert ("Model risk now", "0.550", "+0.430") in view.metric_values(result)
 
 
@@ -26,7 +26,7 @@ def test_risk_near_a_threshold_is_shown_with_the_digits_that_keep_its_light():
     result = _result("green", "yellow")
     result.risk_before, result.risk_after, result.risk_digits = 0.12, 0.4179, 4
     assert view.risk_sentences(result) == [
-        "The model's risk index went from 0.1200 (green) at the first visit to 0.4179 (yellow) now."]
+        "The model's risk score went from 0.1200 (green) at the first visit to 0.4179 (yellow) now."]
     assert ("Model risk now", "0.4179", "+0.2979") in view.metric_values(result)
 
 
