@@ -42,6 +42,15 @@ def main(argv: list[str] | None = None) -> int:
         0 on success, 2 on bad input (the message is printed as ``error: ...``).
     """
     args = build_parser().parse_args(argv)
+    # Checked here, before the table is read, and in the flags' own names.
+    for flag, value in (("--val_frac", args.val_frac), ("--test_frac", args.test_frac)):
+        if not 0.0 <= value < 1.0:
+            print(f"error: {flag} must be a fraction in [0, 1), got {value}", file=sys.stderr)
+            return ERROR_EXIT
+    if args.val_frac + args.test_frac >= 1.0:
+        print(f"error: --val_frac + --test_frac must leave images to train on (< 1), got "
+              f"{args.val_frac} + {args.test_frac} = {args.val_frac + args.test_frac:g}", file=sys.stderr)
+        return ERROR_EXIT
     from backend.data.formats import load_table
     from backend.data.splits import assign_splits, split_summary, write_splits
 

@@ -177,7 +177,10 @@ def test_cli_writes_splits_and_reports_errors(tmp_path, capsys):
     assert "MEL" in printed and "fractions: train" in printed and out.is_file()
     assert len(pd.read_csv(out)) == 60
     assert main(["--csv", str(tmp_path / "labels.csv"), "--output", str(out), "--val_frac", "0.9"]) == 2
-    assert "error: data.split" in capsys.readouterr().err
+    assert "error: --val_frac + --test_frac must leave images to train on (< 1), got 0.9 + 0.15 = 1.05" in (
+        capsys.readouterr().err)  # in the flags' own names, not the config's
+    assert main(["--csv", str(tmp_path / "labels.csv"), "--output", str(out), "--test_frac", "-0.1"]) == 2
+    assert "error: --test_frac must be a fraction in [0, 1), got -0.1" in capsys.readouterr().err
     (tmp_path / "bad.csv").write_text("image,label\nS_000.png,5\n")
     assert main(["--csv", str(tmp_path / "bad.csv"), "--output", str(out)]) == 2
     assert "error: " in (err := capsys.readouterr().err) and "line 2, field 'label'" in err
