@@ -157,14 +157,19 @@ class BYOLModule(L.LightningModule):
         n = batch["view1"].shape[0]
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
         self.log("train/z_std", out["z_std"], batch_size=n)
-        self.log("train/momentum", self.momentum, batch_size=n)
+        # The momentum this step's target update uses (after a resume too, from the first step on).
+        self.log("train/momentum", self.scheduled_momentum(self.trainer.global_step), batch_size=n)
         return out["loss"]
+
+    def scheduled_momentum(self, step: int) -> float:
+        """The EMA momentum of optimiser step ``step`` on the run's cosine schedule."""
+        o = self.cfg.optim
+        return cosine_momentum(step, self._total_steps, o.base_momentum, o.final_momentum)
 
     @torch.no_grad()
     def update_target(self, step: int) -> float:
         """EMA update of the target with the momentum scheduled for optimiser step ``step``."""
-        o = self.cfg.optim
-        self.momentum = cosine_momentum(step, self._total_steps, o.base_momentum, o.final_momentum)
+        self.momentum = self.scheduled_momentum(step)
         for online, target in self.target_pairs():
             ema_update(online, target, self.momentum)
         return self.momentum

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -21,6 +22,7 @@ from backend.files import safe_torch_load
 from backend.training.byol import BYOLModule, build_backbone, ema_update
 from backend.training.byol_config import ByolConfig
 from backend.training.byol_run import pretrain
+from backend.training.schedules import cosine_momentum
 from tests.conftest import make_lesion_image, nan_loss_at_step
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -251,6 +253,11 @@ def test_tiny_run_saves_often_exports_and_resumes(image_dir, tmp_path):
     resumed = pretrain(tiny_cfg([image_dir], tmp_path, trainer={"max_epochs": 2}, resume=True))
     assert resumed.run_dir == run and resumed.global_step == 6
     assert (run / "metrics.part0.csv").is_file() and (run / "metrics.csv").is_file()  # earlier curves kept
+    # The momentum logged after the resume is the schedule's at that step, not the schedule's start.
+    logged = pd.read_csv(run / "metrics.csv").dropna(subset=["train/momentum"])
+    first = logged.iloc[0]
+    assert first["train/momentum"] == pytest.approx(cosine_momentum(int(first["step"]), 6, 0.9, 1.0), abs=1e-6)
+    assert first["train/momentum"] > 0.9
     assert safe_torch_load(resumed.last_ckpt)["epoch"] == 1
     assert not (tmp_path / "tiny" / "version_1").exists()
     with pytest.raises(ConfigError, match="cannot resume version 4"):
