@@ -70,6 +70,21 @@ def session_controls() -> None:
 
 
 CONFIRM_CLEAR = "dl_confirm_clear"  # set while "Clear session" waits for confirmation
+CONFIRM_REMOVE = "dl_confirm_remove"  # the upload whose removal waits for confirmation
+
+
+def _ask_remove(uid: str) -> None:
+    """Remove an image at once, or ask first when its review decision, note or IDs would be lost."""
+    upload = state.uploads().get(uid)
+    if upload is not None and report.has_review(upload):
+        st.session_state[CONFIRM_REMOVE] = uid
+    else:
+        _confirm_remove(uid)
+
+
+def _confirm_remove(uid: str) -> None:
+    st.session_state.pop(CONFIRM_REMOVE, None)
+    state.remove_upload(uid)
 
 
 def _ask_clear() -> None:
@@ -480,7 +495,15 @@ def gallery(uploads: list[state.Upload], model: resources.LoadResult | None) -> 
     total = len(uploads)
     count = f"{total}" if len(shown) == total else f"{len(shown)} of {total}"
     st.subheader(f"Gallery ({count} image{'s' if total > 1 else ''})")
-    ui.render_gallery(shown, state.selected_id(), state.select, state.remove_upload)
+    pending = state.uploads().get(st.session_state.get(CONFIRM_REMOVE) or "")
+    if pending is not None:
+        st.warning(f"{pending.name} has a review decision, note or ID, kept only in this session. Removing "
+                   "the image discards them: export the results table first to keep them.")
+        yes, no = st.columns(2)
+        yes.button(f"Remove {pending.name} and its review", key="remove_confirm", type="primary",
+                   on_click=_confirm_remove, args=(pending.id,))
+        no.button("Keep it", key="remove_cancel", on_click=st.session_state.pop, args=(CONFIRM_REMOVE, None))
+    ui.render_gallery(shown, state.selected_id(), state.select, _ask_remove)
     if len(shown) < total:
         st.caption("Some images are hidden by the filter.")
     patient_group_inputs(uploads)

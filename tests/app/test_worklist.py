@@ -58,6 +58,21 @@ def test_remove_drops_image_from_gallery_and_uploader(app_env):
     assert card_names(at) == ["c.png", "b.png"]
 
 
+def test_removing_an_image_with_a_review_asks_first(app_env):
+    at = new_app().run()
+    c, a, b = three(at)
+    session_uploads(at)[a].note = "recheck in 3 months"
+    at.button(key=f"remove_{a}").click().run()
+    assert not at.exception and list(session_uploads(at)) == [c, a, b]  # nothing lost yet
+    assert "a.png has a review decision, note or ID" in texts(at.main.warning)
+    at.button(key="remove_cancel").click().run()
+    assert list(session_uploads(at)) == [c, a, b] and "review decision" not in texts(at.main.warning)
+    at.button(key=f"remove_{a}").click().run()
+    at.button(key="remove_confirm").click().run()
+    assert not at.exception and list(session_uploads(at)) == [c, b]
+    assert "review decision" not in texts(at.main.warning)
+
+
 def test_removing_a_file_in_the_uploader_drops_its_card_and_keeps_the_rest(app_env):
     at = new_app().run()
     c, a, b = three(at)
