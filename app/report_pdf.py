@@ -152,9 +152,13 @@ class _Writer:
             self.family = "Helvetica"
 
     def text(self, value: str) -> str:
+        """``value`` as the font can draw it: a character it has no glyph for is written as its code
+        point (``[U+60A3]``), never dropped. A patient ID of ``患者-7`` must not print as ``-7``."""
         if self.unicode:
-            return value
-        return value.replace("…", "...").replace("×", "x").encode("latin-1", "replace").decode("latin-1")
+            glyphs = self.pdf.fonts[self.family.lower()].cmap
+            return "".join(ch if ord(ch) in glyphs or ch.isspace() else f"[U+{ord(ch):04X}]" for ch in value)
+        value = value.replace("…", "...").replace("×", "x")
+        return "".join(ch if ord(ch) < 256 else f"[U+{ord(ch):04X}]" for ch in value)
 
     def line(self, value: str, size: float = 10, bold: bool = False, colour: tuple[int, int, int] = (30, 30, 30),
              height: float = 5.5) -> None:

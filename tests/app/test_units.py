@@ -212,6 +212,19 @@ def _pdf_text(data: bytes) -> str:
     return "\n".join(page.extract_text() for page in reader.pages)
 
 
+@pytest.mark.parametrize("unicode_font", [True, False])
+def test_pdf_report_never_drops_a_character_of_a_name_or_id(monkeypatch, unicode_font):
+    if not unicode_font:
+        monkeypatch.setattr(report_pdf, "_font_files", lambda: None)  # a machine without DejaVu: Helvetica
+    image = np.full((60, 80, 3), 150, np.uint8)
+    data = report.build_report(image, None, _prediction("red"), fmt="pdf", image_name="Åsa_李.png",
+                               model_name="M", model_version="1", patient_id="患者-7")
+    text = _pdf_text(data)
+    # No CJK glyph in the font: each character is written as its code point, never silently left out.
+    assert "[U+60A3][U+8005]-7" in text and "Patient ID -7" not in text.replace("\n", " ")
+    assert "Åsa_[U+674E].png" in text
+
+
 def test_pdf_report_has_a_text_layer_with_human_field_names():
     from pypdf import PdfReader
 
