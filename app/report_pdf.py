@@ -152,8 +152,11 @@ class _Writer:
             self.family = "Helvetica"
 
     def text(self, value: str) -> str:
-        """``value`` as the font can draw it: a character it has no glyph for is written as its code
-        point (``[U+60A3]``), never dropped. A patient ID of ``患者-7`` must not print as ``-7``."""
+        """``value`` as the font can draw it.
+
+        A character the font has no glyph for is written as its code point (``[U+60A3]``), never
+        dropped: a patient ID of ``患者-7`` must not print as ``-7``.
+        """
         if self.unicode:
             glyphs = self.pdf.fonts[self.family.lower()].cmap
             return "".join(ch if ord(ch) in glyphs or ch.isspace() else f"[U+{ord(ch):04X}]" for ch in value)
