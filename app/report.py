@@ -24,6 +24,7 @@ import numpy as np
 
 from app.components import CLASS_NAMES, quality_reasons
 from app.report_pdf import pdf_report, printable, report_fields, result_hidden
+from app.state import has_review
 from backend.data.schema import DIAGNOSES
 from backend.inference.explain import overlay, seen_mask
 from backend.inference.risk import format_risk, risk_decimals
@@ -97,9 +98,7 @@ def export_row(upload: Any, model_name: str, model_version: str, show_model_resu
     return row
 
 
-def has_review(upload: Any) -> bool:
-    """Whether the clinician entered anything on the upload (decision, note, patient or lesion ID)."""
-    return any(str(getattr(upload, k, "") or "").strip() for k in ("decision", "note", "patient_id", "lesion_id"))
+
 
 
 def unanalysed_row(upload: Any, model_name: str, model_version: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ IN_UPLOADER = "dl_in_uploader"  # uploader file ids the current uploader widget 
 PAGE = "dl_page"  # title of the page the last run showed
 MODEL_PATH = "dl_model_path"  # the model chosen in the sidebar (str), or None for the default
 UPLOADER_NONCE = "dl_uploader_nonce"  # bumped by "Clear session" to empty the file uploader
+CONFIRM_REMOVE = "dl_confirm_remove"  # the upload whose removal waits for confirmation (it holds a review)
 FOLLOWUP = "dl_followup"  # the Follow-up screen's uploads and comparisons (see followup())
 REFERENCE_PATH = "dl_reference_path"  # the reference library chosen in the sidebar, or None for the first
 
@@ -217,9 +218,19 @@ def sync_uploader(file_ids: set[str]) -> list[str]:
     kept = {known.get(fid) for fid in file_ids}
     gone = [known.get(fid) for fid in previous - set(file_ids)]
     dropped = [uid for uid in dict.fromkeys(gone) if uid and uid not in kept and uid in uploads()]
-    for uid in dropped:
-        _forget(uid)
+    for uid in list(dropped):
+        if has_review(uploads()[uid]):
+            # Its decision, note or IDs would go with it: the image stays, and the page asks first.
+            st.session_state[CONFIRM_REMOVE] = uid
+            dropped.remove(uid)
+        else:
+            _forget(uid)
     return dropped
+
+
+def has_review(upload: Any) -> bool:
+    """Whether the clinician entered anything on the upload (decision, note, patient or lesion ID)."""
+    return any(str(getattr(upload, k, "") or "").strip() for k in ("decision", "note", "patient_id", "lesion_id"))
 
 
 def _forget(uid: str) -> None:

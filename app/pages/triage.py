@@ -70,13 +70,13 @@ def session_controls() -> None:
 
 
 CONFIRM_CLEAR = "dl_confirm_clear"  # set while "Clear session" waits for confirmation
-CONFIRM_REMOVE = "dl_confirm_remove"  # the upload whose removal waits for confirmation
+CONFIRM_REMOVE = state.CONFIRM_REMOVE
 
 
 def _ask_remove(uid: str) -> None:
     """Remove an image at once, or ask first when its review decision, note or IDs would be lost."""
     upload = state.uploads().get(uid)
-    if upload is not None and report.has_review(upload):
+    if upload is not None and state.has_review(upload):
         st.session_state[CONFIRM_REMOVE] = uid
     else:
         _confirm_remove(uid)

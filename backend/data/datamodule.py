@@ -22,7 +22,7 @@ from backend.data.dataset import LesionDataset, encode_targets
 from backend.data.formats import load_table
 from backend.data.image_paths import default_img_dir
 from backend.data.metadata import MetadataEncoder
-from backend.data.preprocess import SETTINGS_FILE, cache_hair_removal
+from backend.data.preprocess import SETTINGS_FILE, is_hairless_folder
 from backend.data.schema import DIAGNOSES
 from backend.data.splits import assign_splits, read_splits, write_splits
 from backend.data.transforms import build_eval_transform, build_train_transform, preprocessing_dict
@@ -116,10 +116,11 @@ class LesionDataModule(L.LightningDataModule):
             return
 
         cfg = self.cfg
-        self._cache_hairless = cache_hair_removal(cfg.img_dir or (default_img_dir(cfg.csv) if cfg.csv else None))
+        folder = cfg.img_dir or (default_img_dir(cfg.csv) if cfg.csv else None)
+        self._cache_hairless = folder is not None and is_hairless_folder(folder)
         if self._cache_hairless and not cfg.hair_removal:
             raise ConfigError(
-                f"data.img_dir {cfg.img_dir} is a cache made with hair removal ({SETTINGS_FILE}), but "
+                f"the images in {folder} come from a cache made with hair removal ({SETTINGS_FILE}), but "
                 "data.hair_removal is false: the model would learn on hairless images and predict on hairy "
                 "ones. Set data.hair_removal=true (the model then removes hair when it predicts; the cache's "
                 "images are used as they are), or train on the original images")

@@ -228,6 +228,11 @@ def in_hairless_cache(image_path: str | os.PathLike[str]) -> bool:
     return _hairless_folder(str(Path(image_path).resolve().parent))
 
 
+def is_hairless_folder(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` is, or lies inside, a cache made with hair removal (as :func:`in_hairless_cache`)."""
+    return _hairless_folder(str(Path(folder).resolve()))
+
+
 def check_settings(output_dir: Path, settings: PreprocessSettings) -> None:
     """Record ``settings`` in a new cache, or refuse a cache that was built with different ones."""
     record = settings.to_record()

@@ -115,8 +115,12 @@ def _calibration_splits(table: pd.DataFrame, splits_csv: Path, calibrate_split: 
             listed = set(pd.read_csv(splits_csv, usecols=["image_id"], dtype=str)["image_id"])
         except (OSError, ValueError):
             listed = set()
-        if listed & set(table["image_id"].astype(str)):
+        ids = set(table["image_id"].astype(str))
+        if ids <= listed:
             raise  # the run's own table with a broken split file: that is an error, not an external table
+        if ids & listed:
+            log.warning("%d of the %d images of %s were in the run's split (%s): their figures are not "
+                        "external", len(ids & listed), len(ids), csv, splits_csv)
         log.warning("%s names images that are not in %s (an external table?): temperature scaling on its '%s' "
                     "split skipped; pass --splits_csv to calibrate, or --calibrate_split none to silence this",
                     splits_csv, csv, calibrate_split)

@@ -491,7 +491,8 @@ class Predictor:
             return []
         meta, _ = self.encode_metadata(metadata, len(prepared))
         x = self._stack([self.preprocessor.of(p) for p in prepared])
-        if isinstance(target, (list, tuple)):
+        if not isinstance(target, (str, int, np.integer)) and target is not None:
+            target = [str(t) for t in target]  # a list, tuple, array or Series of class names
             # One diagnosis per image, e.g. the classes predict() reported: explained as they are.
             if len(target) != len(prepared) or any(t not in DIAGNOSES for t in target):
                 raise ConfigError(f"Grad-CAM targets must be one diagnosis of {list(DIAGNOSES)} per image "

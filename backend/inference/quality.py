@@ -108,11 +108,12 @@ class QualityFlag:
 #: Harmless ones are not among them: "Invalid SOS parameters for sequential JPEG" (many phone
 #: cameras) decodes to the full, right picture.
 _DAMAGE_WORDS = ("premature end of data segment", "premature end of jpeg file", "bad huffman code",
-                 "instead of rst")
-#: "N extraneous bytes before marker 0xd0-0xd9": the decoder stopped N bytes short of the end of
-#: the scan, i.e. it lost its place in damaged data. Some cameras pad the end of a scan with a
-#: byte or two, harmlessly; damaged files of 300 flipped-byte trials left 7 to 208 bytes.
-_EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker 0xd[0-9]", re.IGNORECASE)
+                 "instead of rst", "inconsistent progression", "bad arithmetic code")
+#: "N extraneous bytes before marker 0x..": the decoder stopped N bytes short of the next marker
+#: (the end of a scan, the next scan of a progressive file, a table), i.e. it lost its place in
+#: damaged data. Some cameras pad with a byte or two, harmlessly; damaged files of 300 flipped-byte
+#: trials left 7 to 208 bytes (progressive ones up to 314, before 0xda or 0xc4).
+_EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker 0x[0-9a-f]{2}", re.IGNORECASE)
 _PADDING_BYTES = 4
 
 

@@ -214,12 +214,15 @@ def _input_files(tree: Any) -> dict[str, str | None]:
         elif isinstance(value, (list, tuple)):
             for item in value:
                 walk(item)
-        elif isinstance(value, str) and value and len(value) < 1000:
+        elif isinstance(value, str) and value and len(value) < 1000 and "\n" not in value:
             path = Path(value)
-            if path.is_file():
-                found[value] = _fingerprint(path)
-            elif path.is_dir() and (path / "model_card.json").is_file():
-                found[value] = _fingerprint(path / "model_card.json")
+            try:
+                if path.is_file():
+                    found[value] = _fingerprint(path)
+                elif path.is_dir() and (path / "model_card.json").is_file():
+                    found[value] = _fingerprint(path / "model_card.json")
+            except (OSError, ValueError):  # prose (a status line), not a path
+                pass
 
     walk(tree)
     return found
@@ -270,7 +273,10 @@ def stage_splits(cfg: PipelineConfig) -> dict[str, Any]:
     exclude = work / "pretrain_exclude.txt"
     atomic_write_text(exclude, "".join(f"{name}\n" for name in sorted(held_out)))
     counts = {name: int((splits == name).sum()) for name in ("train", "val", "test")}
-    return {"splits_csv": str(splits_csv), "pretrain_exclude": str(exclude), "counts": counts}
+    # The contents, not only the paths: a corrected label can move images between splits at equal
+    # counts, and the stages after this one (BYOL's held-out images) must see that.
+    return {"splits_csv": str(splits_csv), "pretrain_exclude": str(exclude), "counts": counts,
+            "splits_sha256": sha256_file(splits_csv), "pretrain_exclude_sha256": sha256_file(exclude)}
 
 
 def stage_byol(cfg: PipelineConfig, splits: dict[str, Any] | None, inputs: str = "") -> dict[str, Any]:
@@ -537,12 +543,19 @@ def _interrupted_version(cfg: PipelineConfig, stage: str, root: Path, inputs: st
         log.info("%s: %s is a finished run; starting a new version", stage, finished)
         version = None
     started = _done(cfg, f"{stage}.started")
-    if version is not None and started is not None and started.get("inputs") != inputs:
+    if started is None:
+        after = -1  # no record (a run older than the record): the newest interrupted run is resumed
+    elif started.get("inputs") == inputs:
+        after = int(started.get("after", -1))
+    else:  # other inputs: none of the runs there so far is this recipe's
+        after = max([int(p.name.split("_")[1]) for p in root.glob("version_*") if p.name.split("_")[1].isdigit()],
+                    default=-1)
+    if version is not None and version <= after:
         log.info("%s: version_%d was started with other settings or inputs; starting a new version", stage, version)
         version = None
     path = _record(cfg, f"{stage}.started")
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"inputs": inputs}) + "\n")
+    atomic_write_text(path, json.dumps({"inputs": inputs, "after": after}) + "\n")
     return version
 
 

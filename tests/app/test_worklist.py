@@ -73,6 +73,18 @@ def test_removing_an_image_with_a_review_asks_first(app_env):
     assert "review decision" not in texts(at.main.warning)
 
 
+def test_removing_a_reviewed_image_s_chip_in_the_uploader_asks_first(app_env):
+    at = new_app().run()
+    c, a, b = three(at)
+    session_uploads(at)[a].decision = "Biopsy"
+    uploader = at.get("file_uploader")[0]
+    uploader.set_value([("c.png", image_bytes(21), MIME["PNG"]), ("b.png", image_bytes(23), MIME["PNG"])]).run()
+    assert not at.exception and list(session_uploads(at)) == [c, a, b]  # kept, with its decision
+    assert "a.png has a review decision, note or ID" in texts(at.main.warning)
+    at.button(key="remove_confirm").click().run()
+    assert list(session_uploads(at)) == [c, b]
+
+
 def test_removing_a_file_in_the_uploader_drops_its_card_and_keeps_the_rest(app_env):
     at = new_app().run()
     c, a, b = three(at)

@@ -129,7 +129,7 @@ def test_a_hairless_cache_needs_hair_removal_recorded_in_the_model(csv, tmp_path
         return LesionDataModule(DataConfig(csv=str(csv), img_dir=str(img_dir), img_size=32, batch_size=4,
                                            num_workers=0, hair_removal=hair_removal))
 
-    with pytest.raises(ConfigError, match=r"is a cache made with hair removal .* data.hair_removal is false"):
+    with pytest.raises(ConfigError, match=r"come from a cache made with hair removal .* data.hair_removal is false"):
         module(cache, False).setup()
     removed = []
     monkeypatch.setattr(dataset_module, "remove_hair", lambda image: removed.append(1) or image)
@@ -138,6 +138,10 @@ def test_a_hairless_cache_needs_hair_removal_recorded_in_the_model(csv, tmp_path
     assert preprocessing_dict(dm.cfg)["hair_removal"] is True  # the model removes hair when it predicts
     dm.dataset("train").load(0)
     assert removed == []  # ... but the cache's images are not de-haired twice
+    # A sub-folder of the cache (one source's images) is the cache too, as for prediction.
+    (cache / "part").mkdir()
+    with pytest.raises(ConfigError, match="come from a cache made with hair removal"):
+        module(cache / "part", False).setup()
     plain = module(csv.parent / "images", True)
     plain.setup()
     plain.dataset("train").load(0)

@@ -116,11 +116,15 @@ def test_an_external_table_is_evaluated_without_the_runs_calibration(trained, tm
     frame["image"] = "EXT_" + frame["image"]
     for name in frame["image"]:
         (tmp_path / "ext" / "images" / name.removeprefix("EXT_")).rename(tmp_path / "ext" / "images" / name)
-    frame.to_csv(external, index=False)
+    # ... and one image the run trained on (another clinic's set may share a few with the training table).
+    shared = pd.read_csv(csv).iloc[:1]
+    shutil.copy(csv.parent / "images" / shared["image"].iat[0], tmp_path / "ext" / "images")
+    pd.concat([frame, shared], ignore_index=True).to_csv(external, index=False)
     with caplog.at_level("WARNING", logger="backend.evaluation.evaluate"):
         result = evaluate(run.best_ckpt, external, tmp_path / "out", calibrate_split="val")
-    assert result.temperature is None and len(pd.read_csv(tmp_path / "out" / "predictions.csv")) == 16
+    assert result.temperature is None and len(pd.read_csv(tmp_path / "out" / "predictions.csv")) == 17
     assert "names images that are not in" in caplog.text and "--calibrate_split none" in caplog.text
+    assert "1 of the 17 images" in caplog.text and "their figures are not external" in caplog.text
     # The run's own table with a broken split file is an error, not an "external table".
     broken = tmp_path / "run" / "splits.csv"
     (tmp_path / "run" / "ckpts").mkdir(parents=True)

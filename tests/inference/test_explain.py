@@ -107,6 +107,7 @@ def test_metadata_and_explain_targets(predictor):
     per_image = predictor.explain_batch([img, img], ["MEL", "NV"])
     np.testing.assert_allclose(per_image[0], predictor.explain(img, target="MEL"), atol=1e-5)
     np.testing.assert_allclose(per_image[1], predictor.explain(img, target="NV"), atol=1e-5)
+    np.testing.assert_allclose(predictor.explain_batch([img, img], np.array(["MEL", "NV"]))[1], per_image[1], atol=1e-6)
     with pytest.raises(ConfigError, match="one diagnosis of .* per image"):
         predictor.explain_batch([img, img], ["MEL"])
 

@@ -204,3 +204,12 @@ def test_only_decoder_warnings_about_lost_picture_data_mean_damage(lesion, monke
 
     monkeypatch.setattr(quality.simplejpeg, "decode_jpeg", strict_decoder)
     assert (jpeg_damage(_jpeg(lesion)) == warning) is damaged
+
+
+def test_a_damaged_progressive_jpeg_is_flagged(lesion):
+    buffer = io.BytesIO()
+    Image.fromarray(lesions(1, size=96, seed=3)[0]).save(buffer, "JPEG", quality=90, progressive=True)
+    data = bytearray(buffer.getvalue())
+    assert jpeg_damage(bytes(data)) is None
+    data[1048] = 7  # one byte of a scan: the decoder loses its place before the next scan (marker 0xda)
+    assert "extraneous bytes before marker 0xda" in jpeg_damage(bytes(data))

@@ -245,6 +245,10 @@ def test_a_changed_label_file_reruns_the_split_and_a_changed_optimiser_does_not(
     csv.write_text(csv.read_text().replace("SYN_0003.png,AK", "SYN_0003.png,BKL", 1))  # a label corrected
     again = run_pipeline(cfg)["splits"]
     assert again["inputs"] != first["inputs"]  # made again from the corrected table
+    assert len(again["splits_sha256"]) == 64 and len(again["pretrain_exclude_sha256"]) == 64  # contents, for later
+    # Prose among the settings (a long status line) is no path: no file-system error.
+    cfg.status = "A model for trying the tool, not a clinically validated one. " * 6
+    assert len(pipeline_module.stage_inputs(cfg, "card", {})) == 16
     # Asked for a later stage only, a stale earlier record is named rather than silently used.
     csv.write_text(csv.read_text().replace("SYN_0003.png,BKL", "SYN_0003.png,AK", 1))
     with caplog.at_level("WARNING", logger="backend.workflows.pipeline"):
@@ -261,9 +265,11 @@ def test_an_interrupted_run_is_resumed_only_with_the_inputs_it_started_with(tmp_
     assert pipeline_module._interrupted_version(cfg, "train", root, "recipe-a") == 0  # same inputs: resumed
     # The recipe changed since version_0 started: a new run, not version_0 under the new settings.
     assert pipeline_module._interrupted_version(cfg, "train", root, "recipe-b") is None
-    (root / "version_1" / "ckpts").mkdir(parents=True)
-    (root / "version_1" / "ckpts" / "last.ckpt").write_bytes(b"interrupted")
-    assert pipeline_module._interrupted_version(cfg, "train", root, "recipe-b") == 1  # its own run resumes
+    (root / "version_1").mkdir()  # recipe B's run died before its first checkpoint
+    assert pipeline_module._interrupted_version(cfg, "train", root, "recipe-b") is None  # not recipe A's version_0
+    (root / "version_2" / "ckpts").mkdir(parents=True)
+    (root / "version_2" / "ckpts" / "last.ckpt").write_bytes(b"interrupted")
+    assert pipeline_module._interrupted_version(cfg, "train", root, "recipe-b") == 2  # its own run resumes
 
 
 def test_card_markdown_names_the_calibration_offsets():
