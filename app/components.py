@@ -240,10 +240,10 @@ def malignancy_figure(pred: Any) -> Any:
         x=values, y=labels, orientation="h", marker_color=[BENIGN_COLOUR, MALIGNANT_COLOUR],
         text=[f"{v:.1%}" for v in values], textposition="auto", hovertemplate="%{y}: %{x:.1%}<extra></extra>",
     ))
-    fig.update_layout(height=170, margin={"l": 10, "r": 30, "t": 10, "b": 10}, showlegend=False,
+    fig.update_layout(height=170, margin={"l": 10, "r": 50, "t": 10, "b": 10}, showlegend=False,
                       xaxis={"range": [0, 1], "tickvals": [0, 0.25, 0.5, 0.75, 1], "tickformat": ".0%", "title": None,
                              "fixedrange": True},
-                      yaxis={"autorange": "reversed", "fixedrange": True})
+                      yaxis={"autorange": "reversed", "fixedrange": True, "automargin": True})
     return fig
 
 
@@ -270,9 +270,9 @@ def class_figure(pred: Any) -> Any:
         text=[f"{v:.1%}" for v in table["probability"]], textposition="auto",
         customdata=list(table["diagnosis"]), hovertemplate="%{customdata}: %{x:.1%}<extra></extra>",
     ))
-    fig.update_layout(height=60 + 26 * len(table), margin={"l": 10, "r": 30, "t": 10, "b": 10}, showlegend=False,
+    fig.update_layout(height=60 + 26 * len(table), margin={"l": 10, "r": 50, "t": 10, "b": 10}, showlegend=False,
                       xaxis={"range": [0, 1], "tickformat": ".0%", "fixedrange": True},
-                      yaxis={"autorange": "reversed", "fixedrange": True})
+                      yaxis={"autorange": "reversed", "fixedrange": True, "automargin": True})
     return fig
 
 

@@ -206,7 +206,9 @@ def show_aligned(result: Any) -> None:
     for column, (label, value, delta) in zip(st.columns(max(1, len(metrics))), metrics, strict=False):
         # A rise of risk or size is bad news (red), a fall good news (green): only ever between two
         # assessable visits (view.metric_values leaves the risk out otherwise).
-        column.metric(label, value, delta, delta_color="inverse")
+        # No green or red on a change of risk: a lower score at the second visit is no good news by
+        # itself (both visits may be red), and a few hundredths are within the model's noise.
+        column.metric(label, value, delta, delta_color="off")
     st.markdown("\n".join(f"- {line}" for line in view.measure_sentences(result)))
     for flag in view.caution_flags(result):
         st.warning(flag[0].upper() + flag[1:])

@@ -283,7 +283,10 @@ def navigation(upload: state.Upload, order: list[str]) -> None:
 
 
 def _set_review(uid: str, what: str, key: str) -> None:
-    state.set_review(uid, **{what: st.session_state.get(key)})
+    value = st.session_state.get(key)
+    if value is None and what != "show_anyway":
+        value = ""  # the widget was cleared (its x): the decision, note or ID is taken back, not kept
+    state.set_review(uid, **{what: value})
 
 
 def _seed(key: str, value: Any) -> str:

@@ -154,6 +154,9 @@ def test_malignancy_figure_and_class_table():
     assert list(fig.data[0].y) == ["Benign", "Malignant"] and list(fig.data[0].x) == [0.48, 0.52]
     table = components.class_table(_prediction())
     assert list(table["class"])[:2] == ["MEL", "NV"] and table["probability"].sum() == pytest.approx(1.0)
+    # The class names are never cut at the chart's edge (BCC and SCC read alike once cut to "CC").
+    for figure in (fig, components.class_figure(_prediction())):
+        assert figure.layout.yaxis.automargin is True
 
 
 def test_fit_image_and_thumbnail():

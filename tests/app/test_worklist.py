@@ -149,6 +149,14 @@ def test_decision_and_note_persist_show_on_card_and_export(app_env, media):
     assert at.text_input(key=f"pid_{a}").value == "P-17" and rows["a.png"]["lesion_id"] == "back 3"
     assert (rows["b.png"]["decision"], rows["b.png"]["patient_id"]) == ("", "P-17")
     assert rows["c.png"]["patient_id"] == ""
+    # A decision or note taken back (the widget cleared) is gone from the card and the export too.
+    at.selectbox(key=f"decision_{a}").set_value(None).run()
+    at.text_input(key=f"note_{a}").set_value(None).run()
+    assert not at.exception and (session_uploads(at)[a].decision, session_uploads(at)[a].note) == ("", "")
+    assert "Reviewed: Excise" not in texts(at.caption)
+    rows = {r["image"]: r for r in csv.DictReader(io.StringIO(
+        download_file(at, media, "export_csv").content.decode("utf-8-sig")))}
+    assert (rows["a.png"]["decision"], rows["a.png"]["note"]) == ("", "")
 
 
 def test_patient_id_and_metadata_entered_once_for_a_group(app_env, media):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from streamlit.proto.Metric_pb2 import Metric
 
 from backend.followup import change
 from backend.followup.synthetic import FollowUpParams, make_follow_up
@@ -64,6 +65,8 @@ def test_uploaded_pair_shows_aligned_views_and_measures(app_env, visits, monkeyp
     shown = captions(at)
     assert len(shown) == 3 and shown[1] == "Blend: 50% follow-up"  # side by side, blend, change map
     labels = [m.label for m in at.metric]
+    grey = Metric.DESCRIPTOR.fields_by_name["color"].enum_type.values_by_name["GRAY"].number
+    assert all(m.proto.color == grey for m in at.metric if m.proto.delta)  # no good-news green on a risk change
     assert "Area change" in labels and at.metric[0].value.startswith("+")
     at.radio(key="fu_mode").set_value("Swipe").run()
     at.slider(key="fu_amount").set_value(80).run()
