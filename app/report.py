@@ -210,6 +210,8 @@ def render_report(
     patient_id: str = "",
     lesion_id: str = "",
     show_model_result: bool = False,
+    decision: str = "",
+    note: str = "",
 ) -> Any:
     """Draw the one-page report as a Pillow RGB image (see :func:`build_report`)."""
     from PIL import Image, ImageDraw
@@ -241,7 +243,7 @@ def render_report(
         overlay = None  # a Grad-CAM is part of the result the report leaves out
     pred = prediction
     fields = report_fields(pred, metadata, light_meaning, patient_id=patient_id, lesion_id=lesion_id,
-                           show_model_result=show_model_result, risk_cfg=risk_cfg)
+                           show_model_result=show_model_result, risk_cfg=risk_cfg, decision=decision, note=note)
     weights = dict(risk_cfg.weights) if risk_cfg is not None and not hidden else {}
     # Everything below the pictures must fit on the page, every diagnosis included: the pictures
     # give up height (down to _MIN_PICTURE) before any line of the result is left out.
@@ -317,8 +319,8 @@ def build_report(image: np.ndarray, overlay: np.ndarray | None, prediction: Any,
             ``metadata``, ``risk_cfg`` (the model's ``RiskConfig``: weights, thresholds and where they
             come from, printed beside the risk score), ``created``, ``light_meaning`` (what the light meant on the
             model's test split, added to the plain meaning; see :func:`render_report`), ``patient_id``,
-            ``lesion_id`` and ``show_model_result`` (a not-assessable image's result is left out of the
-            report unless True, as on screen).
+            ``lesion_id``, ``decision`` and ``note`` (the clinician's review) and ``show_model_result``
+            (a not-assessable image's result is left out of the report unless True, as on screen).
 
     Raises:
         ValueError: On an unknown format.

@@ -96,8 +96,10 @@ def risk_field(risk: float, risk_cfg: Any = None) -> str:
 
 def report_fields(prediction: Any, metadata: dict[str, Any] | None = None, light_meaning: str = "", *,
                   patient_id: str = "", lesion_id: str = "", show_model_result: bool = False,
-                  risk_cfg: Any = None) -> list[tuple[str, str]]:
+                  risk_cfg: Any = None, decision: str = "", note: str = "") -> list[tuple[str, str]]:
     """The report's ``(field name, value)`` lines, in reading order.
+
+    The clinician's decision and note come first after the IDs, as the review the report carries.
 
     A not-assessable image's diagnosis, probabilities, risk and thickness are left out unless the
     clinician asked to see the model's result anyway (``show_model_result``), as on screen.
@@ -111,7 +113,9 @@ def report_fields(prediction: Any, metadata: dict[str, Any] | None = None, light
     meta = ", ".join(f"{names.get(k, k)} {printable(v, 40)}" for k, v in given.items()) or "none given"
     used = "used by the model" if pred.metadata_used else "not used by the model"
     ids = [("Patient ID", printable(patient_id, 60) or "not given"), ("Lesion ID", printable(lesion_id, 60) or
-                                                                     "not given")]
+                                                                     "not given"),
+           ("Clinician's decision", printable(decision, 60) or "not recorded"),
+           *([("Clinician's note", printable(note, 300))] if str(note or "").strip() else [])]
     quality = ("Image quality", " ".join(reasons) if reasons else "No issues detected.")
     if result_hidden(pred, show_model_result):
         return [*ids, ("Risk light", light), ("What the light means", meaning), quality,
@@ -194,7 +198,7 @@ def pdf_report(image: np.ndarray, overlay: np.ndarray | None, prediction: Any, *
                model_name: str, model_version: str, cam_target: str = "", metadata: dict[str, Any] | None = None,
                risk_cfg: Any = None, created: datetime | None = None,
                light_meaning: str = "", patient_id: str = "", lesion_id: str = "",
-               show_model_result: bool = False) -> bytes:
+               show_model_result: bool = False, decision: str = "", note: str = "") -> bytes:
     """The one-page report as PDF bytes with a text layer (arguments as ``app.report.build_report``)."""
     hidden = result_hidden(prediction, show_model_result)
     if hidden:
@@ -236,7 +240,8 @@ def pdf_report(image: np.ndarray, overlay: np.ndarray | None, prediction: Any, *
     pdf.ln(4)
 
     for name, value in report_fields(prediction, metadata, light_meaning, patient_id=patient_id,
-                                     lesion_id=lesion_id, show_model_result=show_model_result, risk_cfg=risk_cfg):
+                                     lesion_id=lesion_id, show_model_result=show_model_result, risk_cfg=risk_cfg,
+                                     decision=decision, note=note):
         out.field(name, value)
     if hidden:
         return bytes(pdf.output())

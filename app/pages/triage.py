@@ -390,7 +390,7 @@ def _report_maker(upload: state.Upload, model: resources.LoadResult, cam: dict[s
     preprocessing = dict(predictor.preprocessing)
     meaning = "" if prediction.traffic_light == "grey" else light_meaning(card or {}, prediction.traffic_light)
     ids = {"patient_id": upload.patient_id, "lesion_id": upload.lesion_id,
-           "show_model_result": upload.show_anyway}
+           "show_model_result": upload.show_anyway, "decision": upload.decision, "note": upload.note}
 
     def make() -> bytes:
         if report.result_hidden(prediction, ids["show_model_result"]):

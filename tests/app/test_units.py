@@ -228,6 +228,24 @@ def test_pdf_report_never_drops_a_character_of_a_name_or_id(monkeypatch, unicode
     assert "Åsa_[U+674E].png" in text
 
 
+@pytest.mark.parametrize("fmt", ["pdf", "png"])
+def test_report_carries_the_clinicians_decision_and_note(monkeypatch, fmt):
+    from PIL import ImageDraw
+
+    drawn: list[str] = []
+    real_text = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text",
+                        lambda self, xy, text, *a, **k: drawn.append(str(text)) or real_text(self, xy, text, *a, **k))
+    image = np.full((60, 80, 3), 150, np.uint8)
+    data = report.build_report(image, None, _prediction("red"), fmt=fmt, image_name="a.jpg", model_name="M",
+                               model_version="1", decision="Excise", note="irregular border, grown since May")
+    text = _pdf_text(data) if fmt == "pdf" else "\n".join(drawn)
+    assert "Excise" in text and "irregular border, grown since May" in text
+    blank = report.build_report(image, None, _prediction("red"), fmt=fmt, image_name="a.jpg", model_name="M",
+                                model_version="1")
+    assert fmt == "png" or "not recorded" in _pdf_text(blank)
+
+
 def test_pdf_report_has_a_text_layer_with_human_field_names():
     from pypdf import PdfReader
 
