@@ -19,7 +19,14 @@ from backend.errors import DermaLensError
 from backend.evaluation.card_sections import band_accuracy_sentence, light_meaning
 from backend.inference.explain import legend_strip, overlay, seen_mask
 from backend.inference.inputs import PreparedInput, prepare_input
-from backend.inference.risk import format_risk, light_reason, melanoma_likely, risk_decimals, thresholds_sentence
+from backend.inference.risk import (
+    AT_THE_TOP,
+    format_risk,
+    light_reason,
+    melanoma_likely,
+    risk_decimals,
+    thresholds_sentence,
+)
 
 #: Full names of the diagnoses (codes as in ``backend.data.schema.DIAGNOSES``).
 CLASS_NAMES: dict[str, str] = {
@@ -301,7 +308,9 @@ def risk_explanation(pred: Any, risk_cfg: Any) -> str:
 def risk_headline(pred: Any, risk_cfg: Any) -> str:
     """The one headline number: ``Risk score 0.420 (red from 0.350)``."""
     digits = risk_decimals(pred.risk, risk_cfg)
-    return f"Risk score {format_risk(pred.risk, digits)} (red from {format_risk(risk_cfg.yellow_below, digits)})"
+    top = f"; {AT_THE_TOP}" if float(pred.risk) >= 1.0 else ""
+    return (f"Risk score {format_risk(pred.risk, digits)} (red from {format_risk(risk_cfg.yellow_below, digits)}"
+            f"{top})")
 
 
 def render_risk(pred: Any, risk_cfg: Any, card: dict[str, Any] | None = None) -> None:

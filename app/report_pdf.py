@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from app.components import CLASS_NAMES, quality_reasons, suggestion_note
-from backend.inference.risk import format_risk, melanoma_likely, risk_decimals, thresholds_sentence
+from backend.inference.risk import melanoma_likely, risk_decimals, risk_words, thresholds_sentence
 
 #: Words of each light for people (the colour is never the only cue).
 LIGHT_WORDS: dict[str, str] = {
@@ -89,9 +89,9 @@ def thickness_field(prediction: Any) -> str:
 def risk_field(risk: float, risk_cfg: Any = None) -> str:
     """The risk score with its scale and, given the model's :class:`RiskConfig`, the thresholds and their origin."""
     if risk_cfg is None:
-        return f"{format_risk(risk)} on a scale of 0 to 1"
+        return f"{risk_words(risk)} on a scale of 0 to 1"
     digits = risk_decimals(risk, risk_cfg)
-    return f"{format_risk(risk, digits)} on a scale of 0 to 1. {thresholds_sentence(risk_cfg, digits)}"
+    return f"{risk_words(risk, digits)} on a scale of 0 to 1. {thresholds_sentence(risk_cfg, digits)}"
 
 
 def report_fields(prediction: Any, metadata: dict[str, Any] | None = None, light_meaning: str = "", *,

@@ -235,6 +235,16 @@ def format_risk(value: float, digits: int = RISK_DECIMALS) -> str:
     return f"{float(value):.{digits}f}"
 
 
+#: Said beside a risk score at the top of its scale, where the weighted sum was clipped to 1: such
+#: scores do not rank against each other (a P(MEL) of 67% and of 99% both read 1.000).
+AT_THE_TOP = "the top of the scale, reached by every image at least this suspicious"
+
+
+def risk_words(risk: float, digits: int = RISK_DECIMALS) -> str:
+    """:func:`format_risk`, saying so when the score sits at the top of its scale."""
+    return format_risk(risk, digits) + (f" ({AT_THE_TOP})" if float(risk) >= 1.0 else "")
+
+
 def thresholds_sentence(cfg: RiskConfig | None = None, digits: int = RISK_DECIMALS) -> str:
     """What the lights mean in numbers, and where the thresholds come from, for a clinician.
 

@@ -246,6 +246,14 @@ def test_report_carries_the_clinicians_decision_and_note(monkeypatch, fmt):
     assert fmt == "png" or "not recorded" in _pdf_text(blank)
 
 
+def test_a_risk_score_at_the_top_of_its_scale_says_so():
+    cfg = RiskConfig(green_below=0.126, yellow_below=0.418)
+    capped = _prediction("red", risk=1.0)
+    assert "top of the scale" in components.risk_headline(capped, cfg)
+    assert "top of the scale" in dict(report_pdf.report_fields(capped, risk_cfg=cfg))["Risk score"]
+    assert "top of the scale" not in components.risk_headline(_prediction("red", risk=0.75), cfg)
+
+
 def test_pdf_report_has_a_text_layer_with_human_field_names():
     from pypdf import PdfReader
 
