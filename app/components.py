@@ -196,12 +196,14 @@ def card_header_html(pred: Any) -> str:
 
 
 def render_card(upload: Any, pred: Any, is_selected: bool, on_select: Callable[[str], None],
-                on_remove: Callable[[str], None]) -> None:
+                on_remove: Callable[[str], None], confirm: Callable[[Any], None] | None = None) -> None:
     """One gallery card: top diagnosis and traffic light, thumbnail, file name, review tag, buttons.
 
     ``pred`` is the upload's prediction by the loaded model, or None (not analysed). The buttons are
     named for their image ("Select x.jpg", "Remove x.jpg") so screen readers and tests can tell them
-    apart; the thumbnail's card is selected with the first.
+    apart; the thumbnail's card is selected with the first. ``confirm`` (the page's) draws, in place
+    of the Remove button, the question a removal that would lose a review waits on: in the card the
+    clinician clicked, not at the top of a long gallery.
     """
     with st.container(border=True, key=f"card_{upload.id}"):
         st.markdown(card_header_html(pred), unsafe_allow_html=True)
@@ -219,19 +221,27 @@ def render_card(upload: Any, pred: Any, is_selected: bool, on_select: Callable[[
                   type="primary" if is_selected else "secondary", on_click=on_select, args=(upload.id,),
                   width="stretch", icon=":material/visibility:",
                   help="Shown in the viewer" if is_selected else "Show this image in the viewer")
+        if confirm is not None:
+            confirm(upload)
+            return
         st.button(f"Remove {upload.name}", key=f"remove_{upload.id}", on_click=on_remove, args=(upload.id,),
                   width="stretch", icon=":material/close:",
                   help="Remove this image and its results from the session and the uploader")
 
 
 def render_gallery(items: list[tuple[Any, Any]], selected_id: str | None, on_select: Callable[[str], None],
-                   on_remove: Callable[[str], None], per_row: int = 2) -> None:
-    """``(upload, prediction or None)`` pairs as a grid of cards, in the given order."""
+                   on_remove: Callable[[str], None], per_row: int = 2, pending_remove: str | None = None,
+                   confirm: Callable[[Any], None] | None = None) -> None:
+    """``(upload, prediction or None)`` pairs as a grid of cards, in the given order.
+
+    The card of ``pending_remove`` asks its removal question there, through ``confirm``.
+    """
     for start in range(0, len(items), per_row):
         columns = st.columns(per_row)
         for column, (upload, pred) in zip(columns, items[start : start + per_row], strict=False):
             with column:
-                render_card(upload, pred, upload.id == selected_id, on_select, on_remove)
+                render_card(upload, pred, upload.id == selected_id, on_select, on_remove,
+                            confirm if upload.id == pending_remove else None)
 
 
 # -- results ------------------------------------------------------------------------------------

@@ -82,6 +82,16 @@ def _ask_remove(uid: str) -> None:
         _confirm_remove(uid)
 
 
+def _removal_question(upload: state.Upload) -> None:
+    """In the image's own card: what removing it would lose, "Keep it" first."""
+    st.warning(f"{upload.name} has a review decision, note or ID, kept only in this session. Removing the "
+               "image discards them: export the results table first to keep them.")
+    st.button("Keep it", key="remove_cancel", type="primary", width="stretch",
+              on_click=st.session_state.pop, args=(CONFIRM_REMOVE, None))
+    st.button("Remove it and its review", key="remove_confirm", width="stretch", on_click=_confirm_remove,
+              args=(upload.id,), help=f"Remove {upload.name} with its review decision, note and IDs")
+
+
 def _confirm_remove(uid: str) -> None:
     st.session_state.pop(CONFIRM_REMOVE, None)
     state.remove_upload(uid)
@@ -498,15 +508,11 @@ def gallery(uploads: list[state.Upload], model: resources.LoadResult | None) -> 
     total = len(uploads)
     count = f"{total}" if len(shown) == total else f"{len(shown)} of {total}"
     st.subheader(f"Gallery ({count} image{'s' if total > 1 else ''})")
-    pending = state.uploads().get(st.session_state.get(CONFIRM_REMOVE) or "")
-    if pending is not None:
-        st.warning(f"{pending.name} has a review decision, note or ID, kept only in this session. Removing "
-                   "the image discards them: export the results table first to keep them.")
-        yes, no = st.columns(2)
-        yes.button(f"Remove {pending.name} and its review", key="remove_confirm", type="primary",
-                   on_click=_confirm_remove, args=(pending.id,))
-        no.button("Keep it", key="remove_cancel", on_click=st.session_state.pop, args=(CONFIRM_REMOVE, None))
-    ui.render_gallery(shown, state.selected_id(), state.select, _ask_remove)
+    pending = st.session_state.get(CONFIRM_REMOVE)
+    if pending in state.uploads() and pending not in {u.id for u, _ in shown}:
+        st.session_state.pop(CONFIRM_REMOVE, None)  # its card is filtered out: nothing to answer there
+    ui.render_gallery(shown, state.selected_id(), state.select, _ask_remove, pending_remove=pending,
+                      confirm=_removal_question)
     if len(shown) < total:
         st.caption("Some images are hidden by the filter.")
     patient_group_inputs(uploads)

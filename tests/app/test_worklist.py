@@ -65,6 +65,10 @@ def test_removing_an_image_with_a_review_asks_first(app_env):
     at.button(key=f"remove_{a}").click().run()
     assert not at.exception and list(session_uploads(at)) == [c, a, b]  # nothing lost yet
     assert "a.png has a review decision, note or ID" in texts(at.main.warning)
+    # Asked in a.png's own card (its Remove button gives way to the question), "Keep it" first.
+    keys = [w.key for w in at.button]
+    assert f"remove_{a}" not in keys and f"remove_{b}" in keys
+    assert keys.index("remove_cancel") < keys.index("remove_confirm")
     at.button(key="remove_cancel").click().run()
     assert list(session_uploads(at)) == [c, a, b] and "review decision" not in texts(at.main.warning)
     at.button(key=f"remove_{a}").click().run()
