@@ -216,10 +216,12 @@ class ReferenceOption:
     Attributes:
         path: The library folder.
         label: What the picker shows (name, number of cases, or why it is not usable).
+        weights_sha256: The weights the library was embedded with (its manifest's), or "" when unknown.
     """
 
     path: str
     label: str
+    weights_sha256: str = ""
 
 
 def list_references() -> list[ReferenceOption]:
@@ -231,12 +233,14 @@ def list_references() -> list[ReferenceOption]:
     candidates += sorted(p for p in root.iterdir() if p.is_dir() and is_library(p))
     options = []
     for path in candidates[:MAX_LISTED]:
+        weights = ""
         try:
             manifest = read_manifest(path)
             detail = f"{manifest.get('n_rows', 0)} cases" if manifest.get("complete") else "incomplete build"
+            weights = str((manifest.get("model") or {}).get("weights_sha256") or "")
         except ReferenceLibraryError:
             detail = "unreadable"
-        options.append(ReferenceOption(str(path), f"{path.name} ({detail})"))
+        options.append(ReferenceOption(str(path), f"{path.name} ({detail})", weights))
     return options
 
 
@@ -285,9 +289,18 @@ def _on_pick_reference() -> None:
     state.set_reference_path(st.session_state.get("reference_picker"))
 
 
-def reference_sidebar() -> ReferenceLoad | None:
-    """The sidebar's reference-library picker; returns the session's loaded library or None (none or off)."""
+def reference_sidebar(model_weights: str = "") -> ReferenceLoad | None:
+    """The sidebar's reference-library picker; returns the session's loaded library or None (none or off).
+
+    ``model_weights`` (the loaded model's weights SHA-256) picks, until the user picks another, the
+    first library embedded with this model, and names the others as built with another model.
+    """
     options = list_references()
+    if model_weights:
+        options = [o if o.weights_sha256 in ("", model_weights) else
+                   ReferenceOption(o.path, f"{o.label[:-1]}; built with another model)", o.weights_sha256)
+                   for o in options]
+        options.sort(key=lambda o: o.weights_sha256 != model_weights)  # this model's libraries first
     with st.sidebar:
         st.header("Reference library")
         if not options:

@@ -21,7 +21,7 @@ from backend.data.schema import ANATOM_SITES, DIAGNOSES, SEXES
 from backend.errors import DermaLensError
 from backend.evaluation.card_sections import light_meaning
 from backend.io.names import safe_stem
-from backend.retrieval.library import LibraryModelMismatchError
+from backend.retrieval.library import LibraryModelMismatchError, model_identity
 from backend.retrieval.query import similar_cases as find_similar_cases
 
 
@@ -536,7 +536,8 @@ def main() -> None:
     messages = st.container()  # under the uploader: one message per file that could not be used
     model = resources.model_sidebar()
     cam = cam_controls()
-    reference = resources.reference_sidebar()
+    reference = resources.reference_sidebar(model_identity(model.predictor).sha256
+                                            if model is not None and model.predictor is not None else "")
     session_controls()
     ingest(files)
 

@@ -90,6 +90,20 @@ def test_similar_cases_read_the_upload_decoded_once(app_env, monkeypatch, tmp_pa
     assert decoded == ["query.png"]
 
 
+def test_the_library_embedded_with_the_loaded_model_is_picked_first(app_env, monkeypatch, tmp_path):
+    table = load_table(app_env.data_dir / "labels.csv", check_images=False).head(6)
+    # "a_other" sorts first, but was built with the image-only model, not the loaded fusion model.
+    build_library(table, tmp_path / "refs" / "a_other", Predictor.from_checkpoint(app_env.image_only),
+                  model_path=str(app_env.image_only), img_dir=app_env.data_dir / "images", progress=False)
+    build_library(table, tmp_path / "refs" / "b_mine", Predictor.from_checkpoint(app_env.fusion),
+                  model_path=str(app_env.fusion), img_dir=app_env.data_dir / "images", progress=False)
+    monkeypatch.setenv("DERMALENS_REFERENCE_DIR", str(tmp_path / "refs"))
+    at = new_app().run()
+    picker = at.selectbox(key="reference_picker")
+    assert picker.value == str(tmp_path / "refs" / "b_mine")
+    assert "built with another model" in picker.format_func(str(tmp_path / "refs" / "a_other"))
+
+
 def test_oversize_file_is_refused_by_name(app_env):
     from streamlit import config
 
