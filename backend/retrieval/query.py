@@ -104,7 +104,10 @@ class NeighbourVote:
         """``most common diagnosis: NV (5 of 10)``."""
         if not self.majority_diagnosis:
             return "no diagnosis known among them"
-        return f"most common diagnosis: {self.majority_diagnosis} ({self.majority_count} of {self.k})"
+        # UNK is ISIC's label for a benign lesion that is none of the named diagnoses: said in words.
+        name = "UNK, a benign lesion none of the 8 named diagnoses" if self.majority_diagnosis == "UNK" else (
+            self.majority_diagnosis)
+        return f"most common diagnosis: {name} ({self.majority_count} of {self.k})"
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,9 @@ def test_vote_counts_majority_and_ties():
     assert vote.diagnosis_summary() == "most common diagnosis: NV (3 of 7)"
     tie = neighbour_vote(["NV", "MEL", "MEL", "NV"], [False, True, True, False], [0.9, 0.8, 0.7, 0.85])
     assert tie.majority_diagnosis == "NV"  # 2 each: the larger summed similarity wins
+    other = neighbour_vote(["UNK", "UNK", "NV"], [False, False, False], [0.9, 0.8, 0.7])
+    assert other.diagnosis_summary() == ("most common diagnosis: UNK, a benign lesion none of the 8 named "
+                                         "diagnoses (2 of 3)")
     unknown = neighbour_vote(["", ""], [True, False], [0.5, 0.4])
     assert unknown.majority_diagnosis == "" and unknown.n_malignant == 1
     assert neighbour_vote([], [], []).summary() == "no similar cases found"
