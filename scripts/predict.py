@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backend.data.image_paths import FolderIndex, default_img_dir
+from backend.errors import DataFormatError
 from scripts.cli import run_reporting_errors
 
 METADATA_COLUMNS: tuple[str, ...] = ("age_approx", "sex", "anatom_site_general")
@@ -90,7 +92,6 @@ def collect_jobs(input_path: str | Path, img_dir: str | Path | None = None, use_
         ConfigError: ``input_path`` is neither a folder nor a file.
     """
     from backend.data.csv_rows import LINE, read_csv_rows
-    from backend.data.image_paths import FolderIndex, default_img_dir
     from backend.data.schema import IMAGE_EXTENSIONS
     from backend.errors import ConfigError
 
@@ -135,7 +136,6 @@ def _done_images(output: Path, columns: tuple[str, ...] | None = None) -> set[st
     Raises:
         DataFormatError: The file exists with other columns (it is not ours to append to).
     """
-    from backend.errors import DataFormatError
     from backend.inference.records import OUTPUT_COLUMNS
 
     columns = OUTPUT_COLUMNS if columns is None else columns
@@ -173,8 +173,6 @@ def check_output_settings(output: Path, settings: dict[str, Any], has_rows: bool
     Raises:
         DataFormatError: The recorded settings differ, naming each difference.
     """
-    from backend.errors import DataFormatError
-
     record = _settings_file(output)
     if not has_rows or not record.is_file():
         if has_rows:

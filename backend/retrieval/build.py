@@ -91,22 +91,8 @@ def pixels_sha256(image: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def thumbnail_array(image: np.ndarray, side: int = THUMB_SIZE) -> np.ndarray:
-    """The library's thumbnail of an image as pixels: longest side ``side``, aspect kept (Lanczos).
-
-    Args:
-        image: HxWx3 uint8 RGB array.
-        side: Longest side of the thumbnail in pixels.
-    """
-    from PIL import Image
-
-    picture = Image.fromarray(np.ascontiguousarray(image))
-    picture.thumbnail((side, side), Image.Resampling.LANCZOS)
-    return np.asarray(picture)
-
-
 def thumbnail_jpeg(image: np.ndarray, side: int = THUMB_SIZE) -> bytes:
-    """A JPEG thumbnail (:func:`thumbnail_array`) written from pixels only: no EXIF or other metadata.
+    """A JPEG thumbnail (longest side ``side``) written from pixels only: no EXIF or other metadata.
 
     Args:
         image: HxWx3 uint8 RGB array.
@@ -114,8 +100,10 @@ def thumbnail_jpeg(image: np.ndarray, side: int = THUMB_SIZE) -> bytes:
     """
     from PIL import Image
 
+    picture = Image.fromarray(image)
+    picture.thumbnail((side, side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    Image.fromarray(thumbnail_array(image, side)).save(buffer, format="JPEG", quality=85)
+    picture.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
 
 

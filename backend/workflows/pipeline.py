@@ -57,7 +57,7 @@ from backend.training.byol_config import ByolConfig
 from backend.training.byol_run import pretrain
 from backend.training.config import ExperimentConfig
 from backend.training.run import fit
-from backend.training.run_dirs import latest_resumable_version
+from backend.training.run_dirs import latest_resumable_version, list_versions
 from backend.workflows.export import export_bundle
 from backend.workflows.lodo import LodoConfig, lodo_markdown, run_lodo
 from backend.workflows.test_resolution import check_sizes
@@ -548,8 +548,7 @@ def _interrupted_version(cfg: PipelineConfig, stage: str, root: Path, inputs: st
     elif started.get("inputs") == inputs:
         after = int(started.get("after", -1))
     else:  # other inputs: none of the runs there so far is this recipe's
-        after = max([int(p.name.split("_")[1]) for p in root.glob("version_*") if p.name.split("_")[1].isdigit()],
-                    default=-1)
+        after = max(list_versions(root), default=-1)
     if version is not None and version <= after:
         log.info("%s: version_%d was started with other settings or inputs; starting a new version", stage, version)
         version = None
