@@ -27,7 +27,8 @@ class OptimConfig:
         lr: Peak learning rate of the heads; backbone stages get ``lr * layer_decay**depth``.
         weight_decay: AdamW weight decay (never applied to GeM p, norms, biases, tokens).
         layer_decay: Layer-wise learning-rate decay per backbone stage, stem included (1 = off).
-        warmup_epochs: Epochs of linear LR warm-up (fractions allowed).
+        warmup_epochs: Epochs of linear LR warm-up (fractions allowed); a frozen backbone warms up
+            from the step it is unfrozen at.
         freeze_epochs: Epochs with the backbone frozen (heads only) before full fine-tuning.
         min_lr_ratio: Final LR as a fraction of the peak.
         betas: AdamW betas.

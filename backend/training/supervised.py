@@ -198,12 +198,19 @@ class LesionModule(L.LightningModule):
         self.net.freeze_backbone(self.current_epoch < self.cfg.optim.freeze_epochs)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW over layer-wise-decayed parameter groups, linear warm-up then cosine, per step."""
+        """AdamW over layer-wise-decayed parameter groups, linear warm-up then cosine, per step.
+
+        With ``optim.freeze_epochs``, the backbone's groups warm up from the step they are unfrozen at.
+        """
         optim = self.cfg.optim
         groups = self.net.param_groups(lr=optim.lr, weight_decay=optim.weight_decay, layer_decay=optim.layer_decay)
         optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas))
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
         warmup_steps = min(total_steps - 1, round(optim.warmup_epochs * steps_per_epoch))
-        scheduler = warmup_cosine(optimizer, max(0, warmup_steps), total_steps, min_lr_ratio=optim.min_lr_ratio)
+        # A frozen backbone warms up from the step it is unfrozen at, not from step 0.
+        unfreeze_step = min(total_steps, round(optim.freeze_epochs * steps_per_epoch))
+        starts = [unfreeze_step if group["name"].startswith("backbone.") else 0 for group in groups]
+        scheduler = warmup_cosine(optimizer, max(0, warmup_steps), total_steps, min_lr_ratio=optim.min_lr_ratio,
+                                  group_starts=starts)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ import torch
 
 from backend.errors import ConfigError
 from backend.training.schedules import WarmupCosineFactor, cosine_momentum, warmup_cosine
+from backend.training.supervised import LesionModule
+from tests.models.test_lesion_net import tiny_net
 
 
 def make_optimizer(lrs=(1e-3, 1e-3 * 0.75**3)) -> torch.optim.Optimizer:
@@ -102,3 +105,37 @@ def test_cosine_momentum():
     expected = 1.0 - (1.0 - 0.99) * (math.cos(math.pi * 10 / 99) + 1) / 2
     assert values[10] == pytest.approx(expected)
     assert isinstance(values[10], float)
+
+
+def test_a_late_group_is_idle_then_warms_up_from_its_own_start():
+    opt = make_optimizer((1.0, 1.0))
+    sched = warmup_cosine(opt, warmup_steps=4, total_steps=40, min_lr_ratio=0.1, group_starts=[0, 10])
+    trace = lr_trace(sched, opt, 40)
+    plain = [WarmupCosineFactor(4, 40, 0.1)(s) for s in range(40)]
+    np.testing.assert_allclose(trace[:, 0], plain)  # a group starting at 0 keeps the plain schedule
+    late = trace[:, 1]
+    assert np.all(late[:10] == 0.0)  # nothing while frozen
+    for since in range(4):  # its own ramp from the start, on top of the shared cosine
+        assert late[10 + since] == pytest.approx(plain[10 + since] * (since + 1) / 5)
+    np.testing.assert_allclose(late[14:], plain[14:])  # then the shared cosine
+    assert late[10] < 0.25 * plain[10]  # the first unfrozen step is far below the peak
+
+
+@pytest.mark.parametrize("starts", [[0], [0, -1], [0, 1.5]])
+def test_group_starts_must_be_one_whole_step_per_group(starts):
+    with pytest.raises(ConfigError, match="group_starts"):
+        warmup_cosine(make_optimizer((1.0, 1.0)), 2, 10, group_starts=starts)
+
+
+def test_a_frozen_backbone_warms_up_after_it_is_unfrozen():
+    module = LesionModule(tiny_net(), config={"optim": {"freeze_epochs": 1, "warmup_epochs": 1}})
+    module._trainer = SimpleNamespace(estimated_stepping_batches=40, max_epochs=4)  # 10 steps per epoch
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    names = [group["name"] for group in scheduler.optimizer.param_groups]
+    starts = {name: factor.start_step for name, factor in zip(names, scheduler.lr_lambdas, strict=True)}
+    assert {start for name, start in starts.items() if name.startswith("backbone.")} == {10}
+    assert {start for name, start in starts.items() if not name.startswith("backbone.")} == {0}
+    unfrozen = LesionModule(tiny_net(), config={"optim": {"freeze_epochs": 0}})
+    unfrozen._trainer = SimpleNamespace(estimated_stepping_batches=40, max_epochs=4)
+    factors = unfrozen.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas
+    assert {factor.start_step for factor in factors} == {0}
