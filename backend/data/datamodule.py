@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pandas as pd
+import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, WeightedRandomSampler, get_worker_info
 
@@ -74,21 +75,44 @@ def sample_weights(diagnosis_index: np.ndarray, label: np.ndarray) -> np.ndarray
     return (1.0 / counts[keys]).astype(np.float64)
 
 
+def seed_augmentations(dataset: Any, seed: int) -> None:
+    """Seed a dataset's albumentations pipelines from ``seed``, each view (BYOL's two) its own stream.
+
+    albumentations' ``Compose`` keeps its own random state, seeded from the OS unless told:
+    without this, training images would be augmented differently on every run of the same seed.
+    Each (seed, view) pair goes through ``numpy.random.SeedSequence``, so neighbouring seeds (the
+    workers of one loader) and the views of one worker get independent streams.
+    """
+    for view, name in enumerate(("transform", "transform1", "transform2")):
+        transform = getattr(dataset, name, None)
+        if hasattr(transform, "set_random_seed"):
+            state = np.random.SeedSequence([int(seed) % 2**64, view]).generate_state(1)[0]
+            transform.set_random_seed(int(state))
+
+
 def seed_worker_augmentations(worker_id: int) -> None:
     """Give each DataLoader worker its own augmentation stream, derived from the run's seed.
 
-    albumentations' ``Compose`` keeps its own random state, which every forked worker would inherit:
-    worker 0's and worker 1's i-th images would get the same crop, flip and colour. Each worker
-    reseeds its dataset's transforms from its torch seed (the run's seed, the epoch's base seed and
-    the worker id), after Lightning's own seeding of ``random``, numpy and torch.
+    Every forked worker would inherit the same albumentations state: worker 0's and worker 1's
+    i-th images would get the same crop, flip and colour. Each worker reseeds its dataset's
+    transforms (:func:`seed_augmentations`) from its torch seed (the run's seed, the epoch's base
+    seed and the worker id), after Lightning's own seeding of ``random``, numpy and torch.
     """
     pl_worker_init_function(worker_id)
     info = get_worker_info()
-    seed = int(info.seed) % 2**31
-    for offset, name in enumerate(("transform", "transform1", "transform2")):  # BYOL's two views differ
-        transform = getattr(info.dataset, name, None)
-        if hasattr(transform, "set_random_seed"):
-            transform.set_random_seed(seed + offset)
+    seed_augmentations(info.dataset, info.seed)
+
+
+def augmentation_loader_options(dataset: Any, num_workers: int) -> dict[str, Any]:
+    """DataLoader options that make augmentations follow the run's seed, with or without workers.
+
+    With workers, each seeds its own stream (:func:`seed_worker_augmentations`); without, the
+    main process's transforms are seeded here, from torch's seed (``seed_everything``'s).
+    """
+    if num_workers > 0:
+        return {"worker_init_fn": seed_worker_augmentations}
+    seed_augmentations(dataset, torch.initial_seed())
+    return {"worker_init_fn": None}
 
 
 class LesionDataModule(L.LightningDataModule):
@@ -187,7 +211,7 @@ class LesionDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
-            worker_init_fn=seed_worker_augmentations if workers > 0 else None,
+            **augmentation_loader_options(dataset, workers),
             pin_memory=False,
             drop_last=drop_last,
         )

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.config import from_dict, read_yaml, save_config, to_dict
-from backend.data.datamodule import seed_worker_augmentations
+from backend.data.datamodule import augmentation_loader_options
 from backend.data.transforms import preprocessing_dict
 from backend.data.unlabelled import UnlabelledImageDataset
 from backend.errors import CheckpointError, ConfigError
@@ -395,7 +395,7 @@ def pretrain(cfg: ByolConfig, callbacks: list[Any] | None = None) -> PretrainRes
                           f"({cfg.data.batch_size}); lower --batch_size")
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
                         num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
-                        worker_init_fn=seed_worker_augmentations if cfg.data.num_workers > 0 else None)
+                        **augmentation_loader_options(dataset, cfg.data.num_workers))
     module = BYOLModule(to_dict(cfg), load_start_weights=resume_ckpt is None)
     if resume_ckpt is None and cfg.model.bn_reestimate_batches > 0 and (cfg.model.pretrained_path
                                                                          or cfg.model.pretrained):

@@ -14,6 +14,7 @@ from PIL import Image
 from backend.data.csv_rows import read_csv_rows
 from backend.data.formats import MissingImagesWarning, load_table
 from backend.data.schema import ANATOM_SITES, TABLE_COLUMNS
+from backend.data.splits import split_groups
 from backend.errors import DataFormatError
 from tests.conftest import make_lesion_image
 
@@ -71,6 +72,19 @@ def test_generic_happy_path_normalises_everything(tmp_path):
     assert table.loc[0, ["lesion_id", "patient_id", "dataset", "license", "attribution"]].tolist() == [
         "L1", "P1", "D", "CC-0", "Someone"]
     assert table.loc[1, ["lesion_id", "patient_id", "dataset"]].isna().all()
+
+
+def test_placeholder_ids_are_no_ids_so_their_rows_are_not_one_patient(tmp_path):
+    rows = [f"a{i}.png,NV,0,,,,,,,1,{lesion},{patient},unknown,,"
+            for i, (lesion, patient) in enumerate([("unknown", "unknown"), ("NA", "nan"), ("n/a", "None"),
+                                                   ("L1", "unknown"), ("", "P9"), ("UNK", "")], start=1)]
+    csv = make_csv(tmp_path, "\n".join([HEADER + ",width,lesion_id,patient_id,dataset,license,attribution", *rows])
+                   + "\n")
+    table = load_table(csv)
+    assert table["lesion_id"].isna().tolist() == [True, True, True, False, True, True]
+    assert table["patient_id"].isna().tolist() == [True, True, True, True, False, True]
+    assert table["dataset"].tolist() == ["unknown"] * 6  # free text keeps its words
+    assert len(set(split_groups(table))) == 6  # each row is its own group, not one "unknown" patient
 
 
 def test_thickness_alias_and_upper_bound_only(tmp_path):

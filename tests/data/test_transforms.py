@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from backend.data.config import DataConfig
-from backend.data.datamodule import seed_worker_augmentations
+from backend.data.datamodule import augmentation_loader_options, seed_augmentations, seed_worker_augmentations
 from backend.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -179,3 +179,37 @@ def test_each_loader_worker_augments_differently_and_reproducibly():
     assert not torch.equal(first[0], first[1]) and not torch.equal(first[2], first[3])  # workers differ
     assert all(torch.equal(a, b) for a, b in zip(first, draw(7), strict=True))  # the same seed, the same run
     assert not all(torch.equal(a, b) for a, b in zip(first, draw(8), strict=True))
+
+
+def test_without_workers_the_loader_options_seed_the_augmentations_from_the_run_seed():
+    def draw(seed):
+        torch.manual_seed(seed)
+        dataset = _OneImage(build_train_transform(DataConfig(img_size=32)))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=0,
+                                             **augmentation_loader_options(dataset, 0))
+        return [batch[0] for batch in loader]
+
+    first = draw(7)
+    assert all(torch.equal(a, b) for a, b in zip(first, draw(7), strict=True))  # the same seed, the same run
+    assert not all(torch.equal(a, b) for a, b in zip(first, draw(8), strict=True))
+
+
+class _TwoViews:
+    def __init__(self):
+        self.transform1 = build_train_transform(DataConfig(img_size=32))
+        self.transform2 = build_train_transform(DataConfig(img_size=32))
+
+
+def test_neighbouring_seeds_and_views_get_independent_streams():
+    """Worker w's second view must not replay worker w+1's first view (seeds base + w, views offset)."""
+    image = make_lesion_image(np.random.default_rng(0), 48)
+    worker0, worker1 = _TwoViews(), _TwoViews()
+    seed_augmentations(worker0, 100)
+    seed_augmentations(worker1, 101)
+    views = {
+        "w0v1": [worker0.transform1(image=image)["image"] for _ in range(4)],
+        "w0v2": [worker0.transform2(image=image)["image"] for _ in range(4)],
+        "w1v1": [worker1.transform1(image=image)["image"] for _ in range(4)],
+    }
+    assert not any(torch.equal(a, b) for a, b in zip(views["w0v2"], views["w1v1"], strict=True))
+    assert not any(torch.equal(a, b) for a, b in zip(views["w0v1"], views["w0v2"], strict=True))

@@ -29,6 +29,8 @@ from backend.data.sites import (
 MAX_AGE = 120.0
 #: Free-text columns copied as they are (blank = unknown).
 TEXT_COLUMNS = ("lesion_id", "patient_id", "dataset", "license", "attribution")
+#: The text columns that group rows (one lesion, one patient) for the split.
+ID_COLUMNS = ("lesion_id", "patient_id")
 
 
 class MissingImagesWarning(UserWarning):
@@ -65,8 +67,14 @@ class _Columns:
         return num
 
     def optional_text(self, column: str) -> pd.Series:
+        """Free text, blank = missing; an id column's placeholders ("unknown", "NA", "nan"...) are missing too.
+
+        A placeholder is no id: kept as text, every row carrying it would be one patient or lesion,
+        and the lesion-grouped split would put them all in one split.
+        """
         text = self.text(column)
-        return text.mask(text == "")
+        missing = text.str.lower().isin(MISSING_TOKENS) if column in ID_COLUMNS else text == ""
+        return text.mask(missing)
 
 
 def _labels(cols: _Columns) -> tuple[pd.Series, pd.Series]:
