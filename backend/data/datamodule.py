@@ -191,14 +191,21 @@ class LesionDataModule(L.LightningDataModule):
         write_splits(self.table, self.splits, path)
         return Path(path)
 
-    def dataset(self, split: str | pd.DataFrame, train: bool = False) -> LesionDataset:
-        """A dataset over a split name or an explicit table, with train or eval transforms."""
+    def dataset(self, split: str | pd.DataFrame, train: bool = False,
+                replace_unreadable: bool | None = None) -> LesionDataset:
+        """A dataset over a split name or an explicit table, with train or eval transforms.
+
+        An unreadable image is replaced by the next readable row in training and left out of the
+        figures in evaluation (:class:`LesionDataset`); ``replace_unreadable`` overrides that.
+        """
         table = self.split_table(split) if isinstance(split, str) else split.reset_index(drop=True)
         transform = build_train_transform(self.cfg) if train else build_eval_transform(preprocessing_dict(self.cfg))
         meta = self.metadata_encoder.encode_table(table) if self.cfg.use_metadata else None
         # A hairless cache already removed the hair: not twice (the model's preprocessing still records it).
         hair = self.cfg.hair_removal and not self._cache_hairless
-        return LesionDataset(table, transform, self.cfg.img_size, metadata=meta, hair_removal=hair)
+        replace = train if replace_unreadable is None else replace_unreadable
+        return LesionDataset(table, transform, self.cfg.img_size, metadata=meta, hair_removal=hair,
+                             replace_unreadable=replace)
 
     def _loader(
         self, dataset: LesionDataset, shuffle: bool, sampler: Any = None, drop_last: bool = False

@@ -5,8 +5,11 @@ Each item is ``{"image", "diagnosis", "label", "thickness_lo", "thickness_hi", "
 ``diagnosis = -1`` (UNK or missing), ``label = -1``, thickness bounds NaN.
 
 A file that cannot be decoded mid-epoch must not kill a run that has been going for hours: it
-is reported once (a warning naming the file and the reason) and replaced by the next readable
-row, so batch shapes stay fixed and the epoch completes.
+is reported once (a warning naming the file and the reason). In training it is replaced by the
+next readable row, so batch shapes stay fixed and the epoch completes. In evaluation
+(``replace_unreadable=False``) a neighbour would be scored twice under its own label and the
+unreadable row's lesion not at all, changing the figures that choose the checkpoint: the row is
+left out of every loss and metric instead (a black image with all targets unknown).
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class LesionDataset(Dataset):
         img_size: Network input side; large images are decoded at reduced size (never below it).
         metadata: ``(N, meta_dim)`` encoded metadata, or None for image-only models.
         hair_removal: Apply DullRazor hair removal after decoding.
+        replace_unreadable: Replace an undecodable row by the next readable one (training); when
+            False, keep the row but leave it out of every loss and metric (evaluation).
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class LesionDataset(Dataset):
         img_size: int,
         metadata: np.ndarray | None = None,
         hair_removal: bool = False,
+        replace_unreadable: bool = True,
     ) -> None:
         self.paths = table["image"].astype(str).tolist()
         self.targets = encode_targets(table)
@@ -72,6 +78,7 @@ class LesionDataset(Dataset):
         if self.metadata is not None and len(self.metadata) != len(self.paths):
             raise ValueError(f"metadata has {len(self.metadata)} rows for {len(self.paths)} images")
         self.hair_removal = hair_removal
+        self.replace_unreadable = replace_unreadable
         self._reported: set[str] = set()
 
     def __len__(self) -> int:
@@ -85,18 +92,36 @@ class LesionDataset(Dataset):
             image = remove_hair(image)
         return image
 
+    def _report(self, err: ImageLoadError, action: str) -> None:
+        if err.path not in self._reported:
+            self._reported.add(err.path)
+            warnings.warn(f"unreadable image {err}; {action}", stacklevel=3)
+
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        if not self.replace_unreadable:
+            try:
+                return self._item(idx, self.load(idx))
+            except ImageLoadError as err:
+                self._report(err, "left out of this split's losses and metrics")
+                return self._unscored(idx)
         for offset in range(MAX_REPLACEMENTS):
             row = (idx + offset) % len(self)
             try:
                 image = self.load(row)
             except ImageLoadError as err:
-                if err.path not in self._reported:
-                    self._reported.add(err.path)
-                    warnings.warn(f"skipping unreadable image {err}", stacklevel=2)
+                self._report(err, "skipped, the next readable row takes its place")
                 continue
             return self._item(row, image)
         raise ImageLoadError(self.paths[idx], f"this and the next {MAX_REPLACEMENTS - 1} images are unreadable")
+
+    def _unscored(self, row: int) -> dict[str, torch.Tensor]:
+        """Row ``row`` as a black image with every target unknown: no loss or metric counts it."""
+        item = self._item(row, np.zeros((self.img_size, self.img_size, 3), dtype=np.uint8))
+        item["diagnosis"] = torch.tensor(-1, dtype=torch.int64)
+        item["label"] = torch.tensor(-1.0, dtype=torch.float32)
+        item["thickness_lo"] = torch.tensor(float("nan"), dtype=torch.float32)
+        item["thickness_hi"] = torch.tensor(float("nan"), dtype=torch.float32)
+        return item
 
     def _item(self, row: int, image: np.ndarray) -> dict[str, torch.Tensor]:
         item = {

@@ -273,7 +273,8 @@ def reestimate_start_batchnorm(cfg: ExperimentConfig, net, datamodule) -> int:
     from torch.utils.data import DataLoader
 
 
-    dataset = datamodule.dataset(datamodule.train_table.sample(frac=1.0, random_state=cfg.seed))
+    dataset = datamodule.dataset(datamodule.train_table.sample(frac=1.0, random_state=cfg.seed),
+                                 replace_unreadable=True)  # no black image among the statistics
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
     images = (batch["image"] for batch in itertools.islice(loader, cfg.model.bn_reestimate_batches))
     seen = reestimate_batchnorm(net.backbone, images)

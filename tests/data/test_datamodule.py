@@ -103,7 +103,7 @@ def test_balanced_sampler_draws_rare_classes_often(csv):
 
 def test_unreadable_image_is_reported_once_and_replaced(csv, tmp_path):
     dm = make_dm(csv)
-    dataset = dm.dataset("train")
+    dataset = dm.dataset("train", train=True)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     dataset.paths[0] = str(broken)
@@ -146,3 +146,23 @@ def test_a_hairless_cache_needs_hair_removal_recorded_in_the_model(csv, tmp_path
     plain.setup()
     plain.dataset("train").load(0)
     assert removed == [1]  # original images: removed when decoded
+
+
+def test_an_unreadable_evaluation_image_is_left_out_of_the_figures_not_replaced(csv, tmp_path):
+    dm = make_dm(csv)
+    dataset = dm.dataset("val")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    dataset.paths[0] = str(broken)
+    neighbour = dataset[1]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        item = dataset[0]
+        dataset[0]
+    messages = [str(w.message) for w in caught if "broken.png" in str(w.message)]
+    assert len(messages) == 1 and "left out" in messages[0]
+    assert int(item["index"]) == 0  # its own row, not the neighbour's image and label
+    assert not torch.equal(item["image"], neighbour["image"]) and item["image"].shape == neighbour["image"].shape
+    assert int(item["diagnosis"]) == -1 and float(item["label"]) == -1.0  # every loss and metric ignores -1
+    assert torch.isnan(item["thickness_lo"]) and torch.isnan(item["thickness_hi"])
+    assert dm.dataset("val", replace_unreadable=True).replace_unreadable
