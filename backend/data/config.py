@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 from backend.errors import ConfigError
@@ -22,11 +23,13 @@ class SplitConfig:
     seed: int = 42
 
     def validate(self) -> None:
-        """Reject fractions that leave no training data."""
+        """Reject fractions that leave no training data, and a seed the shuffle cannot take."""
         for name in ("val_frac", "test_frac"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"data.split.{name} must be in [0, 1), got {value}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
+            raise ConfigError(f"data.split.seed must be a whole number >= 0, got {self.seed!r}")
         if self.val_frac + self.test_frac >= 1.0:
             raise ConfigError(
                 f"data.split.val_frac + data.split.test_frac must be < 1, got {self.val_frac + self.test_frac}"

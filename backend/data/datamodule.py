@@ -35,7 +35,9 @@ SPLITS = ("train", "val", "test")
 
 
 def class_weights(diagnosis_index: np.ndarray, num_classes: int = len(DIAGNOSES)) -> np.ndarray:
-    """Inverse-frequency cross-entropy weights, normalised to mean 1 over the classes present.
+    """Inverse-frequency cross-entropy weights ``N / (K * n_c)`` over the N rows and K classes present.
+
+    Each class present weighs as much as any other in total, and the mean weight over the rows is 1.
 
     Args:
         diagnosis_index: Per-row class index, ``-1`` for rows without a trainable diagnosis.

@@ -68,13 +68,13 @@ class MetadataEncoder:
         return cls(age_mean=float(values.mean()), age_std=std if std > 1e-6 else 1.0)
 
     def encode(self, age: Any = None, sex: Any = None, site: Any = None) -> np.ndarray:
-        """One row; ``None``/NaN/blank mean unknown.
+        """One row; ``None``, NaN, blank and the table's missing spellings (``unknown``, ``NA``...) mean unknown.
 
         Raises:
             ConfigError: For a sex or site outside the vocabulary, or a negative age (naming the value).
         """
         vec = np.zeros(self.dim, dtype=np.float32)
-        if _is_missing(age) or (isinstance(age, str) and not age.strip()):
+        if _is_missing(age) or (isinstance(age, str) and age.strip().lower() in MISSING_TOKENS):
             vec[1] = 1.0
         else:
             try:

@@ -174,7 +174,9 @@ def _images_from_csv(csv_path: Path, bases: list[Path]) -> list[tuple[Path, Path
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
-            if reader.fieldnames is None or "image" not in reader.fieldnames:
+            if reader.fieldnames is None:
+                raise DataFormatError(csv_path, "the file is empty (expected a header with an 'image' column)", line=1)
+            if "image" not in reader.fieldnames:
                 raise DataFormatError(csv_path, f"no 'image' column (columns: {reader.fieldnames})", line=1)
             names = [(reader.line_num, (row.get("image") or "").strip()) for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as err:

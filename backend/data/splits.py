@@ -78,7 +78,7 @@ def assign_splits(table: pd.DataFrame, val_frac: float = 0.15, test_frac: float 
         Series of split names, index aligned with ``table``.
 
     Raises:
-        ConfigError: Fractions outside [0, 1) or leaving no training data.
+        ConfigError: Fractions outside [0, 1) or leaving no training data, or a negative seed.
     """
     SplitConfig(val_frac=val_frac, test_frac=test_frac, seed=seed).validate()
     fracs = np.array([1.0 - val_frac - test_frac, val_frac, test_frac])

@@ -17,6 +17,7 @@ enabled, so images from different dermoscopes share a white balance in training 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import albumentations as A
@@ -202,7 +203,9 @@ def check_preprocessing(pre: dict[str, Any]) -> dict[str, Any]:
     """Validate a stored preprocessing description (from a checkpoint or bundle).
 
     Raises:
-        ConfigError: Naming missing or unknown keys, or a version this code does not know.
+        ConfigError: Naming missing or unknown keys, a version this code does not know, or the
+            key whose value makes no transform (mean/std not 3 finite numbers, std <= 0, a flag
+            that is not true/false, a colour-constancy power below 1).
     """
     if not isinstance(pre, dict):
         raise ConfigError(f"preprocessing must be a mapping, got {type(pre).__name__}")
@@ -215,9 +218,28 @@ def check_preprocessing(pre: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             f"preprocessing version {pre['version']} is not supported (this code: {PREPROCESSING_VERSION})"
         )
-    if int(pre["img_size"]) < 16:
-        raise ConfigError(f"preprocessing img_size must be >= 16, got {pre['img_size']}")
+    size = pre["img_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 16:
+        raise ConfigError(f"preprocessing img_size must be a whole number >= 16, got {size!r}")
+    for key in ("mean", "std"):
+        values = pre[key]
+        if (not isinstance(values, list | tuple) or len(values) != 3
+                or not all(_is_real(v) and math.isfinite(v) for v in values)):
+            raise ConfigError(f"preprocessing {key} must be 3 finite numbers (R, G, B), got {values!r}")
+    if not all(v > 0 for v in pre["std"]):
+        raise ConfigError(f"preprocessing std must be > 0 for every channel, got {pre['std']!r}")
+    for key in ("color_constancy", "hair_removal"):
+        if not isinstance(pre[key], bool):
+            raise ConfigError(f"preprocessing {key} must be true or false, got {pre[key]!r}")
+    power = pre["color_constancy_power"]
+    if not (_is_real(power) and math.isfinite(power) and power >= 1):
+        raise ConfigError(f"preprocessing color_constancy_power must be a finite number >= 1, got {power!r}")
     return pre
+
+
+def _is_real(value: Any) -> bool:
+    """A plain int or float, not a bool (JSON ``true`` is no channel mean)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _prefix(pre: dict[str, Any]) -> list[Any]:

@@ -42,7 +42,7 @@ class ModelConfig:
             or, for ViTs, timm arguments such as ``{depth: 6}``.
         drop_path_rate: Stochastic-depth rate of the backbone (passed when its builder takes it).
         pretrained_path: Local weights file (``.safetensors`` or a torch file) to start the
-            backbone from; None for random initialisation. Nothing is ever downloaded.
+            backbone from; None for random initialisation. Never downloaded (see ``pretrained``).
         pretrained_prefix: Key prefix to select and strip in that file (e.g. ``online_backbone.``);
             None tries the usual ones (``module.``, ``net.``, ``backbone.``...).
         pretrained: ``timm`` to start a timm backbone from timm's default pretrained tag of its

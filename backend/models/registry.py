@@ -7,8 +7,9 @@ DermaLens relies on: pooled features for the heads, the layer Grad-CAM should wa
 partition used by layer-wise learning-rate decay, and the parameters exempt from weight decay.
 
 The timm Vision Transformers live here too (the ResNets are in :mod:`backend.models.dermaresnet`);
-all are built with ``pretrained=False``: start weights only come from a local file through
-:func:`load_backbone_weights`, never from the network.
+all are built with ``pretrained=False`` by default: start weights come from a local file through
+:func:`load_backbone_weights`. Only ``model.pretrained: timm`` (an explicit opt-in for users who
+are online) lets timm download its own pretrained weights.
 """
 
 from __future__ import annotations
@@ -393,7 +394,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"pretrained weights file not found: {path} (model.pretrained_path)")
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 

@@ -29,6 +29,8 @@ def test_missing_values_use_unknown_slots():
         assert vec[0] == 0 and vec[1] == 1
         assert vec[2 + len(SEXES)] == 1 and vec[-1] == 1
     assert enc.encode(40, "unknown", "Unknown")[-1] == 1
+    for spelling in ("unknown", "NA", "n/a", "nan", " None "):  # what the training table reads as missing
+        assert (enc.encode(spelling, None, None) == enc.encode(None, None, None)).all(), spelling
 
 
 def test_prediction_reads_the_spellings_the_training_table_reads():

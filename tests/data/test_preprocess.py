@@ -169,6 +169,9 @@ def test_csv_without_image_column_is_a_format_error(tmp_path):
     table.write_text("file,diagnosis\na.jpg,NV\n")
     with pytest.raises(DataFormatError, match="no 'image' column"):
         run(table, tmp_path / "out")
+    table.write_text("")
+    with pytest.raises(DataFormatError, match="line 1.*the file is empty"):
+        run(table, tmp_path / "out")
     table.write_text("image,diagnosis\na.jpg,NV\n,MEL\n")
     with pytest.raises(DataFormatError, match=r"line 3, field 'image': empty image path"):
         run(table, tmp_path / "out")

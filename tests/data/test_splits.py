@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -82,6 +84,13 @@ def test_zero_fraction_gives_no_such_split():
 def test_bad_fractions(val, test):
     with pytest.raises(ConfigError, match="data.split"):
         assign_splits(synthetic_table(50), val_frac=val, test_frac=test)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True])
+def test_a_seed_the_shuffle_cannot_take_names_its_key(seed):
+    with pytest.raises(ConfigError, match=r"data\.split\.seed .*" + re.escape(repr(seed))):
+        assign_splits(synthetic_table(50), seed=seed)
+    assert assign_splits(synthetic_table(50), seed=np.int64(3)).equals(assign_splits(synthetic_table(50), seed=3))
 
 
 def test_rows_without_diagnosis_are_stratified_by_label():

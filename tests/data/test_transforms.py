@@ -71,6 +71,18 @@ def test_preprocessing_dict_round_trip_and_validation():
         check_preprocessing({**pre, "version": 99})
 
 
+@pytest.mark.parametrize(("change", "key"), [
+    ({"mean": [0.5]}, "mean"), ({"mean": [0.5, "x", 0.5]}, "mean"), ({"std": [0.2, float("nan"), 0.2]}, "std"),
+    ({"std": [0.0, 0.2, 0.2]}, "std must be > 0"), ({"color_constancy": "no"}, "color_constancy"),
+    ({"hair_removal": 1}, "hair_removal"), ({"color_constancy_power": 0.5}, "color_constancy_power"),
+    ({"img_size": 96.5}, "img_size"), ({"img_size": True}, "img_size"),
+])
+def test_a_stored_preprocessing_that_makes_no_transform_is_refused_naming_its_key(change, key):
+    pre = preprocessing_dict(DataConfig(img_size=96))
+    with pytest.raises(ConfigError, match=key):
+        check_preprocessing({**pre, **change})
+
+
 def test_colour_constancy_runs_in_eval_transform(rng):
     img = make_lesion_image(rng, 48)
     cast = np.clip(img.astype(float) * np.array([1.0, 0.8, 0.6]), 0, 255).astype(np.uint8)

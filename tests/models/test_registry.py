@@ -195,6 +195,10 @@ def test_safetensors_round_trip_with_prefix(tmp_path):
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
 
+    upper = path.rename(tmp_path / "BYOL_EXPORT.SAFETENSORS")  # the suffix in any case is safetensors
+    assert len(load_backbone_weights(tiny("dermaresnet_se_tiny"), upper).matched) == len(source.state_dict())
+    path = upper.rename(path)
+
     explicit = load_backbone_weights(tiny("dermaresnet_se_tiny"), path, prefix="online_backbone.")
     assert len(explicit.matched) == len(source.state_dict())
     with pytest.raises(CheckpointError, match="no key starts with prefix 'teacher.'"):
