@@ -13,7 +13,11 @@ import pytest
 import torch
 
 from backend.config import from_dict, read_yaml
+from backend.data.datamodule import class_weights
+from backend.data.dataset import encode_targets
+from backend.data.formats import load_table
 from backend.data.metadata import MetadataEncoder
+from backend.data.splits import read_splits
 from backend.errors import ConfigError
 from backend.files import safe_torch_load
 from backend.io.checkpoint import load_lesion_checkpoint
@@ -276,3 +280,45 @@ def test_a_batch_limit_of_one_trains_one_batch(dataset, tmp_path):
     result = fit(tiny_cfg(dataset, tmp_path, trainer={"max_epochs": 1, "limit_train_batches": 1,
                                                       "limit_val_batches": 1}), test=False)
     assert safe_torch_load(result.last_ckpt)["global_step"] == 1  # not the whole epoch (1.0 would be)
+
+
+def _epoch_values(run_dir: Path, key: str) -> list[float]:
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    return metrics.dropna(subset=[key]).sort_values("epoch")[key].tolist()
+
+
+def test_best_checkpoint_is_the_monitored_maximum_and_early_stopping_stops_on_no_gain(dataset, tmp_path):
+    cfg = tiny_cfg(dataset, tmp_path, optim={"lr": 3e-3, "freeze_epochs": 0},
+                   trainer={"max_epochs": 5, "limit_val_batches": 1.0, "early_stop": 1,
+                            "early_stop_metric": "val/auroc_malignant"})
+    result = fit(cfg, test=False)
+    values = _epoch_values(result.run_dir, "val/auroc_malignant")
+    assert len(set(values)) > 1, f"the monitored metric never moved ({values}): nothing to choose between"
+    best_epoch = max(range(len(values)), key=lambda e: (values[e], -e))  # the first epoch at the maximum
+    assert safe_torch_load(result.best_ckpt)["epoch"] == best_epoch
+    # Early stopping (patience 1, strictly greater is a gain) replayed on the logged values.
+    best, expected_epochs = values[0], 5  # every epoch a gain: it runs to max_epochs
+    for epoch, value in enumerate(values[1:], start=1):
+        if value <= best:
+            expected_epochs = epoch + 1
+            break
+        best = value
+    assert len(values) == expected_epochs < 5  # it stopped, at the first epoch without a gain
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_fit_weights_the_diagnosis_loss_by_the_training_split_only_when_asked(dataset, tmp_path, weighted):
+    result = fit(tiny_cfg(dataset, tmp_path, loss={"class_weighted": weighted}, trainer={"max_epochs": 1}),
+                 test=False)
+    hparams = safe_torch_load(result.last_ckpt)["hyper_parameters"]
+    table = load_table(dataset)
+    split = read_splits(result.run_dir / "splits.csv", table).reindex(table.index)
+    expected = class_weights(encode_targets(table[split == "train"])["diagnosis"])
+    assert hparams["class_weights"] == pytest.approx(expected.tolist())  # the train split's, not all rows'
+    module = LesionModule(torch.nn.Identity(), config=hparams["config"], class_weights=hparams["class_weights"],
+                          class_priors=hparams["class_priors"])
+    weights = module.diagnosis_loss.class_weights
+    if weighted:
+        assert weights is not None and weights.tolist() == pytest.approx(expected.tolist())
+    else:
+        assert weights is None
