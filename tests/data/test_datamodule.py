@@ -166,3 +166,11 @@ def test_an_unreadable_evaluation_image_is_left_out_of_the_figures_not_replaced(
     assert int(item["diagnosis"]) == -1 and float(item["label"]) == -1.0  # every loss and metric ignores -1
     assert torch.isnan(item["thickness_lo"]) and torch.isnan(item["thickness_hi"])
     assert dm.dataset("val", replace_unreadable=True).replace_unreadable
+
+
+def test_the_training_loader_augments_and_the_evaluation_loaders_do_not(csv):
+    dm = make_dm(csv)
+    train = dm.train_dataloader().dataset
+    assert not torch.equal(train[0]["image"], train[0]["image"])  # a new crop, flip and colour at each read
+    for loader in (dm.val_dataloader(), dm.test_dataloader()):
+        assert torch.equal(loader.dataset[0]["image"], loader.dataset[0]["image"])
