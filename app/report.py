@@ -1,11 +1,12 @@
 """Exports of the dashboard, built in memory: the results table (CSV) and a one-page report per image.
 
 The CSV has one row per analysed image (:data:`EXPORT_COLUMNS`): its name, patient and lesion IDs
-when known, the suggested diagnosis (code and name), probabilities and risk to 3 decimals, the
+when known, the diagnosis the screen leads with (code and name; ``app.components.diagnosis_headline``)
+and the class-balanced suggestion, probabilities and risk to 3 decimals, the
 light (``grey`` when not assessable, with the model's own light beside it), the quality reasons
 in words and the clinician's decision and note (empty until reviewed).
 
-The report holds the image, its Grad-CAM overlay, the suggested diagnosis, the probability of
+The report holds the image, its Grad-CAM overlay, the diagnosis the screen leads with, the probability of
 malignancy, the risk light and what it means, the Breslow thickness estimate, the quality reasons,
 the model's name and version and the time it was made. The PDF has a real text layer
 (``app.report_pdf``); the PNG is drawn with Pillow. Both are made from pixel arrays, so no EXIF or
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from app.components import CLASS_NAMES, quality_reasons
+from app.components import CLASS_NAMES, diagnosis_headline, quality_reasons
 from app.report_pdf import pdf_report, printable, report_fields, result_hidden
 from app.state import has_review
 from backend.data.schema import DIAGNOSES
@@ -31,7 +32,8 @@ from backend.inference.risk import format_risk, risk_decimals
 
 #: Columns of the dashboard's results table, in order (probabilities under the diagnosis codes).
 EXPORT_COLUMNS: tuple[str, ...] = (
-    "image", "patient_id", "lesion_id", "predicted_class", "predicted_diagnosis", *DIAGNOSES, "malignant", "risk",
+    "image", "patient_id", "lesion_id", "predicted_class", "predicted_diagnosis", "class_balanced_suggestion",
+    *DIAGNOSES, "malignant", "risk",
     "traffic_light", "model_light", "quality_flags", "thickness_mm", "thickness_band", "age_approx", "sex",
     "anatom_site_general", "metadata_used", "decision", "note", "model", "model_version",
 )
@@ -58,7 +60,8 @@ def _text(value: Any) -> str:
 
 
 #: Columns of the model's result, left empty for a not-assessable image unless its result was shown.
-RESULT_COLUMNS: tuple[str, ...] = ("predicted_class", "predicted_diagnosis", *DIAGNOSES, "malignant", "risk",
+RESULT_COLUMNS: tuple[str, ...] = ("predicted_class", "predicted_diagnosis", "class_balanced_suggestion", *DIAGNOSES,
+                                   "malignant", "risk",
                                    "model_light", "thickness_mm", "thickness_band")
 
 
@@ -74,13 +77,15 @@ def export_row(upload: Any, model_name: str, model_version: str, show_model_resu
     unless ``show_model_result`` (the clinician asked to see its result), as on screen and in reports.
     """
     pred = upload.prediction
+    headline = diagnosis_headline(pred)
     meta = getattr(upload, "metadata", None) or {}
     row: dict[str, Any] = {
         "image": upload.name,
         "patient_id": _text(getattr(upload, "patient_id", "") or meta.get("patient_id")),
         "lesion_id": _text(getattr(upload, "lesion_id", "") or meta.get("lesion_id")),
-        "predicted_class": pred.top_class,
-        "predicted_diagnosis": CLASS_NAMES.get(pred.top_class, pred.top_class),
+        "predicted_class": headline.code,
+        "predicted_diagnosis": CLASS_NAMES.get(headline.code, headline.code),
+        "class_balanced_suggestion": pred.top_class,
     }
     row.update({code: f"{float(pred.probabilities.get(code, 0.0)):.{CSV_DECIMALS}f}" for code in DIAGNOSES})
     row.update({

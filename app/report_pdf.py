@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from app.components import CLASS_NAMES, quality_reasons, suggestion_note
+from app.components import CLASS_NAMES, diagnosis_headline, quality_reasons
 from backend.inference.risk import melanoma_likely, risk_decimals, risk_words, thresholds_sentence
 
 #: Words of each light for people (the colour is never the only cue).
@@ -106,7 +106,8 @@ def report_fields(prediction: Any, metadata: dict[str, Any] | None = None, light
     """
     pred = prediction
     light, meaning = light_fields(pred, light_meaning, show_model_result)
-    top = pred.top_class
+    headline = diagnosis_headline(pred)
+    top = headline.code
     reasons = quality_reasons(pred)
     given = {k: v for k, v in (metadata or {}).items() if v not in (None, "")}
     names = {"age_approx": "age", "sex": "sex", "anatom_site_general": "site"}
@@ -124,8 +125,8 @@ def report_fields(prediction: Any, metadata: dict[str, Any] | None = None, light
                 ("Patient metadata", f"{meta} ({used})")]
     return [
         *ids,
-        ("Suggested diagnosis", f"{CLASS_NAMES.get(top, top)} ({top}), probability {pred.top_probability:.1%}"
-                                + (f". {note}" if (note := suggestion_note(pred)) else "")),
+        (headline.title, f"{CLASS_NAMES.get(top, top)} ({top}), probability {headline.probability:.1%}"
+                         + (f". {headline.note}" if headline.note else "")),
         ("Probability of malignancy", f"{pred.malignant:.1%} (melanoma + basal cell carcinoma + squamous cell "
                                       f"carcinoma); benign {pred.benign:.1%}"),
         ("Risk score", risk_field(pred.risk, risk_cfg)),

@@ -190,8 +190,8 @@ def current_prediction(upload: state.Upload, model: resources.LoadResult | None)
 
 
 def resolve_target(target: str, upload: state.Upload) -> str:
-    """The picker's choice as a Grad-CAM target name (the predicted class by default)."""
-    return upload.prediction.top_class if target == ui.PREDICTED else target
+    """The picker's choice as a Grad-CAM target name (by default the diagnosis the result leads with)."""
+    return ui.diagnosis_headline(upload.prediction).code if target == ui.PREDICTED else target
 
 
 # -- viewer ---------------------------------------------------------------------------------------
@@ -372,9 +372,10 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
             st.info(f"{ui.NOT_ASSESSABLE_TITLE}. Use \"{ui.SHOW_ANYWAY}\" above to see the prediction.",
                     icon=":material/block:")
         else:
-            st.markdown(f"### Suggested diagnosis: {ui.class_label(pred.top_class)}")
-            if note := ui.suggestion_note(pred):
-                st.caption(note)
+            headline = ui.diagnosis_headline(pred)
+            st.markdown(f"### {headline.title}: {ui.class_label(headline.code)}")
+            if headline.note:
+                st.caption(headline.note)
             ui.render_risk(pred, model.predictor.risk, model.predictor.card)
             ui.render_probabilities(pred)
             ui.render_thickness(pred, model.predictor.card)
@@ -392,7 +393,7 @@ def _report_maker(upload: state.Upload, model: resources.LoadResult, cam: dict[s
     It captures plain values (no session access: Streamlit runs it outside the script), and reuses
     the cached Grad-CAM of the chosen target when there is one.
     """
-    target = resolve_target(cam["target"], upload) if cam["enabled"] else upload.prediction.top_class
+    target = resolve_target(cam["target"], upload) if cam["enabled"] else ui.diagnosis_headline(upload.prediction).code
     cached = upload.cams.get(target)
     predictor, card = model.predictor, model.predictor.card
     prepared, image, name, metadata = upload.prepared, upload.image, upload.name, dict(upload.metadata)

@@ -145,8 +145,30 @@ def test_suggestion_note_says_when_a_more_probable_diagnosis_was_not_suggested()
     assert note.startswith("More probable: NV (melanocytic nevus), 55%.") and "weighs every diagnosis equally" in note
     # The reports carry the same note beside the suggestion.
     fields = dict(report_pdf.report_fields(_prediction(probabilities=probs, top_class="MEL")))
-    assert fields["Suggested diagnosis"].endswith(note) and "probability 40.0%" in fields["Suggested diagnosis"]
+    assert fields["Suggested diagnosis"].endswith(note) and "probability 20.0%" in fields["Suggested diagnosis"]
     assert dict(report_pdf.report_fields(pred))["Suggested diagnosis"].endswith("probability 40.0%")
+
+
+def test_an_implausible_suggestion_never_heads_the_result():
+    """A rare class lifted by the balancing from 1.4% must not head a red lesion's card, viewer, CSV or report."""
+    probs = {"MEL": 0.37, "NV": 0.38, "BCC": 0.1, "AK": 0.05, "BKL": 0.06, "DF": 0.026, "VASC": 0.014, "SCC": 0.02}
+    pred = _prediction(probabilities=probs, top_class="VASC", top_probability=0.014)
+    headline = components.diagnosis_headline(pred)
+    assert (headline.title, headline.code, headline.probability) == ("Most probable diagnosis", "NV", 0.38)
+    assert "VASC (vascular lesion), is only 1.4% probable" in headline.note
+    assert ">NV<" in components.card_header_html(pred) and "VASC" not in components.card_header_html(pred)
+    fields = dict(report_pdf.report_fields(pred))
+    assert "Suggested diagnosis" not in fields and fields["Most probable diagnosis"].startswith(
+        "melanocytic nevus (NV), probability 38.0%. The class-balanced suggestion")
+    upload = SimpleNamespace(name="a.png", metadata={}, prediction=pred)
+    lines = report.results_csv([upload], "M", "1").decode("utf-8-sig").splitlines()
+    row = dict(zip(lines[0].split(","), next(csv.reader(lines[1:])), strict=True))
+    assert (row["predicted_class"], row["class_balanced_suggestion"]) == ("NV", "VASC")
+    # At the floor and above, the class-balanced suggestion leads (it finds rare diagnoses).
+    floor = components.PLAUSIBLE_SUGGESTION
+    lifted = {**probs, "VASC": floor, "NV": 0.38 - (floor - 0.014)}
+    plausible = components.diagnosis_headline(_prediction(probabilities=lifted, top_class="VASC"))
+    assert (plausible.title, plausible.code) == ("Suggested diagnosis", "VASC")
 
 
 def test_malignancy_figure_and_class_table():
@@ -155,8 +177,12 @@ def test_malignancy_figure_and_class_table():
     table = components.class_table(_prediction())
     assert list(table["class"])[:2] == ["MEL", "NV"] and table["probability"].sum() == pytest.approx(1.0)
     # The class names are never cut at the chart's edge (BCC and SCC read alike once cut to "CC").
+    # Automargin alone measures a chart drawn in a collapsed expander at zero width: the margin is
+    # set from the labels, so "MEL (malignant)" fits whole (at least 6 px per character).
     for figure in (fig, components.class_figure(_prediction())):
         assert figure.layout.yaxis.automargin is True
+        longest = max(len(str(label)) for label in figure.data[0].y)
+        assert figure.layout.margin.l >= 6 * longest + 10, (figure.layout.margin.l, longest)
 
 
 def test_fit_image_and_thumbnail():

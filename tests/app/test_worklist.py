@@ -6,6 +6,9 @@ import csv
 import io
 from types import SimpleNamespace
 
+import numpy as np
+from PIL import Image
+
 from app import worklist
 from app.page_scripts import unload_guard_js
 from tests.app.conftest import MIME, card_buttons, image_bytes, new_app, session_uploads, texts, upload
@@ -17,6 +20,13 @@ def three(at):
     upload(at, ("c.png", image_bytes(21), MIME["PNG"]), ("a.png", image_bytes(22), MIME["PNG"]),
            ("b.png", image_bytes(23), MIME["PNG"]))
     return list(session_uploads(at))
+
+
+def black_png() -> bytes:
+    """A 64-px black PNG: the quality gate calls it too dark, so its card is grey."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def card_names(at) -> list[str]:
@@ -106,15 +116,24 @@ def test_removing_a_file_in_the_uploader_drops_its_card_and_keeps_the_rest(app_e
 
 def test_sort_and_filter_change_the_gallery(app_env):
     at = new_app().run()
-    ids = three(at)
+    upload(at, ("c.png", image_bytes(21), MIME["PNG"]), ("a.png", image_bytes(22), MIME["PNG"]),
+           ("b.png", image_bytes(23), MIME["PNG"]), ("black.png", black_png(), MIME["PNG"]))  # black: grey
+    ids = list(session_uploads(at))
     preds = {u.name: u.prediction for u in session_uploads(at).values()}
-    assert card_names(at) == ["c.png", "a.png", "b.png"]
+    shown = ["c.png", "a.png", "b.png", "black.png"]
+    assert card_names(at) == shown
     at.selectbox(key="gallery_sort").set_value("Risk (highest first)").run()
-    grey = {n: preds[n].traffic_light == "grey" for n in preds}  # not assessable: after, its risk unshown
-    assert card_names(at) == sorted(preds, key=lambda n: (grey[n], 0 if grey[n] else -preds[n].risk,
-                                                          ["c.png", "a.png", "b.png"].index(n)))
+    # Red by risk, then the grey cards (risk not shown: to retake), then yellow and green by risk; ties in
+    # upload order. The sample has a grey card and an assessed one below red, which grey-last would swap.
+    lights = {n: preds[n].traffic_light for n in shown}
+    by_risk = lambda names: sorted(names, key=lambda n: (-preds[n].risk, shown.index(n)))  # noqa: E731
+    red = by_risk([n for n in shown if lights[n] == "red"])
+    grey = [n for n in shown if lights[n] == "grey"]
+    rest = by_risk([n for n in shown if lights[n] in ("yellow", "green")])
+    assert grey == ["black.png"] and rest
+    assert card_names(at) == red + grey + rest
     summary = worklist.summary([(None, p) for p in preds.values()])
-    assert summary in texts(at.caption) and summary.startswith("3 images: ")
+    assert summary in texts(at.caption) and summary.startswith("4 images: ")
     light = preds["a.png"].traffic_light
     at.multiselect(key="gallery_lights").set_value([light]).run()
     assert not at.exception
@@ -122,7 +141,7 @@ def test_sort_and_filter_change_the_gallery(app_env):
     at.multiselect(key="gallery_lights").set_value([]).run()
     at.checkbox(key="gallery_flagged").check().run()
     assert sorted(card_names(at)) == sorted(n for n, p in preds.items() if p.flags)
-    assert len(ids) == 3
+    assert len(ids) == 4
 
 
 def test_decision_and_note_persist_show_on_card_and_export(app_env, media):
