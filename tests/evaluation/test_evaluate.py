@@ -14,7 +14,9 @@ from backend.data.splits import read_splits
 from backend.errors import DataFormatError
 from backend.evaluation.evaluate import evaluate
 from backend.evaluation.isic_format import ISIC_COLUMNS
-from backend.metrics.calibration import expected_calibration_error
+from backend.evaluation.split_eval import row_metadata
+from backend.inference.predictor import Predictor
+from backend.metrics.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from backend.metrics.scores import compute_metrics
 from backend.training.run import fit
 from scripts.evaluate import main as evaluate_main
@@ -52,18 +54,36 @@ def test_evaluate_writes_every_report_and_consistent_metrics(trained, tmp_path):
     assert {"balanced_accuracy", "auroc_malignant", "f1_macro"} <= set(frame["metric"])
 
 
+def split_logits(ckpt, csv, splits_csv, split):
+    """The checkpoint's own diagnosis logits and labels on one split, straight from the predictor."""
+    table = load_table(csv)
+    rows = table[read_splits(splits_csv, table).reindex(table.index) == split].reset_index(drop=True)
+    raw, kept, skipped = Predictor.from_checkpoint(ckpt, engine="torch").raw_outputs(
+        rows["image"].tolist(), row_metadata(rows))
+    assert not skipped
+    return rows.iloc[kept].reset_index(drop=True), raw.logits, encode_targets(rows.iloc[kept])["diagnosis"]
+
+
 def test_calibration_is_fitted_on_val_and_reported(trained, tmp_path):
     csv, run = trained
     result = evaluate(run.best_ckpt, csv, tmp_path, split="test", calibrate_split="val")
-    assert result.temperature is not None and result.temperature > 0
     assert {"ece_before_calibration", "ece_after_calibration"} <= set(result.metrics)
-    table = load_table(csv)
-    rows = table[read_splits(run.run_dir / "splits.csv", table) == "test"]
+    # The temperature is the one fitted on the validation rows, not on the reported test rows.
+    _, val_logits, val_y = split_logits(run.best_ckpt, csv, run.run_dir / "splits.csv", "val")
+    rows, test_logits, y = split_logits(run.best_ckpt, csv, run.run_dir / "splits.csv", "test")
+    on_val, on_test = fit_temperature(val_logits, val_y), fit_temperature(test_logits, y)
+    assert abs(on_val - on_test) > 0.05 * on_val  # the two splits give distinguishable temperatures
+    assert result.temperature == pytest.approx(on_val, rel=1e-3)
+    assert result.metrics["temperature"] == pytest.approx(on_val, rel=1e-3)
     detail = pd.read_csv(tmp_path / "predictions.csv").set_index("image").loc[rows["image_id"]]
-    y = encode_targets(rows)["diagnosis"]
     known = y >= 0
-    probs = detail[list(ISIC_COLUMNS[1:9])].to_numpy()[known]
-    assert result.metrics["ece_after_calibration"] == pytest.approx(expected_calibration_error(probs, y[known]))
+    probs = detail[list(ISIC_COLUMNS[1:9])].to_numpy()
+    # The reported test probabilities are the test logits at the validation temperature.
+    np.testing.assert_allclose(probs, apply_temperature(test_logits, on_val), atol=1e-5)
+    assert result.metrics["ece_after_calibration"] == pytest.approx(
+        expected_calibration_error(apply_temperature(test_logits, on_val)[known], y[known]), abs=1e-4)
+    assert result.metrics["ece_before_calibration"] == pytest.approx(
+        expected_calibration_error(apply_temperature(test_logits, 1.0)[known], y[known]), abs=1e-4)
     plain = evaluate(run.best_ckpt, csv, tmp_path / "plain", split="test", calibrate_split=None)
     assert plain.temperature is None and "ece_after_calibration" not in plain.metrics
 

@@ -58,7 +58,13 @@ def test_card_has_test_metrics_subgroups_and_the_other_clinics_check(predictor):
                                                "left out (test split)"}
     assert {"Derm7pt", "ISIC2017"} <= {r["dataset"] for r in results}
     assert card["intended_use"] and card["limitations"] and card["status"]
-    assert card["calibration"]["temperature"] > 0
+    # The predictor applies the calibration written in the card file (bias-corrected temperature scaling,
+    # fitted on the validation images with a diagnosis), and that fit lowered the validation ECE.
+    calib = json.loads((DEFAULT_MODEL_DIR / "model_card.json").read_text())["calibration"]
+    assert predictor.temperature == pytest.approx(calib["temperature"])
+    np.testing.assert_allclose(predictor.class_offsets, calib["class_offsets"])
+    assert calib["ece_after"] < calib["ece_before"]
+    assert f"({int(card['validation_metrics']['n_diagnosis'])} images with a diagnosis)" in calib["fitted_on"]
 
 
 def test_card_states_operating_points_variants_baseline_and_start_weights(predictor):

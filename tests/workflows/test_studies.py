@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 import backend.workflows.ablation as ablation
+import backend.workflows.lodo as lodo
 from backend.config import read_yaml
 from backend.data.dataset import encode_targets
 from backend.data.formats import load_table
@@ -151,11 +152,30 @@ def test_leave_out_also_removes_images_tagged_with_two_datasets(data, tmp_path):
     assert not in_dataset(pd.Series(["ClinicBB", None]), "ClinicB").any()
 
 
-def test_lodo_scores_left_out_dataset_and_in_domain_reference(data, tmp_path):
+def test_lodo_scores_left_out_dataset_and_in_domain_reference(data, tmp_path, monkeypatch):
     csv, splits_csv = data
     cfg = LodoConfig(base=tiny_base(csv, splits_csv), datasets=["ClinicB"], n_boot=20, output_dir=str(tmp_path),
                      variants={"ours": [], "naive": ["data.color_constancy=false", "data.augment=light"]})
+    calibrated_on = []  # (checkpoint, validation image ids) of every calibration
+    real_calibrated_predictor = lodo.calibrated_predictor
+
+    def recording(ckpt, val, method):
+        calibrated_on.append((ckpt, set(val["image_id"])))
+        return real_calibrated_predictor(ckpt, val, method)
+
+    monkeypatch.setattr(lodo, "calibrated_predictor", recording)
     records = run_lodo(cfg, splits_csv, calibration="bias_corrected")
+    # Each run is calibrated once, on its own validation split: the reference on the whole of it, the
+    # left-out run on it without ClinicB (which that run never saw).
+    table = load_table(csv)
+    val_ids = set(table.loc[read_splits(splits_csv, table).reindex(table.index) == "val", "image_id"])
+    clinic_b = set(table.loc[table["dataset"] == "ClinicB", "image_id"])
+    assert val_ids & clinic_b and val_ids - clinic_b  # the validation split holds both clinics
+    expected = [(f"lodo-{name}-{run}-", ids) for name in ("ours", "naive")
+                for run, ids in (("all", val_ids), ("without-clinicb", val_ids - clinic_b))]
+    assert len(calibrated_on) == len(expected)
+    for (ckpt, ids), (run, want) in zip(calibrated_on, expected, strict=True):
+        assert ckpt.parents[2].name.startswith(run) and ids == want, (ckpt, sorted(ids))
     assert {r["calibration"] for r in records} == {"bias_corrected"}
     assert [(r["recipe"], r["setting"]) for r in records] == [
         (name, setting) for name in ("ours", "naive")
