@@ -208,12 +208,19 @@ def note_page(title: str) -> None:
 def sync_uploader(file_ids: set[str]) -> list[str]:
     """Drop the gallery images whose file the user removed from the uploader (its chip's x).
 
+    A file that could not be read has no image, only its message (:func:`errors`); removing its chip
+    drops the message. The app's own emptying of the uploader (a card removed, another page) does
+    not: the message stays until the chip goes or the session is cleared, so a file that was never
+    analysed cannot vanish from the worklist unnoticed.
+
     ``file_ids`` are the uploader's files on this run (after :func:`seen` maps new ones). An image
     goes when a file the same uploader held on the previous run is gone and no file still held is
     the same image; coming back from another page drops nothing. Returns the ids of the images dropped.
     """
     previous = st.session_state.get(IN_UPLOADER) or set()
     st.session_state[IN_UPLOADER] = set(file_ids)
+    for fid in previous - set(file_ids):  # its chip removed: the message about that file goes with it
+        errors().pop(fid, None)
     known = seen()
     kept = {known.get(fid) for fid in file_ids}
     gone = [known.get(fid) for fid in previous - set(file_ids)]

@@ -549,10 +549,9 @@ def main() -> None:
     ready = model if model is not None and model.predictor is not None else None
     if ready is not None:
         predict_pending(ready)
-    current = {f.file_id for f in files}
-    with messages:
+    with messages:  # unreadable files stay listed until their chip is removed or the session cleared
         for key, message in state.errors().items():
-            if key in current or (key.startswith("predict_") and key.removeprefix("predict_") in state.uploads()):
+            if not key.startswith("predict_") or key.removeprefix("predict_") in state.uploads():
                 st.error(message)
 
     uploads = list(state.uploads().values())

@@ -209,3 +209,27 @@ def test_prediction_failure_of_one_image_spares_the_others(app_env, monkeypatch)
     calls = len(cursed_calls)
     at.run()
     assert len(cursed_calls) == calls  # not retried at every rerun with the same model and metadata
+
+
+def test_an_unreadable_file_stays_listed_when_another_card_is_removed(app_env):
+    at = new_app().run()
+    upload(at, ("a.png", image_bytes(11), MIME["PNG"]), ("b.png", image_bytes(12), MIME["PNG"]),
+           ("broken.jpg", b"\xff\xd8\xff\xe0 truncated jpeg", MIME["JPEG"]))
+    a_id, _ = session_uploads(at)
+    at.button(key=f"remove_{a_id}").click().run()  # the app empties the uploader: no chip was removed
+    assert not at.exception and len(session_uploads(at)) == 1
+    assert [e.value for e in at.main.error if str(e.value).startswith("broken.jpg:")], "the unreadable file vanished"
+    at.run()
+    assert [e.value for e in at.main.error if str(e.value).startswith("broken.jpg:")]
+    at.button(key="clear_session").click().run()
+    assert not [e for e in at.main.error if str(e.value).startswith("broken.jpg:")]
+
+
+def test_removing_an_unreadable_file_s_chip_drops_its_message(app_env):
+    at = new_app().run()
+    good = ("a.png", image_bytes(13), MIME["PNG"])
+    upload(at, good, ("broken.jpg", b"\xff\xd8\xff\xe0 truncated jpeg", MIME["JPEG"]))
+    assert [e for e in at.main.error if str(e.value).startswith("broken.jpg:")]
+    at.get("file_uploader")[0].set_value([good]).run()  # the chip of broken.jpg removed
+    assert not at.exception and len(session_uploads(at)) == 1
+    assert not [e for e in at.main.error if str(e.value).startswith("broken.jpg:")]
