@@ -7,9 +7,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from scipy.spatial import ConvexHull
 
+from app.followup_view import measure_sentences
 from backend.errors import FollowUpError
 from backend.followup import compare_visits
+from backend.followup.change import BORDER_FLAG, RISK_FLAG
 from backend.followup.synthetic import FollowUpParams, make_follow_up
 from backend.inference.risk import RiskConfig
 from tests.followup.conftest import lesion_photo
@@ -29,6 +32,48 @@ def test_grown_lesion_area_change_within_0_10_of_truth(growth):
     assert result.change_map.shape == before.shape[:2] and result.change_map.max() > 0
     grown = result.after_mask & ~result.before_mask
     assert grown.sum() >= 0.8 * (result.after_mask.sum() - result.before_mask.sum())
+
+
+def test_shrunk_lesion_is_flagged_as_shrinking():
+    before, truth = lesion_photo(6, size=160, radius=26)
+    synthetic = make_follow_up(before, FollowUpParams(angle_deg=10, zoom=1.05, shift=(0.02, -0.01), growth=0.8),
+                               truth, seed=6)
+    result = compare_visits(before, synthetic.image)
+    assert result.aligned, result.reason
+    assert result.area_change == pytest.approx(0.8**2 - 1, abs=0.05)  # 36% less area
+    assert abs(result.area_change - synthetic.true_area_change) <= 0.10
+    assert result.diameter_change == pytest.approx(0.8 - 1, abs=0.06)
+    shrank = round(-result.area_change * 100)
+    assert 31 <= shrank <= 41
+    assert result.flags[:2] == [f"lesion shrank by {shrank}% in area",
+                                f"largest diameter decreased by {round(-result.diameter_change * 100)}%"]
+    assert not any("grew" in f or "increased" in f for f in result.flags)
+
+
+def pixel_irregularity(mask: np.ndarray) -> float:
+    """``1 - area / convex hull area`` of a mask's pixels taken as unit squares (their corners' hull)."""
+    ys, xs = np.nonzero(mask)
+    corners = np.concatenate([np.stack([xs + dx, ys + dy], axis=1) for dx in (0, 1) for dy in (0, 1)])
+    return 1.0 - mask.sum() / ConvexHull(corners).volume  # a 2-D hull's "volume" is its area
+
+
+def test_a_disc_that_became_lobed_has_a_more_irregular_border():
+    # The same skin photographed twice; the lesion, a disc at the first visit, has grown five lobes.
+    before, disc = lesion_photo(6, size=160, radius=26)
+    after, lobed = lesion_photo(6, size=160, radius=26, lobes=0.25)
+    truth = pixel_irregularity(lobed) - pixel_irregularity(disc)
+    assert truth > 2 * BORDER_FLAG
+    result = compare_visits(before, after)
+    assert result.aligned, result.reason
+    assert result.border_change == pytest.approx(truth, abs=0.04)
+    assert "border became more irregular" in result.flags
+    assert "Its border has become more irregular (more notches or lobes)." in measure_sentences(result)
+    # The other way round (lobed, then a disc) the border became more regular: no such flag.
+    back = compare_visits(after, before)
+    assert back.aligned, back.reason
+    assert back.border_change == pytest.approx(-truth, abs=0.04)
+    assert "border became more irregular" not in back.flags
+    assert "Its border has become more regular." in measure_sentences(back)
 
 
 def test_unchanged_lesion_photographed_again_is_within_0_05():
@@ -83,8 +128,9 @@ def test_aligned_pair_without_lesion_is_an_error_naming_the_image():
 class StubPredictor:
     """The two ``Predictor`` methods follow-up uses, with fixed answers (``after_flags`` make the follow-up grey)."""
 
-    def __init__(self, after_flags=(), risks=(0.2, 0.7), risk=None, after_light="red"):
+    def __init__(self, after_flags=(), risks=(0.2, 0.7), risk=None, after_light="red", before_light="green"):
         self.calls = []
+        self.before_light = before_light
         self.after_light = after_light
         self.after_flags = list(after_flags)
         self.risks = risks
@@ -92,7 +138,8 @@ class StubPredictor:
 
     def predict(self, images, metadata=None):
         self.calls.append((images, metadata))
-        return [SimpleNamespace(risk=self.risks[0], malignant=0.1, traffic_light="green", flags=[], flag_reasons={}),
+        return [SimpleNamespace(risk=self.risks[0], malignant=0.1, traffic_light=self.before_light, flags=[],
+                                flag_reasons={}),
                 SimpleNamespace(risk=self.risks[1], malignant=0.6,
                                 traffic_light="grey" if self.after_flags else self.after_light,
                                 flags=self.after_flags, flag_reasons={"blurred": "the image looks out of focus"})]
@@ -117,6 +164,23 @@ def test_model_risk_and_feature_distance_of_both_visits():
     for key in ("aligned", "area_change", "diameter_change", "risk_before", "risk_after", "flags"):
         assert key in data
     assert data["traffic_light_after"] == "red" and data["risk_comparable"] is True
+
+
+def test_a_risk_rise_within_the_same_light_is_flagged_from_the_risk_flag_step_on():
+    before, truth = lesion_photo(13, size=160)
+    synthetic = make_follow_up(before, FollowUpParams(angle_deg=5), truth, seed=13)
+    assert 0.25 - 0.2 < RISK_FLAG <= 0.35 - 0.2  # one rise below the reporting step, one above it
+    rose = compare_visits(before, synthetic.image, StubPredictor(risks=(0.2, 0.35), before_light="yellow",
+                                                                 after_light="yellow"))
+    assert rose.aligned and rose.risk_comparable
+    assert [f for f in rose.flags if "model risk" in f] == ["model risk rose from 0.200 to 0.350"]
+    small = compare_visits(before, synthetic.image, StubPredictor(risks=(0.2, 0.25), before_light="yellow",
+                                                                  after_light="yellow"))
+    assert small.aligned and small.risk_comparable
+    assert not any("model risk" in f for f in small.flags)
+    fell = compare_visits(before, synthetic.image, StubPredictor(risks=(0.35, 0.2), before_light="yellow",
+                                                                 after_light="yellow"))
+    assert not any("model risk" in f for f in fell.flags)  # a fall is no finding
 
 
 def test_a_risk_within_rounding_of_a_threshold_keeps_the_digits_of_its_light():

@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 import torch
+from pytorch_grad_cam import GradCAM
 
-from backend.data.schema import DIAGNOSES
+from backend.data.schema import DIAGNOSES, MALIGNANT_INDICES
 from backend.errors import ConfigError
 from backend.inference.explain import ClassTarget, LesionCAM, ThicknessTarget, heatmap_to_image, overlay
 from backend.models.registry import list_backbones
@@ -49,6 +50,36 @@ def test_heatmaps_for_class_and_thickness_targets_in_batches(predictor, target):
         assert any(h.max() > 0.5 for h in heatmaps)  # a real map, not all zero
     assert no_hooks(predictor)
     assert not any(p.requires_grad for p in predictor.net.parameters())
+
+
+class MalignantLogOdds(torch.nn.Module):
+    """``log(P(malignant) / P(benign))`` of the network's softmax as a ``(B, 1)`` output, written out here."""
+
+    def __init__(self, net, meta):
+        super().__init__()
+        self.net, self.meta = net, meta
+
+    def forward(self, x):
+        probs = torch.softmax(self.net(x, self.meta).diagnosis_logits.double(), dim=1)
+        benign = [i for i in range(len(DIAGNOSES)) if i not in MALIGNANT_INDICES]
+        return torch.log(probs[:, list(MALIGNANT_INDICES)].sum(1) / probs[:, benign].sum(1)).unsqueeze(1)
+
+
+def test_malignant_target_explains_the_malignant_log_odds_not_thickness(predictor):
+    img = lesions(1, size=IMG, seed=31)[0]  # at the network's input size: the heatmap needs no mapping back
+    meta, _ = predictor.encode_metadata(None, 1)
+    x = predictor.preprocess([img]).clone().requires_grad_(True)  # the net's weights are frozen
+    backbone = predictor.net.backbone
+    wrapped = MalignantLogOdds(predictor.net, None if meta is None else torch.from_numpy(meta))
+    with GradCAM(model=wrapped, target_layers=[backbone.cam_layer],
+                 reshape_transform=backbone.reshape_transform) as cam:
+        direct = cam(input_tensor=x, targets=[lambda out: out[0]])[0]
+    assert direct.max() > 0.5  # a real map, not all zero
+    malignant = predictor.explain(img, target="malignant")
+    np.testing.assert_allclose(malignant, direct, atol=1e-4)
+    thickness = predictor.explain(img, target="thickness")
+    assert np.abs(malignant - thickness).max() > 0.1
+    assert no_hooks(predictor)
 
 
 @pytest.mark.parametrize("backbone", list_backbones())

@@ -8,13 +8,15 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
 import backend.model_store
 from backend.data.formats import load_table
-from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES
+from backend.data.schema import DIAGNOSES, MALIGNANT_DIAGNOSES, THICKNESS_BANDS
 from backend.inference.predictor import OUTPUT_COLUMNS, Predictor
+from backend.inference.risk import risk_index
 from backend.retrieval.build import build_library
 from backend.retrieval.library import ReferenceLibrary
 from backend.workflows.export import export_bundle
@@ -69,6 +71,30 @@ def test_folder_with_a_corrupt_file_then_rerun(ckpt, folder, tmp_path, capsys):
     _, rows2 = read(out)
     assert [r[0] for r in rows2] == ["case_0.png", "case_1.png", "case_2.png", "case_3.png"]
     assert rows2[:3] == rows
+
+
+def test_each_rows_risk_light_and_thickness_follow_from_its_own_outputs(ckpt, folder, tmp_path):
+    out = tmp_path / "preds.csv"
+    assert main(["--input", str(folder), "--output", str(out), "--checkpoint", str(ckpt)]) == 0
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    predictor = Predictor.from_checkpoint(ckpt)
+    cfg = predictor.risk  # the weights and thresholds the run used (the checkpoint's, as the CLI loads it)
+    again = predictor.predict([folder / row["image"] for row in rows])  # the run's own TTA setting, as the CLI
+    assert len(rows) == len(again) == 3
+    for row, pred in zip(rows, again, strict=True):
+        probs = np.array([float(row[name]) for name in DIAGNOSES])
+        risk = float(risk_index(probs, cfg))
+        malignant = float(probs[[DIAGNOSES.index(d) for d in MALIGNANT_DIAGNOSES]].sum())
+        assert abs(risk - malignant) > 1e-3  # the sample tells the weighted risk from plain P(malignant)
+        assert float(row["malignant"]) == pytest.approx(malignant, abs=1e-5)
+        assert float(row["risk"]) == pytest.approx(risk, abs=1e-5)
+        light = "green" if risk < cfg.green_below else "yellow" if risk < cfg.yellow_below else "red"
+        assert row["model_light"] == light
+        assert row["traffic_light"] == ("grey" if row["flags"] else light)
+        assert float(row["thickness_mm"]) == pytest.approx(pred.thickness_mm, abs=1e-5)
+        mm = max(float(row["thickness_mm"]), 0.0)
+        assert row["thickness_band"] == next(name for name, lo, hi in THICKNESS_BANDS if lo <= mm < hi)
 
 
 def test_a_rerun_with_another_model_or_tta_is_refused_not_mixed_in(ckpt, folder, tmp_path, capsys):

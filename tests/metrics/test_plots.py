@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
 from PIL import Image
 
 from backend.data.schema import DIAGNOSES
@@ -33,7 +34,22 @@ def assert_valid_png(path, min_bytes: int = 10_000) -> None:
 def test_confusion_matrix_png_and_array(tmp_path, rng):
     cm = rng.integers(0, 30, (8, 8))
     cm[3] = 0  # a class with no truth row must not break the normalisation
-    path = save_png(confusion_matrix_figure(cm, DIAGNOSES), tmp_path / "figs" / "cm.png")
+    fig = confusion_matrix_figure(cm, DIAGNOSES)
+    # Coloured by the share of each true class (row), on a fixed 0-1 scale; the empty row shows zeros.
+    recall = np.zeros((8, 8))
+    for i in range(8):
+        if cm[i].sum():
+            recall[i] = cm[i] / cm[i].sum()
+    assert cm.sum(axis=0).min() > 0 and not np.allclose(recall, cm / cm.sum(axis=0))  # rows, not columns
+    (picture,) = fig.axes[0].images
+    np.testing.assert_allclose(np.asarray(picture.get_array()), recall, atol=1e-12)
+    assert picture.get_clim() == (0.0, 1.0)
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in fig.axes[0].texts}
+    assert len(cells) == 64
+    for (i, j), text in cells.items():
+        count, share = text.split("\n")
+        assert int(count) == cm[i, j] and abs(int(share.removesuffix("%")) - 100 * recall[i, j]) <= 0.5 + 1e-9
+    path = save_png(fig, tmp_path / "figs" / "cm.png")
     assert_valid_png(path)
     image = confusion_matrix_image(cm, DIAGNOSES)
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
@@ -84,7 +100,11 @@ def test_figure_to_array_shape_matches_figure_size():
 
 def test_thickness_figure_with_only_exact_or_no_labels():
 
-    only_exact = thickness_figure([0.5, 1.0], [0.4, 1.2], [0.4, 1.2])
-    assert len(only_exact.axes[0].collections) >= 1
+    only_exact = thickness_figure([0.5, 1.2], [0.4, 1.2], [0.4, 1.2])
+    ax = only_exact.axes[0]
+    (points,) = ax.collections  # one scatter of the exact labels; no interval bars
+    np.testing.assert_allclose(points.get_offsets(), [[0.4, 0.5], [1.2, 1.2]])  # at (true, predicted)
+    np.testing.assert_allclose(points.get_facecolors()[:, :3], [to_rgb("crimson"), to_rgb("seagreen")])
+    assert ax.get_title() == "Breslow thickness: 50% of predictions inside the label"
     nothing = thickness_figure([0.5], [float("nan")], [float("nan")])
-    assert nothing.axes[0].get_title() == "Breslow thickness"
+    assert nothing.axes[0].get_title() == "Breslow thickness" and not nothing.axes[0].collections
