@@ -127,6 +127,22 @@ def diagnosis_headline(pred: Any) -> Headline:
                     "a rarer diagnosis to keep in mind, not the diagnosis.")
 
 
+def result_summary(pred: Any) -> str:
+    """``red, risk score 0.557, leading with melanoma (MEL)``: a result in one phrase (grey: not assessable)."""
+    if not assessable(pred):
+        return "not assessable (grey)"
+    headline = diagnosis_headline(pred)
+    return f"{pred.traffic_light}, risk score {format_risk(pred.risk)}, leading with {class_label(headline.code)}"
+
+
+def result_change(before: Any, after: Any) -> bool:
+    """Whether a new result differs from the one a clinician reviewed: another light or another leading diagnosis."""
+    if before is None or after is None:
+        return False
+    return (before.traffic_light != after.traffic_light
+            or (assessable(after) and diagnosis_headline(before).code != diagnosis_headline(after).code))
+
+
 def target_label(target: str) -> str:
     """What the Grad-CAM target picker shows for a target name."""
     if target == PREDICTED:
@@ -252,6 +268,8 @@ def render_card(upload: Any, pred: Any, is_selected: bool, on_select: Callable[[
             detail = CLASS_NAMES.get(code, code)
         decision = getattr(upload, "decision", "")
         tag = f"  \n**Reviewed: {decision}**" if decision else ""
+        if decision and getattr(upload, "changed_since_review", ""):
+            tag += "  \n**Result changed since the review**"
         st.caption(f"{upload.name}  \n{detail}{tag}")
         st.button(f"Showing {upload.name}" if is_selected else f"Select {upload.name}", key=f"select_{upload.id}",
                   type="primary" if is_selected else "secondary", on_click=on_select, args=(upload.id,),

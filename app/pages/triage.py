@@ -166,6 +166,13 @@ def predict_pending(model: resources.LoadResult) -> None:
                 # failed analysis): the new result of a not-assessable image stays hidden until asked again.
                 upload.show_anyway = False
                 st.session_state.pop(f"show_anyway_{upload.id}", None)
+            if upload.decision and ui.result_change(upload.prediction, result):
+                why = ("the patient metadata changed" if upload.prediction_key and upload.prediction_key[0] == model.key
+                       else "another model was chosen")
+                upload.changed_since_review = (
+                    f"The result changed after {why}: it was {ui.result_summary(upload.prediction)}; it is now "
+                    f"{ui.result_summary(result)}. The decision \"{upload.decision}\" was recorded on the earlier "
+                    "result: review it again.")
             upload.prediction, upload.prediction_key, upload.cams = result, (model.key, upload.metadata_key()), {}
             upload.failure, upload.failure_key = "", None
             state.errors().pop(f"predict_{upload.id}", None)
@@ -364,6 +371,8 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
                 st.caption("Grad-CAM needs a loaded model and a prediction.")
         metadata_inputs(upload, model)
     with right:
+        if upload.changed_since_review:
+            st.warning(upload.changed_since_review, icon=":material/change_circle:")
         if pred is None and model is not None and upload.failed_with(model.key):
             st.error(upload.failure, icon=":material/error:")
         elif pred is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from backend.inference.predictor import Predictor
 from tests.app.conftest import MIME, image_bytes, new_app, session_uploads, texts, upload
 
 
@@ -59,3 +60,35 @@ def test_image_only_model_notes_metadata_is_unused(app_env):
     upload_ = session_uploads(at)[uid]
     assert upload_.metadata["age_approx"] == 50 and not upload_.prediction.metadata_used
     assert "Inputs: image only" in texts(at.sidebar.markdown)
+
+
+def test_a_reviewed_result_that_changes_with_new_metadata_says_so_until_decided_again(app_env, monkeypatch):
+    original = Predictor.predict
+
+    def predict(self, images, metadata=None, *args, **kwargs):  # age given: the melanoma probability halves
+        results = original(self, images, metadata, *args, **kwargs)
+        for result, meta in zip(results, metadata or [{}] * len(results), strict=True):
+            if (meta or {}).get("age_approx") is not None:
+                result.traffic_light = {"red": "green", "yellow": "green", "green": "red"}[result.traffic_light]
+        return results
+
+    monkeypatch.setattr(Predictor, "predict", predict)
+    at = new_app().run()
+    upload(at, ("a.png", image_bytes(41), MIME["PNG"]), ("b.png", image_bytes(42), MIME["PNG"]))
+    a_id, b_id = session_uploads(at)
+    before = session_uploads(at)[a_id].prediction.traffic_light
+    at.selectbox(key=f"decision_{a_id}").set_value("Excise").run()
+    _meta_widgets(at, a_id)[0].set_value(63).run()
+    after = session_uploads(at)[a_id].prediction.traffic_light
+    assert not at.exception and after != before
+    change = session_uploads(at)[a_id].changed_since_review
+    assert change.startswith("The result changed after the patient metadata changed: it was " + before)
+    assert f"it is now {after}" in change and 'The decision "Excise" was recorded on the earlier result' in change
+    assert change in texts(at.main.warning)
+    assert "Result changed since the review" in texts(at.caption)
+    at.button(key=f"select_{b_id}").click().run()
+    _meta_widgets(at, b_id)[0].set_value(40).run()  # not reviewed: nothing to warn about
+    assert session_uploads(at)[b_id].changed_since_review == ""
+    at.button(key=f"select_{a_id}").click().run()
+    at.selectbox(key=f"decision_{a_id}").set_value("Biopsy").run()  # decided again, on the new result
+    assert session_uploads(at)[a_id].changed_since_review == "" and "Result changed since" not in texts(at.caption)
