@@ -208,15 +208,17 @@ def error_words(err: BaseException) -> str:
     return str(err) if isinstance(err, DermaLensError) else f"unexpected error ({err})"
 
 
-def light_html(light: str | None) -> str:
+def light_html(light: str | None, wrap: bool = False) -> str:
     """A coloured dot followed by its meaning in words (grey "not analysed" when ``light`` is None).
 
-    The words carry the level for colour-blind users; the tooltip also names the colour.
+    The words carry the level for colour-blind users; the tooltip also names the colour. ``wrap``
+    lets the words break over lines (a narrow gallery card) instead of running past its edge.
     """
     colour, words, full = LIGHTS.get(light or "", ("#9e9e9e", "Not analysed", "Not analysed yet"))
+    space = "normal" if wrap else "nowrap"
     return (
         f'<span class="dl-light dl-light-{html.escape(light or "none")}" role="img" aria-label="{full}" '
-        f'title="{full}" style="white-space:nowrap;font-size:0.85rem;font-weight:600">'
+        f'title="{full}" style="white-space:{space};font-size:0.85rem;font-weight:600">'
         f'<span style="display:inline-block;width:0.95rem;height:0.95rem;border-radius:50%;background:{colour};'
         f'vertical-align:-0.12rem;border:1px solid rgba(0,0,0,0.3)"></span>&nbsp;{words}</span>'
     )
@@ -240,9 +242,9 @@ def card_header_html(pred: Any) -> str:
     """
     head = "&nbsp;" if pred is None or not assessable(pred) else html.escape(diagnosis_headline(pred).code)
     return (
-        '<div class="dl-card-head" style="display:flex;justify-content:space-between;align-items:center;'
-        f'gap:0.4rem;margin-bottom:0.2rem"><span style="font-weight:700">{head}</span>'
-        f'{light_html(None if pred is None else pred.traffic_light)}</div>'
+        '<div class="dl-card-head" style="display:flex;flex-wrap:wrap;justify-content:space-between;'
+        f'align-items:center;gap:0.4rem;margin-bottom:0.2rem"><span style="font-weight:700">{head}</span>'
+        f'{light_html(None if pred is None else pred.traffic_light, wrap=True)}</div>'
     )
 
 
@@ -325,7 +327,7 @@ def malignancy_figure(pred: Any) -> Any:
         x=values, y=labels, orientation="h", marker_color=[BENIGN_COLOUR, MALIGNANT_COLOUR],
         text=[f"{v:.1%}" for v in values], textposition="auto", hovertemplate="%{y}: %{x:.1%}<extra></extra>",
     ))
-    fig.update_layout(height=170, margin={"l": label_margin(labels), "r": 50, "t": 10, "b": 10}, showlegend=False,
+    fig.update_layout(height=170, margin={"l": 10, "r": 50, "t": 10, "b": 10}, showlegend=False,
                       xaxis={"range": [0, 1], "tickvals": [0, 0.25, 0.5, 0.75, 1], "tickformat": ".0%", "title": None,
                              "fixedrange": True},
                       yaxis={"autorange": "reversed", "fixedrange": True, "automargin": True})
@@ -362,10 +364,14 @@ def class_figure(pred: Any) -> Any:
     return fig
 
 
-def render_probabilities(pred: Any) -> None:
-    """Detail: benign vs malignant bars, then every class (benign grey, malignant warm) in an expander."""
+def render_malignancy(pred: Any) -> None:
+    """Detail: the benign vs malignant bars."""
     st.markdown("**Benign vs malignant**")
     st.plotly_chart(malignancy_figure(pred), config={"displayModeBar": False}, key="malignancy_bars")
+
+
+def render_classes(pred: Any) -> None:
+    """Detail: every class (benign grey, malignant warm) in an expander, across the viewer's width."""
     headline = diagnosis_headline(pred)
     with st.expander(f"All class probabilities ({headline.title.lower()}: {class_label(headline.code)}, "
                      f"{headline.probability:.0%})"):
@@ -396,11 +402,12 @@ def risk_headline(pred: Any, risk_cfg: Any) -> str:
 def render_risk(pred: Any, risk_cfg: Any, card: dict[str, Any] | None = None) -> None:
     """The headline: the light, ONE risk number, why this light, what it meant on the test split, how it is computed.
 
-    The top-class % and P(malignant) stay in the detail bars (:func:`render_probabilities`).
+    The top-class % and P(malignant) stay in the detail bars (:func:`render_malignancy`, :func:`render_classes`).
     """
-    left, right = st.columns([1, 1], vertical_alignment="center")
-    left.markdown(light_html(pred.traffic_light), unsafe_allow_html=True)
-    right.markdown(f"**{risk_headline(pred, risk_cfg)}**")
+    # One flowing line, not two columns: a long light ("Not assessable: retake") then wraps the score
+    # to the next line instead of being drawn over it in a narrow viewer.
+    st.markdown(f"{light_html(pred.traffic_light)} &ensp; **{risk_headline(pred, risk_cfg)}**",
+                unsafe_allow_html=True)
     if assessable(pred):
         st.caption(light_reason(pred.probabilities, pred.risk, risk_cfg))
         meaning = light_meaning(card or {}, pred.traffic_light)

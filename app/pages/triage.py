@@ -222,7 +222,8 @@ def metadata_inputs(upload: state.Upload, model: resources.LoadResult | None) ->
             else:
                 st.info("This model is image-only: metadata is kept with the results and exports but not used "
                         "for the prediction.")
-        age, sex, site = st.columns(3)
+        # One under another at full width: three side by side left 47 px per box at 1280 px.
+        age = sex = site = st.container()
         keys = {f: _seed(f"meta_{f}_{upload.id}", upload.metadata[f]) for f in state.METADATA_FIELDS}
         age.number_input(f"Age of {upload.name} (years)", min_value=0, max_value=120, step=1, value=None,
                          key=keys["age_approx"], on_change=_set_metadata,
@@ -360,6 +361,23 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
     if side_by_side:  # across the whole viewer, so each picture stays readable
         ui.render_cam(upload.image, heat, cam["mode"], cam["opacity"], f"Grad-CAM: {ui.target_label(target)}",
                       model.predictor.preprocessing)
+    # The result leads, across the viewer's width: the headline and the light are read first, not
+    # below the picture; the charts get the width they need (a third of a 1280 px screen is too little).
+    if upload.changed_since_review:
+        st.warning(upload.changed_since_review, icon=":material/change_circle:")
+    if pred is None and model is not None and upload.failed_with(model.key):
+        st.error(upload.failure, icon=":material/error:")
+    elif pred is None:
+        st.info("No prediction yet: load a model to analyse this image.")
+    elif shown is None:
+        st.info(f"{ui.NOT_ASSESSABLE_TITLE}. Use \"{ui.SHOW_ANYWAY}\" above to see the prediction.",
+                icon=":material/block:")
+    else:
+        headline = ui.diagnosis_headline(pred)
+        st.markdown(f"### {headline.title}: {ui.class_label(headline.code)}")
+        if headline.note:
+            st.caption(headline.note)
+        ui.render_risk(pred, model.predictor.risk, model.predictor.card)
     left, right = st.columns([1, 1], gap="large")
     with left:
         if heat is not None and not side_by_side:
@@ -370,25 +388,12 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
             if cam["enabled"] and pred is None:
                 st.caption("Grad-CAM needs a loaded model and a prediction.")
         metadata_inputs(upload, model)
-    with right:
-        if upload.changed_since_review:
-            st.warning(upload.changed_since_review, icon=":material/change_circle:")
-        if pred is None and model is not None and upload.failed_with(model.key):
-            st.error(upload.failure, icon=":material/error:")
-        elif pred is None:
-            st.info("No prediction yet: load a model to analyse this image.")
-        elif shown is None:
-            st.info(f"{ui.NOT_ASSESSABLE_TITLE}. Use \"{ui.SHOW_ANYWAY}\" above to see the prediction.",
-                    icon=":material/block:")
-        else:
-            headline = ui.diagnosis_headline(pred)
-            st.markdown(f"### {headline.title}: {ui.class_label(headline.code)}")
-            if headline.note:
-                st.caption(headline.note)
-            ui.render_risk(pred, model.predictor.risk, model.predictor.card)
-            ui.render_probabilities(pred)
+    if shown is not None:
+        with right:
+            ui.render_malignancy(pred)
             ui.render_thickness(pred, model.predictor.card)
             ui.render_quality(pred)
+        ui.render_classes(pred)
     if shown is not None or pred is None:
         similar_cases_panel(upload, model if shown is not None else None, reference)
 
@@ -489,7 +494,7 @@ def patient_group_inputs(uploads: list[state.Upload]) -> None:
         st.multiselect("Images of this patient", list(names), format_func=lambda uid: names.get(uid, uid),
                        key=GROUP_KEYS["images"], placeholder="Choose images")
         st.text_input("Patient ID", key=GROUP_KEYS["patient_id"])
-        age, sex, site = st.columns(3)
+        age = sex = site = st.container()  # one under another: the gallery pane is narrow
         age.number_input("Age (years)", min_value=0, max_value=120, step=1, value=None, placeholder="keep",
                          key=GROUP_KEYS["age_approx"])
         sex.selectbox("Sex", [None, *SEXES], format_func=lambda v: "keep each image's" if v is None else v,

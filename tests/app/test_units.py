@@ -177,12 +177,13 @@ def test_malignancy_figure_and_class_table():
     table = components.class_table(_prediction())
     assert list(table["class"])[:2] == ["MEL", "NV"] and table["probability"].sum() == pytest.approx(1.0)
     # The class names are never cut at the chart's edge (BCC and SCC read alike once cut to "CC").
-    # Automargin alone measures a chart drawn in a collapsed expander at zero width: the margin is
-    # set from the labels, so "MEL (malignant)" fits whole (at least 6 px per character).
     for figure in (fig, components.class_figure(_prediction())):
         assert figure.layout.yaxis.automargin is True
-        longest = max(len(str(label)) for label in figure.data[0].y)
-        assert figure.layout.margin.l >= 6 * longest + 10, (figure.layout.margin.l, longest)
+    # Automargin alone measures a chart drawn in a collapsed expander (the class bars) at zero width:
+    # the margin is set from the labels, so "MEL (malignant)" fits whole (at least 6 px per character).
+    bars = components.class_figure(_prediction())
+    longest = max(len(str(label)) for label in bars.data[0].y)
+    assert bars.layout.margin.l >= 6 * longest + 10, (bars.layout.margin.l, longest)
 
 
 def test_fit_image_and_thumbnail():
@@ -472,3 +473,10 @@ def test_model_warnings_say_what_a_raw_model_lacks():
     switched_off = SimpleNamespace(card={}, feature_stats=object(), quality=SimpleNamespace(ood_enabled=False),
                                    risk=chosen)
     assert len(components.model_warnings(switched_off)) == 1
+
+
+def test_a_long_light_wraps_inside_its_card_and_the_viewer_keeps_it_on_the_scores_line():
+    grey = _prediction("grey", flags=["blurred"], flag_reasons={"blurred": "Too blurred."})
+    head = components.card_header_html(grey)
+    assert "flex-wrap:wrap" in head and "white-space:normal" in head  # never past a 148 px card's edge
+    assert "white-space:nowrap" in components.light_html("grey")  # elsewhere the words stay together

@@ -233,3 +233,26 @@ def test_removing_an_unreadable_file_s_chip_drops_its_message(app_env):
     at.get("file_uploader")[0].set_value([good]).run()  # the chip of broken.jpg removed
     assert not at.exception and len(session_uploads(at)) == 1
     assert not [e for e in at.main.error if str(e.value).startswith("broken.jpg:")]
+
+
+def _in_page_order(node):
+    """Every element under ``node``, in the order the page draws them."""
+    children = getattr(node, "children", None)
+    if not children:
+        yield node
+        return
+    for index in sorted(children):
+        yield from _in_page_order(children[index])
+
+
+def test_the_viewer_leads_with_the_result_before_the_picture(app_env):
+    at = new_app().run()
+    upload(at, ("first.png", image_bytes(7), MIME["PNG"]))
+    order = [(element.type, str(getattr(element, "value", ""))) for element in _in_page_order(at.main)]
+    viewer = order.index(("subheader", "Viewer: first.png"))
+    headline = next(i for i, (kind, value) in enumerate(order) if kind == "markdown" and value.startswith("### ")
+                    and "diagnosis:" in value)
+    score = next(i for i, (kind, value) in enumerate(order) if kind == "markdown" and "Risk score " in value)
+    picture = next(i for i, (kind, _) in enumerate(order) if kind == "image" and i > viewer)
+    bars = order.index(("markdown", "**Benign vs malignant**"))
+    assert viewer < headline < score < picture < bars, (viewer, headline, score, picture, bars)
