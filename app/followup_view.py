@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from backend.followup.change import BORDER_FLAG, COLOUR_FLAG, RISK_FLAG, SIZE_FLAG
 from backend.inference.risk import NOT_ASSESSABLE, format_risk
 
 CAUTION = (
@@ -114,3 +115,24 @@ def caution_flags(result: Any) -> list[str]:
     """
     keys = ("could not align", "edge of the skin", "aligned on the lesion", "quality check", "no lesion found")
     return [f for f in result.flags if any(k in f for k in keys)]
+
+
+#: What the follow-up screen calls a change worth review, in words (the thresholds of ``change_flags``).
+CHANGE_THRESHOLDS = (f"area or largest diameter changed by {SIZE_FLAG:.0%} or more, colour by delta E "
+                     f"{COLOUR_FLAG:g} or more, border irregularity by {BORDER_FLAG:g} or more, or the model's "
+                     f"light changed or its risk score rose by {RISK_FLAG:g} or more")
+
+
+def change_findings(result: Any) -> list[str]:
+    """The flags that report a change (growth, shrinking, colour, border, risk), without the caution flags."""
+    caution = set(caution_flags(result))
+    return [f for f in result.flags if f not in caution]
+
+
+def findings_markdown(result: Any) -> tuple[bool, str]:
+    """``(any change, markdown)``: the changes worth review as a list, or that none passed the thresholds."""
+    findings = change_findings(result)
+    if findings:
+        lines = "\n".join(f"- {f[0].upper() + f[1:]}" for f in findings)
+        return True, f"**Changes to review** ({CHANGE_THRESHOLDS}):\n\n{lines}"
+    return False, f"No change reached the review thresholds ({CHANGE_THRESHOLDS})."

@@ -209,6 +209,11 @@ def show_aligned(result: Any) -> None:
         # No green or red on a change of risk: a lower score at the second visit is no good news by
         # itself (both visits may be red), and a few hundredths are within the model's noise.
         column.metric(label, value, delta, delta_color="off")
+    changed, findings = view.findings_markdown(result)
+    if changed:  # growth, a new colour or border, a risk rise: set apart from the neutral measures
+        st.warning(findings, icon=":material/priority_high:")
+    else:
+        st.caption(findings)
     st.markdown("\n".join(f"- {line}" for line in view.measure_sentences(result)))
     for flag in view.caution_flags(result):
         st.warning(flag[0].upper() + flag[1:])

@@ -62,6 +62,9 @@ def test_uploaded_pair_shows_aligned_views_and_measures(app_env, visits, monkeyp
     assert "supports, not replaces, clinical judgement" in words
     assert "The model's risk score went from" in words  # the sidebar's (tiny default) model was used
     assert "Aligned photos" in texts(at.subheader) and "Change map" in texts(at.subheader)
+    review = texts(at.warning)  # growth is set apart from the neutral measures, with the thresholds
+    assert "**Changes to review** (area or largest diameter changed by 10% or more" in review
+    assert "- Lesion grew by" in review
     shown = captions(at)
     assert len(shown) == 3 and shown[1] == "Blend: 50% follow-up"  # side by side, blend, change map
     labels = [m.label for m in at.metric]

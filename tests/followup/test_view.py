@@ -39,3 +39,15 @@ def test_a_grey_visit_gets_no_risk_number_change_or_light():
         assert "0.550" not in words and "0.120" not in words and "red" not in words and "green" not in words
         assert [label for label, _, _ in view.metric_values(result)] == ["Area change"]  # no coloured risk delta
         assert not any("went from" in line for line in view.measure_sentences(result))
+
+
+def test_changes_to_review_are_the_change_flags_without_the_caution_flags():
+    result = _result("green", "green")
+    result.flags = ["lesion grew by 30% in area", "could not align the edge of the skin",
+                    "border became more irregular"]
+    changed, text = view.findings_markdown(result)
+    assert changed and "- Lesion grew by 30% in area\n- Border became more irregular" in text
+    assert "could not align" not in text and "colour by delta E 8 or more" in text
+    result.flags = ["could not align the edge of the skin"]
+    assert view.findings_markdown(result) == (False, f"No change reached the review thresholds "
+                                                     f"({view.CHANGE_THRESHOLDS}).")
