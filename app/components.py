@@ -519,13 +519,17 @@ def model_summary_lines(card: dict[str, Any], uses_metadata: bool) -> list[str]:
         lines.append(f"Backbone: {model_cfg['backbone']} at {size} px")
     lines.append("Inputs: image + age, sex, site" if uses_metadata else "Inputs: image only")
     if card.get("created"):
-        lines.append(f"Created: {card['created']}")
+        lines.append(f"Made on {str(card['created'])[:10]}")
     calibration = card.get("calibration") or {}
-    temperature = calibration.get("temperature")
-    if str(calibration.get("method", "")).startswith("none"):
+    method = str(calibration.get("method", ""))
+    if method.startswith("none"):
         lines.append("Calibration: none (a raw training checkpoint: its probabilities are not calibrated)")
-    elif temperature is not None:
-        lines.append(f"Calibration temperature: {float(temperature):.3g}")
+    elif calibration.get("class_offsets"):
+        lines.append("Probabilities calibrated per diagnosis on its validation images, so that, for example, "
+                     "of lesions given 30% about 30% have that diagnosis")
+    elif calibration.get("temperature") is not None:
+        lines.append("Probabilities calibrated on its validation images (one temperature, "
+                     f"{float(calibration['temperature']):.3g}), so that a given percentage is about right on average")
     return lines
 
 

@@ -480,3 +480,17 @@ def test_a_long_light_wraps_inside_its_card_and_the_viewer_keeps_it_on_the_score
     head = components.card_header_html(grey)
     assert "flex-wrap:wrap" in head and "white-space:normal" in head  # never past a 148 px card's edge
     assert "white-space:nowrap" in components.light_html("grey")  # elsewhere the words stay together
+
+
+def test_the_sidebar_says_what_calibration_and_date_mean_in_words():
+    card = {"name": "m", "version": "1", "created": "2026-12-04T19:39:09+00:00", "preprocessing": {"img_size": 192},
+            "config": {"model": {"backbone": "mobilenetv2_100"}}}
+    per_class = components.model_summary_lines({**card, "calibration": {"temperature": 0.775,
+                                                                        "class_offsets": [0.1] * 8}}, True)
+    assert "Made on 2026-12-04" in per_class and not any("T19:39" in line for line in per_class)
+    assert any(line.startswith("Probabilities calibrated per diagnosis") for line in per_class)
+    assert not any("temperature" in line.lower() for line in per_class)  # no bare developer figure
+    single = components.model_summary_lines({**card, "calibration": {"temperature": 0.775}}, False)
+    assert any("one temperature, 0.775" in line for line in single) and "Inputs: image only" in single
+    raw = components.model_summary_lines({**card, "calibration": {"method": "none"}}, False)
+    assert any(line.startswith("Calibration: none") for line in raw)
