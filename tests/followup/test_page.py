@@ -14,7 +14,7 @@ from streamlit.proto.Metric_pb2 import Metric
 
 from backend.followup import change
 from backend.followup.synthetic import FollowUpParams, make_follow_up
-from tests.app.conftest import new_app, session_uploads, texts, upload
+from tests.app.conftest import image_bytes, new_app, session_uploads, texts, upload
 from tests.conftest import REPO_ROOT
 from tests.followup.conftest import encoded, lesion_photo
 
@@ -165,3 +165,20 @@ def test_a_compared_pair_leaves_nothing_on_disk(app_env, visits):
     assert leaks == []
     at.button(key="fu_clear").click().run()  # and the screen's own button forgets the pair
     assert at.session_state["dl_followup"]["results"] == {} and at.session_state["dl_followup"]["pair"] == {}
+
+
+def test_worklist_pairs_two_images_of_one_lesion_id_by_default_and_never_two_unrelated_ones(app_env, visits):
+    at = new_app().run()
+    upload(at, ("first.png", visits[0], "image/png"), ("other.png", image_bytes(5), "image/png"),
+           ("second.png", visits[1], "image/png"))
+    first, _, second = session_uploads(at)
+    at.switch_page("pages/followup.py").run()
+    at.radio(key="fu_source").set_value("From the triage worklist").run()
+    assert not at.exception and at.selectbox(key="fu_pick_before").value is None  # three images, no lesion IDs
+    assert "no two images of the worklist share a lesion ID" in texts(at.info) and not at.metric
+    uploads = session_uploads(at)
+    uploads[first].lesion_id = uploads[second].lesion_id = "L7"
+    at = at.switch_page("pages/triage.py").run().switch_page("pages/followup.py").run()
+    at.radio(key="fu_source").set_value("From the triage worklist").run()
+    assert (at.selectbox(key="fu_pick_before").value, at.selectbox(key="fu_pick_after").value) == (first, second)
+    assert "larger in area than at the first visit" in texts(at.markdown)
