@@ -319,6 +319,19 @@ def _seed(key: str, value: Any) -> str:
     return key
 
 
+#: The gallery's sort and filters as last chosen: Streamlit forgets a widget's value on another page.
+GALLERY_VIEW = "dl_gallery_view"
+
+
+def _kept(key: str, default: Any) -> str:
+    """Seed the gallery widget ``key`` with its value from before a visit to another page."""
+    return _seed(key, st.session_state.get(GALLERY_VIEW, {}).get(key, default))
+
+
+def _keep(key: str) -> None:
+    st.session_state.setdefault(GALLERY_VIEW, {})[key] = st.session_state[key]
+
+
 def review_inputs(upload: state.Upload) -> None:
     """The clinician's decision, note, patient and lesion ID for this image (kept on the upload, exported)."""
     uid = upload.id
@@ -515,10 +528,13 @@ def gallery(uploads: list[state.Upload], model: resources.LoadResult | None) -> 
     items = [(u, current_prediction(u, model)) for u in uploads]
     st.caption(worklist.summary(items))
     order, lights = st.columns(2)
-    how = order.selectbox("Sort by", worklist.SORTS, key="gallery_sort")
-    chosen = lights.multiselect("Show lights", worklist.LIGHT_CHOICES, key="gallery_lights",
+    how = order.selectbox("Sort by", worklist.SORTS, key=_kept("gallery_sort", worklist.SORTS[0]),
+                          on_change=_keep, args=("gallery_sort",))
+    chosen = lights.multiselect("Show lights", worklist.LIGHT_CHOICES, key=_kept("gallery_lights", []),
+                                on_change=_keep, args=("gallery_lights",),
                                 format_func=lambda c: worklist.LIGHT_WORDS[c].capitalize(), placeholder="All")
-    flagged = st.checkbox("Only images with quality flags", key="gallery_flagged")
+    flagged = st.checkbox("Only images with quality flags", key=_kept("gallery_flagged", False),
+                          on_change=_keep, args=("gallery_flagged",))
     shown = worklist.sort_items(worklist.filter_items(items, chosen, flagged), how)
     total = len(uploads)
     count = f"{total}" if len(shown) == total else f"{len(shown)} of {total}"

@@ -268,3 +268,13 @@ def test_unload_guard_carries_the_image_count_and_is_disarmed_at_zero():
     assert "win.dlWorklistImages = 3;" in armed and "win.dlWorklistImages = 0;" in disarmed
     assert "beforeunload" in armed and "window.dlWorklistImages > 0" in armed
     assert "__COUNT__" not in armed
+
+
+def test_the_gallery_keeps_its_sort_and_filters_after_a_visit_to_another_page(app_env):
+    at = new_app().run()
+    three(at)
+    at.selectbox(key="gallery_sort").set_value("Name").run()
+    at.checkbox(key="gallery_flagged").check().run()
+    at = at.switch_page("pages/followup.py").run().switch_page("pages/triage.py").run()
+    assert not at.exception
+    assert at.selectbox(key="gallery_sort").value == "Name" and at.checkbox(key="gallery_flagged").value is True
