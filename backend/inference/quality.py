@@ -4,7 +4,9 @@ Three kinds of checks, all cheap next to the network:
 
 * **The file** (:func:`file_flags`): ``damaged``, a JPEG whose compressed picture data the decoder
   reports as corrupt (Pillow fills what it cannot read with flat colour or garbles it silently, so
-  the pixels alone would pass; a strict libjpeg-turbo pass through ``simplejpeg`` at 1/8 scale finds it).
+  the pixels alone would pass; a strict libjpeg-turbo pass through ``simplejpeg`` at 1/8 scale finds it);
+  ``transparent``, a PNG/TIFF/WebP with at least 1% (partly) transparent pixels, which decoding fills
+  with white (a cut-out or an edited picture, not the photo).
 * **Image statistics** on the decoded RGB image (:func:`image_flags`): ``tiny`` (short side below
   ``min_side``), ``too_dark`` / ``too_bright`` (mean grey level), ``blank`` (almost no contrast),
   ``blurred`` (variance of the Laplacian at <= 224 px, the classic focus measure), ``noise``
@@ -31,12 +33,14 @@ noise ratio 6.2 against the limit 10; least colour 4.1 grey levels against 1.5);
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import simplejpeg
+from PIL import Image
 
 from backend.data.transforms import shades_of_gray
 from backend.errors import CheckpointError
@@ -44,6 +48,7 @@ from backend.errors import CheckpointError
 #: Every flag code, in the order they are reported, with what it means.
 FLAG_CODES: dict[str, str] = {
     "damaged": "damaged file",
+    "transparent": "part of the picture transparent",
     "tiny": "image too small",
     "blank": "blank or uniform image",
     "too_dark": "too dark",
@@ -140,13 +145,40 @@ def jpeg_damage(data: bytes) -> str | None:
     return None
 
 
+#: Share of (partly) transparent pixels from which a picture is flagged: the decoder fills them with
+#: white, which the model would read as skin. Photos have none; an opaque alpha band is not flagged.
+TRANSPARENT_SHARE = 0.01
+
+
+def transparent_share(data: bytes) -> float | None:
+    """Share of pixels with alpha below 250 in a file with transparency data (None without any, or for JPEG)."""
+    if data.startswith(b"\xff\xd8"):
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if not image.has_transparency_data:
+                return None
+            alpha = np.asarray(image.convert("RGBA").getchannel("A"))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None  # the normal decoder reports what is wrong with such a file
+    return float(np.mean(alpha < 250))
+
+
 def file_flags(data: bytes | None) -> list[QualityFlag]:
     """Quality flags of the encoded file itself (empty without bytes or when it is intact)."""
-    damage = None if not data else jpeg_damage(data)
-    if damage is None:
+    if not data:
         return []
-    return [QualityFlag("damaged", "The file is damaged: part of the picture may be missing, flat or garbled "
-                                   f"(decoder: {damage}). Send the original file again.")]
+    flags = []
+    damage = jpeg_damage(data)
+    if damage is not None:
+        flags.append(QualityFlag("damaged", "The file is damaged: part of the picture may be missing, flat or "
+                                            f"garbled (decoder: {damage}). Send the original file again."))
+    share = transparent_share(data)
+    if share is not None and share >= TRANSPARENT_SHARE:
+        flags.append(QualityFlag("transparent", f"{share:.0%} of the picture is transparent and was filled with "
+                                                "white, which the model would read as skin. Send the original "
+                                                "photo, without transparency."))
+    return flags
 
 
 def _resize_short(image: np.ndarray, side: int) -> np.ndarray:

@@ -77,8 +77,26 @@ def test_blue_cast_dermoscopy_is_skin(lesion):
 
 
 def test_every_flag_code_is_documented(lesion):
-    assert {"damaged", "tiny", "blank", "too_dark", "too_bright", "blurred", "noise", "no_colour", "not_skin",
-            "out_of_distribution"} == set(FLAG_CODES)
+    assert {"damaged", "transparent", "tiny", "blank", "too_dark", "too_bright", "blurred", "noise", "no_colour",
+            "not_skin", "out_of_distribution"} == set(FLAG_CODES)
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_picture_with_a_transparent_part_is_flagged_and_an_opaque_alpha_band_is_not(lesion):
+    rgba = np.dstack([lesion, np.full(lesion.shape[:2], 255, np.uint8)])
+    assert [f.code for f in file_flags(_png(rgba))] == []  # an alpha band, all opaque: a photo saved as RGBA
+    cut = rgba.copy()
+    cut[:, : lesion.shape[1] // 4, 3] = 0  # the left quarter transparent
+    flags = file_flags(_png(cut))
+    assert [f.code for f in flags] == ["transparent"] and flags[0].reason.startswith("25% of the picture")
+    speck = rgba.copy()
+    speck[0, 0, 3] = 0  # one pixel of thousands: below the 1% share
+    assert file_flags(_png(speck)) == [] and file_flags(_png(lesion)) == []
 
 
 @pytest.fixture(scope="module")
