@@ -129,8 +129,11 @@ class LesionModule(L.LightningModule):
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         step = self.model_step(batch)
-        batch_size = batch["image"].shape[0]
-        self.log(f"{stage}/loss", step["loss"], batch_size=batch_size, sync_dist=True, prog_bar=True)
+        # Rows with no target at all (an unreadable image, left out of the figures) weigh nothing in the loss.
+        label = batch["label"].reshape(-1)
+        scored = int(((batch["diagnosis"] >= 0) | (label == 0) | (label == 1)).sum())
+        if scored:
+            self.log(f"{stage}/loss", step["loss"], batch_size=scored, sync_dist=True, prog_bar=True)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         extra = self.val_extra if stage == "val" else self.test_extra
         logits, diagnosis = step["logits"].float(), batch["diagnosis"]
@@ -197,6 +200,18 @@ class LesionModule(L.LightningModule):
         """Stage 1 (backbone frozen) for ``freeze_epochs`` epochs, then full fine-tuning."""
         self.net.freeze_backbone(self.current_epoch < self.cfg.optim.freeze_epochs)
 
+    def _steps_per_epoch(self, total_steps: int) -> float:
+        """Optimiser steps in one epoch: from the loader's batches, else the run's steps over its epochs.
+
+        ``estimated_stepping_batches`` is capped by ``trainer.max_steps``; dividing it by the epochs
+        would then put the warm-up and the unfreeze step far too early.
+        """
+        trainer = self.trainer
+        batches = getattr(trainer, "num_training_batches", math.inf)
+        if isinstance(batches, int | float) and math.isfinite(batches) and batches > 0:
+            return max(1.0, math.ceil(batches / max(1, int(getattr(trainer, "accumulate_grad_batches", 1) or 1))))
+        return total_steps / max(1, trainer.max_epochs or 1)
+
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW over layer-wise-decayed parameter groups, linear warm-up then cosine, per step.
 
@@ -206,7 +221,7 @@ class LesionModule(L.LightningModule):
         groups = self.net.param_groups(lr=optim.lr, weight_decay=optim.weight_decay, layer_decay=optim.layer_decay)
         optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas))
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
+        steps_per_epoch = self._steps_per_epoch(total_steps)
         warmup_steps = min(total_steps - 1, round(optim.warmup_epochs * steps_per_epoch))
         # A frozen backbone warms up from the step it is unfrozen at, not from step 0.
         unfreeze_step = min(total_steps, round(optim.freeze_epochs * steps_per_epoch))

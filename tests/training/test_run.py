@@ -28,6 +28,7 @@ from backend.training.supervised import LesionModule
 from scripts.train import main as train_main
 from scripts.train import parse_config
 from tests.conftest import REPO_ROOT, nan_loss_at_step
+from tests.models.test_lesion_net import tiny_net
 
 TINY_MODELS = {
     "dermaresnet_se_tiny": {"backbone": "dermaresnet_se_tiny"},
@@ -322,3 +323,21 @@ def test_fit_weights_the_diagnosis_loss_by_the_training_split_only_when_asked(da
         assert weights is not None and weights.tolist() == pytest.approx(expected.tolist())
     else:
         assert weights is None
+
+
+def test_the_evaluation_loss_is_weighted_by_the_rows_it_scores(monkeypatch):
+    module = LesionModule(tiny_net(use_metadata=False), config={})
+    logged = []
+    monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.append((name, kw.get("batch_size"))))
+
+    def batch(diagnosis, label):
+        n = len(diagnosis)
+        return {"image": torch.zeros(n, 3, 32, 32), "diagnosis": torch.tensor(diagnosis),
+                "label": torch.tensor(label, dtype=torch.float32), "thickness_lo": torch.full((n,), float("nan")),
+                "thickness_hi": torch.full((n,), float("nan"))}
+
+    module._eval_step(batch([0, -1, -1, 1], [1.0, -1.0, 0.0, 0.0]), "val")  # the UNK row has a benign label
+    assert logged == [("val/loss", 3)]
+    logged.clear()
+    module._eval_step(batch([-1, -1], [-1.0, -1.0]), "val")  # unreadable rows only: nothing to weigh
+    assert logged == []

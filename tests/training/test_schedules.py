@@ -139,3 +139,16 @@ def test_a_frozen_backbone_warms_up_after_it_is_unfrozen():
     unfrozen._trainer = SimpleNamespace(estimated_stepping_batches=40, max_epochs=4)
     factors = unfrozen.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas
     assert {factor.start_step for factor in factors} == {0}
+
+
+def test_a_run_cut_short_by_max_steps_counts_epochs_in_the_loader_s_steps():
+    module = LesionModule(tiny_net(), config={"optim": {"freeze_epochs": 2, "warmup_epochs": 1}})
+    # 10 batches per epoch, 10 epochs, but trainer.max_steps = 30 caps the estimate at 30.
+    module._trainer = SimpleNamespace(estimated_stepping_batches=30, max_epochs=10, num_training_batches=10,
+                                      accumulate_grad_batches=1)
+    factors = module.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas
+    assert {factor.start_step for factor in factors} == {0, 20}  # after 2 epochs of 10 steps, not of 3
+    assert {factor.warmup_steps for factor in factors} == {10}
+    module._trainer.accumulate_grad_batches = 4  # 10 batches are 3 optimiser steps
+    factors = module.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas
+    assert {factor.start_step for factor in factors} == {0, 6}
