@@ -135,12 +135,9 @@ def result_summary(pred: Any) -> str:
     return f"{pred.traffic_light}, risk score {format_risk(pred.risk)}, leading with {class_label(headline.code)}"
 
 
-def result_change(before: Any, after: Any) -> bool:
-    """Whether a new result differs from the one a clinician reviewed: another light or another leading diagnosis."""
-    if before is None or after is None:
-        return False
-    return (before.traffic_light != after.traffic_light
-            or (assessable(after) and diagnosis_headline(before).code != diagnosis_headline(after).code))
+def review_key(pred: Any) -> tuple[str, str | None]:
+    """What a review decision rests on: the light and, for an assessable image, the leading diagnosis."""
+    return pred.traffic_light, diagnosis_headline(pred).code if assessable(pred) else None
 
 
 def target_label(target: str) -> str:

@@ -4,7 +4,8 @@ The CSV has one row per analysed image (:data:`EXPORT_COLUMNS`): its name, patie
 when known, the diagnosis the screen leads with (code and name; ``app.components.diagnosis_headline``)
 and the class-balanced suggestion, probabilities and risk to 3 decimals, the
 light (``grey`` when not assessable, with the model's own light beside it), the quality reasons
-in words and the clinician's decision and note (empty until reviewed).
+in words and the clinician's decision and note (empty until reviewed), with the result the decision
+was recorded on when the current result differs from it (``decision_on_earlier_result``).
 
 The report holds the image, its Grad-CAM overlay, the diagnosis the screen leads with, the probability of
 malignancy, the risk light and what it means, the Breslow thickness estimate, the quality reasons,
@@ -35,7 +36,7 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "image", "patient_id", "lesion_id", "predicted_class", "predicted_diagnosis", "class_balanced_suggestion",
     *DIAGNOSES, "malignant", "risk",
     "traffic_light", "model_light", "quality_flags", "thickness_mm", "thickness_band", "age_approx", "sex",
-    "anatom_site_general", "metadata_used", "decision", "note", "model", "model_version",
+    "anatom_site_general", "metadata_used", "decision", "decision_on_earlier_result", "note", "model", "model_version",
 )
 #: Decimals of probabilities and risk in the results table.
 CSV_DECIMALS = 3
@@ -63,6 +64,13 @@ def _text(value: Any) -> str:
 RESULT_COLUMNS: tuple[str, ...] = ("predicted_class", "predicted_diagnosis", "class_balanced_suggestion", *DIAGNOSES,
                                    "malignant", "risk",
                                    "model_light", "thickness_mm", "thickness_band")
+
+
+def decision_words(upload: Any) -> str:
+    """The clinician's decision as exported, saying so when it was recorded on an earlier, different result."""
+    decision = str(getattr(upload, "decision", "") or "")
+    earlier = earlier_result(upload)
+    return f"{decision} (recorded on an earlier result: {earlier})" if earlier else decision
 
 
 def export_row(upload: Any, model_name: str, model_version: str, show_model_result: bool = False,
@@ -99,11 +107,17 @@ def export_row(upload: Any, model_name: str, model_version: str, show_model_resu
         row.update(dict.fromkeys(RESULT_COLUMNS, ""))
     row.update({k: _text(meta.get(k)) for k in ("age_approx", "sex", "anatom_site_general")})
     row.update({"metadata_used": pred.metadata_used, "decision": _text(getattr(upload, "decision", "")),
+                "decision_on_earlier_result": earlier_result(upload),
                 "note": _text(getattr(upload, "note", "")), "model": model_name, "model_version": model_version})
     return row
 
 
-
+def earlier_result(upload: Any) -> str:
+    """The result a decision was recorded on, when the current result differs from it ("" otherwise)."""
+    reviewed_on = getattr(upload, "reviewed_on", None)
+    if getattr(upload, "decision", "") and getattr(upload, "changed_since_review", "") and reviewed_on:
+        return str(reviewed_on[1])
+    return ""
 
 
 def unanalysed_row(upload: Any, model_name: str, model_version: str) -> dict[str, Any]:

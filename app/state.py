@@ -75,9 +75,10 @@ class Upload:
         failure: Why the model could not analyse this image (empty when it could); the image, its
             metadata and review stay in the worklist.
         failure_key: (model key, metadata) the failure happened with: not retried until one changes.
-        changed_since_review: What changed, in words, when a new result (new metadata or model)
-            differs from the one the decision was recorded on; empty otherwise, and cleared when the
-            decision is recorded again.
+        reviewed_on: ``(review key, summary)`` of the result shown when the decision was recorded
+            (``app.components.review_key`` and ``result_summary``); None without a decision.
+        changed_since_review: What changed, in words, when the current result (new metadata or model)
+            differs from the one the decision was recorded on; empty when it does not (again).
     """
 
     id: str
@@ -95,6 +96,7 @@ class Upload:
     show_anyway: bool = False
     failure: str = ""
     failure_key: tuple | None = None
+    reviewed_on: tuple | None = None
     changed_since_review: str = ""
 
     @property
@@ -299,7 +301,9 @@ def set_review(uid: str, decision: str | None = None, note: str | None = None, p
         return
     if decision is not None:
         upload.decision = "" if decision == DECISIONS[0] else decision
-        upload.changed_since_review = ""  # decided again, on the result shown now
+        upload.changed_since_review = ""  # decided again, on the result shown now (the page records it)
+        if not upload.decision:
+            upload.reviewed_on = None
     if note is not None:
         upload.note = note
     if patient_id is not None:

@@ -166,16 +166,30 @@ def predict_pending(model: resources.LoadResult) -> None:
                 # failed analysis): the new result of a not-assessable image stays hidden until asked again.
                 upload.show_anyway = False
                 st.session_state.pop(f"show_anyway_{upload.id}", None)
-            if upload.decision and ui.result_change(upload.prediction, result):
-                why = ("the patient metadata changed" if upload.prediction_key and upload.prediction_key[0] == model.key
-                       else "another model was chosen")
-                upload.changed_since_review = (
-                    f"The result changed after {why}: it was {ui.result_summary(upload.prediction)}; it is now "
-                    f"{ui.result_summary(result)}. The decision \"{upload.decision}\" was recorded on the earlier "
-                    "result: review it again.")
+            note_review_change(upload, result, model)
             upload.prediction, upload.prediction_key, upload.cams = result, (model.key, upload.metadata_key()), {}
             upload.failure, upload.failure_key = "", None
             state.errors().pop(f"predict_{upload.id}", None)
+
+
+def note_review_change(upload: state.Upload, result: Any, model: resources.LoadResult) -> None:
+    """Say so when ``result`` differs from the one the upload's decision was recorded on (clear it when it agrees).
+
+    The comparison is with the reviewed result, not the last one: a failed analysis in between, or
+    metadata changed and then put back, neither hides a change nor reports one that is gone.
+    """
+    if not upload.decision or upload.reviewed_on is None:
+        return
+    reviewed_key, reviewed_summary = upload.reviewed_on
+    if ui.review_key(result) == reviewed_key:
+        upload.changed_since_review = ""
+        return
+    why = ("the patient metadata changed" if upload.prediction_key and upload.prediction_key[0] == model.key
+           else "the model or the metadata changed")
+    upload.changed_since_review = (
+        f"The result changed after {why}: when the decision was recorded it was {reviewed_summary}; it is now "
+        f"{ui.result_summary(result)}. The decision \"{upload.decision}\" was recorded on the earlier result: "
+        "review it again.")
 
 
 def heatmap(model: resources.LoadResult, upload: state.Upload, target: str) -> Any:
@@ -305,6 +319,9 @@ def _set_review(uid: str, what: str, key: str) -> None:
     if value is None and what != "show_anyway":
         value = ""  # the widget was cleared (its x): the decision, note or ID is taken back, not kept
     state.set_review(uid, **{what: value})
+    upload = state.uploads().get(uid)
+    if what == "decision" and upload is not None and upload.decision and upload.prediction is not None:
+        upload.reviewed_on = (ui.review_key(upload.prediction), ui.result_summary(upload.prediction))
 
 
 def _seed(key: str, value: Any) -> str:
@@ -367,13 +384,6 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
         if not ui.render_not_assessable(pred, key, upload.name, on_change=_set_review,
                                         args=(upload.id, "show_anyway", key)):
             shown = None
-    review_inputs(upload)
-    target = resolve_target(cam["target"], upload) if shown is not None else None
-    heat = heatmap(model, upload, target) if cam["enabled"] and shown is not None else None
-    side_by_side = heat is not None and cam["mode"] == "Side by side"
-    if side_by_side:  # across the whole viewer, so each picture stays readable
-        ui.render_cam(upload.image, heat, cam["mode"], cam["opacity"], f"Grad-CAM: {ui.target_label(target)}",
-                      model.predictor.preprocessing)
     # The result leads, across the viewer's width: the headline and the light are read first, not
     # below the picture; the charts get the width they need (a third of a 1280 px screen is too little).
     if upload.changed_since_review:
@@ -391,6 +401,13 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
         if headline.note:
             st.caption(headline.note)
         ui.render_risk(pred, model.predictor.risk, model.predictor.card)
+    review_inputs(upload)
+    target = resolve_target(cam["target"], upload) if shown is not None else None
+    heat = heatmap(model, upload, target) if cam["enabled"] and shown is not None else None
+    side_by_side = heat is not None and cam["mode"] == "Side by side"
+    if side_by_side:  # across the whole viewer, so each picture stays readable
+        ui.render_cam(upload.image, heat, cam["mode"], cam["opacity"], f"Grad-CAM: {ui.target_label(target)}",
+                      model.predictor.preprocessing)
     left, right = st.columns([1, 1], gap="large")
     with left:
         if heat is not None and not side_by_side:
@@ -428,7 +445,7 @@ def _report_maker(upload: state.Upload, model: resources.LoadResult, cam: dict[s
     preprocessing = dict(predictor.preprocessing)
     meaning = "" if prediction.traffic_light == "grey" else light_meaning(card or {}, prediction.traffic_light)
     ids = {"patient_id": upload.patient_id, "lesion_id": upload.lesion_id,
-           "show_model_result": upload.show_anyway, "decision": upload.decision, "note": upload.note}
+           "show_model_result": upload.show_anyway, "decision": report.decision_words(upload), "note": upload.note}
 
     def make() -> bytes:
         if report.result_hidden(prediction, ids["show_model_result"]):
@@ -579,10 +596,15 @@ def main() -> None:
     ready = model if model is not None and model.predictor is not None else None
     if ready is not None:
         predict_pending(ready)
-    with messages:  # unreadable files stay listed until their chip is removed or the session cleared
-        for key, message in state.errors().items():
-            if not key.startswith("predict_") or key.removeprefix("predict_") in state.uploads():
-                st.error(message)
+    with messages:  # unreadable files stay listed until dismissed, their chip removed or the session cleared
+        for key, message in list(state.errors().items()):
+            if key.startswith("predict_"):
+                if key.removeprefix("predict_") in state.uploads():
+                    st.error(message)
+                continue
+            st.error(message)
+            st.button("Dismiss", key=f"dismiss_{key}", on_click=state.errors().pop, args=(key, None),
+                      help="Remove this message (the file was not added to the worklist)")
 
     uploads = list(state.uploads().values())
     st.iframe(page_scripts.unload_guard_js(len(uploads)), height=1, tab_index=-1)  # same-origin: guards the app's page

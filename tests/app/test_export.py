@@ -8,6 +8,7 @@ import io
 import pytest
 from PIL import Image
 
+from app.components import diagnosis_headline
 from app.report import EXPORT_COLUMNS
 from backend.inference.predictor import Predictor
 from tests.app.conftest import MIME, image_bytes, new_app, session_uploads, texts, upload
@@ -60,7 +61,9 @@ def test_csv_and_reports_exif_free_nothing_on_disk(app_env, media, disk_writes):
     uploads = list(session_uploads(at).values())
     for row, upload_ in zip(rows, uploads, strict=True):
         assert row["MEL"] == f"{upload_.prediction.probabilities['MEL']:.3f}"
-        assert row["predicted_class"] == upload_.prediction.top_class and row["decision"] == row["note"] == ""
+        headline = diagnosis_headline(upload_.prediction)  # what the screen leads with
+        assert row["predicted_class"] == headline.code and row["decision"] == row["note"] == ""
+        assert row["class_balanced_suggestion"] == upload_.prediction.top_class
         assert row["traffic_light"] == upload_.prediction.traffic_light and row["model"] == "Tiny fusion"
         assert row["model_version"] == "test-1"
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
+from app import report
 from backend.inference.predictor import Predictor
 from tests.app.conftest import MIME, image_bytes, new_app, session_uploads, texts, upload
 
@@ -65,10 +69,13 @@ def test_image_only_model_notes_metadata_is_unused(app_env):
 def test_a_reviewed_result_that_changes_with_new_metadata_says_so_until_decided_again(app_env, monkeypatch):
     original = Predictor.predict
 
-    def predict(self, images, metadata=None, *args, **kwargs):  # age given: the melanoma probability halves
+    def predict(self, images, metadata=None, *args, **kwargs):  # age 99 fails; any other age swaps the light
+        ages = [(meta or {}).get("age_approx") for meta in (metadata or [{}] * len(images))]
+        if 99 in ages:
+            raise RuntimeError("the model failed")
         results = original(self, images, metadata, *args, **kwargs)
-        for result, meta in zip(results, metadata or [{}] * len(results), strict=True):
-            if (meta or {}).get("age_approx") is not None:
+        for result, age in zip(results, ages, strict=True):
+            if age is not None:
                 result.traffic_light = {"red": "green", "yellow": "green", "green": "red"}[result.traffic_light]
         return results
 
@@ -78,17 +85,31 @@ def test_a_reviewed_result_that_changes_with_new_metadata_says_so_until_decided_
     a_id, b_id = session_uploads(at)
     before = session_uploads(at)[a_id].prediction.traffic_light
     at.selectbox(key=f"decision_{a_id}").set_value("Excise").run()
+    age = _meta_widgets(at, a_id)[0]
+    age.set_value(99).run()  # a failed analysis in between hides nothing
+    assert session_uploads(at)[a_id].prediction is None and not session_uploads(at)[a_id].changed_since_review
     _meta_widgets(at, a_id)[0].set_value(63).run()
     after = session_uploads(at)[a_id].prediction.traffic_light
     assert not at.exception and after != before
     change = session_uploads(at)[a_id].changed_since_review
-    assert change.startswith("The result changed after the patient metadata changed: it was " + before)
+    assert change.startswith("The result changed after the patient metadata changed: when the decision was "
+                             f"recorded it was {before}")
     assert f"it is now {after}" in change and 'The decision "Excise" was recorded on the earlier result' in change
     assert change in texts(at.main.warning)
     assert "Result changed since the review" in texts(at.caption)
+    rows = list(csv.DictReader(io.StringIO(report.results_csv(list(session_uploads(at).values()), "M", "1")
+                                           .decode("utf-8-sig"))))
+    assert rows[0]["decision"] == "Excise" and rows[0]["decision_on_earlier_result"].startswith(before)
+    assert rows[1]["decision_on_earlier_result"] == ""
+    _meta_widgets(at, a_id)[0].set_value(None).run()  # put back: the result is the reviewed one again
+    assert session_uploads(at)[a_id].prediction.traffic_light == before
+    assert session_uploads(at)[a_id].changed_since_review == "" and "Result changed since" not in texts(at.caption)
+    _meta_widgets(at, a_id)[0].set_value(63).run()
+    assert session_uploads(at)[a_id].changed_since_review
     at.button(key=f"select_{b_id}").click().run()
     _meta_widgets(at, b_id)[0].set_value(40).run()  # not reviewed: nothing to warn about
     assert session_uploads(at)[b_id].changed_since_review == ""
     at.button(key=f"select_{a_id}").click().run()
     at.selectbox(key=f"decision_{a_id}").set_value("Biopsy").run()  # decided again, on the new result
     assert session_uploads(at)[a_id].changed_since_review == "" and "Result changed since" not in texts(at.caption)
+    assert session_uploads(at)[a_id].reviewed_on[0][0] == after

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
 import pytest
 
 import backend.data.images as images
+from app import report
 from backend.data.formats import load_table
 from backend.inference.inputs import Preprocessor
 from backend.inference.predictor import Predictor
@@ -255,4 +259,40 @@ def test_the_viewer_leads_with_the_result_before_the_picture(app_env):
     score = next(i for i, (kind, value) in enumerate(order) if kind == "markdown" and "Risk score " in value)
     picture = next(i for i, (kind, _) in enumerate(order) if kind == "image" and i > viewer)
     bars = order.index(("markdown", "**Benign vs malignant**"))
-    assert viewer < headline < score < picture < bars, (viewer, headline, score, picture, bars)
+    decision = next(i for i, (kind, _) in enumerate(order) if kind == "selectbox" and i > viewer)
+    assert viewer < headline < score < decision < picture < bars, (viewer, headline, score, decision, picture, bars)
+
+
+def test_a_message_about_an_unreadable_file_can_be_dismissed(app_env):
+    at = new_app().run()
+    upload(at, ("a.png", image_bytes(14), MIME["PNG"]), ("broken.jpg", b"\xff\xd8\xff\xe0 truncated", MIME["JPEG"]))
+    dismiss = [b for b in at.button if str(b.key or "").startswith("dismiss_")]
+    assert len(dismiss) == 1 and [e for e in at.main.error if str(e.value).startswith("broken.jpg:")]
+    dismiss[0].click().run()
+    assert not at.exception and not [e for e in at.main.error if str(e.value).startswith("broken.jpg:")]
+    assert len(session_uploads(at)) == 1
+
+
+def test_an_implausible_suggestion_is_not_what_the_viewer_grad_cam_and_csv_lead_with(app_env, monkeypatch):
+    original = Predictor.predict
+
+    def predict(self, images, metadata=None, *args, **kwargs):  # the balancing lifted the least probable class
+        results = original(self, images, metadata, *args, **kwargs)
+        for result in results:
+            result.top_class = min(result.probabilities, key=result.probabilities.get)
+        return results
+
+    monkeypatch.setattr(Predictor, "predict", predict)
+    at = new_app().run()
+    upload(at, ("first.png", image_bytes(7), MIME["PNG"]))
+    (item,) = session_uploads(at).values()
+    probabilities = item.prediction.probabilities
+    likeliest, rarest = max(probabilities, key=probabilities.get), item.prediction.top_class
+    assert probabilities[rarest] < 0.10 and likeliest != rarest
+    assert f"### Most probable diagnosis: {likeliest}" in texts(at.markdown)
+    assert f"The class-balanced suggestion, {rarest}" in texts(at.caption)
+    at.toggle(key="cam_on").set_value(True).run()  # the default Grad-CAM explains the diagnosis the result leads with
+    captions = [img.proto.imgs[0].caption for img in at.main.get("image") if img.proto.imgs[0].caption]
+    assert f"Grad-CAM: {likeliest} (" in captions[0], captions
+    row = next(csv.DictReader(io.StringIO(report.results_csv([item], "M", "1").decode("utf-8-sig"))))
+    assert (row["predicted_class"], row["class_balanced_suggestion"]) == (likeliest, rarest)
