@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average over the 8 flips/rotations (slower, steadier); default: as the model's card was "
                         "measured (a bundle's inference.tta)")
-    p.add_argument("--cam_dir", help="also write a Grad-CAM overlay of the predicted class per image here")
+    p.add_argument("--cam_dir", help="also write a Grad-CAM overlay per image here, of its class-balanced "
+                                     "suggested diagnosis (the class balanced accuracy scores; the dashboard "
+                                     "leads with the most probable class when that suggestion is under 10%%)")
     p.add_argument("--opacity", type=float, default=0.4, help="Grad-CAM overlay opacity (default 0.4)")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--num_workers", type=int, default=0,
