@@ -24,6 +24,23 @@ METRIC_NAMES: dict[str, str] = {
 }
 
 
+#: What each kind of figure on the card means, in a clinician's words.
+FIGURE_WORDS: dict[str, str] = {
+    "AUROC": "How well the model ranks: the chance that a randomly chosen lesion with the condition gets a higher "
+             "score than a randomly chosen one without it. 0.5 is a coin toss, 1.0 is perfect ranking; it does "
+             "not depend on where the traffic-light thresholds are set.",
+    "Sensitivity": "Of the lesions that have the condition, the share the model flags.",
+    "Specificity": "Of the lesions that do not have it, the share the model leaves unflagged.",
+    "Balanced accuracy": "The suggested diagnosis's hit rate averaged over the 8 diagnoses, each counting "
+                         "equally however rare: 0.125 would be guessing, 1.0 every lesion named right.",
+    "F1": "For one diagnosis, the balance of how often the model names it when it is present (recall) and how "
+          "often it is right when it names it (precision); 1.0 is perfect.",
+    "Calibration error (ECE)": "How far the stated probabilities are from what happened: 0.03 means they are "
+                               "off by about 3 percentage points on average.",
+    "95% interval": "The range the figure would likely fall in on another sample of patients like these.",
+}
+
+
 def _number(value: Any) -> float | None:
     try:
         number = float(value)

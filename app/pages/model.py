@@ -64,6 +64,8 @@ def _test_figures(card: dict[str, Any]) -> None:
     st.subheader("Test-split figures")
     st.caption(f"{split.get('rows', '?')} held-out images never used for training or model choice; 95% "
                "bootstrap intervals with patients resampled.")
+    with st.expander("What these figures mean"):
+        st.markdown("\n".join(f"- **{name}**: {words}" for name, words in card_view.FIGURE_WORDS.items()))
     st.dataframe(rows, hide_index=True)
     attributes = card_view.subgroup_attributes(card)
     if attributes:

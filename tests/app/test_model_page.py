@@ -61,6 +61,10 @@ def test_model_page_shows_test_figures_subgroups_and_other_clinics(app_env, tmp_
     headers = [h.value for h in at.subheader]
     assert {"Test-split figures", "By subgroup", "Other clinics (leave-one-dataset-out)"} <= set(headers)
     assert "below the project's targets" in texts(at.warning)
+    words = texts(at.markdown)  # every kind of figure in the table is said in words
+    for name in ("AUROC", "Balanced accuracy", "Calibration error (ECE)", "95% interval"):
+        assert f"- **{name}**: " in words, name
+    assert "0.5 is a coin toss" in words
     tables = [df.value for df in at.dataframe]
     assert any("Malignant vs benign AUROC" in set(t["metric"]) for t in tables if "metric" in t)
     assert any(set(t.get("group", [])) == {"female"} for t in tables)
