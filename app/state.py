@@ -145,8 +145,13 @@ def init() -> None:
 
 
 def new_followup() -> dict[str, Any]:
-    """Empty Follow-up screen state: ``pair`` {uploader file id: FollowUpImage}, ``results`` {key: result}."""
-    return {"pair": {}, "results": {}, "nonce": 0}
+    """Empty Follow-up screen state.
+
+    ``pair`` {uploader file id: FollowUpImage or message}: files decoded once; ``kept`` {role: image}:
+    the baseline and follow-up chosen, kept while the uploaders are not drawn (another source or page);
+    ``in_uploader`` {role: file id}: what each uploader held on its last run; ``results`` {key: result}.
+    """
+    return {"pair": {}, "kept": {}, "in_uploader": {}, "results": {}, "nonce": 0}
 
 
 def followup() -> dict[str, Any]:
@@ -208,6 +213,7 @@ def note_page(title: str) -> None:
     """
     if st.session_state.get(PAGE) != title:
         st.session_state[IN_UPLOADER] = set()
+        followup()["in_uploader"] = {}  # its uploaders start empty too: no chip was removed
     st.session_state[PAGE] = title
 
 

@@ -71,8 +71,15 @@ def decode_upload(file: Any) -> VisitImage | str:
 
 
 def uploaded_pair() -> tuple[VisitImage, VisitImage] | None:
-    """Two uploaders (baseline, follow-up); decoded files are kept in the session, errors shown in place."""
+    """Two uploaders (baseline, follow-up); decoded files are kept in the session, errors shown in place.
+
+    Streamlit empties an uploader that was not drawn (the other source chosen, another page): the
+    photos chosen before are kept and said so, until another photo replaces one, its chip is removed
+    or the follow-up is cleared.
+    """
     store = state.followup()
+    store.setdefault("kept", {})
+    store.setdefault("in_uploader", {})
     nonce = store.get("nonce", 0)
     columns = st.columns(2)
     chosen: list[VisitImage | None] = []
@@ -83,8 +90,15 @@ def uploaded_pair() -> tuple[VisitImage, VisitImage] | None:
             file = st.file_uploader(label, type=list(ui.ACCEPTED_TYPES), key=f"fu_{role}_{nonce}",
                                     help="Stays in this browser session only")
             files.append(file)
+            held_before = store["in_uploader"].get(role)
+            store["in_uploader"][role] = None if file is None else file.file_id
             if file is None:
-                chosen.append(None)
+                if held_before:  # its chip removed in this uploader: the photo goes
+                    store["kept"].pop(role, None)
+                kept = store["kept"].get(role)
+                if kept is not None:
+                    st.caption(f"Kept from before: {kept.name}. Upload another photo to replace it.")
+                chosen.append(kept)
                 continue
             item = store["pair"].get(file.file_id)
             if item is None:
@@ -92,12 +106,14 @@ def uploaded_pair() -> tuple[VisitImage, VisitImage] | None:
                 store["pair"][file.file_id] = item
             if isinstance(item, str):
                 st.error(item)
+                store["kept"].pop(role, None)
                 chosen.append(None)
             else:
+                store["kept"][role] = item
                 chosen.append(item)
     live = {f.file_id for f in files if f is not None}
     for file_id in [k for k in store["pair"] if k not in live]:
-        del store["pair"][file_id]  # a file taken out of its uploader is forgotten
+        del store["pair"][file_id]  # decoded files no uploader holds (the kept photos stay in "kept")
     before, after = chosen
     return (before, after) if before is not None and after is not None else None
 
@@ -258,6 +274,8 @@ def main() -> None:
         st.button("Clear follow-up", key="fu_clear", on_click=state.clear_followup, icon=":material/delete_sweep:",
                   help="Forget this screen's uploaded pair and comparisons")
     source = st.radio("Images", SOURCES, horizontal=True, key="fu_source")
+    if source != SOURCES[0]:
+        state.followup()["in_uploader"] = {}  # the uploaders are not drawn: they come back empty, no chip removed
     pair = uploaded_pair() if source == SOURCES[0] else worklist_pair()
     if pair is None:
         st.info("Choose a baseline and a follow-up photo to compare.")

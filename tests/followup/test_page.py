@@ -182,3 +182,21 @@ def test_worklist_pairs_two_images_of_one_lesion_id_by_default_and_never_two_unr
     at.radio(key="fu_source").set_value("From the triage worklist").run()
     assert (at.selectbox(key="fu_pick_before").value, at.selectbox(key="fu_pick_after").value) == (first, second)
     assert "larger in area than at the first visit" in texts(at.markdown)
+
+
+def test_an_uploaded_pair_is_kept_across_a_change_of_source_and_page_until_its_chip_goes(app_env, visits):
+    at = open_followup()
+    put(at, 0, "visit1.png", visits[0])
+    put(at, 1, "visit2.png", visits[1])
+    assert "larger in area than at the first visit" in texts(at.markdown)
+    at.radio(key="fu_source").set_value("From the triage worklist").run()
+    at.radio(key="fu_source").set_value("Upload a pair").run()  # the uploaders come back empty
+    assert not at.exception and "larger in area than at the first visit" in texts(at.markdown)
+    assert "Kept from before: visit1.png" in texts(at.caption) and "Kept from before: visit2.png" in texts(at.caption)
+    at = at.switch_page("pages/triage.py").run().switch_page("pages/followup.py").run()
+    assert "larger in area than at the first visit" in texts(at.markdown)
+    put(at, 1, "visit2b.png", visits[1])  # a new follow-up photo replaces the kept one
+    assert "Kept from before: visit2.png" not in texts(at.caption)
+    at.get("file_uploader")[1].set_value(None).run()  # its chip removed: the follow-up photo is gone
+    assert not at.exception and "larger in area" not in texts(at.markdown)
+    assert "Choose a baseline and a follow-up photo" in texts(at.info)
