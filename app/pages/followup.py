@@ -8,11 +8,14 @@ The model is the session's one from the sidebar, loaded exactly as the Triage sc
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import streamlit as st
+from PIL import Image
 
 from app import components as ui
 from app import followup_view as view
@@ -21,6 +24,7 @@ from backend.errors import DermaLensError
 from backend.followup import compare_visits
 from backend.followup.render import blend, change_map_image, comparison_image, outside_view, swipe
 from backend.inference.inputs import PreparedInput
+from backend.io.names import safe_stem
 
 SOURCES: tuple[str, ...] = ("Upload a pair", "From the triage worklist")
 MAX_RESULTS = 4  # comparisons kept per session (a few pairs, not an archive)
@@ -258,6 +262,40 @@ def show_aligned(result: Any) -> None:
     st.subheader("Change map")
     st.image(change_map_image(result), width="stretch", alt="Change map: where the outline and the colour changed",
              caption="Left: where the outline moved. Right: per-pixel colour difference inside the lesion.")
+    export_comparison(result)
+
+
+def export_comparison(result: Any) -> None:
+    """The comparison's measures (JSON, as ``scripts/compare_visits.py`` writes them) and its pictures (PNG).
+
+    Made in memory from pixel arrays when a button is clicked: no EXIF or other metadata of the
+    uploaded files reaches them, and nothing is written to the server's disk.
+    """
+    st.subheader("Export")
+    stem = f"followup_{safe_stem(result.before_name)}_{safe_stem(result.after_name)}"
+    measures, pictures = st.columns(2)
+    measures.download_button("Measures (JSON)", key="fu_export_json", file_name=f"{stem}.json",
+                             mime="application/json", icon=":material/download:",
+                             data=lambda: json.dumps(result.to_dict(), indent=2).encode("utf-8"))
+    pictures.download_button("Aligned photos and change map (PNG)", key="fu_export_png", file_name=f"{stem}.png",
+                             mime="image/png", icon=":material/download:",
+                             data=lambda: png_bytes(np.vstack(_same_width(comparison_image(result),
+                                                                          change_map_image(result)))))
+    st.caption("Made in memory on request; the files carry no metadata of the uploaded photos.")
+
+
+def _same_width(top: np.ndarray, bottom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pad the narrower of two RGB pictures with white on the right so they stack."""
+    width = max(top.shape[1], bottom.shape[1])
+    pad = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in (top, bottom)]
+    return pad[0], pad[1]
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG of an RGB array (no EXIF: the file is made from pixels only)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def main() -> None:

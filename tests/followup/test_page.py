@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import tempfile
 import time
@@ -10,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from streamlit.proto.Metric_pb2 import Metric
 
 from backend.followup import change
+from backend.followup.render import change_map_image, comparison_image
 from backend.followup.synthetic import FollowUpParams, make_follow_up
 from tests.app.conftest import image_bytes, new_app, session_uploads, texts, upload
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, download_file
 from tests.followup.conftest import encoded, lesion_photo
 
 
@@ -200,3 +204,21 @@ def test_an_uploaded_pair_is_kept_across_a_change_of_source_and_page_until_its_c
     at.get("file_uploader")[1].set_value(None).run()  # its chip removed: the follow-up photo is gone
     assert not at.exception and "larger in area" not in texts(at.markdown)
     assert "Choose a baseline and a follow-up photo" in texts(at.info)
+
+
+def test_the_comparison_exports_its_measures_and_pictures_without_metadata(app_env, visits, media):
+    at = open_followup()
+    put(at, 0, "visit1.png", visits[0])
+    put(at, 1, "visit2.png", visits[1])
+    result = next(iter(at.session_state["dl_followup"]["results"].values()))
+    measures = download_file(at, media, "fu_export_json")
+    assert measures.filename == "followup_visit1_visit2.json"
+    data = json.loads(measures.content)
+    assert data == json.loads(json.dumps(result.to_dict()))  # what scripts/compare_visits.py writes
+    assert data["area_change"] > 0.2 and any(flag.startswith("lesion grew by") for flag in data["flags"])
+    picture = download_file(at, media, "fu_export_png")
+    image = Image.open(io.BytesIO(picture.content))
+    assert picture.filename == "followup_visit1_visit2.png" and image.format == "PNG"
+    assert not image.getexif() and "exif" not in image.info
+    assert image.size[0] == max(comparison_image(result).shape[1], change_map_image(result).shape[1])
+    assert image.size[1] == comparison_image(result).shape[0] + change_map_image(result).shape[0]
