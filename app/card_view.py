@@ -31,8 +31,9 @@ FIGURE_WORDS: dict[str, str] = {
              "not depend on where the traffic-light thresholds are set.",
     "Sensitivity": "Of the lesions that have the condition, the share the model flags.",
     "Specificity": "Of the lesions that do not have it, the share the model leaves unflagged.",
-    "Balanced accuracy": "The suggested diagnosis's hit rate averaged over the 8 diagnoses, each counting "
-                         "equally however rare: 0.125 would be guessing, 1.0 every lesion named right.",
+    "Balanced accuracy": "The class-balanced suggested diagnosis's hit rate (the diagnosis shown first when it "
+                         "is at least 10% probable) averaged over the 8 diagnoses, each counting equally however "
+                         "rare: 0.125 would be guessing, 1.0 every lesion named right.",
     "F1": "For one diagnosis, the balance of how often the model names it when it is present (recall) and how "
           "often it is right when it names it (precision); 1.0 is perfect.",
     "Calibration error (ECE)": "How far the stated probabilities are from what happened: 0.03 means they are "
@@ -323,8 +324,8 @@ def calibration_sentence(calibration: dict[str, Any]) -> str:
                  "(0 = predicted probabilities match how often the diagnosis is right)")
     text += "."
     if calibration.get("class_offsets"):
-        text += (" The network was trained to weigh every diagnosis equally, and its suggested diagnosis "
-                 "still does.")
+        text += (" The network was trained to weigh every diagnosis equally, and its class-balanced suggested "
+                 "diagnosis still does (shown first when it is at least 10% probable).")
     return text
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from backend.data.sites import MISSING_TOKENS
 from backend.followup.change import BORDER_FLAG, COLOUR_FLAG, RISK_FLAG, SIZE_FLAG
 from backend.inference.risk import NOT_ASSESSABLE, format_risk
 
@@ -136,3 +137,23 @@ def findings_markdown(result: Any) -> tuple[bool, str]:
         lines = "\n".join(f"- {f[0].upper() + f[1:]}" for f in findings)
         return True, f"**Changes to review** ({CHANGE_THRESHOLDS}):\n\n{lines}"
     return False, f"No change reached the review thresholds ({CHANGE_THRESHOLDS})."
+
+
+def default_pair(uploads: dict[str, Any]) -> tuple[str, str] | None:
+    """The worklist pair to compare unless the clinician picks one: the first two images of one lesion ID.
+
+    With only two images in the worklist, those two, unless their lesion IDs say they are two lesions.
+    Otherwise none: two unrelated lesions must not be put side by side as "the same lesion" by
+    default. A placeholder ID ("unknown", "NA"...) is no ID.
+    """
+    by_lesion: dict[str, str] = {}
+    for uid, upload in uploads.items():
+        lesion = str(getattr(upload, "lesion_id", "") or "").strip()
+        if lesion.lower() in MISSING_TOKENS:
+            continue
+        if lesion in by_lesion:
+            return by_lesion[lesion], uid
+        by_lesion[lesion] = uid
+    if len(uploads) != 2 or len(by_lesion) == 2:  # two images with two different lesion IDs: two lesions
+        return None
+    return tuple(uploads)  # type: ignore[return-value]

@@ -113,11 +113,12 @@ def export_row(upload: Any, model_name: str, model_version: str, show_model_resu
 
 
 def earlier_result(upload: Any) -> str:
-    """The result a decision was recorded on, when the current result differs from it ("" otherwise)."""
+    """The result a decision was recorded on, when the current result differs from it or failed ("" otherwise)."""
     reviewed_on = getattr(upload, "reviewed_on", None)
-    if getattr(upload, "decision", "") and getattr(upload, "changed_since_review", "") and reviewed_on:
-        return str(reviewed_on[1])
-    return ""
+    if not getattr(upload, "decision", "") or not reviewed_on:
+        return ""
+    changed = getattr(upload, "changed_since_review", "") or getattr(upload, "prediction", None) is None
+    return str(reviewed_on[1]) if changed else ""
 
 
 def unanalysed_row(upload: Any, model_name: str, model_version: str) -> dict[str, Any]:
@@ -133,8 +134,8 @@ def unanalysed_row(upload: Any, model_name: str, model_version: str) -> dict[str
         "lesion_id": _text(getattr(upload, "lesion_id", "")),
         "quality_flags": getattr(upload, "failure", "") or "not analysed by this model",
         **{k: _text(meta.get(k)) for k in ("age_approx", "sex", "anatom_site_general")},
-        "decision": _text(getattr(upload, "decision", "")), "note": _text(getattr(upload, "note", "")),
-        "model": model_name, "model_version": model_version,
+        "decision": _text(getattr(upload, "decision", "")), "decision_on_earlier_result": earlier_result(upload),
+        "note": _text(getattr(upload, "note", "")), "model": model_name, "model_version": model_version,
     })
     return row
 

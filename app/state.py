@@ -222,8 +222,8 @@ def sync_uploader(file_ids: set[str]) -> list[str]:
 
     A file that could not be read has no image, only its message (:func:`errors`); removing its chip
     drops the message. The app's own emptying of the uploader (a card removed, another page) does
-    not: the message stays until the chip goes or the session is cleared, so a file that was never
-    analysed cannot vanish from the worklist unnoticed.
+    not: the message stays until it is dismissed, its chip is removed or the session is cleared, so a
+    file that was never analysed cannot vanish from the worklist unnoticed.
 
     ``file_ids`` are the uploader's files on this run (after :func:`seen` maps new ones). An image
     goes when a file the same uploader held on the previous run is gone and no file still held is

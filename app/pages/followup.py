@@ -122,22 +122,6 @@ def uploaded_pair() -> tuple[VisitImage, VisitImage] | None:
     return (before, after) if before is not None and after is not None else None
 
 
-def default_pair(uploads: dict[str, Any]) -> tuple[str, str] | None:
-    """The worklist pair to compare unless the clinician picks one: the first two images of one lesion ID.
-
-    With only two images in the worklist, those two. Otherwise none: two unrelated lesions must not be
-    put side by side as "the same lesion" by default.
-    """
-    by_lesion: dict[str, str] = {}
-    for uid, upload in uploads.items():
-        lesion = str(getattr(upload, "lesion_id", "") or "").strip()
-        if lesion and lesion in by_lesion:
-            return by_lesion[lesion], uid
-        if lesion:
-            by_lesion[lesion] = uid
-    return tuple(uploads) if len(uploads) == 2 else None  # type: ignore[return-value]
-
-
 def worklist_pair() -> tuple[VisitImage, VisitImage] | None:
     """Two images of the triage worklist picked as baseline and follow-up."""
     uploads = state.uploads()
@@ -147,7 +131,7 @@ def worklist_pair() -> tuple[VisitImage, VisitImage] | None:
         return None
     ids = list(uploads)
     names = {uid: uploads[uid].name for uid in ids}
-    pair = default_pair(uploads)
+    pair = view.default_pair(uploads)
     left, right = st.columns(2)
     first = left.selectbox("Baseline (earlier visit)", ids, index=None if pair is None else ids.index(pair[0]),
                            format_func=names.get, key="fu_pick_before", placeholder="Choose the earlier photo")

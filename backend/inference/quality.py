@@ -5,7 +5,7 @@ Three kinds of checks, all cheap next to the network:
 * **The file** (:func:`file_flags`): ``damaged``, a JPEG whose compressed picture data the decoder
   reports as corrupt (Pillow fills what it cannot read with flat colour or garbles it silently, so
   the pixels alone would pass; a strict libjpeg-turbo pass through ``simplejpeg`` at 1/8 scale finds it);
-  ``transparent``, a PNG/TIFF/WebP with at least 1% (partly) transparent pixels, which decoding fills
+  ``transparent``, a PNG or TIFF with at least 1% (partly) transparent pixels, which decoding fills
   with white (a cut-out or an edited picture, not the photo).
 * **Image statistics** on the decoded RGB image (:func:`image_flags`): ``tiny`` (short side below
   ``min_side``), ``too_dark`` / ``too_bright`` (mean grey level), ``blank`` (almost no contrast),

@@ -226,7 +226,7 @@ def test_card_sections_in_words():
                                            "class_offsets": [0.5, -0.5]}) == (
         "Probabilities calibrated by bias-corrected temperature scaling (T = 0.8), with one offset per diagnosis "
         "that puts back how common it is. The network was trained to weigh every diagnosis equally, and its "
-        "suggested diagnosis still does.")
+        "class-balanced suggested diagnosis still does (shown first when it is at least 10% probable).")
     assert card_view.preprocessing_sentence({"img_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.2, 0.2, 0.2],
                                              "color_constancy": False, "hair_removal": True}) == (
         "Images resized to 224 px (shorter side) and centre-cropped to a square, no colour constancy, hair removed "

@@ -494,3 +494,15 @@ def test_the_sidebar_says_what_calibration_and_date_mean_in_words():
     assert any("one temperature, 0.775" in line for line in single) and "Inputs: image only" in single
     raw = components.model_summary_lines({**card, "calibration": {"method": "none"}}, False)
     assert any(line.startswith("Calibration: none") for line in raw)
+
+
+def test_a_decision_whose_result_failed_on_reanalysis_says_which_result_it_was_made_on():
+    reviewed = (("red", "MEL"), "red, risk score 0.750, leading with MEL (melanoma)")
+    failed = SimpleNamespace(name="a.png", metadata={}, prediction=None, failure="a.png: could not be analysed",
+                             decision="Excise", note="", reviewed_on=reviewed, changed_since_review="")
+    lines = report.results_csv([failed], "M", "1").decode("utf-8-sig").splitlines()
+    row = dict(zip(lines[0].split(","), next(csv.reader(lines[1:])), strict=True))
+    assert row["decision"] == "Excise" and row["decision_on_earlier_result"] == reviewed[1]
+    assert report.decision_words(failed) == f"Excise (recorded on an earlier result: {reviewed[1]})"
+    same = SimpleNamespace(**{**vars(failed), "prediction": _prediction(), "failure": ""})
+    assert report.earlier_result(same) == "" and report.decision_words(same) == "Excise"

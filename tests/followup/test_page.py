@@ -222,3 +222,4 @@ def test_the_comparison_exports_its_measures_and_pictures_without_metadata(app_e
     assert not image.getexif() and "exif" not in image.info
     assert image.size[0] == max(comparison_image(result).shape[1], change_map_image(result).shape[1])
     assert image.size[1] == comparison_image(result).shape[0] + change_map_image(result).shape[0]
+

@@ -51,3 +51,14 @@ def test_changes_to_review_are_the_change_flags_without_the_caution_flags():
     result.flags = ["could not align the edge of the skin"]
     assert view.findings_markdown(result) == (False, f"No change reached the review thresholds "
                                                      f"({view.CHANGE_THRESHOLDS}).")
+
+
+def test_default_pair_reads_lesion_ids_and_never_pairs_two_named_lesions():
+    def uploads(*ids):
+        return {f"u{i}": SimpleNamespace(lesion_id=lesion) for i, lesion in enumerate(ids)}
+
+    assert view.default_pair(uploads("", "L1", "x", "L1")) == ("u1", "u3")
+    assert view.default_pair(uploads("unknown", "NA", "")) is None  # placeholders are no IDs
+    assert view.default_pair(uploads("", "")) == ("u0", "u1")  # the only two images
+    assert view.default_pair(uploads("L1", "L2")) is None  # two images, two lesions
+    assert view.default_pair(uploads("unknown", "L2")) == ("u0", "u1")
