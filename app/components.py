@@ -20,6 +20,7 @@ from backend.errors import DermaLensError
 from backend.evaluation.card_sections import band_accuracy_sentence, light_meaning
 from backend.inference.explain import legend_strip, overlay, seen_mask
 from backend.inference.inputs import PreparedInput, prepare_input
+from backend.inference.quality import FLAG_CODES
 from backend.inference.risk import (
     AT_THE_TOP,
     format_risk,
@@ -261,7 +262,8 @@ def render_card(upload: Any, pred: Any, is_selected: bool, on_select: Callable[[
         if pred is None:
             detail = "could not be analysed by this model" if getattr(upload, "failure", "") else "not analysed yet"
         elif not assessable(pred):
-            detail = "Not assessable: " + " ".join(quality_reasons(pred))
+            # Short reasons on the card (the viewer gives each in full): a grey card stays card-sized.
+            detail = "Not assessable: " + ", ".join(FLAG_CODES.get(code, code.replace("_", " ")) for code in pred.flags)
         else:
             code = diagnosis_headline(pred).code
             detail = CLASS_NAMES.get(code, code)
@@ -277,8 +279,8 @@ def render_card(upload: Any, pred: Any, is_selected: bool, on_select: Callable[[
         if confirm is not None:
             confirm(upload)
             return
-        st.button(f"Remove {upload.name}", key=f"remove_{upload.id}", on_click=on_remove, args=(upload.id,),
-                  width="stretch", icon=":material/close:",
+        st.button(f"Remove {upload.name} from the worklist", key=f"remove_{upload.id}", on_click=on_remove,
+                  args=(upload.id,), width="stretch", icon=":material/close:",
                   help="Remove this image and its results from the session and the uploader")
 
 

@@ -259,10 +259,10 @@ def export_comparison(result: Any) -> None:
     stem = f"followup_{safe_stem(result.before_name)}_{safe_stem(result.after_name)}"
     measures, pictures = st.columns(2)
     measures.download_button("Measures (JSON)", key="fu_export_json", file_name=f"{stem}.json",
-                             mime="application/json", icon=":material/download:",
+                             mime="application/json", icon=":material/download:", on_click="ignore",
                              data=lambda: json.dumps(result.to_dict(), indent=2).encode("utf-8"))
     pictures.download_button("Aligned photos and change map (PNG)", key="fu_export_png", file_name=f"{stem}.png",
-                             mime="image/png", icon=":material/download:",
+                             mime="image/png", icon=":material/download:", on_click="ignore",
                              data=lambda: png_bytes(np.vstack(_same_width(comparison_image(result),
                                                                           change_map_image(result)))))
     st.caption("Made in memory on request; the files carry no metadata of the uploaded photos.")

@@ -227,6 +227,8 @@ def _set_metadata(uid: str, field: str, key: str) -> None:
 def metadata_inputs(upload: state.Upload, model: resources.LoadResult | None) -> None:
     """Optional age, sex and site of the selected image; a change re-runs its prediction."""
     with st.expander("Patient metadata (optional)", expanded=upload.metadata_given()):
+        if upload.changed_since_review:  # the full notice is at the top of the viewer, out of sight from here
+            st.warning("The result changed: see the top of the viewer.", icon=":material/arrow_upward:")
         if model is not None:
             if model.predictor.uses_metadata:
                 pred = current_prediction(upload, model)
@@ -242,10 +244,10 @@ def metadata_inputs(upload: state.Upload, model: resources.LoadResult | None) ->
         age.number_input(f"Age of {upload.name} (years)", min_value=0, max_value=120, step=1, value=None,
                          key=keys["age_approx"], on_change=_set_metadata,
                          args=(upload.id, "age_approx", keys["age_approx"]), placeholder="unknown")
-        sex.selectbox(f"Sex of {upload.name}", [None, *SEXES], index=None, key=keys["sex"],
+        sex.selectbox(f"Sex of {upload.name}", [None, *SEXES], index=None, key=keys["sex"], placeholder="unknown",
                       format_func=lambda v: "unknown" if v is None else v,
                       on_change=_set_metadata, args=(upload.id, "sex", keys["sex"]))
-        site.selectbox(f"Site of {upload.name}", [None, *ANATOM_SITES], index=None,
+        site.selectbox(f"Site of {upload.name}", [None, *ANATOM_SITES], index=None, placeholder="unknown",
                        format_func=lambda v: "unknown" if v is None else v, key=keys["anatom_site_general"],
                        on_change=_set_metadata,
                        args=(upload.id, "anatom_site_general", keys["anatom_site_general"]))
@@ -312,6 +314,14 @@ def navigation(upload: state.Upload, order: list[str]) -> None:
                disabled=not order or index == len(order) - 1, on_click=state.step_selection, args=(order, 1),
                help="Next image in the gallery (right arrow key)")
     st.iframe(page_scripts.ARROW_KEYS_JS, height=1, tab_index=-1)  # same-origin: it may listen on the app's page
+
+
+def _reconfirm(uid: str) -> None:
+    """The clinician keeps the decision for the current result (choosing the same option again fires nothing)."""
+    upload = state.uploads().get(uid)
+    if upload is not None and upload.decision and upload.prediction is not None:
+        state.set_review(uid, decision=upload.decision)
+        upload.reviewed_on = (ui.review_key(upload.prediction), ui.result_summary(upload.prediction))
 
 
 def _set_review(uid: str, what: str, key: str) -> None:
@@ -388,6 +398,9 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
     # below the picture; the charts get the width they need (a third of a 1280 px screen is too little).
     if upload.changed_since_review:
         st.warning(upload.changed_since_review, icon=":material/change_circle:")
+        st.button(f"The decision \"{upload.decision}\" still applies to this result", key=f"reconfirm_{upload.id}",
+                  on_click=_reconfirm, args=(upload.id,), icon=":material/check:",
+                  help="Record the decision again, on the result shown now")
     if pred is None and model is not None and upload.failed_with(model.key):
         st.error(upload.failure, icon=":material/error:")
     elif pred is None:
@@ -397,7 +410,8 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
                 icon=":material/block:")
     else:
         headline = ui.diagnosis_headline(pred)
-        st.markdown(f"### {headline.title}: {ui.class_label(headline.code)}")
+        untrusted = "" if ui.assessable(pred) else " (image not assessable)"
+        st.markdown(f"### {headline.title}: {ui.class_label(headline.code)}{untrusted}")
         if headline.note:
             st.caption(headline.note)
         ui.render_risk(pred, model.predictor.risk, model.predictor.card)

@@ -113,3 +113,9 @@ def test_a_reviewed_result_that_changes_with_new_metadata_says_so_until_decided_
     at.selectbox(key=f"decision_{a_id}").set_value("Biopsy").run()  # decided again, on the new result
     assert session_uploads(at)[a_id].changed_since_review == "" and "Result changed since" not in texts(at.caption)
     assert session_uploads(at)[a_id].reviewed_on[0][0] == after
+    _meta_widgets(at, a_id)[0].set_value(None).run()  # changed again; the same decision can be kept in one click
+    assert session_uploads(at)[a_id].changed_since_review
+    assert "The result changed: see the top of the viewer." in texts(at.main.warning)  # beside the metadata too
+    at.button(key=f"reconfirm_{a_id}").click().run()
+    assert not at.exception and session_uploads(at)[a_id].changed_since_review == ""
+    assert session_uploads(at)[a_id].decision == "Biopsy" and session_uploads(at)[a_id].reviewed_on[0][0] == before

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from backend.inference.predictor import Predictor
+from backend.inference.quality import FLAG_CODES
 from tests.app.conftest import MIME, image_bytes, new_app, session_uploads, texts, upload
 
 
@@ -29,7 +30,9 @@ def test_flagged_upload_is_grey_and_its_result_shows_only_on_request(app_env):
     assert len(heads) == 1 and "dl-light-grey" in heads[0] and "Not assessable: retake" in heads[0]
     assert "risk" not in heads[0].lower().replace("not assessable", "")
     captions = texts(at.caption)
-    assert "Not assessable: The image is blank" in captions and "too dark or blank" in captions
+    # The card names its reasons briefly (the viewer gives them in full): a grey card stays card-sized.
+    assert f"black.png  \nNot assessable: {FLAG_CODES[pred.flags[0]]}" in captions
+    assert "The image is blank" not in captions
 
     # The viewer's first message says so, before any prediction; the prediction is hidden.
     # The viewer's first message (after its title and previous / next), with the grey light, not an amber box.
@@ -45,6 +48,8 @@ def test_flagged_upload_is_grey_and_its_result_shows_only_on_request(app_env):
     at.toggle(key=key).set_value(True).run()
     assert not at.exception
     assert f"### Suggested diagnosis: {pred.top_class} (" in texts(at.markdown)
+    headline = next(str(m.value) for m in at.main.markdown if str(m.value).startswith("### "))
+    assert headline.endswith(" (image not assessable)")  # never drawn as a trusted result
     assert len(at.get("plotly_chart")) == 2
     # The model's own light, on request, in words only: never a risk colour on an image it cannot read.
     assert f"dl-light-{pred.model_light}" not in texts(at.markdown)

@@ -131,7 +131,7 @@ def test_select_card_shows_it_in_viewer(app_env):
     first, second = session_uploads(at)
     assert at.button(key=f"select_{first}").label == "Showing first.png"
     assert at.button(key=f"select_{second}").label == "Select second.png"
-    assert at.button(key=f"remove_{second}").label == "Remove second.png"
+    assert at.button(key=f"remove_{second}").label == "Remove second.png from the worklist"  # not the chip's x
     at.button(key=f"select_{second}").click().run()
     assert not at.exception
     assert "Viewer: second.png" in texts(at.subheader) and "Viewer: first.png" not in texts(at.subheader)

@@ -37,7 +37,8 @@ def card_names(at) -> list[str]:
 def test_named_select_shows_image_and_previous_next_follow_gallery_order(app_env):
     at = new_app().run()
     c, a, b = three(at)
-    assert at.button(key=f"select_{a}").label == "Select a.png" and at.button(key=f"remove_{a}").label == "Remove a.png"
+    assert at.button(key=f"select_{a}").label == "Select a.png" and at.button(key=f"remove_{a}").label == (
+        "Remove a.png from the worklist")
     at.button(key=f"select_{a}").click().run()
     assert not at.exception and "Viewer: a.png" in texts(at.subheader) and at.session_state["dl_selected"] == a
     assert at.button(key="viewer_prev").label == "Previous image" and at.button(key="viewer_next").label == "Next image"
