@@ -122,6 +122,23 @@ def uploaded_pair() -> tuple[VisitImage, VisitImage] | None:
     return (before, after) if before is not None and after is not None else None
 
 
+def _kept(key: str, options: list[Any], default: Any) -> str:
+    """Seed the widget ``key`` with the choice the clinician made before another page (else ``default``).
+
+    Streamlit forgets a widget's value on another page; the clinician's own choices are kept in the
+    follow-up state (:func:`_keep`) and come back, while an untouched picker follows its default.
+    """
+    chosen = state.followup().setdefault("choices", {})
+    if key not in st.session_state or st.session_state[key] not in (*options, None):
+        stored = chosen.get(key)
+        st.session_state[key] = stored if stored in options else default
+    return key
+
+
+def _keep(key: str) -> None:
+    state.followup().setdefault("choices", {})[key] = st.session_state[key]
+
+
 def worklist_pair() -> tuple[VisitImage, VisitImage] | None:
     """Two images of the triage worklist picked as baseline and follow-up."""
     uploads = state.uploads()
@@ -133,10 +150,12 @@ def worklist_pair() -> tuple[VisitImage, VisitImage] | None:
     names = {uid: uploads[uid].name for uid in ids}
     pair = view.default_pair(uploads)
     left, right = st.columns(2)
-    first = left.selectbox("Baseline (earlier visit)", ids, index=None if pair is None else ids.index(pair[0]),
-                           format_func=names.get, key="fu_pick_before", placeholder="Choose the earlier photo")
-    second = right.selectbox("Follow-up (later visit)", ids, index=None if pair is None else ids.index(pair[1]),
-                             format_func=names.get, key="fu_pick_after", placeholder="Choose the later photo")
+    first = left.selectbox("Baseline (earlier visit)", ids, index=None, format_func=names.get,
+                           key=_kept("fu_pick_before", ids, None if pair is None else pair[0]),
+                           on_change=_keep, args=("fu_pick_before",), placeholder="Choose the earlier photo")
+    second = right.selectbox("Follow-up (later visit)", ids, index=None, format_func=names.get,
+                             key=_kept("fu_pick_after", ids, None if pair is None else pair[1]),
+                             on_change=_keep, args=("fu_pick_after",), placeholder="Choose the later photo")
     if first is None or second is None:
         st.info("Choose the two photos of the same lesion: no two images of the worklist share a lesion ID.")
         return None
@@ -211,22 +230,19 @@ def compare_view(result: Any) -> None:
     after = outside_view(result.after_aligned, result.common)
     picture = blend(result.before, after, amount / 100) if mode == "Blend" else swipe(result.before, after,
                                                                                       amount / 100)
+    # At most the photos' own width: a 256 px visit blown up to a 1,460 px screen only blurs.
     st.image(picture, caption=f"{mode}: {amount}% follow-up" if mode == "Blend" else f"Swipe at {amount}%",
              alt=f"The two visits compared by {mode.lower()}",
-             width="stretch")
+             width=min(int(picture.shape[1]) * 2, 720))
 
 
 def show_aligned(result: Any) -> None:
-    """Side by side, blend/swipe, change map and the measures in words.
+    """The measures in words first, then side by side, blend/swipe and the change map.
 
     Args:
         result: An aligned ``FollowUpResult``.
     """
-    st.subheader("Aligned photos")
-    st.image(comparison_image(result), width="stretch",
-             alt="Baseline and aligned follow-up side by side, lesions outlined",
-             caption="Baseline lesion outlined in white, follow-up lesion in cyan; grey: not in both photos")
-    compare_view(result)
+    # The measured change leads, right under the pickers: the pictures that show it follow.
     st.subheader("Measured change")
     metrics = view.metric_values(result)
     for column, (label, value, delta) in zip(st.columns(max(1, len(metrics))), metrics, strict=False):
@@ -243,6 +259,11 @@ def show_aligned(result: Any) -> None:
     st.markdown("\n".join(f"- {line}" for line in view.measure_sentences(result)))
     for flag in view.caution_flags(result):
         st.warning(flag[0].upper() + flag[1:])
+    st.subheader("Aligned photos")
+    st.image(comparison_image(result), width="stretch",
+             alt="Baseline and aligned follow-up side by side, lesions outlined",
+             caption="Baseline lesion outlined in white, follow-up lesion in cyan; grey: not in both photos")
+    compare_view(result)
     st.subheader("Change map")
     st.image(change_map_image(result), width="stretch", alt="Change map: where the outline and the colour changed",
              caption="Left: where the outline moved. Right: per-pixel colour difference inside the lesion.")
@@ -295,7 +316,8 @@ def main() -> None:
         st.header("Follow-up")
         st.button("Clear follow-up", key="fu_clear", on_click=state.clear_followup, icon=":material/delete_sweep:",
                   help="Forget this screen's uploaded pair and comparisons")
-    source = st.radio("Images", SOURCES, horizontal=True, key="fu_source")
+    source = st.radio("Images", SOURCES, index=None, horizontal=True, key=_kept("fu_source", list(SOURCES), SOURCES[0]),
+                      on_change=_keep, args=("fu_source",))
     if source != SOURCES[0]:
         state.followup()["in_uploader"] = {}  # the uploaders are not drawn: they come back empty, no chip removed
     pair = uploaded_pair() if source == SOURCES[0] else worklist_pair()

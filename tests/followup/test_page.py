@@ -66,6 +66,8 @@ def test_uploaded_pair_shows_aligned_views_and_measures(app_env, visits, monkeyp
     assert "supports, not replaces, clinical judgement" in words
     assert "The model's risk score went from" in words  # the sidebar's (tiny default) model was used
     assert "Aligned photos" in texts(at.subheader) and "Change map" in texts(at.subheader)
+    headers = [h.value for h in at.subheader]
+    assert headers.index("Measured change") < headers.index("Aligned photos")  # the change leads
     review = texts(at.warning)  # growth is set apart from the neutral measures, with the thresholds
     assert "**Changes to review** (area or largest diameter changed by 10% or more" in review
     assert "- Lesion grew by" in review
@@ -223,3 +225,19 @@ def test_the_comparison_exports_its_measures_and_pictures_without_metadata(app_e
     assert image.size[0] == max(comparison_image(result).shape[1], change_map_image(result).shape[1])
     assert image.size[1] == comparison_image(result).shape[0] + change_map_image(result).shape[0]
 
+
+
+def test_the_chosen_source_and_worklist_pair_come_back_after_another_page(app_env, visits):
+    at = new_app().run()
+    upload(at, ("first.png", visits[0], "image/png"), ("other.png", image_bytes(5), "image/png"),
+           ("second.png", visits[1], "image/png"))
+    first, _, second = session_uploads(at)
+    at.switch_page("pages/followup.py").run()
+    at.radio(key="fu_source").set_value("From the triage worklist").run()
+    at.selectbox(key="fu_pick_before").set_value(first).run()
+    at.selectbox(key="fu_pick_after").set_value(second).run()
+    assert "larger in area than at the first visit" in texts(at.markdown)
+    at = at.switch_page("pages/triage.py").run().switch_page("pages/followup.py").run()
+    assert not at.exception and at.radio(key="fu_source").value == "From the triage worklist"
+    assert (at.selectbox(key="fu_pick_before").value, at.selectbox(key="fu_pick_after").value) == (first, second)
+    assert "larger in area than at the first visit" in texts(at.markdown)
