@@ -434,9 +434,9 @@ def viewer(upload: state.Upload, model: resources.LoadResult | None, cam: dict[s
         metadata_inputs(upload, model)
     if shown is not None:
         with right:
-            ui.render_malignancy(pred)
             ui.render_thickness(pred, model.predictor.card)
             ui.render_quality(pred)
+        ui.render_malignancy(pred)  # the bars across the viewer: beside the picture they had 230 px at 1280
         ui.render_classes(pred)
     if shown is not None or pred is None:
         similar_cases_panel(upload, model if shown is not None else None, reference)

@@ -261,6 +261,8 @@ def test_the_viewer_leads_with_the_result_before_the_picture(app_env):
     bars = order.index(("markdown", "**Benign vs malignant**"))
     decision = next(i for i, (kind, _) in enumerate(order) if kind == "selectbox" and i > viewer)
     assert viewer < headline < score < decision < picture < bars, (viewer, headline, score, decision, picture, bars)
+    # The bars run across the viewer, after the picture's column and its neighbour (thickness, quality).
+    assert order.index(("markdown", "**Image quality**")) < bars
 
 
 def test_a_message_about_an_unreadable_file_can_be_dismissed(app_env):
