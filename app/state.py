@@ -12,6 +12,7 @@ recomputes anything.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from backend.inference.inputs import PreparedInput
 UPLOADS = "dl_uploads"  # {upload id: Upload}, in upload order
 SELECTED = "dl_selected"  # upload id shown in the main viewer, or None
 ERRORS = "dl_errors"  # {uploader file id: message} for files that could not be read
+GALLERY_CHOICES = "dl_gallery_view"  # {widget key: value}: the gallery's sort and filters
 SEEN = "dl_seen"  # {uploader file id: upload id}: uploader files already handled
 IN_UPLOADER = "dl_in_uploader"  # uploader file ids the current uploader widget held on the last run
 PAGE = "dl_page"  # title of the page the last run showed
@@ -152,6 +154,30 @@ def new_followup() -> dict[str, Any]:
     ``in_uploader`` {role: file id}: what each uploader held on its last run; ``results`` {key: result}.
     """
     return {"pair": {}, "kept": {}, "in_uploader": {}, "results": {}, "nonce": 0}
+
+
+def gallery_choices() -> dict[str, Any]:
+    """The gallery's sort and filters as last chosen (:func:`kept_choice`)."""
+    return st.session_state.setdefault(GALLERY_CHOICES, {})
+
+
+def kept_choice(choices: dict[str, Any], key: str, default: Any, options: Sequence[Any] | None = None) -> str:
+    """Seed the widget ``key`` with the clinician's earlier choice from ``choices`` (else ``default``).
+
+    Streamlit forgets a widget's value on another page; the clinician's own choices (recorded by
+    :func:`keep_choice`, the widget's ``on_change``) come back, while an untouched widget follows its
+    default. With ``options``, a value no longer among them (an image since removed) is replaced.
+    """
+    gone = options is not None and key in st.session_state and st.session_state[key] not in (*options, None)
+    if key not in st.session_state or gone:
+        stored = choices.get(key, default)
+        st.session_state[key] = stored if options is None or stored in options else default
+    return key
+
+
+def keep_choice(choices: dict[str, Any], key: str) -> None:
+    """Record the widget ``key``'s value in ``choices`` (its ``on_change``)."""
+    choices[key] = st.session_state[key]
 
 
 def followup() -> dict[str, Any]:

@@ -122,21 +122,9 @@ def uploaded_pair() -> tuple[VisitImage, VisitImage] | None:
     return (before, after) if before is not None and after is not None else None
 
 
-def _kept(key: str, options: list[Any], default: Any) -> str:
-    """Seed the widget ``key`` with the choice the clinician made before another page (else ``default``).
-
-    Streamlit forgets a widget's value on another page; the clinician's own choices are kept in the
-    follow-up state (:func:`_keep`) and come back, while an untouched picker follows its default.
-    """
-    chosen = state.followup().setdefault("choices", {})
-    if key not in st.session_state or st.session_state[key] not in (*options, None):
-        stored = chosen.get(key)
-        st.session_state[key] = stored if stored in options else default
-    return key
-
-
-def _keep(key: str) -> None:
-    state.followup().setdefault("choices", {})[key] = st.session_state[key]
+def _choices() -> dict[str, Any]:
+    """The follow-up screen's choices (:func:`app.state.kept_choice`), forgotten with "Clear follow-up"."""
+    return state.followup().setdefault("choices", {})
 
 
 def worklist_pair() -> tuple[VisitImage, VisitImage] | None:
@@ -150,12 +138,15 @@ def worklist_pair() -> tuple[VisitImage, VisitImage] | None:
     names = {uid: uploads[uid].name for uid in ids}
     pair = view.default_pair(uploads)
     left, right = st.columns(2)
+    kept = _choices()
     first = left.selectbox("Baseline (earlier visit)", ids, index=None, format_func=names.get,
-                           key=_kept("fu_pick_before", ids, None if pair is None else pair[0]),
-                           on_change=_keep, args=("fu_pick_before",), placeholder="Choose the earlier photo")
+                           key=state.kept_choice(kept, "fu_pick_before", None if pair is None else pair[0], ids),
+                           on_change=state.keep_choice, args=(kept, "fu_pick_before"),
+                           placeholder="Choose the earlier photo")
     second = right.selectbox("Follow-up (later visit)", ids, index=None, format_func=names.get,
-                             key=_kept("fu_pick_after", ids, None if pair is None else pair[1]),
-                             on_change=_keep, args=("fu_pick_after",), placeholder="Choose the later photo")
+                             key=state.kept_choice(kept, "fu_pick_after", None if pair is None else pair[1], ids),
+                             on_change=state.keep_choice, args=(kept, "fu_pick_after"),
+                             placeholder="Choose the later photo")
     if first is None or second is None:
         st.info("Choose the two photos of the same lesion: no two images of the worklist share a lesion ID.")
         return None
@@ -316,8 +307,10 @@ def main() -> None:
         st.header("Follow-up")
         st.button("Clear follow-up", key="fu_clear", on_click=state.clear_followup, icon=":material/delete_sweep:",
                   help="Forget this screen's uploaded pair and comparisons")
-    source = st.radio("Images", SOURCES, index=None, horizontal=True, key=_kept("fu_source", list(SOURCES), SOURCES[0]),
-                      on_change=_keep, args=("fu_source",))
+    kept = _choices()  # the source and the worklist pair come back after another page
+    source = st.radio("Images", SOURCES, index=None, horizontal=True,
+                      key=state.kept_choice(kept, "fu_source", SOURCES[0], SOURCES),
+                      on_change=state.keep_choice, args=(kept, "fu_source"))
     if source != SOURCES[0]:
         state.followup()["in_uploader"] = {}  # the uploaders are not drawn: they come back empty, no chip removed
     pair = uploaded_pair() if source == SOURCES[0] else worklist_pair()

@@ -321,6 +321,12 @@ def _reconfirm(uid: str) -> None:
     upload = state.uploads().get(uid)
     if upload is not None and upload.decision and upload.prediction is not None:
         state.set_review(uid, decision=upload.decision)
+        _record_reviewed(upload)
+
+
+def _record_reviewed(upload: state.Upload) -> None:
+    """Remember the result a decision is recorded on (:func:`note_review_change` compares with it)."""
+    if upload.decision and upload.prediction is not None:
         upload.reviewed_on = (ui.review_key(upload.prediction), ui.result_summary(upload.prediction))
 
 
@@ -330,8 +336,8 @@ def _set_review(uid: str, what: str, key: str) -> None:
         value = ""  # the widget was cleared (its x): the decision, note or ID is taken back, not kept
     state.set_review(uid, **{what: value})
     upload = state.uploads().get(uid)
-    if what == "decision" and upload is not None and upload.decision and upload.prediction is not None:
-        upload.reviewed_on = (ui.review_key(upload.prediction), ui.result_summary(upload.prediction))
+    if what == "decision" and upload is not None:
+        _record_reviewed(upload)
 
 
 def _seed(key: str, value: Any) -> str:
@@ -344,19 +350,6 @@ def _seed(key: str, value: Any) -> str:
     if key not in st.session_state:
         st.session_state[key] = value
     return key
-
-
-#: The gallery's sort and filters as last chosen: Streamlit forgets a widget's value on another page.
-GALLERY_VIEW = "dl_gallery_view"
-
-
-def _kept(key: str, default: Any) -> str:
-    """Seed the gallery widget ``key`` with its value from before a visit to another page."""
-    return _seed(key, st.session_state.get(GALLERY_VIEW, {}).get(key, default))
-
-
-def _keep(key: str) -> None:
-    st.session_state.setdefault(GALLERY_VIEW, {})[key] = st.session_state[key]
 
 
 def review_inputs(upload: state.Upload) -> None:
@@ -559,13 +552,15 @@ def gallery(uploads: list[state.Upload], model: resources.LoadResult | None) -> 
     items = [(u, current_prediction(u, model)) for u in uploads]
     st.caption(worklist.summary(items))
     order, lights = st.columns(2)
-    how = order.selectbox("Sort by", worklist.SORTS, key=_kept("gallery_sort", worklist.SORTS[0]),
-                          on_change=_keep, args=("gallery_sort",))
-    chosen = lights.multiselect("Show lights", worklist.LIGHT_CHOICES, key=_kept("gallery_lights", []),
-                                on_change=_keep, args=("gallery_lights",),
+    kept = state.gallery_choices()  # the sort and filters come back after another page
+    how = order.selectbox("Sort by", worklist.SORTS, key=state.kept_choice(kept, "gallery_sort", worklist.SORTS[0]),
+                          on_change=state.keep_choice, args=(kept, "gallery_sort"))
+    chosen = lights.multiselect("Show lights", worklist.LIGHT_CHOICES,
+                                key=state.kept_choice(kept, "gallery_lights", []),
+                                on_change=state.keep_choice, args=(kept, "gallery_lights"),
                                 format_func=lambda c: worklist.LIGHT_WORDS[c].capitalize(), placeholder="All")
-    flagged = st.checkbox("Only images with quality flags", key=_kept("gallery_flagged", False),
-                          on_change=_keep, args=("gallery_flagged",))
+    flagged = st.checkbox("Only images with quality flags", key=state.kept_choice(kept, "gallery_flagged", False),
+                          on_change=state.keep_choice, args=(kept, "gallery_flagged"))
     shown = worklist.sort_items(worklist.filter_items(items, chosen, flagged), how)
     total = len(uploads)
     count = f"{total}" if len(shown) == total else f"{len(shown)} of {total}"

@@ -101,17 +101,28 @@ def test_balanced_sampler_draws_rare_classes_often(csv):
     assert np.allclose(per_class, per_class[0])
 
 
-def test_unreadable_image_is_reported_once_and_replaced(csv, tmp_path):
-    dm = make_dm(csv)
-    dataset = dm.dataset("train", train=True)
+def break_first_row(dataset, tmp_path):
+    """Point the dataset's first row at a file that is not an image; returns that file."""
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     dataset.paths[0] = str(broken)
+    return broken
+
+
+def read_twice(dataset, index):
+    """Item ``index`` read twice, and the warnings that named the broken file."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        item = dataset[0]
-        dataset[0]
-    messages = [str(w.message) for w in caught if "broken.png" in str(w.message)]
+        item = dataset[index]
+        dataset[index]
+    return item, [str(w.message) for w in caught if "broken.png" in str(w.message)]
+
+
+def test_unreadable_image_is_reported_once_and_replaced(csv, tmp_path):
+    dm = make_dm(csv)
+    dataset = dm.dataset("train", train=True)
+    broken = break_first_row(dataset, tmp_path)
+    item, messages = read_twice(dataset, 0)
     assert len(messages) == 1 and "unreadable" in messages[0]
     assert int(item["index"]) == 1 and item["image"].shape == (3, 32, 32)
     dataset.paths = [str(broken)] * len(dataset.paths)
@@ -151,15 +162,9 @@ def test_a_hairless_cache_needs_hair_removal_recorded_in_the_model(csv, tmp_path
 def test_an_unreadable_evaluation_image_is_left_out_of_the_figures_not_replaced(csv, tmp_path):
     dm = make_dm(csv)
     dataset = dm.dataset("val")
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"not an image")
-    dataset.paths[0] = str(broken)
+    break_first_row(dataset, tmp_path)
     neighbour = dataset[1]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        item = dataset[0]
-        dataset[0]
-    messages = [str(w.message) for w in caught if "broken.png" in str(w.message)]
+    item, messages = read_twice(dataset, 0)
     assert len(messages) == 1 and "left out" in messages[0]
     assert int(item["index"]) == 0  # its own row, not the neighbour's image and label
     assert not torch.equal(item["image"], neighbour["image"]) and item["image"].shape == neighbour["image"].shape

@@ -173,13 +173,19 @@ def test_a_compared_pair_leaves_nothing_on_disk(app_env, visits):
     assert at.session_state["dl_followup"]["results"] == {} and at.session_state["dl_followup"]["pair"] == {}
 
 
-def test_worklist_pairs_two_images_of_one_lesion_id_by_default_and_never_two_unrelated_ones(app_env, visits):
+def worklist_of_three(visits):
+    """Follow-up from the worklist of two visits of one lesion and an unrelated image: (app, first, second)."""
     at = new_app().run()
     upload(at, ("first.png", visits[0], "image/png"), ("other.png", image_bytes(5), "image/png"),
            ("second.png", visits[1], "image/png"))
     first, _, second = session_uploads(at)
     at.switch_page("pages/followup.py").run()
     at.radio(key="fu_source").set_value("From the triage worklist").run()
+    return at, first, second
+
+
+def test_worklist_pairs_two_images_of_one_lesion_id_by_default_and_never_two_unrelated_ones(app_env, visits):
+    at, first, second = worklist_of_three(visits)
     assert not at.exception and at.selectbox(key="fu_pick_before").value is None  # three images, no lesion IDs
     assert "no two images of the worklist share a lesion ID" in texts(at.info) and not at.metric
     uploads = session_uploads(at)
@@ -228,12 +234,7 @@ def test_the_comparison_exports_its_measures_and_pictures_without_metadata(app_e
 
 
 def test_the_chosen_source_and_worklist_pair_come_back_after_another_page(app_env, visits):
-    at = new_app().run()
-    upload(at, ("first.png", visits[0], "image/png"), ("other.png", image_bytes(5), "image/png"),
-           ("second.png", visits[1], "image/png"))
-    first, _, second = session_uploads(at)
-    at.switch_page("pages/followup.py").run()
-    at.radio(key="fu_source").set_value("From the triage worklist").run()
+    at, first, second = worklist_of_three(visits)
     at.selectbox(key="fu_pick_before").set_value(first).run()
     at.selectbox(key="fu_pick_after").set_value(second).run()
     assert "larger in area than at the first visit" in texts(at.markdown)
